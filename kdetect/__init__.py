@@ -1,0 +1,28 @@
+"""kdetect: object detection for Keras 3.
+
+Faster R-CNN written as Keras layers and a ``keras.Model``, YAML recipes that wrap ``fit()``,
+and a ``kdetect`` command line.
+"""
+
+import os
+
+# Keras 3 picks its backend at import time; kdetect's model code relies on TensorFlow for a few
+# ops (padded NMS, crop_and_resize, TFRecord), so default to it unless the user chose otherwise.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+from kdetect.errors import KdetectError  # noqa: E402
+
+__all__ = ["FasterRCNN", "KdetectError", "__version__"]
+
+
+def __getattr__(name):
+    # Import the model lazily so that light-weight users (offline evaluation, dataset readers,
+    # the CLI's --help) do not pay for importing TensorFlow.
+    if name == "FasterRCNN":
+        from kdetect.models.faster_rcnn import FasterRCNN
+
+        return FasterRCNN
+    raise AttributeError(f"module 'kdetect' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from kdetect.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""The ``kdetect`` command line: a thin Typer layer over Python functions.
+
+Each sub-app lives in its own module and is joined here with ``add_typer``. Expected failures
+(``KdetectError``) print one red line and exit 1; ``KDETECT_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from kdetect.errors import KdetectError
+
+app = typer.Typer(
+    name="kdetect",
+    help="Object detection for Keras 3: train, evaluate, predict, serve and export detectors.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register_commands() -> None:
+    """Import the command modules; each one attaches its commands to ``app``."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kdetect`` script."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except KdetectError as exc:
+        if os.environ.get("KDETECT_DEBUG"):
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except typer.Abort:
+        err_console.print("[red]aborted[/red]")
+        return 130
+    except SystemExit as exc:  # raised by click for --help and usage errors
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

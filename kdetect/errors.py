@@ -1,0 +1,23 @@
+"""The one exception family for expected failures.
+
+Anything a user can cause and fix (a missing file, a bad recipe key, a corrupt image) raises a
+``KdetectError`` subclass with a one-line message that names the file or key. The CLI catches this
+family at the command boundary, prints the message in red and exits with status 1; any other
+exception keeps its traceback.
+"""
+
+
+class KdetectError(Exception):
+    """Base class of expected, user-fixable failures."""
+
+
+class DataError(KdetectError):
+    """Bad dataset input: missing or corrupt image, malformed annotation, invalid box, ..."""
+
+
+class RecipeError(KdetectError):
+    """A recipe file or override that does not validate."""
+
+
+class CheckpointError(KdetectError):
+    """A missing or unreadable checkpoint / model file."""
