@@ -1,0 +1,64 @@
+"""A Keras callback that reports validation mAP during ``fit()``."""
+
+from __future__ import annotations
+
+import keras
+
+from kdetect.data.records import Annotations
+from kdetect.evaluation.api import check_metric, evaluate_model, headline
+from kdetect.evaluation.groundtruth import GroundTruth
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """Evaluate the model being trained on a validation split every ``every`` epochs.
+
+    At the end of epoch ``e`` (1-based) with ``e % every == 0`` (and always at the last epoch of
+    ``fit``), runs :func:`~kdetect.evaluation.evaluate_model` on ``annotations`` and adds the
+    headline number (``mAP`` for voc07/voc, ``AP`` for coco) to the epoch's logs as ``log_name``
+    (default ``val_mAP``), so ``History``, ``CSVLogger``, TensorBoard, ``ModelCheckpoint(
+    monitor="val_mAP", mode="max")`` and ``EarlyStopping`` all see it. Epochs that are skipped
+    log nothing. The full metrics dicts are kept in ``self.results`` as ``(epoch, metrics)``.
+
+    Args:
+        annotations: the validation split (images are read from ``record.image`` or
+            ``record.filename``); label ids must match the model's classes.
+        metric: ``voc07``, ``voc`` or ``coco``.
+        every: evaluate every this many epochs.
+        batch_size: images per ``predict`` call (images of equal size only).
+        log_name: the key added to the logs.
+        verbose: print the number after each evaluation.
+    """
+
+    def __init__(
+        self,
+        annotations: Annotations | GroundTruth,
+        metric: str = "voc07",
+        every: int = 1,
+        batch_size: int = 1,
+        log_name: str = "val_mAP",
+        verbose: bool = False,
+    ):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.annotations = annotations
+        self.metric = check_metric(metric)
+        self.every = int(every)
+        self.batch_size = int(batch_size)
+        self.log_name = log_name
+        self.verbose = verbose
+        self.results: list[tuple[int, dict]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every != 0 and epoch + 1 != last:
+            return
+        metrics = evaluate_model(
+            self.model, self.annotations, self.metric, batch_size=self.batch_size, progress=False
+        )
+        self.results.append((epoch, metrics))
+        value = headline(metrics)
+        if logs is not None:
+            logs[self.log_name] = value
+        if self.verbose:
+            print(f"epoch {epoch + 1}: {self.log_name} = {value:.4f}")
