@@ -99,9 +99,7 @@ def encode_for_record(path: str | os.PathLike) -> tuple[bytes, str, int, int]:
     with _open(path) as image:
         fmt = (image.format or "").upper()
         keep_bytes = (
-            fmt in ("JPEG", "PNG")
-            and image.mode in ("RGB", "L")
-            and not _needs_transpose(image)
+            fmt in ("JPEG", "PNG") and image.mode in ("RGB", "L") and not _needs_transpose(image)
         )
         rgb = _to_rgb(image, path)
         width, height = rgb.size

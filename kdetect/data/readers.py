@@ -307,7 +307,9 @@ def _voc_root(path: Path) -> Path:
     if (path / "Annotations").is_dir():
         return path
     # Accept VOCdevkit/ (one year inside) as well as VOCdevkit/VOC2007/.
-    children = [c for c in sorted(path.iterdir()) if (c / "Annotations").is_dir()] if path.is_dir() else []
+    children = (
+        [c for c in sorted(path.iterdir()) if (c / "Annotations").is_dir()] if path.is_dir() else []
+    )
     if len(children) == 1:
         return children[0]
     raise DataError(
@@ -478,9 +480,7 @@ def _read_coco(
             raise DataError(f"{ann_where}: 'bbox' must be [x, y, width, height]")
         x, y, bw, bh = (_number(v, "bbox value", ann_where) for v in bbox)
         image.objects.append(
-            _RawObject(
-                class_name, (x, y, x + bw, y + bh), bool(ann.get("iscrowd", 0)), ann_where
-            )
+            _RawObject(class_name, (x, y, x + bw, y + bh), bool(ann.get("iscrowd", 0)), ann_where)
         )
     return list(images.values()), names_in_order
 
@@ -492,16 +492,18 @@ def _read_coco(
 def _csv_file(path: Path, split: str) -> Path:
     if path.is_file():
         return path
-    candidates = [path / f"{split}.csv", path / "csv" / f"{split}.csv", path / "annotations" / f"{split}.csv"]
+    candidates = [
+        path / f"{split}.csv",
+        path / "csv" / f"{split}.csv",
+        path / "annotations" / f"{split}.csv",
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise DataError(f"{candidates[0]}: CSV file for split {split!r} not found")
 
 
-def _read_csv(
-    path: Path, split: str, images_dir: Path | None
-) -> tuple[list[_RawImage], None]:
+def _read_csv(path: Path, split: str, images_dir: Path | None) -> tuple[list[_RawImage], None]:
     csv_path = _csv_file(path, split)
     root = path if path.is_dir() else csv_path.parent
     if images_dir is not None:
@@ -563,7 +565,9 @@ def _read_csv(
                     continue  # a row with no box: an image without objects
                 if not cell["class"]:
                     raise DataError(f"{line}: empty class")
-                box = tuple(_number(v, n, line) for v, n in zip(coords, CSV_COLUMNS[4:]))
+                box = tuple(
+                    _number(v, n, line) for v, n in zip(coords, CSV_COLUMNS[4:], strict=True)
+                )
                 image.objects.append(_RawObject(cell["class"], box, False, line))
     except csv.Error as exc:
         raise DataError(f"{csv_path}: malformed CSV ({exc})") from None

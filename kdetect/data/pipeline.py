@@ -1,0 +1,365 @@
+"""The tf.data input pipeline: any source -> fixed-size batches in kdetect's batch format.
+
+``make_dataset`` reads TFRecords (from ``kdetect dataset transform``), an ``Annotations`` object
+(images from disk or held in memory, as the synthetic shapes dataset does) or a
+``tf.data.Dataset`` of single examples, and yields::
+
+    {"images": float32 [B, H, W, 3] raw pixels 0..255,
+     "bounding_boxes": {"boxes": float32 [B, max_boxes, 4] xyxy pixels of the image as fed,
+                        "labels": int32 [B, max_boxes], -1 = padding}}
+
+Each image is resized keeping its aspect ratio to fit ``image_size``, placed at the top-left
+and padded with zeros, so every shape is static. In evaluation mode (``training=False``) each
+batch also carries ``filename``, ``image_id``, ``original_size`` ([B, 2] = h, w) and ``scale``
+([B]; fed pixels = original pixels * scale) plus ``bounding_boxes["difficult"]``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from kdetect.data import augment as aug
+from kdetect.data.images import load_image
+from kdetect.data.records import Annotations
+from kdetect.data.tfrecord import parse_example
+from kdetect.errors import DataError
+
+logger = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def make_dataset(
+    source: str | os.PathLike | Sequence[str] | Annotations | tf.data.Dataset,
+    image_size: tuple[int, int] | int = (640, 640),
+    batch_size: int = 2,
+    augment: Mapping[str, Any] | bool | None = None,
+    shuffle: bool | None = None,
+    max_boxes: int = 100,
+    training: bool = True,
+    seed: int | None = None,
+    keep_difficult: bool | None = None,
+    split: str | None = None,
+    shuffle_buffer: int = 1024,
+    num_parallel_calls: int | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Build a batched, prefetched ``tf.data.Dataset`` of detection examples.
+
+    Args:
+        source: a TFRecord file, glob or list of files; a TFRecord folder written by
+            ``kdetect dataset transform`` (with ``split=``); an ``Annotations`` object; or a
+            ``tf.data.Dataset`` of single examples, each ``{"image": [h, w, 3],
+            "boxes": [M, 4] xyxy pixels, "labels": [M]}`` (optionally ``"difficult"``) or
+            ``{"images": ..., "bounding_boxes": {"boxes": ..., "labels": ...}}``.
+        image_size: ``(height, width)`` of the batch (an int means square).
+        batch_size: images per batch.
+        augment: augmentation options (see ``kdetect.data.augment.DEFAULT_AUGMENT``);
+            ``None`` = defaults when training, ``False`` = none. Ignored when not training.
+        shuffle: shuffle examples; defaults to ``training``.
+        max_boxes: boxes per image after padding; extra boxes are dropped with a warning.
+        training: training mode (augment, drop difficult boxes, drop the last partial batch)
+            or evaluation mode (deterministic, keeps every image, adds ids and sizes).
+        seed: makes shuffling and augmentation reproducible.
+        keep_difficult: keep difficult/iscrowd boxes in the targets; defaults to
+            ``not training``.
+        split: the split to read when ``source`` is a TFRecord folder.
+        shuffle_buffer: examples held for shuffling TFRecords.
+        num_parallel_calls: parallelism of decoding and augmentation (default: autotune).
+        repeat: repeat forever (shuffled anew each pass).
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if batch_size < 1 or max_boxes < 1 or min(image_size) < 1:
+        raise ValueError("batch_size, max_boxes and image_size must be positive")
+    shuffle = training if shuffle is None else shuffle
+    keep_difficult = (not training) if keep_difficult is None else keep_difficult
+    config = aug.augment_config(augment) if training else None
+    parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+
+    dataset, count, most_boxes = _examples(source, shuffle, seed, shuffle_buffer, parallel, split)
+    if most_boxes is not None and most_boxes > max_boxes:
+        logger.warning(
+            "some images have up to %d boxes; only the first max_boxes=%d are kept",
+            most_boxes,
+            max_boxes,
+        )
+    if training and count is not None and count < batch_size:
+        raise DataError(
+            f"the dataset has {count} images, fewer than batch_size={batch_size}; training "
+            "drops partial batches, so it would yield nothing"
+        )
+    if repeat:
+        dataset = dataset.repeat()
+
+    warn_in_graph = most_boxes is None
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset, seeds)
+
+    def prepare(example, element_seed):
+        return _prepare(
+            example,
+            element_seed,
+            image_size=image_size,
+            max_boxes=max_boxes,
+            config=config,
+            keep_difficult=keep_difficult,
+            training=training,
+            warn_in_graph=warn_in_graph,
+        )
+
+    dataset = dataset.map(prepare, num_parallel_calls=parallel, deterministic=not shuffle or None)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    options.deterministic = seed is not None or not shuffle
+    options.experimental_optimization.map_parallelization = True
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources -> a dataset of single examples
+
+
+def _examples(source, shuffle, seed, shuffle_buffer, parallel, split):
+    """Return ``(dataset of example dicts, number of images or None, most boxes or None)``."""
+    if isinstance(source, tf.data.Dataset):
+        return source.map(_normalise_example, num_parallel_calls=parallel), None, None
+    if isinstance(source, Annotations):
+        return _from_annotations(source, shuffle, seed, parallel)
+    if hasattr(source, "records") and hasattr(source, "classes"):
+        return _from_annotations(
+            Annotations(source.classes, source.records), shuffle, seed, parallel
+        )
+    return _from_tfrecords(source, shuffle, seed, shuffle_buffer, parallel, split)
+
+
+def _normalise_example(example):
+    if "bounding_boxes" in example:
+        image = example.get("images", example.get("image"))
+        bbox = example["bounding_boxes"]
+        boxes, labels = bbox["boxes"], bbox.get("labels", bbox.get("classes"))
+        difficult = bbox.get("difficult")
+    else:
+        image = example.get("image", example.get("images"))
+        boxes, labels = example["boxes"], example["labels"]
+        difficult = example.get("difficult")
+    boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    if difficult is None:
+        difficult = tf.zeros_like(labels, dtype=tf.bool)
+    # Padding rows (label -1) of an already padded example are not objects.
+    real = labels >= 0
+    return {
+        "image": image,
+        "boxes": tf.boolean_mask(boxes, real),
+        "labels": tf.boolean_mask(labels, real),
+        "difficult": tf.boolean_mask(tf.cast(difficult, tf.bool), real),
+        "filename": _as_string(example.get("filename", "")),
+        "image_id": _as_string(example.get("image_id", "")),
+    }
+
+
+def _as_string(value) -> tf.Tensor:
+    value = tf.convert_to_tensor(value)
+    return value if value.dtype == tf.string else tf.strings.as_string(value)
+
+
+def _from_annotations(annotations: Annotations, shuffle, seed, parallel):
+    records = annotations.records
+    if not records:
+        raise DataError("the annotations hold no images")
+    filenames = [os.path.basename(r.filename) for r in records]
+    image_ids = [
+        str(r.image_id) if r.image_id is not None else Path(r.filename).stem for r in records
+    ]
+
+    def load(index):
+        record = records[int(index)]
+        if record.image is not None:
+            image = np.asarray(record.image, dtype=np.uint8)
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
+        else:
+            image = load_image(record.filename)
+            if image.shape[:2] != (record.height, record.width):
+                raise DataError(
+                    f"{record.filename}: image is {image.shape[1]}x{image.shape[0]} but its "
+                    f"annotation says {record.width}x{record.height}"
+                )
+        return image, record.boxes, record.labels, record.difficult
+
+    def to_example(index):
+        image, boxes, labels, difficult = tf.numpy_function(
+            load, [index], [tf.uint8, tf.float32, tf.int32, tf.bool], stateful=False
+        )
+        image.set_shape([None, None, 3])
+        return {
+            "image": image,
+            "boxes": tf.reshape(boxes, [-1, 4]),
+            "labels": tf.reshape(labels, [-1]),
+            "difficult": tf.reshape(difficult, [-1]),
+            "filename": tf.gather(filenames, index),
+            "image_id": tf.gather(image_ids, index),
+        }
+
+    dataset = tf.data.Dataset.range(len(records))
+    if shuffle:
+        dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(
+        to_example, num_parallel_calls=parallel, deterministic=not shuffle or None
+    )
+    most = max((len(r.labels) for r in records), default=0)
+    return dataset, len(records), most
+
+
+def tfrecord_files(
+    source: str | os.PathLike | Sequence[str], split: str | None = None
+) -> list[str]:
+    """Resolve a TFRecord file, glob, list, or transform folder (+ split) into sorted files."""
+    if isinstance(source, (list, tuple)):
+        files = []
+        for item in source:
+            files.extend(tfrecord_files(item, split))
+        return files
+    path = Path(source)
+    if path.is_dir():
+        if split is None:
+            splits = sorted({p.name.split("-")[0] for p in path.glob("*-of-*.tfrecord")})
+            if len(splits) != 1:
+                raise DataError(
+                    f"{path}: a TFRecord folder needs split= (found splits: "
+                    f"{', '.join(splits) or 'none'})"
+                )
+            split = splits[0]
+        files = sorted(glob.glob(str(path / f"{split}-*-of-*.tfrecord")))
+        if not files:
+            raise DataError(f"{path}: no TFRecord files for split {split!r}")
+        return files
+    files = sorted(glob.glob(str(source)))
+    if not files:
+        raise DataError(f"{source}: no TFRecord file matches")
+    return files
+
+
+def _from_tfrecords(source, shuffle, seed, shuffle_buffer, parallel, split):
+    files = tfrecord_files(source, split)
+    count, most = _summary_counts(files)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle and len(files) > 1:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 4),
+        num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
+        deterministic=not shuffle or None,
+    )
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(
+        parse_example, num_parallel_calls=parallel, deterministic=not shuffle or None
+    )
+    return dataset, count, most
+
+
+def _summary_counts(files: list[str]) -> tuple[int | None, int | None]:
+    """Image count and most boxes per image from ``dataset.json`` when all files are in it."""
+    folder = Path(files[0]).parent
+    summary_path = folder / "dataset.json"
+    if not summary_path.is_file() or any(Path(f).parent != folder for f in files):
+        return None, None
+    try:
+        summary = json.loads(summary_path.read_text())
+        names = {Path(f).name for f in files}
+        count, most = 0, 0
+        covered = set()
+        for info in summary["splits"].values():
+            if names & set(info["files"]):
+                if not set(info["files"]) <= names:
+                    return None, None
+                covered |= set(info["files"])
+                count += int(info["images"])
+                most = max(most, int(info["boxes_per_image"]["max"]))
+        return (count, most) if covered == names else (None, None)
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# One example -> fixed-size tensors
+
+
+def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, training, warn_in_graph):
+    image = example["image"]
+    original_size = tf.shape(image)[:2]
+    boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
+    labels = tf.cast(example["labels"], tf.int32)
+    difficult = tf.cast(example["difficult"], tf.bool)
+    if not keep_difficult:
+        keep = tf.logical_not(difficult)
+        boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    if config is not None:
+        if config["horizontal_flip"] > 0:
+            image, boxes = aug.horizontal_flip(image, boxes, seeds[0], config["horizontal_flip"])
+        low, high = config["scale_range"]
+        factor = tf.random.stateless_uniform([], seeds[1], low, high) if high > low else low
+        image, boxes, scale, visible = aug.resize_crop_pad(
+            image, boxes, image_size, factor, seeds[2]
+        )
+        if any(config[k] for k in ("brightness", "contrast", "saturation", "hue")):
+            jittered = aug.color_jitter(
+                image,
+                seeds[0],
+                config["brightness"],
+                config["contrast"],
+                config["saturation"],
+                config["hue"],
+            )
+            # jitter the image area only: the padding stays zero
+            rows = tf.range(image_size[0])[:, None] < visible[0]
+            cols = tf.range(image_size[1])[None, :] < visible[1]
+            image = tf.where((rows & cols)[:, :, None], jittered, 0.0)
+        min_size = float(config["min_box_size"])
+    else:
+        image, boxes, scale, _ = aug.resize_crop_pad(image, boxes, image_size)
+        min_size = 0.0
+    keep = aug.keep_boxes(boxes, min_size)
+    boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
+    if warn_in_graph:
+        _warn_if_too_many(tf.shape(labels)[0], max_boxes)
+    boxes, labels, difficult = aug.pad_boxes(boxes, labels, max_boxes, difficult)
+    image = tf.ensure_shape(tf.cast(image, tf.float32), [image_size[0], image_size[1], 3])
+    out = {"images": image, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+    if not training:
+        out["bounding_boxes"]["difficult"] = difficult
+        out["filename"] = example["filename"]
+        out["image_id"] = example["image_id"]
+        out["original_size"] = tf.cast(original_size, tf.int32)
+        out["scale"] = tf.cast(scale, tf.float32)
+    return out
+
+
+def _warn_if_too_many(n: tf.Tensor, max_boxes: int) -> None:
+    def warn():
+        tf.print(
+            "kdetect: an image has",
+            n,
+            "boxes; only max_boxes =",
+            max_boxes,
+            "are kept",
+            output_stream=sys.stderr,
+        )
+        return tf.constant(0)
+
+    tf.cond(n > max_boxes, warn, lambda: tf.constant(0))
