@@ -134,6 +134,8 @@ def evaluate_offline(
         on_invalid_box: what the reader does with invalid ground-truth boxes (``error``,
             ``clip``, ``drop``).
     """
+    if metric is not None:
+        check_metric(metric)
     gt = load_ground_truth(ground_truth, format, split, on_invalid_box=on_invalid_box)
     if metric is None:
         metric = "coco" if gt.coco is not None else "voc07"

@@ -57,7 +57,8 @@ def voc_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = inter_w * inter_h
     area_box = (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
     area_boxes = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
-    return inter / (area_box + area_boxes - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):  # inverted boxes: NaN, never a match
+        return inter / (area_box + area_boxes - inter)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:

@@ -1,0 +1,93 @@
+"""``kdetect evaluate``: score a model on a dataset split, or a detections file offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kdetect.cli import app
+from kdetect.errors import KdetectError
+
+console = Console()
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Run directory (model.keras + classes.json) or a .keras file."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder (model mode); same as --ground-truth."),
+    ] = None,
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder, or for COCO the instances JSON itself."),
+    ] = None,
+    detections: Annotated[
+        Path | None,
+        typer.Option(
+            help="Offline mode: kdetect prediction JSON lines or a COCO results JSON list."
+        ),
+    ] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="voc | coco | csv (guessed when omitted).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split to evaluate.")] = "val",
+    metric: Annotated[
+        str | None,
+        typer.Option(help="voc07 | voc | coco (default: coco for COCO data, else voc07)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Write metrics.json here (default for a run dir: RUN_DIR/metrics.json)."),
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Write per-class precision-recall curves (PNG) here.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per predict call (model mode).")] = 1,
+    on_invalid_box: Annotated[
+        str, typer.Option(help="Invalid ground-truth boxes: error | clip | drop.")
+    ] = "error",
+) -> None:
+    """Evaluate a detector: VOC AP (devkit-exact) or COCO metrics (pycocotools).
+
+    Model mode:   kdetect evaluate RUN_DIR --data DATASET [--split val] [--metric voc07]
+
+    Offline mode: kdetect evaluate --ground-truth PATH --detections FILE [--format coco]
+    """
+    from kdetect.evaluation import evaluate_offline, print_metrics, write_metrics
+
+    if data is not None and ground_truth is not None and data != ground_truth:
+        raise KdetectError("give the dataset once: --data or --ground-truth")
+    dataset = ground_truth if ground_truth is not None else data
+    if detections is not None:
+        if model is not None:
+            raise KdetectError("give either MODEL or --detections, not both")
+        if dataset is None:
+            raise KdetectError("--detections needs --ground-truth PATH")
+        metrics = evaluate_offline(
+            dataset, detections, metric, format, split, plots, on_invalid_box
+        )
+    elif model is not None:
+        from kdetect.evaluation.saved import evaluate_saved_model
+
+        if dataset is None:
+            raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
+        metrics = evaluate_saved_model(
+            model, dataset, format, split, metric, batch_size, True, plots, on_invalid_box
+        )
+        if output is None and Path(model).is_dir():
+            output = Path(model) / "metrics.json"
+    else:
+        raise KdetectError("nothing to evaluate: give MODEL (a run directory) or --detections FILE")
+
+    print_metrics(metrics, console)
+    if output is not None:
+        console.print(f"metrics written to {write_metrics(metrics, output)}")
+    if plots is not None:
+        console.print(f"precision-recall curves written to {plots}")
