@@ -121,8 +121,15 @@ def scan_annotations(
     on_invalid_box: str = "error",
     images_dir: str | os.PathLike | None = None,
     check_images: bool = True,
+    warn: bool = True,
+    limit: int | None = None,
 ) -> tuple[Annotations, list[InvalidBox]]:
-    """Like :func:`read_annotations`, also returning the invalid boxes it found."""
+    """Like :func:`read_annotations`, also returning the invalid boxes it found.
+
+    ``warn=False`` skips the log warning about clipped or dropped boxes (for callers that
+    report them themselves, like ``kdetect dataset inspect``). ``limit`` keeps only the first
+    images of the split (before any check).
+    """
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise DataError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -143,10 +150,12 @@ def scan_annotations(
         raw, source_classes = _read_csv(path, split, images_dir)
     if not raw:
         raise DataError(f"{path}: split {split!r} has no images")
+    if limit is not None:
+        raw = raw[: max(int(limit), 1)]
     if check_images:
         _check_images_exist(raw)
     class_list = _resolve_classes(raw, classes, source_classes)
-    return _build(raw, class_list, on_invalid_box)
+    return _build(raw, class_list, on_invalid_box, warn)
 
 
 def parse_classes(classes: Sequence[str] | str | None) -> list[str] | None:
@@ -202,7 +211,7 @@ def _box_problem(box: tuple[float, ...], width: int, height: int) -> str | None:
 
 
 def _build(
-    raw: list[_RawImage], classes: list[str], on_invalid_box: str
+    raw: list[_RawImage], classes: list[str], on_invalid_box: str, warn: bool = True
 ) -> tuple[Annotations, list[InvalidBox]]:
     index = {name: i for i, name in enumerate(classes)}
     invalid: list[InvalidBox] = []
@@ -250,13 +259,14 @@ def _build(
                 f"{more}; use --on-invalid-box clip|drop (on_invalid_box=) to continue"
             )
         dropped = len(invalid) - clipped
-        logger.warning(
-            "%d invalid box(es) found: %d clipped to the image, %d dropped (first: %s)",
-            len(invalid),
-            clipped,
-            dropped,
-            invalid[0],
-        )
+        if warn:
+            logger.warning(
+                "%d invalid box(es) found: %d clipped to the image, %d dropped (first: %s)",
+                len(invalid),
+                clipped,
+                dropped,
+                invalid[0],
+            )
     return Annotations(classes=list(classes), records=records), invalid
 
 

@@ -266,12 +266,10 @@ def transform_dataset(
     class_list = classes
     for split in splits:
         annotations, invalid = scan_annotations(
-            format, data_dir, split, class_list, on_invalid_box, images_dir
+            format, data_dir, split, class_list, on_invalid_box, images_dir, limit=limit
         )
         if class_list is None:
             class_list = annotations.classes
-        if limit is not None:
-            annotations = Annotations(annotations.classes, annotations.records[: int(limit)])
         loaded[split] = (annotations, len(invalid))
     assert class_list is not None
 

@@ -1,0 +1,174 @@
+"""``kdetect dataset transform|inspect``: thin commands over ``kdetect.data``."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdetect.cli import app
+
+dataset_app = typer.Typer(
+    help="Convert datasets to TFRecords and check what their annotations hold.",
+    no_args_is_help=True,
+)
+app.add_typer(dataset_app, name="dataset")
+console = Console()
+
+
+class SourceType(str, Enum):
+    voc = "voc"
+    coco = "coco"
+    csv = "csv"
+
+
+class InspectType(str, Enum):
+    voc = "voc"
+    coco = "coco"
+    csv = "csv"
+    tfrecord = "tfrecord"
+
+
+class InvalidBoxPolicy(str, Enum):
+    error = "error"
+    clip = "clip"
+    drop = "drop"
+
+
+@contextmanager
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+
+        def factory(split: str, total: int):
+            task = progress.add_task(f"writing {split}", total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield factory
+
+
+@dataset_app.command()
+def transform(
+    type: Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")],
+    data_dir: Annotated[
+        Path, typer.Option(help="Dataset folder (or, for coco/csv, the annotation file).")
+    ],
+    output_dir: Annotated[Path, typer.Option(help="Folder for the TFRecords (replaced).")],
+    split: Annotated[
+        list[str], typer.Option("--split", help="Split to convert; repeat for more.")
+    ] = None,  # noqa: B006 - typer needs None for a repeatable option
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names (label id = position).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N images per split.")
+    ] = None,
+    shards: Annotated[int, typer.Option(min=1, help="TFRecord files per split.")] = 1,
+    on_invalid_box: Annotated[
+        InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
+    ] = InvalidBoxPolicy.error,
+    images_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the images, when not the usual place.")
+    ] = None,
+) -> None:
+    """Write sharded TFRecords, classes.json and dataset.json from a VOC, COCO or CSV dataset."""
+    from kdetect.data.tfrecord import transform_dataset
+
+    splits = split or ["train"]
+    with _progress() as factory:
+        summary = transform_dataset(
+            type.value,
+            data_dir,
+            splits,
+            output_dir,
+            classes=classes,
+            limit=limit,
+            shards=shards,
+            on_invalid_box=on_invalid_box.value,
+            images_dir=images_dir,
+            progress_factory=factory,
+        )
+    for name, info in summary["splits"].items():
+        console.print(
+            f"{name}: {info['images']} images, {info['boxes']} boxes -> "
+            f"{len(info['files'])} file(s) in {output_dir}"
+        )
+    console.print(f"classes ({len(summary['classes'])}): {', '.join(summary['classes'])}")
+
+
+@dataset_app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Dataset folder/file, or TFRecords (folder/glob).")],
+    type: Annotated[
+        InspectType | None, typer.Option("--type", help="Format; guessed when omitted.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to read.")] = "train",
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    images_dir: Annotated[Path | None, typer.Option(help="Folder of the images.")] = None,
+    show: Annotated[int, typer.Option(min=0, help="Draw the first N images.")] = 0,
+    output: Annotated[Path | None, typer.Option(help="Folder for the drawn images.")] = None,
+) -> None:
+    """Print images, boxes per class and per image, sizes and invalid boxes; draw examples."""
+    from kdetect.data.inspect import inspect_dataset
+
+    result = inspect_dataset(
+        path,
+        format=type.value if type else None,
+        split=split,
+        classes=classes,
+        images_dir=images_dir,
+        show=show,
+        output=output,
+    )
+    summary = result.summary
+    table = Table(title=f"{path} ({result.kind}, split {split})", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    per_image = summary["boxes_per_image"]
+    table.add_row("images", str(summary["images"]))
+    table.add_row("boxes", str(summary["boxes"]))
+    table.add_row("difficult / crowd boxes", str(summary["difficult_boxes"]))
+    table.add_row("images without boxes", str(summary["images_without_boxes"]))
+    table.add_row(
+        "boxes per image",
+        f"min {per_image['min']}, mean {per_image['mean']}, max {per_image['max']}",
+    )
+    table.add_row(
+        "image width",
+        f"{summary['width']['min']}..{summary['width']['max']}",
+    )
+    table.add_row("image height", f"{summary['height']['min']}..{summary['height']['max']}")
+    sizes = ", ".join(f"{k} ({v})" for k, v in list(summary["sizes"].items())[:5])
+    table.add_row("most common sizes", sizes)
+    invalid_style = "red" if summary["invalid_boxes"] else ""
+    table.add_row(
+        "invalid boxes", f"[{invalid_style}]{summary['invalid_boxes']}[/]" if invalid_style else "0"
+    )
+    console.print(table)
+
+    classes_table = Table(title="boxes per class")
+    classes_table.add_column("id", justify="right")
+    classes_table.add_column("class")
+    classes_table.add_column("boxes", justify="right")
+    for i, (name, count) in enumerate(summary["boxes_per_class"].items()):
+        classes_table.add_row(str(i), name, str(count))
+    console.print(classes_table)
+    for box in result.invalid[:10]:
+        console.print(f"[red]invalid:[/red] {box}", highlight=False)
+    if len(result.invalid) > 10:
+        console.print(f"... and {len(result.invalid) - 10} more invalid boxes")
+    if result.drawn:
+        console.print(f"drew {len(result.drawn)} image(s) in {output}")

@@ -1,0 +1,212 @@
+"""``kdetect dataset inspect``: counts for a dataset and drawings of its ground truth.
+
+Works on a source dataset (VOC, COCO or CSV) or on TFRecords written by
+``kdetect dataset transform`` (read back without decoding images, except the ones drawn).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from kdetect.data.images import load_image
+from kdetect.data.readers import FORMATS, InvalidBox, scan_annotations
+from kdetect.data.records import Annotations, Record
+from kdetect.data.tfrecord import KEYS, dataset_summary
+from kdetect.errors import DataError
+
+# Distinct, readable colours for the first classes; later ones cycle.
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+]  # fmt: skip
+
+
+@dataclass
+class Inspection:
+    """What ``inspect`` found: the summary counts, the invalid boxes, and what was drawn."""
+
+    kind: str  # "voc" | "coco" | "csv" | "tfrecord"
+    split: str | None
+    summary: dict[str, Any]
+    invalid: list[InvalidBox]
+    drawn: list[str]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess ``voc``, ``coco``, ``csv`` or ``tfrecord`` from what is at ``path``."""
+    p = Path(path)
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix == ".json":
+            return "coco"
+        if suffix == ".csv":
+            return "csv"
+        return "tfrecord"
+    if not p.exists():
+        if any(ch in str(path) for ch in "*?["):
+            return "tfrecord"
+        raise DataError(f"{path}: no such file or folder")
+    if (p / "dataset.json").is_file() or any(p.glob("*.tfrecord")):
+        return "tfrecord"
+    if (p / "Annotations").is_dir():
+        return "voc"
+    if (p / "annotations").is_dir() and any((p / "annotations").glob("*.json")):
+        return "coco"
+    if any(p.glob("*.csv")):
+        return "csv"
+    raise DataError(f"{path}: cannot tell the dataset format; pass --type {'|'.join(FORMATS)}")
+
+
+def read_tfrecord_annotations(
+    files: Sequence[str], keep_images: int = 0
+) -> tuple[Annotations, list[InvalidBox], list[bytes]]:
+    """Read boxes and names back from TFRecords without decoding images.
+
+    Returns the annotations, the boxes that are degenerate or outside [0, 1], and the encoded
+    bytes of the first ``keep_images`` images.
+    """
+    import json
+
+    import tensorflow as tf
+
+    classes_file = Path(files[0]).parent / "classes.json"
+    classes: list[str] = json.loads(classes_file.read_text()) if classes_file.is_file() else []
+    records, invalid, encoded = [], [], []
+    for path in files:
+        try:
+            for raw in tf.data.TFRecordDataset(path):
+                example = tf.train.Example.FromString(raw.numpy())
+                feature = example.features.feature
+
+                def values(key, feature=feature):
+                    f = feature[key]
+                    return list(f.float_list.value or f.int64_list.value or f.bytes_list.value)
+
+                width = int(values(KEYS["width"])[0])
+                height = int(values(KEYS["height"])[0])
+                name = values(KEYS["filename"])[0].decode()
+                norm = np.stack(
+                    [
+                        np.asarray(values(KEYS[k]), np.float32)
+                        for k in ("xmin", "ymin", "xmax", "ymax")
+                    ],
+                    axis=-1,
+                ).reshape(-1, 4)
+                labels = np.asarray(values(KEYS["label"]), np.int64) - 1
+                texts = [t.decode() for t in values(KEYS["text"])]
+                for label, text in zip(labels, texts, strict=False):
+                    while len(classes) <= label:
+                        classes.append(f"class_{len(classes)}")
+                    if classes[label].startswith("class_"):
+                        classes[label] = text
+                difficult = np.asarray(values(KEYS["difficult"]) or [0] * len(labels), bool)
+                for k, box in enumerate(norm):
+                    problem = None
+                    if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+                        problem = "is degenerate"
+                    elif box.min() < 0 or box[2] > 1 or box[3] > 1:
+                        problem = "reaches outside the image"
+                    if problem:
+                        pixels = tuple(float(v) for v in box * [width, height, width, height])
+                        invalid.append(
+                            InvalidBox(f"{path}: {name} box {k + 1}", name,
+                                       texts[k] if k < len(texts) else "?", pixels, problem)
+                        )  # fmt: skip
+                records.append(
+                    Record(
+                        filename=name,
+                        width=width,
+                        height=height,
+                        boxes=norm * np.asarray([width, height, width, height], np.float32),
+                        labels=labels.astype(np.int32),
+                        difficult=difficult,
+                    )
+                )
+                if len(encoded) < keep_images:
+                    encoded.append(values(KEYS["encoded"])[0])
+        except tf.errors.OpError as exc:
+            raise DataError(f"{path}: not a readable TFRecord file ({exc.message})") from None
+    return Annotations(classes, records), invalid, encoded
+
+
+def inspect_dataset(
+    path: str | os.PathLike,
+    format: str | None = None,
+    split: str = "train",
+    classes: Sequence[str] | str | None = None,
+    images_dir: str | os.PathLike | None = None,
+    show: int = 0,
+    output: str | os.PathLike | None = None,
+) -> Inspection:
+    """Count images, boxes per class/image, sizes and invalid boxes; draw ``show`` images.
+
+    ``path`` is a VOC/COCO/CSV dataset (``format`` guessed when ``None``) or TFRecords (a
+    transform folder, a file or a glob). Invalid boxes are counted, not fatal.
+    """
+    from kdetect.data.pipeline import tfrecord_files
+
+    kind = (format or detect_format(path)).lower()
+    if show and output is None:
+        raise DataError("--show needs --output DIR for the drawn images")
+    encoded: list[bytes] = []
+    if kind == "tfrecord":
+        files = tfrecord_files(path, split if Path(path).is_dir() else None)
+        annotations, invalid, encoded = read_tfrecord_annotations(files, int(show))
+        if not annotations.records:
+            raise DataError(f"{path}: the TFRecords hold no images")
+    elif kind in FORMATS:
+        annotations, invalid = scan_annotations(
+            kind, path, split, classes, "drop", images_dir, warn=False
+        )
+    else:
+        raise DataError(f"unknown dataset type {format!r}; expected voc, coco, csv or tfrecord")
+    summary = dataset_summary(annotations, len(invalid))
+    summary["classes"] = list(annotations.classes)
+    drawn: list[str] = []
+    if show:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, record in enumerate(annotations.records[: int(show)]):
+            if encoded:
+                with Image.open(io.BytesIO(encoded[i])) as im:
+                    pixels = np.asarray(im.convert("RGB"))
+            elif record.image is not None:
+                pixels = np.asarray(record.image, np.uint8)
+            else:
+                pixels = load_image(record.filename)
+            picture = draw_boxes(pixels, record, annotations.classes)
+            name = f"{i:04d}_{Path(record.filename).stem}.jpg"
+            picture.save(out / name, quality=92)
+            drawn.append(str(out / name))
+    return Inspection(kind, split, summary, invalid, drawn)
+
+
+def draw_boxes(image: np.ndarray, record: Record, classes: Sequence[str]) -> Image.Image:
+    """Draw a record's boxes and class names on its image (difficult ones dashed-looking thin)."""
+    picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    thickness = max(1, round(max(picture.size) / 400))
+    for box, label, difficult in zip(record.boxes, record.labels, record.difficult, strict=True):
+        colour = PALETTE[int(label) % len(PALETTE)]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        width = 1 if difficult else thickness
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = classes[label] if 0 <= label < len(classes) else str(label)
+        if difficult:
+            text += " (difficult)"
+        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
+        ty = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
+        draw.text((x1 + 2, ty), text, fill=(0, 0, 0), font=font)
+    return picture
