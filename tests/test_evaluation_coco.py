@@ -58,8 +58,12 @@ def results_as_prediction_lines(path: Path) -> None:
     for image in gt["images"]:
         objects = [
             {
-                "bbox": [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
-                         r["bbox"][1] + r["bbox"][3]],
+                "bbox": [
+                    r["bbox"][0],
+                    r["bbox"][1],
+                    r["bbox"][0] + r["bbox"][2],
+                    r["bbox"][1] + r["bbox"][3],
+                ],
                 "label": names[r["category_id"]],
                 "score": r["score"],
             }
@@ -116,8 +120,12 @@ def write_jittered_predictions(records, classes, path: Path, seed: int = 0) -> N
                             "score": round(float(rng.random()), 3),
                         }
                     )
-            row = {"file": Path(record.filename).name, "width": record.width,
-                   "height": record.height, "objects": objects}
+            row = {
+                "file": Path(record.filename).name,
+                "width": record.width,
+                "height": record.height,
+                "objects": objects,
+            }
             handle.write(json.dumps(row) + "\n")
 
 

@@ -119,7 +119,7 @@ def plot_pr_curves(
             ]
             draw.line(points, fill=(31, 119, 180), width=2)
         ap = metrics.get("per_class", {}).get(name)
-        draw.text((left, 8), f"{name}  AP={_fmt(ap)} ({metrics['metric']})", fill="black")
+        draw.text((left + 80, 8), f"{name}  AP={_fmt(ap)} ({metrics['metric']})", fill="black")
         draw.text((left + plot_w // 2 - 15, height - 18), "recall", fill="black")
         draw.text((4, top - 20), "precision", fill="black")
         stem = f"pr_{_safe_name(name)}"
