@@ -118,7 +118,9 @@ def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case, expected):
     good = prediction("a.jpg", {"bbox": [10, 10, 50, 50], "label": "cat", "score": 0.9})
     lines = {
         "malformed": [good, '{"file": "b.jpg", "objects": [}'],
-        "unknown_class": [prediction("a.jpg", {"bbox": [1, 1, 5, 5], "label": "horse", "score": 1})],
+        "unknown_class": [
+            prediction("a.jpg", {"bbox": [1, 1, 5, 5], "label": "horse", "score": 1})
+        ],
         "unknown_file": [prediction("zzz.jpg")],
         "no_score": [prediction("a.jpg", {"bbox": [1, 1, 5, 5], "label": "cat"})],
     }
