@@ -128,7 +128,7 @@ def scan_annotations(
 
     ``warn=False`` skips the log warning about clipped or dropped boxes (for callers that
     report them themselves, like ``kdetect dataset inspect``). ``limit`` keeps only the first
-    images of the split (before any check).
+    images of the split (the class list still comes from all of it).
     """
     fmt = str(format).lower()
     if fmt not in FORMATS:
@@ -150,11 +150,12 @@ def scan_annotations(
         raw, source_classes = _read_csv(path, split, images_dir)
     if not raw:
         raise DataError(f"{path}: split {split!r} has no images")
+    # Classes come from the whole split, so --limit never changes the label ids.
+    class_list = _resolve_classes(raw, classes, source_classes)
     if limit is not None:
         raw = raw[: max(int(limit), 1)]
     if check_images:
         _check_images_exist(raw)
-    class_list = _resolve_classes(raw, classes, source_classes)
     return _build(raw, class_list, on_invalid_box, warn)
 
 

@@ -1,0 +1,173 @@
+"""Backbones: ``keras.applications`` networks cut into feature maps, plus a tiny CNN for tests.
+
+A backbone is a functional ``keras.Model`` mapping a normalised image [B, H, W, 3] to the list of
+feature maps ``[C2, C3, C4, C5]`` (strides 4, 8, 16, 32). A C4-style detector (as in the original
+Faster R-CNN and Luminoth) uses only ``C4``; a detector with a feature pyramid uses all four.
+The backbone knows nothing of detection.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import keras
+from keras import layers, ops
+
+from kdetect.errors import CheckpointError
+
+BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "tiny")
+STRIDES = (4, 8, 16, 32)
+FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    builder: str | None  # keras.applications constructor name
+    endpoints: tuple[str, str, str, str]  # layers giving C2..C5
+    stem_end: str  # last layer of the stem
+    preprocessing: str  # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]) or "unit" ([0, 1])
+
+
+_SPECS = {
+    "resnet50": _Spec(
+        "ResNet50",
+        ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+        "pool1_pool",
+        "caffe",
+    ),
+    "resnet101": _Spec(
+        "ResNet101",
+        ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
+        "pool1_pool",
+        "caffe",
+    ),
+    "vgg16": _Spec(
+        "VGG16", ("block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"), "block1_pool", "caffe"
+    ),
+    "mobilenet_v2": _Spec(
+        "MobileNetV2",
+        ("block_2_add", "block_5_add", "block_13_expand_relu", "out_relu"),
+        "expanded_conv_project_BN",
+        "tf",
+    ),
+    "tiny": _Spec(None, ("c2", "c3", "c4", "c5"), "stem", "unit"),
+}
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def preprocess_images(images, backbone: str):
+    """Normalise raw 0..255 RGB pixels the way ``backbone`` was trained to see them."""
+    images = ops.cast(images, "float32")
+    mode = _SPECS[backbone].preprocessing
+    if mode == "caffe":
+        return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
+    if mode == "tf":
+        return images / 127.5 - 1.0
+    return images / 255.0
+
+
+def _tiny_backbone(input_shape) -> keras.Model:
+    """Five stride-2 stages of two 3x3 convs with batch norm: fast enough for CPU tests."""
+    inputs = keras.Input(input_shape)
+
+    def conv_bn(x, filters, stride, name):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    x = conv_bn(inputs, 16, 2, "stem_a")
+    x = layers.Identity(name="stem")(x)
+    outputs = []
+    for i, filters in enumerate((32, 64, 128, 256)):
+        x = conv_bn(x, filters, 2, f"stage{i + 1}_a")
+        x = conv_bn(x, filters, 1, f"stage{i + 1}_b")
+        x = layers.Identity(name=f"c{i + 2}")(x)
+        outputs.append(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def _load_application(spec: _Spec, name: str, input_shape, weights):
+    """Instantiate a ``keras.applications`` model; ``weights`` None, "imagenet" or a file path."""
+    builder = getattr(keras.applications, spec.builder)
+    if weights in (None, "imagenet"):
+        try:
+            return builder(include_top=False, weights=weights, input_shape=input_shape)
+        except Exception as exc:  # network failures surface as many exception types
+            if weights != "imagenet":
+                raise
+            raise CheckpointError(
+                f"could not download ImageNet weights for backbone '{name}' ({exc.__class__.__name__}: "
+                f"{exc}); download the no-top weights file elsewhere and pass its path as backbone_weights"
+            ) from exc
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"backbone_weights: file not found: {path}")
+    model = builder(include_top=False, weights=None, input_shape=input_shape)
+    try:
+        model.load_weights(path)
+    except Exception as exc:
+        raise CheckpointError(f"backbone_weights: cannot load {path} into '{name}': {exc}") from exc
+    return model
+
+
+def build_backbone(
+    name: str,
+    input_shape: tuple[int, int, int],
+    weights: str | None = None,
+    freeze: str | None = None,
+    frozen_batch_norm: bool = False,
+) -> tuple[keras.Model, keras.Model]:
+    """Build a backbone.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        input_shape: ``(H, W, 3)``.
+        weights: None (random), ``"imagenet"`` or the path of a Keras weights file for the
+            ``include_top=False`` network.
+        freeze: freeze every layer up to and including this stage (``"stem"``, ``"stage1"`` ..
+            ``"stage4"``), or None.
+        frozen_batch_norm: run batch norm layers in inference mode with fixed statistics (the usual
+            choice when fine-tuning pretrained weights with small batches).
+
+    Returns:
+        ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]``; ``full`` is the whole
+        underlying network (used to cut out the ResNet stage-5 head of C4 models).
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown backbone '{name}'; expected one of {', '.join(BACKBONES)}")
+    if freeze is not None and freeze not in FREEZE_STAGES:
+        raise ValueError(f"freeze must be one of {', '.join(FREEZE_STAGES)} or None, got '{freeze}'")
+    spec = _SPECS[name]
+    if spec.builder is None:
+        if weights is not None:
+            raise ValueError("the 'tiny' backbone has no pretrained weights; use backbone_weights=None")
+        full = _tiny_backbone(input_shape)
+    else:
+        full = _load_application(spec, name, input_shape, weights)
+    features = keras.Model(
+        full.inputs, [full.get_layer(e).output for e in spec.endpoints], name=f"{name}_features"
+    )
+    if freeze is not None:
+        boundary = spec.stem_end if freeze == "stem" else spec.endpoints[int(freeze[-1]) - 1]
+        for layer in full.layers:
+            layer.trainable = False
+            if layer.name == boundary:
+                break
+    if frozen_batch_norm:
+        for layer in full.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+    return features, full
+
+
+def resnet_stage5_head(full: keras.Model, name: str) -> keras.Model:
+    """The C4 box head of a ResNet: its stage 5 applied to pooled RoIs, then global average pooling."""
+    spec = _SPECS[name]
+    stage5 = keras.Model(
+        full.get_layer(spec.endpoints[2]).output, full.get_layer(spec.endpoints[3]).output
+    )
+    inputs = keras.Input(stage5.input_shape[1:])
+    pooled = layers.GlobalAveragePooling2D()(stage5(inputs))
+    return keras.Model(inputs, pooled, name=f"{name}_stage5_head")

@@ -1,0 +1,18 @@
+"""Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
+
+from kdetect.layers.detection import DetectionDecoder
+from kdetect.layers.fpn import FeaturePyramid
+from kdetect.layers.roi import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
+from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
+
+__all__ = [
+    "BoxPredictor",
+    "DetectionDecoder",
+    "FeaturePyramid",
+    "MLPBoxHead",
+    "MultiLevelRoIAlign",
+    "ProposalGenerator",
+    "RPNHead",
+    "RPNTargetAssigner",
+    "RoISampler",
+]

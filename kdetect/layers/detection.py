@@ -1,0 +1,59 @@
+"""Turning the box head's outputs into final detections."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from kdetect.boxes import BoxCoder, clip_boxes
+
+
+class DetectionDecoder:
+    """Final detections from class logits and class-specific deltas of each proposal.
+
+    Softmax over classes; every proposal is decoded once per foreground class and clipped to the
+    image; candidates below ``score_thresh`` or smaller than ``min_size`` are dropped;
+    non-maximum suppression at ``nms_thresh`` runs within each class; the
+    ``detections_per_img`` best detections over all classes are kept.
+
+    Returns a dict of padded tensors: ``boxes`` [B, K, 4] ``xyxy``, ``confidence`` [B, K],
+    ``labels`` int32 [B, K] (0-based class ids, -1 for padding rows), ``num_detections`` [B].
+    """
+
+    def __init__(
+        self,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        min_size: float = 1e-2,
+        box_coder: BoxCoder | None = None,
+    ):
+        self.score_thresh = float(score_thresh)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+        self.min_size = float(min_size)
+        self.box_coder = box_coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
+
+    def __call__(self, class_logits, box_deltas, proposals, proposals_valid, image_size):
+        from kdetect.tf_ops import multiclass_nms
+
+        height, width = image_size
+        class_logits = ops.cast(class_logits, "float32")
+        box_deltas = ops.cast(box_deltas, "float32")
+        num_classes = box_deltas.shape[2]
+        scores = ops.softmax(class_logits, axis=-1)[..., 1:]  # [B, R, C]
+        reference = ops.repeat(ops.expand_dims(proposals, 2), num_classes, axis=2)
+        boxes = clip_boxes(self.box_coder.decode(box_deltas, reference), height, width)
+        x1, y1, x2, y2 = ops.unstack(boxes, 4, axis=-1)
+        keep = ((x2 - x1) >= self.min_size) & ((y2 - y1) >= self.min_size)
+        keep = keep & ops.expand_dims(proposals_valid, -1)
+        scores = ops.where(keep, scores, 0.0)
+        boxes, confidence, labels, num = multiclass_nms(
+            boxes, scores, self.detections_per_img, self.nms_thresh, self.score_thresh
+        )
+        valid = ops.arange(self.detections_per_img)[None, :] < ops.expand_dims(num, -1)
+        return {
+            "boxes": boxes,
+            "confidence": confidence,
+            "labels": ops.where(valid, labels, -1),
+            "num_detections": num,
+        }

@@ -1,0 +1,170 @@
+"""Region proposal network: the head, its training targets and proposal generation.
+
+As in Luminoth, the training-only part (:class:`RPNTargetAssigner`) is separate from the part
+inference also runs (:class:`RPNHead`, :class:`ProposalGenerator`).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
+from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
+
+
+@keras.saving.register_keras_serializable(package="kdetect")
+class RPNHead(keras.layers.Layer):
+    """A 3x3 conv followed by two sibling 1x1 convs, shared across pyramid levels.
+
+    For every level's feature map [B, H, W, C] it predicts, per anchor, one objectness logit and
+    four box deltas. Outputs are flattened in anchor-grid order (row-major cells, anchors fastest),
+    matching :func:`kdetect.anchors.grid_anchors`.
+
+    Args:
+        num_anchors: anchors per feature-map cell.
+        channels: width of the 3x3 conv.
+    """
+
+    def __init__(self, num_anchors: int, channels: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        self.num_anchors = num_anchors
+        self.channels = channels
+        init = keras.initializers.RandomNormal(stddev=0.01)
+        self.conv = keras.layers.Conv2D(
+            channels, 3, padding="same", activation="relu", kernel_initializer=init, name="conv"
+        )
+        self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
+        self.box_deltas = keras.layers.Conv2D(num_anchors * 4, 1, kernel_initializer=init, name="box_deltas")
+
+    def build(self, input_shape):
+        # input_shape: one feature-map shape (all levels share channels).
+        self.conv.build(input_shape)
+        shape = tuple(input_shape[:-1]) + (self.channels,)
+        self.objectness.build(shape)
+        self.box_deltas.build(shape)
+
+    def call(self, features):
+        """``features``: list of [B, H_l, W_l, C]. Returns (logits [B, A_total], deltas [B, A_total, 4])."""
+        logits, deltas = [], []
+        for feature in features:
+            x = self.conv(feature)
+            batch = ops.shape(x)[0]
+            logits.append(ops.reshape(self.objectness(x), (batch, -1)))
+            deltas.append(ops.reshape(self.box_deltas(x), (batch, -1, 4)))
+        return ops.concatenate(logits, axis=1), ops.concatenate(deltas, axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_anchors": self.num_anchors, "channels": self.channels})
+        return config
+
+
+class RPNTargetAssigner:
+    """Training targets of the RPN: which anchors are objects, which background, and how to move
+    the positive ones onto their object.
+
+    Anchors with IoU >= ``fg_iou_thresh`` with some ground truth (plus each ground truth's best
+    anchors) are positive, those below ``bg_iou_thresh`` negative, the rest ignored; then
+    ``batch_size_per_image`` of them are sampled with at most ``positive_fraction`` positive.
+
+    Returns ``(labels, box_targets)``: float [B, A] with 1 (sampled positive), 0 (sampled
+    negative) or -1 (not sampled), and float [B, A, 4] deltas (meaningful where labels == 1).
+    """
+
+    def __init__(
+        self,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        box_coder: BoxCoder | None = None,
+    ):
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
+
+    def __call__(self, anchors, gt_boxes, gt_valid, seed=None):
+        """``anchors`` [A, 4]; ``gt_boxes`` [B, M, 4]; ``gt_valid`` bool [B, M]."""
+        batch = ops.shape(gt_boxes)[0]
+        anchors = ops.broadcast_to(ops.expand_dims(anchors, 0), (batch,) + tuple(anchors.shape))
+        iou = pairwise_iou(anchors, gt_boxes)  # [B, A, M]
+        matches = self.matcher(iou, gt_valid)
+        positive = matches >= 0
+        negative = matches == -1
+        sampled_pos, sampled_neg = self.sampler(positive, negative, seed=seed)
+        labels = ops.where(sampled_pos, 1.0, ops.where(sampled_neg, 0.0, -1.0))
+        matched_boxes = ops.take_along_axis(
+            gt_boxes, ops.expand_dims(ops.maximum(matches, 0), -1), axis=1
+        )
+        box_targets = self.box_coder.encode(matched_boxes, anchors)
+        return labels, box_targets
+
+
+class ProposalGenerator:
+    """Turns RPN outputs into a fixed number of object proposals per image.
+
+    Per pyramid level: keep the ``pre_nms_top_n`` highest-scoring anchors, decode their deltas,
+    clip to the image, discard boxes smaller than ``min_size``; then non-maximum suppression at
+    ``nms_thresh`` within each level, and finally the ``post_nms_top_n`` best over all levels.
+
+    Returns ``(proposals, valid)``: [B, post_nms_top_n, 4] ``xyxy`` and bool [B, post_nms_top_n]
+    (False for padding rows when fewer boxes survive). Gradients do not flow into proposals.
+    """
+
+    def __init__(
+        self,
+        pre_nms_top_n: int,
+        post_nms_top_n: int,
+        nms_thresh: float = 0.7,
+        min_size: float = 1e-3,
+        score_thresh: float = 0.0,
+        box_coder: BoxCoder | None = None,
+    ):
+        self.pre_nms_top_n = int(pre_nms_top_n)
+        self.post_nms_top_n = int(post_nms_top_n)
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = float(min_size)
+        self.score_thresh = float(score_thresh)
+        self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
+
+    def __call__(self, logits, deltas, anchors_per_level, image_size):
+        from kdetect.tf_ops import nms_padded
+
+        height, width = image_size
+        logits = ops.stop_gradient(ops.cast(logits, "float32"))
+        deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
+        boxes_all, scores_all, offsets = [], [], []
+        start = 0
+        # Boxes of different levels never suppress each other: shift each level to its own region
+        # of the plane before one NMS call (the "batched NMS" coordinate trick).
+        level_offset = float(max(height, width) + 1)
+        for level, anchors in enumerate(anchors_per_level):
+            count = anchors.shape[0]
+            level_logits = logits[:, start : start + count]
+            level_deltas = deltas[:, start : start + count]
+            start += count
+            k = min(self.pre_nms_top_n, count)
+            top_logits, top_idx = ops.top_k(level_logits, k)
+            top_deltas = ops.take_along_axis(level_deltas, ops.expand_dims(top_idx, -1), axis=1)
+            top_anchors = ops.take(ops.convert_to_tensor(anchors), top_idx, axis=0)
+            boxes = clip_boxes(self.box_coder.decode(top_deltas, top_anchors), height, width)
+            scores = ops.sigmoid(top_logits)
+            x1, y1, x2, y2 = ops.unstack(boxes, 4, axis=-1)
+            keep = ((x2 - x1) >= self.min_size) & ((y2 - y1) >= self.min_size)
+            keep = keep & (scores >= self.score_thresh)
+            boxes_all.append(boxes)
+            scores_all.append(ops.where(keep, scores, -1.0))
+            offsets.append(ops.full((k,), level * level_offset))
+        boxes = ops.concatenate(boxes_all, axis=1)
+        scores = ops.concatenate(scores_all, axis=1)
+        shift = ops.expand_dims(ops.expand_dims(ops.concatenate(offsets, axis=0), 0), -1)
+        indices, num_valid = nms_padded(
+            boxes + shift, scores, self.post_nms_top_n, self.nms_thresh, score_threshold=-0.5
+        )
+        proposals = ops.take_along_axis(boxes, ops.expand_dims(indices, -1), axis=1)
+        valid = ops.arange(self.post_nms_top_n)[None, :] < ops.expand_dims(num_valid, -1)
+        proposals = ops.where(ops.expand_dims(valid, -1), proposals, 0.0)
+        return proposals, valid
+
+

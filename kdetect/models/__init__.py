@@ -1,0 +1,5 @@
+"""Detection models."""
+
+from kdetect.models.faster_rcnn import FasterRCNN
+
+__all__ = ["FasterRCNN"]

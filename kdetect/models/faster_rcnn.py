@@ -1,0 +1,407 @@
+"""Faster R-CNN (Ren et al., 2015) as a ``keras.Model``, with an optional feature pyramid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from kdetect.anchors import multilevel_anchors
+from kdetect.backbones import build_backbone, preprocess_images, resnet_stage5_head
+from kdetect.boxes import BoxCoder, clip_boxes
+from kdetect.layers import (
+    BoxPredictor,
+    DetectionDecoder,
+    FeaturePyramid,
+    MLPBoxHead,
+    MultiLevelRoIAlign,
+    ProposalGenerator,
+    RoISampler,
+    RPNHead,
+    RPNTargetAssigner,
+)
+
+LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
+
+
+def smooth_l1(diff, beta: float):
+    """Huber-like loss used for box regression: quadratic below ``beta``, linear above."""
+    diff = ops.abs(diff)
+    return ops.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
+
+
+@keras.saving.register_keras_serializable(package="kdetect")
+class FasterRCNN(keras.Model):
+    """Two-stage object detector: backbone (+ FPN) -> RPN -> RoIAlign -> box head -> decoder.
+
+    Training batches are ``{"images": [B, H, W, 3], "bounding_boxes": {"boxes": [B, M, 4] xyxy
+    pixels, "labels": [B, M] (-1 = padding)}}`` with images already resized and padded to
+    ``image_size``; ``fit`` optimises the sum of four losses and reports each one. ``predict``
+    takes raw images of any size, resizes them to fit ``image_size`` (keeping the aspect ratio,
+    padded at the bottom/right) and returns boxes in the input images' pixels.
+
+    Args:
+        num_classes: number of object classes (background is added internally).
+        backbone: ``resnet50``, ``resnet101``, ``vgg16``, ``mobilenet_v2`` or ``tiny``.
+        fpn: use a feature pyramid (P2-P6) instead of the single stride-16 map (C4).
+        image_size: ``(height, width)`` the network runs at; multiples of 32.
+        backbone_weights: None (random init), ``"imagenet"`` or a local weights file.
+        freeze: freeze the backbone up to this stage (``stem``, ``stage1``..``stage4``).
+        frozen_batch_norm: keep the backbone's batch-norm statistics fixed; defaults to True
+            when ``backbone_weights`` is given.
+        anchor_sizes: one tuple of sizes (pixels) per RPN level; default
+            ``((32,), (64,), (128,), (256,), (512,))`` with FPN, ``((32, 64, 128, 256, 512),)`` without.
+        aspect_ratios: anchor height/width ratios, shared by all levels.
+        fpn_channels: width of the pyramid levels.
+        rpn_*: region proposal network settings (torchvision's names and defaults).
+        box_*: RoI head settings (torchvision's names and defaults); ``box_head_units`` is the
+            width of the two fully connected layers of the MLP head.
+        bbox_reg_weights: box coder weights of the RoI head.
+        seed: seed of the training-time samplers.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        fpn: bool = True,
+        image_size: Sequence[int] = (800, 800),
+        backbone_weights: str | None = None,
+        freeze: str | None = None,
+        frozen_batch_norm: bool | None = None,
+        anchor_sizes: Sequence[Sequence[float]] | None = None,
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        fpn_channels: int = 256,
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_score_thresh: float = 0.0,
+        box_roi_pool_size: int = 7,
+        box_sampling_ratio: int = 2,
+        box_head_units: int = 1024,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+        bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        image_size = tuple(int(s) for s in image_size)
+        if len(image_size) != 2 or any(s <= 0 or s % 32 for s in image_size):
+            raise ValueError(f"image_size must be (height, width), multiples of 32; got {image_size}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if anchor_sizes is None:
+            anchor_sizes = ((32,), (64,), (128,), (256,), (512,)) if fpn else ((32, 64, 128, 256, 512),)
+        anchor_sizes = tuple(tuple(float(s) for s in level) for level in anchor_sizes)
+        if frozen_batch_norm is None:
+            frozen_batch_norm = backbone_weights is not None
+
+        # --- Layers -------------------------------------------------------------------------
+        features, full = build_backbone(
+            backbone, image_size + (3,), backbone_weights, freeze, frozen_batch_norm
+        )
+        c4_style_resnet = not fpn and backbone.startswith("resnet")
+        if fpn:
+            self.backbone = features
+            self.fpn = FeaturePyramid(fpn_channels, name="fpn")
+            rpn_channels = fpn_channels
+            rpn_strides = (4, 8, 16, 32, 64)
+            roi_strides = (4, 8, 16, 32)
+        else:
+            self.backbone = keras.Model(full.inputs, features.outputs[2], name=f"{backbone}_c4")
+            self.fpn = None
+            rpn_channels = features.output_shape[2][-1]
+            rpn_strides = roi_strides = (16,)
+        if len(anchor_sizes) != len(rpn_strides):
+            raise ValueError(
+                f"anchor_sizes needs {len(rpn_strides)} tuples (one per RPN level), got {len(anchor_sizes)}"
+            )
+        num_anchors = len(anchor_sizes[0]) * len(aspect_ratios)
+        if any(len(level) != len(anchor_sizes[0]) for level in anchor_sizes):
+            raise ValueError("every RPN level needs the same number of anchor sizes")
+        self.rpn_head = RPNHead(num_anchors, rpn_channels, name="rpn_head")
+        roi_output_size = 2 * box_roi_pool_size if c4_style_resnet else box_roi_pool_size
+        self.roi_align = MultiLevelRoIAlign(roi_strides, roi_output_size, box_sampling_ratio)
+        if c4_style_resnet:
+            self.box_head = resnet_stage5_head(full, backbone)
+        else:
+            self.box_head = MLPBoxHead(box_head_units, name="box_head")
+        self.box_predictor = BoxPredictor(num_classes, name="box_predictor")
+
+        # --- Training and inference logic (no weights) --------------------------------------
+        rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        roi_coder = BoxCoder(bbox_reg_weights)
+        self.rpn_targets = RPNTargetAssigner(
+            rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction, rpn_coder
+        )
+        self.train_proposals = ProposalGenerator(
+            rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_nms_thresh,
+            score_thresh=rpn_score_thresh, box_coder=rpn_coder,
+        )
+        self.test_proposals = ProposalGenerator(
+            rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test, rpn_nms_thresh,
+            score_thresh=rpn_score_thresh, box_coder=rpn_coder,
+        )
+        self.roi_sampler = RoISampler(
+            box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, roi_coder
+        )
+        self.decoder = DetectionDecoder(
+            box_score_thresh, box_nms_thresh, box_detections_per_img, box_coder=roi_coder
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+        # --- Config -------------------------------------------------------------------------
+        self.num_classes = num_classes
+        self.backbone_name = backbone
+        self.use_fpn = fpn
+        self.image_size = image_size
+        self.backbone_weights = backbone_weights
+        self.freeze = freeze
+        self.frozen_batch_norm = frozen_batch_norm
+        self.anchor_sizes = anchor_sizes
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.fpn_channels = fpn_channels
+        self._config = {
+            "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
+            "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+            "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+            "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+            "rpn_nms_thresh": rpn_nms_thresh,
+            "rpn_fg_iou_thresh": rpn_fg_iou_thresh,
+            "rpn_bg_iou_thresh": rpn_bg_iou_thresh,
+            "rpn_batch_size_per_image": rpn_batch_size_per_image,
+            "rpn_positive_fraction": rpn_positive_fraction,
+            "rpn_score_thresh": rpn_score_thresh,
+            "box_roi_pool_size": box_roi_pool_size,
+            "box_sampling_ratio": box_sampling_ratio,
+            "box_head_units": box_head_units,
+            "box_score_thresh": box_score_thresh,
+            "box_nms_thresh": box_nms_thresh,
+            "box_detections_per_img": box_detections_per_img,
+            "box_fg_iou_thresh": box_fg_iou_thresh,
+            "box_bg_iou_thresh": box_bg_iou_thresh,
+            "box_batch_size_per_image": box_batch_size_per_image,
+            "box_positive_fraction": box_positive_fraction,
+            "bbox_reg_weights": tuple(float(w) for w in bbox_reg_weights),
+            "seed": seed,
+        }
+
+        # Anchors are constants of the (static) input size.
+        rpn_feature_sizes = self._rpn_feature_sizes(rpn_strides)
+        self.anchors_per_level = multilevel_anchors(
+            rpn_feature_sizes, rpn_strides, anchor_sizes, self.aspect_ratios
+        )
+        self.build((None,) + image_size + (3,))
+
+    # --- Construction helpers ---------------------------------------------------------------
+    def _rpn_feature_sizes(self, rpn_strides):
+        if self.use_fpn:
+            sizes = [tuple(shape[1:3]) for shape in self.backbone.output_shape]
+            p5 = sizes[-1]
+            return sizes + [((p5[0] + 1) // 2, (p5[1] + 1) // 2)]
+        return [tuple(self.backbone.output_shape[1:3])]
+
+    def build(self, input_shape):
+        feature_shapes = self.backbone.output_shape
+        if self.use_fpn:
+            self.fpn.build(feature_shapes)
+            rpn_input = tuple(feature_shapes[0][:-1]) + (self.fpn_channels,)
+            roi_channels = self.fpn_channels
+        else:
+            rpn_input = tuple(feature_shapes)
+            roi_channels = feature_shapes[-1]
+        self.rpn_head.build(rpn_input)
+        size = self.roi_align.output_size
+        if isinstance(self.box_head, MLPBoxHead):
+            self.box_head.build((None, None, size, size, roi_channels))
+            self.box_predictor.build((None, None, self.box_head.units))
+        else:
+            self.box_predictor.build((None, None, self.box_head.output_shape[-1]))
+        self.built = True
+
+    # --- The forward pass, written once -----------------------------------------------------
+    def _feature_maps(self, images, training):
+        """(RPN feature maps, RoI feature maps) of preprocessed images."""
+        x = preprocess_images(images, self.backbone_name)
+        features = self.backbone(x, training=training)
+        if self.fpn is None:
+            return [features], [features]
+        pyramid = self.fpn(features)
+        return pyramid, pyramid[:4]
+
+    def _box_branch(self, roi_features, rois, training):
+        """Class logits [B, R, C + 1] and deltas [B, R, C, 4] for RoIs [B, R, 4]."""
+        pooled = self.roi_align(roi_features, rois)
+        if isinstance(self.box_head, MLPBoxHead):
+            x = self.box_head(pooled)
+        else:
+            batch, num = ops.shape(pooled)[0], pooled.shape[1]
+            flat = ops.reshape(pooled, (-1,) + tuple(pooled.shape[2:]))
+            x = ops.reshape(self.box_head(flat, training=training), (batch, num, -1))
+        return self.box_predictor(x)
+
+    def call(self, images, training=False):
+        """Detections for images already at ``image_size`` (pixels of that padded frame)."""
+        rpn_features, roi_features = self._feature_maps(images, training)
+        logits, deltas = self.rpn_head(rpn_features)
+        proposals, valid = self.test_proposals(logits, deltas, self.anchors_per_level, self.image_size)
+        class_logits, box_deltas = self._box_branch(roi_features, proposals, training)
+        return self.decoder(class_logits, box_deltas, proposals, valid, self.image_size)
+
+    # --- Training -------------------------------------------------------------------------
+    def compute_losses(self, images, bounding_boxes, training=True):
+        """The four Faster R-CNN loss terms and their sum, as a dict of scalars."""
+        gt_boxes = ops.cast(bounding_boxes["boxes"], "float32")
+        gt_labels = ops.cast(bounding_boxes["labels"], "int32")
+        gt_valid = gt_labels >= 0
+
+        rpn_features, roi_features = self._feature_maps(images, training)
+        logits, deltas = self.rpn_head(rpn_features)
+        logits = ops.cast(logits, "float32")
+        deltas = ops.cast(deltas, "float32")
+
+        anchors = ops.convert_to_tensor(ops.concatenate(
+            [ops.convert_to_tensor(a) for a in self.anchors_per_level], axis=0
+        ))
+        rpn_labels, rpn_box_targets = self.rpn_targets(anchors, gt_boxes, gt_valid, seed=self.seed_generator)
+        sampled = ops.cast(rpn_labels >= 0, "float32")
+        positive = ops.cast(rpn_labels > 0, "float32")
+        num_sampled = ops.maximum(ops.sum(sampled), 1.0)
+        rpn_cls = ops.binary_crossentropy(ops.maximum(rpn_labels, 0.0), logits, from_logits=True)
+        rpn_cls_loss = ops.sum(rpn_cls * sampled) / num_sampled
+        rpn_box = ops.sum(smooth_l1(deltas - rpn_box_targets, 1.0 / 9.0), axis=-1)
+        rpn_box_loss = ops.sum(rpn_box * positive) / num_sampled
+
+        proposals, valid = self.train_proposals(logits, deltas, self.anchors_per_level, self.image_size)
+        samples = self.roi_sampler(proposals, valid, gt_boxes, gt_labels, seed=self.seed_generator)
+        class_logits, box_deltas = self._box_branch(roi_features, samples["rois"], training)
+        class_logits = ops.cast(class_logits, "float32")
+        box_deltas = ops.cast(box_deltas, "float32")
+        weights = samples["weights"]
+        num_rois = ops.maximum(ops.sum(weights), 1.0)
+        rcnn_cls = ops.sparse_categorical_crossentropy(samples["labels"], class_logits, from_logits=True)
+        rcnn_cls_loss = ops.sum(rcnn_cls * weights) / num_rois
+        class_index = ops.maximum(samples["labels"] - 1, 0)
+        picked = ops.take_along_axis(box_deltas, class_index[:, :, None, None], axis=2)[:, :, 0, :]
+        fg = ops.cast(samples["labels"] > 0, "float32") * weights
+        rcnn_box = ops.sum(smooth_l1(picked - samples["box_targets"], 1.0 / 9.0), axis=-1)
+        rcnn_box_loss = ops.sum(rcnn_box * fg) / num_rois
+
+        total = rpn_cls_loss + rpn_box_loss + rcnn_cls_loss + rcnn_box_loss
+        return {
+            "loss": total,
+            "rpn_cls_loss": rpn_cls_loss,
+            "rpn_box_loss": rpn_box_loss,
+            "rcnn_cls_loss": rcnn_cls_loss,
+            "rcnn_box_loss": rcnn_box_loss,
+        }
+
+    def compile(self, optimizer="sgd", jit_compile=False, **kwargs):
+        """Compile with an optimizer; the loss is the model's own, so no ``loss`` argument."""
+        if "loss" in kwargs:
+            raise ValueError("FasterRCNN computes its own multi-task loss; do not pass `loss`")
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    def _update_trackers(self, losses):
+        for name, value in losses.items():
+            self.loss_trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    @staticmethod
+    def _unpack(data):
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        return data["images"], data["bounding_boxes"]
+
+    def train_step(self, data):
+        images, bounding_boxes = self._unpack(data)
+        trainable = self.trainable_variables
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(images, bounding_boxes, training=True)
+            scaled = self.optimizer.scale_loss(losses["loss"])
+        grads = tape.gradient(scaled, trainable)
+        self.optimizer.apply(grads, trainable)
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        images, bounding_boxes = self._unpack(data)
+        losses = self.compute_losses(images, bounding_boxes, training=False)
+        return self._update_trackers(losses)
+
+    # --- Inference on raw images ------------------------------------------------------------
+    def resize_and_pad(self, images):
+        """Resize a batch of same-size images to fit ``image_size`` and pad; returns (images, scale)."""
+        images = ops.cast(images, "float32")
+        target_h, target_w = self.image_size
+        shape = ops.shape(images)
+        h = ops.cast(shape[1], "float32")
+        w = ops.cast(shape[2], "float32")
+        scale = ops.minimum(target_h / h, target_w / w)
+        new_h = ops.minimum(ops.cast(ops.round(h * scale), "int32"), target_h)
+        new_w = ops.minimum(ops.cast(ops.round(w * scale), "int32"), target_w)
+        resized = tf.image.resize(images, ops.stack([new_h, new_w]), method="bilinear")
+        padded = tf.image.pad_to_bounding_box(resized, 0, 0, target_h, target_w)
+        return ops.reshape(padded, (-1, target_h, target_w, 3)), scale
+
+    def predict_step(self, data):
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        if isinstance(data, dict):
+            data = data["images"]
+        shape = ops.shape(data)
+        images, scale = self.resize_and_pad(data)
+        detections = self(images, training=False)
+        boxes = clip_boxes(detections["boxes"] / scale, shape[1], shape[2])
+        valid = ops.expand_dims(detections["labels"] >= 0, -1)
+        detections["boxes"] = ops.where(valid, boxes, 0.0)
+        return detections
+
+    # --- Serialisation --------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "backbone": self.backbone_name,
+                "fpn": self.use_fpn,
+                "image_size": self.image_size,
+                # Weights travel in the saved file; never re-download on load.
+                "backbone_weights": None,
+                "freeze": self.freeze,
+                "frozen_batch_norm": self.frozen_batch_norm,
+                "anchor_sizes": self.anchor_sizes,
+                "aspect_ratios": self.aspect_ratios,
+                "fpn_channels": self.fpn_channels,
+                **self._config,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("image_size", "aspect_ratios", "bbox_reg_weights"):
+            if key in config and config[key] is not None:
+                config[key] = tuple(config[key])
+        if config.get("anchor_sizes") is not None:
+            config["anchor_sizes"] = tuple(tuple(level) for level in config["anchor_sizes"])
+        return cls(**config)

@@ -1,0 +1,216 @@
+"""Turn recipe sections into the objects ``fit()`` needs: datasets, the model, the optimizer.
+
+This is the one place where recipe values become keyword arguments (DESIGN.md, "Who may know
+whom"); the model and the pipeline never see a recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdetect.data.records import Annotations
+from kdetect.errors import RecipeError
+from kdetect.recipes.schema import DataConfig, ModelConfig, Recipe, TrainConfig
+
+
+@dataclass
+class Datasets:
+    """What :func:`build_datasets` returns."""
+
+    classes: list[str]
+    train: Any  # tf.data.Dataset
+    val: Any | None  # tf.data.Dataset
+    train_annotations: Annotations | None  # None for TFRecords
+    val_annotations: Annotations | None
+    train_size: int | None  # number of training images, when known
+
+
+def read_split(data: DataConfig, split: str, classes: list[str] | None) -> Annotations | str:
+    """One split as :class:`Annotations` (or a TFRecord glob for ``tfrecord``)."""
+    if data.format == "shapes":
+        from kdetect.data.shapes import make_shapes
+
+        is_val = split == data.val_split and split != data.train_split
+        count = data.shapes.num_val if is_val else data.shapes.num_train
+        seed = data.shapes.seed + (1 if is_val else 0)
+        return make_shapes(count, image_size=tuple(data.image_size), seed=seed)
+    if data.format == "tfrecord":
+        root = Path(data.root)
+        if not list(root.glob(f"{split}*.tfrecord*")) and not list(root.glob(f"{split}/*")):
+            raise RecipeError(f"data.root: no TFRecords of split {split!r} in {root}")
+        return str(root)
+    from kdetect.data.readers import read_annotations
+
+    return read_annotations(
+        data.format, data.root, split, classes=classes, on_invalid_box=data.on_invalid_box
+    )
+
+
+def tfrecord_classes(data: DataConfig) -> list[str]:
+    """The class list written next to TFRecords by ``kdetect dataset transform``."""
+    path = Path(data.root) / "classes.json"
+    if not path.is_file():
+        raise RecipeError(f"data.root: {path} not found (written by `kdetect dataset transform`)")
+    try:
+        names = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RecipeError(f"data.root: {path} is not valid JSON ({exc})") from None
+    return list(names["classes"] if isinstance(names, dict) else names)
+
+
+def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
+    """The training and validation ``tf.data`` pipelines of a recipe, with the class list."""
+    from kdetect.data.pipeline import make_dataset
+
+    data = recipe.data
+    image_size = tuple(data.image_size)
+    classes = list(data.classes) if data.classes else None
+    if data.format == "tfrecord" and classes is None:
+        classes = tfrecord_classes(data)
+
+    train_source = read_split(data, data.train_split, classes)
+    if isinstance(train_source, Annotations):
+        classes = list(train_source.classes)
+    val_source = None
+    if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
+        val_source = read_split(data, data.val_split, classes)
+
+    augment: dict[str, Any] | bool = False
+    if data.augment.enabled:
+        options = {k: v for k, v in vars(data.augment).items() if k != "enabled"}
+        options["scale_range"] = tuple(options["scale_range"])
+        augment = options
+    tf_split = {"split": data.train_split} if data.format == "tfrecord" else {}
+    train_ds = make_dataset(
+        train_source,
+        **tf_split,
+        image_size=image_size,
+        batch_size=data.batch_size,
+        augment=augment,
+        shuffle=data.shuffle,
+        max_boxes=data.max_boxes,
+        training=True,
+        seed=seed,
+    )
+    val_ds = None
+    if val_source is not None:
+        val_ds = make_dataset(
+            val_source,
+            **({"split": data.val_split} if data.format == "tfrecord" else {}),
+            image_size=image_size,
+            batch_size=data.batch_size,
+            augment=False,
+            shuffle=False,
+            max_boxes=data.max_boxes,
+            training=False,
+        )
+    return Datasets(
+        classes=classes,
+        train=train_ds,
+        val=val_ds,
+        train_annotations=train_source if isinstance(train_source, Annotations) else None,
+        val_annotations=val_source if isinstance(val_source, Annotations) else None,
+        train_size=len(train_source) if isinstance(train_source, Annotations) else None,
+    )
+
+
+def model_kwargs(
+    model: ModelConfig, num_classes: int, image_size: list[int], seed: int | None = None
+) -> dict[str, Any]:
+    """The ``FasterRCNN`` keyword arguments of a recipe's model section."""
+    kwargs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "backbone": model.backbone,
+        "fpn": model.fpn,
+        "image_size": tuple(image_size),
+        "backbone_weights": model.backbone_weights,
+        "freeze": model.freeze,
+        "aspect_ratios": tuple(model.aspect_ratios),
+        "frozen_batch_norm": model.frozen_batch_norm,
+        "fpn_channels": model.fpn_channels,
+        "seed": seed,
+    }
+    if model.anchor_sizes is not None:
+        kwargs["anchor_sizes"] = tuple(tuple(level) for level in model.anchor_sizes)
+    for name, value in vars(model.rpn).items():
+        kwargs[f"rpn_{name}"] = value
+    for name, value in vars(model.box).items():
+        if name == "reg_weights":
+            kwargs["bbox_reg_weights"] = tuple(value)
+        else:
+            kwargs[f"box_{name}"] = value
+    return kwargs
+
+
+def build_model(recipe: Recipe, num_classes: int):
+    """A new, uncompiled ``FasterRCNN`` for the recipe."""
+    from kdetect.models.faster_rcnn import FasterRCNN
+
+    kwargs = model_kwargs(recipe.model, num_classes, recipe.data.image_size, recipe.train.seed)
+    try:
+        return FasterRCNN(**kwargs)
+    except ValueError as exc:  # the model checks combinations (anchor levels, sizes, ...)
+        raise RecipeError(f"model: {exc}") from None
+
+
+def build_schedule(train: TrainConfig, steps_per_epoch: int | None):
+    """The learning rate (a float or a :class:`WarmupSchedule`) of the train section."""
+    from kdetect.recipes.schedules import WarmupSchedule
+
+    schedule = train.schedule
+    lr = train.optimizer.lr
+    if schedule.name == "constant" and schedule.warmup_steps == 0:
+        return lr
+    if steps_per_epoch is None and schedule.name != "constant":
+        raise RecipeError(
+            f"train.schedule.name: `{schedule.name}` needs the number of steps per epoch; "
+            "set train.steps_per_epoch"
+        )
+    steps_per_epoch = steps_per_epoch or 1
+    return WarmupSchedule(
+        base_lr=lr,
+        kind=schedule.name,
+        total_steps=train.epochs * steps_per_epoch,
+        warmup_steps=schedule.warmup_steps,
+        warmup_factor=schedule.warmup_factor,
+        milestones=tuple(m * steps_per_epoch for m in schedule.milestones),
+        gamma=schedule.gamma,
+        min_lr_factor=schedule.min_lr_factor,
+    )
+
+
+def build_optimizer(train: TrainConfig, steps_per_epoch: int | None):
+    """The Keras optimizer of the train section (SGD, Adam or AdamW, with clipping)."""
+    import keras
+
+    opt = train.optimizer
+    common: dict[str, Any] = {"learning_rate": build_schedule(train, steps_per_epoch)}
+    if opt.clipnorm is not None:
+        common["clipnorm"] = opt.clipnorm
+    if opt.global_clipnorm is not None:
+        common["global_clipnorm"] = opt.global_clipnorm
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(
+            momentum=opt.momentum,
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay or None,
+            **common,
+        )
+    adam = {"beta_1": opt.beta_1, "beta_2": opt.beta_2, "epsilon": opt.epsilon}
+    if opt.name == "adam":
+        return keras.optimizers.Adam(weight_decay=opt.weight_decay or None, **adam, **common)
+    return keras.optimizers.AdamW(weight_decay=opt.weight_decay, **adam, **common)
+
+
+def build_strategy(train: TrainConfig):
+    """The ``tf.distribute`` strategy of the train section."""
+    import tensorflow as tf
+
+    if train.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if train.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()

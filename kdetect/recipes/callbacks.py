@@ -1,0 +1,351 @@
+"""Keras callbacks used by :func:`kdetect.recipes.train`.
+
+Order matters: callbacks that add values to the epoch ``logs`` (learning rate, validation mAP)
+come before those that record them (checkpoints, history.csv, TensorBoard, progress).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+LOSS_KEYS = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
+
+
+def current_lr(model: keras.Model) -> float:
+    """The optimizer's learning rate at its current iteration."""
+    optimizer = model.optimizer
+    lr = optimizer.learning_rate
+    try:
+        return float(keras.ops.convert_to_numpy(lr))
+    except Exception:  # a schedule object
+        schedule = getattr(optimizer, "_learning_rate", lr)
+        return float(keras.ops.convert_to_numpy(schedule(optimizer.iterations)))
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Tracks where training is (epoch, step in epoch, global step) for saving and resuming.
+
+    ``optimizer.iterations`` is the truth for the global step: it is saved with the optimizer
+    state, so a resumed run continues the learning-rate schedule exactly.
+    """
+
+    def __init__(self, initial_epoch: int = 0):
+        super().__init__()
+        self.epoch = initial_epoch
+        self.epoch_start_step = 0
+        self.epoch_done = False
+
+    @property
+    def global_step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    @property
+    def step_in_epoch(self) -> int:
+        return 0 if self.epoch_done else self.global_step - self.epoch_start_step
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+        self.epoch_done = False
+        self.epoch_start_step = self.global_step
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch + 1
+        self.epoch_done = True
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``lr`` (the rate at the end of the epoch) to the epoch logs."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["lr"] = current_lr(self.model)
+
+
+class MeanAPEvaluator(keras.callbacks.Callback):
+    """Computes validation mAP every ``every`` epochs and adds it to the logs as ``val_map``."""
+
+    def __init__(self, annotations, metric: str, every: int, batch_size: int = 1,
+                 max_images: int | None = None):
+        super().__init__()
+        self.annotations = annotations
+        if max_images is not None and len(annotations) > max_images:
+            from kdetect.data.records import Annotations
+
+            self.annotations = Annotations(annotations.classes, annotations.records[:max_images])
+        self.metric = metric
+        self.every = every
+        self.batch_size = batch_size
+        self.last: dict[str, Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.every <= 0 or (epoch + 1) % self.every != 0 or logs is None:
+            return
+        from kdetect.evaluation.api import evaluate_model, headline
+
+        self.last = evaluate_model(
+            self.model, self.annotations, metric=self.metric, batch_size=self.batch_size,
+            progress=False,
+        )
+        logs["val_map"] = headline(self.last)
+
+
+class CheckpointManager(keras.callbacks.Callback):
+    """Periodic checkpoints (keep the last ``keep``), the best one, and the resume state.
+
+    Files under ``folder``: ``epoch-0003.keras`` / ``step-000500.keras`` (whole model with
+    optimizer), ``best.keras`` (by ``monitor``), ``state/`` (``state.weights.h5`` with model and
+    optimizer variables plus ``state.json``: epoch, step in epoch, best value), rewritten at the
+    end of every epoch and when training is interrupted.
+    """
+
+    def __init__(self, folder: str | Path, state: TrainingState, every_epochs: int | None = 1,
+                 every_steps: int | None = None, keep: int = 3, monitor: str | None = "val_loss",
+                 best_value: float | None = None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self.every_epochs = every_epochs
+        self.every_steps = every_steps
+        self.keep = keep
+        self.monitor = monitor
+        self.mode = "max" if monitor and monitor.endswith("map") else "min"
+        self.best_value = best_value
+        self.best_epoch: int | None = None
+
+    # -- periodic --------------------------------------------------------------------------
+    def _save_periodic(self, name: str) -> None:
+        self.model.save(self.folder / name, overwrite=True)
+        periodic = sorted(
+            (p for p in self.folder.glob("*-*.keras")), key=lambda p: p.stat().st_mtime
+        )
+        for old in periodic[: max(len(periodic) - self.keep, 0)]:
+            old.unlink(missing_ok=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.every_steps and self.state.global_step % self.every_steps == 0:
+            self._save_periodic(f"step-{self.state.global_step:07d}.keras")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
+            self._save_periodic(f"epoch-{epoch + 1:04d}.keras")
+        value = logs.get(self.monitor) if self.monitor else None
+        if value is not None and math.isfinite(float(value)):
+            value = float(value)
+            better = self.best_value is None or (
+                value > self.best_value if self.mode == "max" else value < self.best_value
+            )
+            if better:
+                self.best_value = value
+                self.best_epoch = epoch + 1
+                self.model.save(self.folder / "best.keras", overwrite=True)
+        self.save_state(epoch=epoch + 1, step_in_epoch=0)
+
+    # -- resume state ----------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / "state"
+
+    def save_state(self, epoch: int, step_in_epoch: int, interrupted: bool = False) -> None:
+        """Write model + optimizer variables and the position in training (atomically)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        weights = self.state_dir / "state.weights.h5"
+        tmp = self.state_dir / "tmp.weights.h5"
+        self.model.save_weights(tmp, overwrite=True)
+        tmp.replace(weights)
+        info = {
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.state.global_step,
+            "best_value": self.best_value,
+            "monitor": self.monitor,
+            "interrupted": interrupted,
+            "time": time.time(),
+        }
+        (self.state_dir / "state.json").write_text(json.dumps(info, indent=2))
+
+
+def read_state(folder: str | Path) -> dict[str, Any] | None:
+    """The resume state written by :class:`CheckpointManager`, or ``None``."""
+    path = Path(folder) / "state" / "state.json"
+    weights = Path(folder) / "state" / "state.weights.h5"
+    if not (path.is_file() and weights.is_file()):
+        return None
+    info = json.loads(path.read_text())
+    info["weights"] = str(weights)
+    return info
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Appends one row per epoch to ``history.csv`` (rewriting the header when keys appear)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": epoch + 1}
+        row.update({k: _scalar(v) for k, v in (logs or {}).items()})
+        rows = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch + 1]
+        rows.append(row)
+        keys: list[str] = []
+        for r in rows:
+            keys.extend(k for k in r if k not in keys)
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _scalar(value: Any) -> Any:
+    try:
+        return float(np.asarray(value))
+    except (TypeError, ValueError):
+        return value
+
+
+class ImageSummary(keras.callbacks.Callback):
+    """Draws predictions on a few validation images into TensorBoard every epoch."""
+
+    def __init__(self, log_dir: str | Path, images: list[np.ndarray], classes: list[str],
+                 min_score: float = 0.3):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.images = images
+        self.classes = classes
+        self.min_score = min_score
+        self._writer = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.images:
+            return
+        import tensorflow as tf
+
+        from kdetect.visualize import draw_detections
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        drawn = []
+        for image in self.images:
+            out = self.model.predict_on_batch(image[None])
+            n = int(np.asarray(out["num_detections"])[0])
+            boxes = np.asarray(out["boxes"])[0, :n]
+            scores = np.asarray(out["confidence"])[0, :n]
+            labels = np.asarray(out["labels"])[0, :n]
+            keep = (scores >= self.min_score) & (labels >= 0)
+            drawn.append(
+                np.asarray(
+                    draw_detections(image, boxes[keep], labels[keep], scores[keep], self.classes)
+                )
+            )
+        with self._writer.as_default():
+            tf.summary.image("predictions", np.stack(drawn), step=epoch + 1, max_outputs=len(drawn))
+        self._writer.flush()
+
+
+class RichProgress(keras.callbacks.Callback):
+    """Rich progress: epoch/step, per-term losses, learning rate, images/s and ETA.
+
+    On a terminal a live bar is shown; elsewhere (logs, CI) one line per epoch is printed.
+    """
+
+    def __init__(self, epochs: int, steps_per_epoch: int | None, batch_size: int,
+                 console=None, state: TrainingState | None = None):
+        super().__init__()
+        from rich.console import Console
+
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.batch_size = batch_size
+        self.console = console or Console(stderr=True)
+        self.state = state
+        self._progress = None
+        self._task = None
+        self._epoch_start = 0.0
+        self._seen = 0
+        self.rows: list[dict[str, Any]] = []
+
+    def _make_progress(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
+        )
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._progress = self._make_progress()
+        self._progress.start()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = time.perf_counter()
+        self._seen = 0
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(
+                "train", total=self.steps, epoch=epoch + 1, epochs=self.epochs, stats=""
+            )
+
+    def _rate(self) -> float:
+        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+        return self._seen * self.batch_size / elapsed
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._seen += 1
+        if self._progress is None or self._task is None:
+            return
+        logs = logs or {}
+        parts = [f"{k.removesuffix('_loss')} {_scalar(logs[k]):.3f}" for k in LOSS_KEYS if k in logs]
+        parts.append(f"lr {current_lr(self.model):.2e}")
+        parts.append(f"{self._rate():.1f} img/s")
+        self._progress.update(self._task, completed=batch + 1, stats="  ".join(parts))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        elapsed = time.perf_counter() - self._epoch_start
+        row = {"epoch": epoch + 1, "time": elapsed, "images_per_s": self._rate(), **logs}
+        self.rows.append(row)
+        parts = [f"loss {_scalar(logs.get('loss', float('nan'))):.4f}"]
+        for key in ("val_loss", "val_map"):
+            if key in logs:
+                parts.append(f"{key} {_scalar(logs[key]):.4f}")
+        if "lr" in logs:
+            parts.append(f"lr {logs['lr']:.2e}")
+        parts.append(f"{row['images_per_s']:.1f} img/s")
+        parts.append(f"{elapsed:.1f}s")
+        self.console.print(
+            f"[bold]epoch {epoch + 1}/{self.epochs}[/bold]  " + "  ".join(parts), highlight=False
+        )

@@ -1,0 +1,171 @@
+"""Read a recipe file, apply ``--set key=value`` overrides, validate, and write it back.
+
+Overrides use dotted keys and YAML typing for the value, so ``train.epochs=3`` sets an integer,
+``model.freeze=null`` sets ``None`` and ``data.image_size=[256,256]`` sets a list.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdetect.errors import RecipeError
+from kdetect.recipes.schema import Recipe, from_dict, path_fields, to_dict
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into ``(["a", "b", "c"], parsed_value)``."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise RecipeError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Set every ``KEY=VALUE`` of ``overrides`` in the nested mapping ``data`` (in place)."""
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(parts[: i + 1])
+                raise RecipeError(f"override {'.'.join(parts)}: {dotted} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a YAML recipe file into a mapping, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}:{where} invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping with model/data/train/eval")
+    return data
+
+
+def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
+    """Cross-field checks that single values cannot express."""
+    data, train, model = recipe.data, recipe.train, recipe.model
+    if data.format != "shapes" and not data.root:
+        raise RecipeError(f"data.root: required for data.format {data.format}")
+    if model.rpn.bg_iou_thresh > model.rpn.fg_iou_thresh:
+        raise RecipeError("model.rpn.bg_iou_thresh: must be <= model.rpn.fg_iou_thresh")
+    if model.box.bg_iou_thresh > model.box.fg_iou_thresh:
+        raise RecipeError("model.box.bg_iou_thresh: must be <= model.box.fg_iou_thresh")
+    if len(model.box.reg_weights) != 4:
+        raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
+    if any(side % 32 for side in data.image_size):
+        raise RecipeError(f"data.image_size: both sides must be multiples of 32, got {data.image_size}")
+    low, high = data.augment.scale_range
+    if low > high:
+        raise RecipeError(f"data.augment.scale_range: expected [low, high] with low <= high, "
+                          f"got {data.augment.scale_range}")
+    if data.classes is not None:
+        if not data.classes:
+            raise RecipeError("data.classes: must name at least one class (or be null)")
+        dupes = sorted({c for c in data.classes if data.classes.count(c) > 1})
+        if dupes:
+            raise RecipeError(f"data.classes: duplicate class {dupes[0]!r}")
+    milestones = train.schedule.milestones
+    if milestones != sorted(milestones):
+        raise RecipeError(f"train.schedule.milestones: must increase, got {milestones}")
+    if train.steps_per_epoch is not None and train.steps_per_epoch <= 0:
+        raise RecipeError("train.steps_per_epoch: must be > 0 (or null)")
+    if train.validation_steps is not None and train.validation_steps <= 0:
+        raise RecipeError("train.validation_steps: must be > 0 (or null)")
+    if train.checkpoint.best == "map" and recipe.eval.every == 0:
+        raise RecipeError("train.checkpoint.best: `map` needs eval.every > 0")
+    if train.checkpoint.best != "none" and data.val_split is None and data.format != "shapes":
+        raise RecipeError(
+            f"train.checkpoint.best: `{train.checkpoint.best}` needs data.val_split "
+            "(or set it to none)"
+        )
+    if check_paths:
+        weights = model.backbone_weights
+        if weights not in (None, "imagenet") and not Path(weights).exists():
+            raise RecipeError(f"model.backbone_weights: file not found: {weights}")
+        for key in path_fields():
+            section, _, name = key.partition(".")
+            value = getattr(getattr(recipe, section), name)
+            if key == "data.root" and data.format == "shapes":
+                continue
+            if value is not None and not Path(value).exists():
+                raise RecipeError(f"{key}: path not found: {value}")
+    return recipe
+
+
+def load(
+    path: str | os.PathLike | dict[str, Any],
+    overrides: list[str] | None = None,
+    check_paths: bool = True,
+) -> Recipe:
+    """Load, override and validate a recipe.
+
+    Args:
+        path: a YAML file, a run directory (its ``recipe.yaml``) or an already-parsed mapping.
+        overrides: ``["train.epochs=3", ...]`` applied on top of the file.
+        check_paths: check that ``data.root``, ``train.init_from`` and a local
+            ``model.backbone_weights`` exist.
+
+    Returns:
+        The validated :class:`Recipe`; ``recipe.name`` defaults to the file's stem.
+
+    Raises:
+        RecipeError: naming the key (and the closest valid one for typos) on any problem.
+    """
+    name = None
+    if isinstance(path, dict):
+        data = dict(path)
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "recipe.yaml"
+        data = read_yaml(path)
+        name = path.stem if path.name != "recipe.yaml" else path.parent.name
+    data = apply_overrides(data, overrides)
+    recipe = from_dict(Recipe, data)
+    if recipe.name is None:
+        recipe.name = name or "recipe"
+    return validate(recipe, check_paths=check_paths)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists (``image_size: [512, 512]``)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, True)
+)
+
+
+def dump(recipe: Recipe, path: str | os.PathLike | None = None) -> str:
+    """Write the fully resolved recipe (every key, defaults included) as YAML; return the text."""
+    text = yaml.dump(to_dict(recipe), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text

@@ -1,0 +1,85 @@
+"""Draw detections (boxes, labels, scores) on images with Pillow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# A qualitative palette (Tableau 20, darker halves first); class i gets colour i mod 20.
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+]
+
+
+def class_color(label_id: int) -> tuple[int, int, int]:
+    """The drawing colour of a class id."""
+    return PALETTE[int(label_id) % len(PALETTE)]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def draw_detections(
+    image: np.ndarray | Image.Image,
+    boxes: np.ndarray | Sequence[Sequence[float]],
+    labels: np.ndarray | Sequence[int],
+    scores: np.ndarray | Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+    line_width: int | None = None,
+) -> Image.Image:
+    """Return a copy of ``image`` with each box drawn and labelled ``"name 0.93"``.
+
+    Args:
+        image: uint8 ``[H, W, 3]`` array (or float 0..255) or a PIL image.
+        boxes: ``[N, 4]`` ``xyxy`` in pixels of ``image``.
+        labels: ``[N]`` class ids (index into ``classes``).
+        scores: ``[N]`` confidences, or ``None`` for ground truth.
+        classes: class names; ids are shown when ``None`` or out of range.
+        line_width: box outline width; by default scaled with the image size.
+    """
+    if isinstance(image, Image.Image):
+        canvas = image.convert("RGB").copy()
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = np.clip(array, 0, 255).astype(np.uint8)
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        canvas = Image.fromarray(array[..., :3])
+    width, height = canvas.size
+    line_width = line_width or max(1, round(min(width, height) / 200))
+    font = _font(max(10, round(min(width, height) / 40)))
+    draw = ImageDraw.Draw(canvas)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    score_list = None if scores is None else np.asarray(scores, dtype=np.float32).reshape(-1)
+    # Draw low scores first so that the most confident boxes end up on top.
+    order = np.argsort(score_list) if score_list is not None else np.arange(len(boxes))
+    for i in order:
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        label = int(labels[i])
+        color = class_color(label)
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=line_width)
+        name = classes[label] if classes is not None and 0 <= label < len(classes) else str(label)
+        text = name if score_list is None else f"{name} {score_list[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1
+        tx = min(max(x1, 0), max(width - tw - 4, 0))
+        draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=color)
+        draw.text((tx + 2 - left, ty + 2 - top), text, fill=_text_color(color), font=font)
+    return canvas
