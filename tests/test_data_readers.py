@@ -1,0 +1,378 @@
+"""Readers (VOC, COCO, CSV) on the real shared data and on every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdetect.data.images import encode_for_record, image_size, load_image
+from kdetect.data.readers import read_annotations, scan_annotations
+from kdetect.errors import DataError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def needs(name: str) -> Path:
+    path = SHARED / name
+    if not (path / "Annotations").is_dir():
+        pytest.skip(f"shared data {path} is not available")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# a tiny dataset in all three formats
+
+
+def _jpeg(path: Path, width: int = 64, height: int = 48, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, quality=90)
+
+
+# image name -> (width, height, [(class, xmin, ymin, xmax, ymax, difficult)])
+TINY = {
+    "a.jpg": (64, 48, [("dog", 1, 2, 30, 40, 0), ("cat", 10, 10, 64, 48, 1)]),
+    "b.jpg": (40, 50, [("cat", 0, 0, 20, 25, 0)]),
+    "c.jpg": (32, 32, []),
+}
+
+
+def write_voc(root: Path, data=TINY, split: str = "train") -> Path:
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for name, (w, h, objects) in data.items():
+        _jpeg(root / "JPEGImages" / name, w, h)
+        objs = "".join(
+            f"<object><name>{c}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for c, x1, y1, x2, y2, d in objects
+        )
+        xml = (
+            f"<annotation><filename>{name}</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>"
+        )
+        (root / "Annotations" / f"{Path(name).stem}.xml").write_text(xml)
+    ids = "\n".join(Path(n).stem for n in data)
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text(ids + "\n")
+    return root
+
+
+def write_coco(root: Path, data=TINY, split: str = "train") -> Path:
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir(exist_ok=True)
+    names = sorted({o[0] for _, _, objs in data.values() for o in objs})
+    cats = [{"id": 10 + i, "name": n} for i, n in enumerate(names)]
+    images, anns = [], []
+    for i, (name, (w, h, objects)) in enumerate(data.items(), start=1):
+        _jpeg(root / "images" / name, w, h)
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
+        for c, x1, y1, x2, y2, d in objects:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 10 + names.index(c),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": d,
+                }
+            )
+    doc = {"images": images, "annotations": anns, "categories": cats}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+def write_csv(root: Path, data=TINY, split: str = "train") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    for name, (w, h, objects) in data.items():
+        _jpeg(root / name, w, h)
+        if not objects:
+            lines.append(f"{name},{w},{h},,,,,")
+        for c, x1, y1, x2, y2, _ in objects:
+            lines.append(f"{name},{w},{h},{c},{x1},{y1},{x2},{y2}")
+    (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def by_name(annotations):
+    return {os.path.basename(r.filename): r for r in annotations.records}
+
+
+def assert_same_records(a, b, check_difficult: bool = True):
+    assert a.classes == b.classes
+    ra, rb = by_name(a), by_name(b)
+    assert ra.keys() == rb.keys()
+    for name, x in ra.items():
+        y = rb[name]
+        assert (x.width, x.height) == (y.width, y.height), name
+        np.testing.assert_array_equal(x.boxes, y.boxes, err_msg=name)
+        np.testing.assert_array_equal(x.labels, y.labels, err_msg=name)
+        if check_difficult:
+            np.testing.assert_array_equal(x.difficult, y.difficult, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# real data: the three formats agree
+
+
+@pytest.mark.parametrize("dataset", ["bccd", "raccoon"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_three_readers_agree_on_real_data(dataset, split):
+    root = needs(dataset)
+    policy = "drop"  # BCCD val holds two zero-area boxes
+    voc = read_annotations("voc", root, split, on_invalid_box=policy)
+    coco = read_annotations("coco", root, split, on_invalid_box=policy)
+    csv_ = read_annotations("csv", root, split, on_invalid_box=policy)
+    assert_same_records(voc, coco)
+    assert_same_records(voc, csv_)
+    expected_classes = (root / "classes.txt").read_text().split()
+    assert voc.classes == expected_classes
+    assert all(r.boxes.dtype == np.float32 and r.labels.dtype == np.int32 for r in voc.records)
+    assert all(os.path.isfile(r.filename) for r in csv_.records[:5])
+    ids = [r.image_id for r in coco.records]
+    assert all(isinstance(i, int) for i in ids)
+
+
+def test_bccd_zero_area_boxes_error_drop_clip():
+    root = needs("bccd")
+    for fmt in ("voc", "coco", "csv"):
+        with pytest.raises(DataError, match="BloodImage_00338|val.csv:794|annotation id") as err:
+            read_annotations(fmt, root, "val")
+        assert "2 invalid boxes" in str(err.value)
+        assert "xmax <= xmin" in str(err.value)
+    dropped = read_annotations("voc", root, "val", on_invalid_box="drop")
+    clipped = read_annotations("csv", root, "val", on_invalid_box="clip")
+    assert_same_records(dropped, clipped)
+    assert sum(len(r.labels) for r in dropped.records) == 966 - 2
+    # the split without bad boxes reads with the default policy
+    assert len(read_annotations("voc", root, "train")) == 292
+
+
+def test_raccoon_grayscale_becomes_rgb():
+    root = needs("raccoon")
+    image = load_image(root / "JPEGImages" / "raccoon-150.jpg")
+    assert image.shape == (183, 275, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], image[..., 1])
+
+
+# --------------------------------------------------------------------------------------------
+# tiny dataset: formats agree, classes, empty images
+
+
+def test_tiny_formats_agree(tmp_path):
+    voc = read_annotations("voc", write_voc(tmp_path / "voc"), "train")
+    coco = read_annotations("coco", write_coco(tmp_path / "coco"), "train")
+    csv_ = read_annotations("csv", write_csv(tmp_path / "csv"), "train")
+    assert voc.classes == ["cat", "dog"]  # sorted names
+    assert_same_records(voc, coco)
+    assert_same_records(voc, csv_, check_difficult=False)  # CSV has no difficult column
+    a = by_name(voc)["a.jpg"]
+    np.testing.assert_array_equal(a.boxes, [[1, 2, 30, 40], [10, 10, 64, 48]])
+    np.testing.assert_array_equal(a.labels, [1, 0])
+    np.testing.assert_array_equal(a.difficult, [False, True])
+    assert len(by_name(voc)["c.jpg"].labels) == 0
+
+
+def test_given_class_list_sets_ids(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    ann = read_annotations("voc", root, "train", classes="dog,cat,bird")
+    assert ann.classes == ["dog", "cat", "bird"]
+    np.testing.assert_array_equal(by_name(ann)["a.jpg"].labels, [0, 1])
+
+
+def test_coco_classes_follow_category_ids(tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    doc["categories"] = [{"id": 3, "name": "zebra"}] + doc["categories"]  # unused, lowest id
+    path.write_text(json.dumps(doc))
+    assert read_annotations("coco", path, "train").classes == ["zebra", "cat", "dog"]
+
+
+def test_limit_keeps_class_ids(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    ann, _ = scan_annotations("voc", root, "train", limit=1)
+    assert len(ann) == 1 and ann.classes == ["cat", "dog"]
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: a DataError that names the file
+
+
+def test_missing_image(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    (root / "JPEGImages" / "b.jpg").unlink()
+    with pytest.raises(DataError, match=r"b\.xml.*b\.jpg not found"):
+        read_annotations("voc", root, "train")
+    with pytest.raises(DataError, match="not found"):
+        load_image(root / "JPEGImages" / "b.jpg")
+
+
+def test_corrupt_and_truncated_jpeg(tmp_path):
+    good = tmp_path / "good.jpg"
+    _jpeg(good, 64, 64)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"this is not a jpeg at all" * 10)
+    with pytest.raises(DataError, match=r"truncated\.jpg: corrupt or truncated"):
+        load_image(truncated)
+    with pytest.raises(DataError, match=r"truncated\.jpg"):
+        encode_for_record(truncated)
+    with pytest.raises(DataError, match=r"corrupt\.jpg: not a readable image"):
+        load_image(corrupt)
+
+
+def test_malformed_xml(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    (root / "Annotations" / "b.xml").write_text("<annotation><size><width>4</width>")
+    with pytest.raises(DataError, match=r"b\.xml: malformed XML.*line"):
+        read_annotations("voc", root, "train")
+
+
+def test_voc_missing_bndbox_field(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    xml = root / "Annotations" / "b.xml"
+    xml.write_text(xml.read_text().replace("<ymax>25</ymax>", ""))
+    with pytest.raises(DataError, match=r"b\.xml: object 1 \(cat\): missing <ymax>"):
+        read_annotations("voc", root, "train")
+
+
+def test_malformed_json(tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train.json"
+    path.write_text(path.read_text()[:-5])
+    with pytest.raises(DataError, match=r"instances_train\.json: malformed JSON \(line 1"):
+        read_annotations("coco", root, "train")
+
+
+def test_coco_unknown_category(tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][1]["category_id"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"annotation id 2: unknown category_id 99"):
+        read_annotations("coco", root, "train")
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("a.jpg,64,48,dog,1,2,30", r"train\.csv:3: expected 8 fields, found 7"),
+        ("a.jpg,64,48,dog,1,two,30,40", r"train\.csv:3: ymin 'two' is not a number"),
+        ("a.jpg,65,48,dog,1,2,30,40", r"train\.csv:3: a\.jpg is 65x48 here but 64x48"),
+    ],
+)
+def test_malformed_csv(tmp_path, row, message):
+    root = write_csv(tmp_path / "csv")
+    lines = (root / "train.csv").read_text().splitlines()
+    lines.insert(2, row)
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=message):
+        read_annotations("csv", root, "train")
+
+
+def test_csv_needs_header(tmp_path):
+    root = write_csv(tmp_path / "csv")
+    lines = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv:1: header must name"):
+        read_annotations("csv", root, "train")
+
+
+@pytest.mark.parametrize(
+    "box, reason",
+    [((10, 5, 70, 20), "outside the 64x48 image"), ((30, 5, 30, 20), "xmax <= xmin"),
+     ((10, 20, 30, 5), "ymax <= ymin"), ((-3, 5, 30, 20), "outside")],
+)  # fmt: skip
+def test_invalid_box_error_clip_drop(tmp_path, box, reason):
+    data = dict(TINY)
+    data["a.jpg"] = (64, 48, [("dog", *box, 0), ("cat", 1, 1, 5, 5, 0)])
+    root = write_voc(tmp_path / "voc", data)
+    with pytest.raises(DataError, match=rf"1 invalid box: .*a\.xml: object 1 \(dog\).*{reason}"):
+        read_annotations("voc", root, "train")
+    dropped = by_name(read_annotations("voc", root, "train", on_invalid_box="drop"))["a.jpg"]
+    np.testing.assert_array_equal(dropped.boxes, [[1, 1, 5, 5]])
+    clipped = by_name(read_annotations("voc", root, "train", on_invalid_box="clip"))["a.jpg"]
+    if reason.startswith("outside"):
+        x1, y1, x2, y2 = box
+        expected = [max(x1, 0), max(y1, 0), min(x2, 64), min(y2, 48)]
+        np.testing.assert_array_equal(clipped.boxes[0], expected)
+        assert len(clipped.boxes) == 2
+    else:  # no area left after clipping: dropped
+        assert len(clipped.boxes) == 1
+
+
+def test_unknown_class_with_class_list(tmp_path):
+    for fmt, writer, where in [
+        ("voc", write_voc, r"a\.xml: object 2"),
+        ("coco", write_coco, r"annotation id 2"),
+        ("csv", write_csv, r"train\.csv:3"),
+    ]:
+        root = writer(tmp_path / fmt)
+        with pytest.raises(DataError, match=rf"{where}: unknown class 'cat'"):
+            read_annotations(fmt, root, "train", classes=["dog"])
+
+
+def test_empty_and_missing_split(tmp_path):
+    root = write_voc(tmp_path / "voc")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("\n")
+    with pytest.raises(DataError, match="split 'val' has no images"):
+        read_annotations("voc", root, "val")
+    with pytest.raises(DataError, match=r"test\.txt: split file not found \(available: train"):
+        read_annotations("voc", root, "test")
+    coco = write_coco(tmp_path / "coco")
+    (coco / "annotations" / "instances_val.json").write_text(
+        json.dumps({"images": [], "annotations": [], "categories": []})
+    )
+    with pytest.raises(DataError, match="split 'val' has no images"):
+        read_annotations("coco", coco, "val")
+    csv_root = write_csv(tmp_path / "csv")
+    (csv_root / "val.csv").write_text("filename,width,height,class,xmin,ymin,xmax,ymax\n")
+    with pytest.raises(DataError, match="split 'val' has no images"):
+        read_annotations("csv", csv_root, "val")
+
+
+def test_unknown_format_and_path(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset format"):
+        read_annotations("yolo", tmp_path, "train")
+    with pytest.raises(DataError, match="does not exist"):
+        read_annotations("voc", tmp_path / "nope", "train")
+
+
+# --------------------------------------------------------------------------------------------
+# image modes and EXIF
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide, 20 high
+    pixels[:, :10] = 255  # left band white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    assert image_size(path) == (20, 40)
+    image = load_image(path)
+    assert image.shape == (40, 20, 3)
+    assert image[:8].mean() > 200 and image[-8:].mean() < 50  # the left band is now on top
+    data, fmt, w, h = encode_for_record(path)
+    assert (fmt, w, h) == ("png", 20, 40)
+
+
+def test_rgba_and_palette_become_rgb(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, :, 3] = 255  # top half opaque red, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    assert image.shape == (8, 8, 3)
+    assert image[0, 0].tolist() == [200, 0, 0] and image[7, 7].tolist() == [0, 0, 0]
+    Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png").shape == (8, 8, 3)
