@@ -16,5 +16,11 @@ def train(recipe, run_dir=None, resume=False, overrides=None, callbacks=None, co
     """Train a recipe and return the run directory (see :func:`kdetect.recipes.training.train`)."""
     from kdetect.recipes.training import train as _train
 
-    return _train(recipe, run_dir=run_dir, resume=resume, overrides=overrides,
-                  callbacks=callbacks, console=console)
+    return _train(
+        recipe,
+        run_dir=run_dir,
+        resume=resume,
+        overrides=overrides,
+        callbacks=callbacks,
+        console=console,
+    )

@@ -72,8 +72,14 @@ class LearningRateLogger(keras.callbacks.Callback):
 class MeanAPEvaluator(keras.callbacks.Callback):
     """Computes validation mAP every ``every`` epochs and adds it to the logs as ``val_map``."""
 
-    def __init__(self, annotations, metric: str, every: int, batch_size: int = 1,
-                 max_images: int | None = None):
+    def __init__(
+        self,
+        annotations,
+        metric: str,
+        every: int,
+        batch_size: int = 1,
+        max_images: int | None = None,
+    ):
         super().__init__()
         self.annotations = annotations
         if max_images is not None and len(annotations) > max_images:
@@ -91,7 +97,10 @@ class MeanAPEvaluator(keras.callbacks.Callback):
         from kdetect.evaluation.api import evaluate_model, headline
 
         self.last = evaluate_model(
-            self.model, self.annotations, metric=self.metric, batch_size=self.batch_size,
+            self.model,
+            self.annotations,
+            metric=self.metric,
+            batch_size=self.batch_size,
             progress=False,
         )
         logs["val_map"] = headline(self.last)
@@ -106,9 +115,16 @@ class CheckpointManager(keras.callbacks.Callback):
     end of every epoch and when training is interrupted.
     """
 
-    def __init__(self, folder: str | Path, state: TrainingState, every_epochs: int | None = 1,
-                 every_steps: int | None = None, keep: int = 3, monitor: str | None = "val_loss",
-                 best_value: float | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        state: TrainingState,
+        every_epochs: int | None = 1,
+        every_steps: int | None = None,
+        keep: int = 3,
+        monitor: str | None = "val_loss",
+        best_value: float | None = None,
+    ):
         super().__init__()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -219,8 +235,13 @@ def _scalar(value: Any) -> Any:
 class ImageSummary(keras.callbacks.Callback):
     """Draws predictions on a few validation images into TensorBoard every epoch."""
 
-    def __init__(self, log_dir: str | Path, images: list[np.ndarray], classes: list[str],
-                 min_score: float = 0.3):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        images: list[np.ndarray],
+        classes: list[str],
+        min_score: float = 0.3,
+    ):
         super().__init__()
         self.log_dir = str(log_dir)
         self.images = images
@@ -261,8 +282,14 @@ class RichProgress(keras.callbacks.Callback):
     On a terminal a live bar is shown; elsewhere (logs, CI) one line per epoch is printed.
     """
 
-    def __init__(self, epochs: int, steps_per_epoch: int | None, batch_size: int,
-                 console=None, state: TrainingState | None = None):
+    def __init__(
+        self,
+        epochs: int,
+        steps_per_epoch: int | None,
+        batch_size: int,
+        console=None,
+        state: TrainingState | None = None,
+    ):
         super().__init__()
         from rich.console import Console
 
@@ -275,6 +302,7 @@ class RichProgress(keras.callbacks.Callback):
         self._task = None
         self._epoch_start = 0.0
         self._seen = 0
+        self._first_step_end = 0.0
         self.rows: list[dict[str, Any]] = []
 
     def _make_progress(self):
@@ -320,15 +348,23 @@ class RichProgress(keras.callbacks.Callback):
             )
 
     def _rate(self) -> float:
+        """Images per second, leaving out the first step (tracing and compilation)."""
+        if self._seen > 1:
+            elapsed = max(time.perf_counter() - self._first_step_end, 1e-9)
+            return (self._seen - 1) * self.batch_size / elapsed
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
         return self._seen * self.batch_size / elapsed
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._seen += 1
+        if self._seen == 1:
+            self._first_step_end = time.perf_counter()
         if self._progress is None or self._task is None:
             return
         logs = logs or {}
-        parts = [f"{k.removesuffix('_loss')} {_scalar(logs[k]):.3f}" for k in LOSS_KEYS if k in logs]
+        parts = [
+            f"{k.removesuffix('_loss')} {_scalar(logs[k]):.3f}" for k in LOSS_KEYS if k in logs
+        ]
         parts.append(f"lr {current_lr(self.model):.2e}")
         parts.append(f"{self._rate():.1f} img/s")
         self._progress.update(self._task, completed=batch + 1, stats="  ".join(parts))

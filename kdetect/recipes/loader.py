@@ -28,7 +28,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"override {key}: value {raw!r} is not valid YAML ({exc.problem})") from exc
+        raise RecipeError(
+            f"override {key}: value {raw!r} is not valid YAML ({exc.problem})"
+        ) from exc
     return parts, value
 
 
@@ -80,11 +82,15 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
     if len(model.box.reg_weights) != 4:
         raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
     if any(side % 32 for side in data.image_size):
-        raise RecipeError(f"data.image_size: both sides must be multiples of 32, got {data.image_size}")
+        raise RecipeError(
+            f"data.image_size: both sides must be multiples of 32, got {data.image_size}"
+        )
     low, high = data.augment.scale_range
     if low > high:
-        raise RecipeError(f"data.augment.scale_range: expected [low, high] with low <= high, "
-                          f"got {data.augment.scale_range}")
+        raise RecipeError(
+            f"data.augment.scale_range: expected [low, high] with low <= high, "
+            f"got {data.augment.scale_range}"
+        )
     if data.classes is not None:
         if not data.classes:
             raise RecipeError("data.classes: must name at least one class (or be null)")

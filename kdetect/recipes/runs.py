@@ -85,7 +85,7 @@ def read_classes(path: str | os.PathLike) -> list[str]:
         raise CheckpointError(f"{path}: cannot read class list ({exc})") from None
     names = data.get("classes") if isinstance(data, dict) else data
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{path}: expected {{\"classes\": [names...]}}")
+        raise CheckpointError(f'{path}: expected {{"classes": [names...]}}')
     return names
 
 
@@ -188,8 +188,13 @@ def _inspect_pack(path: Path) -> RunInfo:
     if isinstance(classes, dict):
         classes = classes.get("classes")
     return RunInfo(
-        path=path, kind="packed", model_path=None, classes=classes, recipe=recipe,
-        metrics=metrics, meta=meta,
+        path=path,
+        kind="packed",
+        model_path=None,
+        classes=classes,
+        recipe=recipe,
+        metrics=metrics,
+        meta=meta,
     )
 
 

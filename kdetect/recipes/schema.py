@@ -57,8 +57,9 @@ class RPNConfig:
     bg_iou_thresh: float = _f(0.3, "anchors with IoU < this are negatives", ge=0, le=1)
     batch_size_per_image: int = _f(256, "anchors sampled per image for the RPN loss", gt=0)
     positive_fraction: float = _f(0.5, "largest share of positives in that sample", gt=0, le=1)
-    score_thresh: float = _f(0.0, "proposals with a lower objectness probability are dropped",
-                             ge=0, le=1)
+    score_thresh: float = _f(
+        0.0, "proposals with a lower objectness probability are dropped", ge=0, le=1
+    )
 
 
 @dataclass
@@ -125,7 +126,8 @@ class AugmentConfig:
         lambda: [0.8, 1.25],
         "random scale [low, high] of the fitted image; above 1 a window is cropped, below 1 "
         "there is more padding ([1, 1] disables)",
-        length=2, positive_items=True,
+        length=2,
+        positive_items=True,
     )
     brightness: float = _f(0.0, "brightness jitter, a fraction of 255 (0 disables)", ge=0, le=1)
     contrast: float = _f(0.0, "contrast factor range 1 +- value (0 disables)", ge=0, le=1)
@@ -164,7 +166,9 @@ class DataConfig:
         None, "class names to keep, in this order; null keeps every class of the dataset"
     )
     image_size: list[int] = _f(
-        lambda: [512, 512], "[height, width] every image is resized and padded to", length=2,
+        lambda: [512, 512],
+        "[height, width] every image is resized and padded to",
+        length=2,
         positive_items=True,
     )
     batch_size: int = _f(2, "images per training step (global, over all devices)", gt=0)
@@ -214,7 +218,8 @@ class ScheduleConfig:
     warmup_steps: int = _f(0, "linear warm-up steps from warmup_factor * lr to lr", ge=0)
     warmup_factor: float = _f(0.001, "learning-rate factor at the first warm-up step", gt=0, le=1)
     milestones: list[int] = _f(
-        lambda: [8, 11], "step schedule: epochs after which lr is multiplied by gamma",
+        lambda: [8, 11],
+        "step schedule: epochs after which lr is multiplied by gamma",
         positive_items=True,
     )
     gamma: float = _f(0.1, "step schedule: decay factor", gt=0, le=1)

@@ -129,8 +129,9 @@ def _summary_table(rows: list[dict[str, Any]], console) -> None:
         cells = []
         for key, _, fmt in present:
             value = row.get(key)
-            cells.append("" if value is None else fmt.format(int(value) if key == "epoch"
-                                                            else float(value)))
+            cells.append(
+                "" if value is None else fmt.format(int(value) if key == "epoch" else float(value))
+            )
         table.add_row(*cells)
     console.print(table)
 
@@ -179,7 +180,10 @@ def train(
     from kdetect.recipes import builders
     from kdetect.recipes import callbacks as cb
 
-    console = console or Console(stderr=True)
+    if console is None:
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            console.width = 160  # logs and CI: do not squeeze the summary table into 80 columns
     if resume:
         if run_dir is None:
             if isinstance(recipe, (str, os.PathLike)) and Path(recipe).is_dir():
@@ -209,8 +213,12 @@ def train(
     from kdetect import __version__
 
     if not resume:
-        _update_meta(run_dir, name=recipe.name, kdetect_version=__version__,
-                     created=dt.datetime.now().isoformat(timespec="seconds"))
+        _update_meta(
+            run_dir,
+            name=recipe.name,
+            kdetect_version=__version__,
+            created=dt.datetime.now().isoformat(timespec="seconds"),
+        )
     _update_meta(run_dir, status="running")
 
     tcfg = recipe.train
@@ -257,7 +265,9 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
         try:
             model.load_weights(state_info["weights"])
         except (ValueError, OSError) as exc:
-            raise CheckpointError(f"{state_info['weights']}: cannot restore state ({exc})") from None
+            raise CheckpointError(
+                f"{state_info['weights']}: cannot restore state ({exc})"
+            ) from None
         initial_epoch = int(state_info["epoch"])
         step_in_epoch = int(state_info.get("step_in_epoch", 0))
         best_value = state_info.get("best_value")
@@ -283,9 +293,13 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
     if monitor == "val_loss" and val_ds is None:
         monitor = "loss"
     manager = cb.CheckpointManager(
-        run_dir / runs.CHECKPOINTS_DIR, state,
-        every_epochs=tcfg.checkpoint.every_epochs, every_steps=tcfg.checkpoint.every_steps,
-        keep=tcfg.checkpoint.keep, monitor=monitor, best_value=best_value,
+        run_dir / runs.CHECKPOINTS_DIR,
+        state,
+        every_epochs=tcfg.checkpoint.every_epochs,
+        every_steps=tcfg.checkpoint.every_steps,
+        keep=tcfg.checkpoint.keep,
+        monitor=monitor,
+        best_value=best_value,
     )
     progress = cb.RichProgress(
         tcfg.epochs, steps_per_epoch, recipe.data.batch_size, console=console, state=state
@@ -293,10 +307,15 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
     callback_list: list = [state, cb.LearningRateLogger()]
     if recipe.eval.every > 0 and data.val_annotations is not None:
         metric = recipe.eval.metric
-        callback_list.append(cb.MeanAPEvaluator(
-            data.val_annotations, metric, recipe.eval.every, recipe.data.batch_size,
-            recipe.eval.max_images,
-        ))
+        callback_list.append(
+            cb.MeanAPEvaluator(
+                data.val_annotations,
+                metric,
+                recipe.eval.every,
+                recipe.data.batch_size,
+                recipe.eval.max_images,
+            )
+        )
     (run_dir / "logs").mkdir(exist_ok=True)
     if tcfg.tensorboard and not _tensorboard_available():
         console.print(
@@ -305,11 +324,9 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
             highlight=False,
         )
     elif tcfg.tensorboard:
-        callback_list.append(keras.callbacks.TensorBoard(str(run_dir / "logs"),
-                                                         write_graph=False))
+        callback_list.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
         if samples:
-            callback_list.append(cb.ImageSummary(run_dir / "logs" / "images", samples[:4],
-                                                 classes))
+            callback_list.append(cb.ImageSummary(run_dir / "logs" / "images", samples[:4], classes))
     callback_list += [manager, cb.HistoryWriter(run_dir / runs.HISTORY_FILE), progress]
     callback_list += list(extra_callbacks)
 
@@ -370,4 +387,3 @@ def _save_final(model, path: Path, jit_compile: bool) -> None:
 
     model.compile(optimizer=keras.optimizers.SGD(), jit_compile=jit_compile)
     model.save(path, overwrite=True)
-
