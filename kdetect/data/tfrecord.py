@@ -112,6 +112,27 @@ def record_to_example(record: Record, classes: Sequence[str]) -> bytes:
     return example.SerializeToString()
 
 
+def decode_image(encoded):
+    """Decode JPEG/PNG bytes to uint8 ``[h, w, 3]`` with the same pixels Pillow gives.
+
+    JPEGs use the accurate integer DCT (Pillow's default; TensorFlow's default fast DCT differs
+    by a few grey levels).
+    """
+    import tensorflow as tf
+
+    def jpeg():
+        return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
 def parse_example(serialized):
     """Parse one serialised example into the pipeline's element dict.
 
@@ -136,8 +157,7 @@ def parse_example(serialized):
     }
     parsed = tf.io.parse_single_example(serialized, spec)
     dense = {k: tf.sparse.to_dense(v) for k, v in parsed.items() if isinstance(v, tf.SparseTensor)}
-    image = tf.io.decode_image(parsed[KEYS["encoded"]], channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+    image = decode_image(parsed[KEYS["encoded"]])
     height = tf.cast(parsed[KEYS["height"]], tf.float32)
     width = tf.cast(parsed[KEYS["width"]], tf.float32)
     boxes = tf.stack(
