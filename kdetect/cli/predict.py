@@ -1,0 +1,146 @@
+"""``kdetect predict``: detections on images, folders and videos as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdetect.cli import app, err_console
+
+
+@app.command("predict")
+def predict(
+    model: Annotated[
+        Path,
+        typer.Argument(help="Run directory, .keras file or packed .kdet run.", show_default=False),
+    ],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Images, folders of images, or videos.", show_default=False),
+    ],
+    min_score: Annotated[
+        float, typer.Option(help="Drop detections scoring below this.", min=0.0, max=1.0)
+    ] = 0.5,
+    max_detections: Annotated[
+        int | None, typer.Option(help="Keep at most N detections per image.", min=1)
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(metavar="CLASS", help="Keep only this class (repeatable)."),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(metavar="CLASS", help="Drop this class (repeatable)."),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also read sub-folders.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write JSON lines here instead of stdout."),
+    ] = None,
+    save_images: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="Write each image with its boxes drawn into DIR."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per model call (same-size images only).", min=1)
+    ] = 1,
+    frame_step: Annotated[int, typer.Option(help="Videos: predict every N-th frame.", min=1)] = 1,
+) -> None:
+    """Predict objects; one JSON line per image (or video frame).
+
+    A path that cannot be read is reported on stderr and skipped; the exit code is 1 when
+    anything failed.
+    """
+    from kdetect.data.images import load_image
+    from kdetect.errors import KdetectError
+    from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
+
+    detector = Detector(
+        model, min_score=min_score, max_detections=max_detections, only=only, ignore=ignore
+    )
+    items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
+    for problem in problems:
+        err_console.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+    if save_images is not None:
+        save_images.mkdir(parents=True, exist_ok=True)
+    out = output.open("w", encoding="utf-8") if output is not None else sys.stdout
+    failures, done = len(problems), 0
+
+    def emit(line: dict, image, target: Path | None) -> None:
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            detector.draw(image, line["objects"]).save(target)
+
+    pending: list[tuple] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        results = detector.predict_arrays([image for _, image in pending])
+        for (item, image), objects in zip(pending, results, strict=True):
+            line = result_line(item.display, image.shape[1], image.shape[0], objects)
+            target = _drawn_path(save_images, item.relative) if save_images else None
+            emit(line, image, target)
+        pending.clear()
+
+    try:
+        for item in _with_progress(items, output is not None):
+            try:
+                if item.video:
+                    flush()
+                    for index, frame in read_video_frames(item.path, frame_step):
+                        objects = detector.predict_arrays([frame])[0]
+                        line = result_line(
+                            item.display, frame.shape[1], frame.shape[0], objects, frame=index
+                        )
+                        target = None
+                        if save_images is not None:
+                            name = f"{item.relative.with_suffix('')}_{index:06d}.jpg"
+                            target = save_images / name
+                        emit(line, frame, target)
+                else:
+                    image = load_image(item.path)
+                    if pending and (
+                        image.shape != pending[0][1].shape or len(pending) >= batch_size
+                    ):
+                        flush()
+                    pending.append((item, image))
+                done += 1
+            except KdetectError as exc:
+                failures += 1
+                err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        flush()
+    finally:
+        if output is not None:
+            out.close()
+    if output is not None:
+        err_console.print(f"wrote {done} result(s) to {output}", highlight=False)
+    if failures:
+        total = len(items) + len(problems)
+        raise KdetectError(f"{failures} of {total} input(s) could not be read")
+
+
+def _drawn_path(folder: Path, relative: Path) -> Path:
+    """Where the drawn copy of an image goes (PNG when Pillow cannot write the suffix)."""
+    suffix = relative.suffix.lower()
+    if suffix not in {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}:
+        relative = relative.with_suffix(".png")
+    return folder / relative
+
+
+def _with_progress(items: list, show: bool):
+    """Iterate with a rich progress bar on stderr (only when results do not go to stdout)."""
+    if not show or not err_console.is_terminal:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description="Predicting", console=err_console, transient=True)
