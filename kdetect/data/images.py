@@ -26,8 +26,10 @@ def _open(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path}: image file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (PermissionError, IsADirectoryError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc.strerror})") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
 def _needs_transpose(image: Image.Image) -> bool:
