@@ -73,8 +73,10 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
     """Cross-field checks that single values cannot express."""
     data, train, model = recipe.data, recipe.train, recipe.model
-    if data.format != "shapes" and not data.root:
-        raise RecipeError(f"data.root: required for data.format {data.format}")
+    if check_paths and data.format != "shapes" and not data.root:
+        raise RecipeError(
+            f"data.root: required for data.format {data.format} (--set data.root=PATH)"
+        )
     if model.rpn.bg_iou_thresh > model.rpn.fg_iou_thresh:
         raise RecipeError("model.rpn.bg_iou_thresh: must be <= model.rpn.fg_iou_thresh")
     if model.box.bg_iou_thresh > model.box.fg_iou_thresh:

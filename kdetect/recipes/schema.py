@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -312,6 +313,8 @@ class Recipe:
 # validation
 # --------------------------------------------------------------------------------------------
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
 _TYPE_WORDS = {
     int: "an integer",
     float: "a number",
@@ -349,10 +352,16 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple):
-        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {_plural(args[0])}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _plural(tp: Any) -> str:
+    if typing.get_origin(tp) in (list, tuple):
+        return f"lists of {_plural(typing.get_args(tp)[0])}"
+    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, "values")
 
 
 def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
@@ -411,6 +420,9 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         raise RecipeError(f"{key}: expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _check_bounds(key, float(value), meta)
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string.
             return _check_bounds(key, float(value), meta)
         raise RecipeError(f"{key}: expected a number, got {_show(value)}")
     if tp is str:

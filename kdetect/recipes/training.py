@@ -174,11 +174,7 @@ def train(
             ``train(..., resume=True)`` continues it.
         RecipeError, CheckpointError, DataError: for bad recipes, runs or data.
     """
-    import keras
     from rich.console import Console
-
-    from kdetect.recipes import builders
-    from kdetect.recipes import callbacks as cb
 
     if console is None:
         console = Console(stderr=True)
@@ -201,6 +197,12 @@ def train(
         recipe = load(apply_overrides(recipe.to_dict(), overrides))
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     _check_run_dir(run_dir, resume)
+
+    # Only now pay for importing TensorFlow: recipe errors above stay fast.
+    import keras
+
+    from kdetect.recipes import builders
+    from kdetect.recipes import callbacks as cb
 
     state_info = None
     if resume:
