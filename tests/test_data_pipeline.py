@@ -221,3 +221,21 @@ def test_bccd_files_pipeline():
     assert real.sum() > 20
     assert np.all(boxes[real][:, 2] > boxes[real][:, 0]) and np.all(boxes[real] <= 320)
     Image.fromarray(batch["images"][0].numpy().astype(np.uint8))  # a valid picture
+
+
+def test_color_jitter_matrix_properties():
+    seed = tf.constant([1, 2], tf.int64)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (8, 8, 3)), tf.float32)
+    same = aug.color_jitter(image, seed)  # all off: identity
+    np.testing.assert_allclose(same, image, atol=1e-4)
+    grey = tf.fill([4, 4, 3], 100.0)  # grey has no chroma: saturation and hue leave it alone
+    np.testing.assert_allclose(
+        aug.color_jitter(grey, seed, saturation=0.9, hue=0.5), grey, atol=1e-3
+    )
+    # saturation factor 0 gives the luma grey image
+    lo = aug.color_jitter(image, seed, saturation=1.0 - 1e-7).numpy()
+    hi_sat = tf.random.stateless_uniform([], tf.random.experimental.stateless_split(seed, 4)[2])
+    factor = float(1.0 - (1.0 - 1e-7) + 2 * (1.0 - 1e-7) * hi_sat)
+    luma = image.numpy() @ np.array([0.299, 0.587, 0.114])
+    expected = factor * image.numpy() + (1 - factor) * luma[..., None]
+    np.testing.assert_allclose(lo, np.clip(expected, 0, 255), atol=1e-2)

@@ -75,24 +75,22 @@ def horizontal_flip(
     return tf.cond(do_flip, flip, lambda: (image, boxes))
 
 
-def resize_crop_pad(
+def resize_crop(
     image: tf.Tensor,
     boxes: tf.Tensor,
     image_size: tuple[int, int],
     scale_factor: tf.Tensor | float = 1.0,
     crop_seed: tf.Tensor | None = None,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Resize keeping the aspect ratio, crop to at most ``image_size``, pad to exactly it.
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Resize keeping the aspect ratio so the image fits ``image_size`` (times a factor), then
+    crop it to at most ``image_size``.
 
-    The image is scaled by ``min(H / h, W / w) * scale_factor`` and placed at the top-left of
-    a zero canvas of ``image_size``. When the scaled image is larger than the canvas, a window
-    is cropped at a random offset (``crop_seed``) or at the top-left (``crop_seed=None``), and
-    boxes are clipped to it.
+    The image is scaled by ``min(H / h, W / w) * scale_factor``. When the result is larger than
+    ``image_size``, a window is cut at a random offset (``crop_seed``) or at the top-left
+    (``crop_seed=None``), and boxes are clipped to it.
 
-    Returns:
-        ``(image float32 [H, W, 3], boxes [M, 4], scale float32, visible [2] int32)`` where
-        ``scale`` maps original pixels to fed pixels and ``visible`` is the (h, w) of the image
-        area inside the canvas (the rest is padding).
+    Returns ``(image float32 [<=H, <=W, 3], boxes [M, 4], scale)`` where ``scale`` maps original
+    pixels to fed pixels.
     """
     target_h, target_w = int(image_size[0]), int(image_size[1])
     shape = tf.shape(image)
@@ -101,7 +99,6 @@ def resize_crop_pad(
     scale = tf.minimum(target_h / h, target_w / w) * tf.cast(scale_factor, tf.float32)
     new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), 1)
     new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), 1)
-    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
     # Boxes use the exact per-axis factors of the resize, so they stay on the same pixels.
     sy = tf.cast(new_h, tf.float32) / h
     sx = tf.cast(new_w, tf.float32) / w
@@ -120,13 +117,36 @@ def resize_crop_pad(
         off_x = tf.random.stateless_uniform(
             [], seeds[1], minval=0, maxval=new_w - crop_w + 1, dtype=tf.int32
         )
+    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
     resized = resized[off_y : off_y + crop_h, off_x : off_x + crop_w, :]
     offset = tf.cast(tf.stack([off_x, off_y, off_x, off_y]), tf.float32)
     limit = tf.cast(tf.stack([crop_w, crop_h, crop_w, crop_h]), tf.float32)
     boxes = tf.clip_by_value(boxes - offset, 0.0, limit)
-    padded = tf.image.pad_to_bounding_box(resized, 0, 0, target_h, target_w)
-    padded.set_shape([target_h, target_w, 3])
-    return padded, boxes, scale, tf.stack([crop_h, crop_w])
+    return resized, boxes, scale
+
+
+def pad_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Place an image no larger than ``image_size`` at the top-left of a zero canvas."""
+    padded = tf.image.pad_to_bounding_box(image, 0, 0, int(image_size[0]), int(image_size[1]))
+    padded.set_shape([int(image_size[0]), int(image_size[1]), 3])
+    return padded
+
+
+def resize_crop_pad(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    image_size: tuple[int, int],
+    scale_factor: tf.Tensor | float = 1.0,
+    crop_seed: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`resize_crop` then :func:`pad_image`: a float32 image of exactly ``image_size``."""
+    resized, boxes, scale = resize_crop(image, boxes, image_size, scale_factor, crop_seed)
+    return pad_image(resized, image_size), boxes, scale
+
+
+# ITU-R BT.601 luma weights and the RGB <-> YIQ matrices used for the hue rotation.
+_LUMA = (0.299, 0.587, 0.114)
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
 def color_jitter(
@@ -137,24 +157,40 @@ def color_jitter(
     saturation: float = 0.0,
     hue: float = 0.0,
 ) -> tf.Tensor:
-    """Random brightness, contrast, saturation and hue on a float image in 0..255."""
+    """Random brightness, contrast, saturation and hue on a float image in 0..255.
+
+    Brightness adds ``U(-b, b) * 255``; contrast scales around the mean grey level by
+    ``U(1 - c, 1 + c)``; saturation blends with the grey image by ``U(1 - s, 1 + s)`` (as
+    torchvision's ``ColorJitter``); hue rotates the chroma plane of YIQ by ``U(-h, h)`` turns.
+    Saturation and hue are linear, so they are applied as one 3x3 matrix: the whole jitter
+    costs two passes over the image instead of an RGB -> HSV round trip.
+    """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = tf.cast(image, tf.float32)
+    luma = tf.constant(_LUMA, tf.float32)
     if brightness:
-        delta = tf.random.stateless_uniform([], seeds[0], -brightness, brightness) * 255.0
-        image = image + delta
+        image = image + tf.random.stateless_uniform([], seeds[0], -brightness, brightness) * 255.0
     if contrast:
         factor = tf.random.stateless_uniform([], seeds[1], 1.0 - contrast, 1.0 + contrast)
-        image = tf.image.adjust_contrast(image, factor)
+        mean = tf.reduce_mean(tf.tensordot(image, luma, axes=1))
+        image = (image - mean) * factor + mean
     if saturation or hue:
-        unit = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+        matrix = tf.eye(3)
         if saturation:
             factor = tf.random.stateless_uniform([], seeds[2], 1.0 - saturation, 1.0 + saturation)
-            unit = tf.image.adjust_saturation(unit, factor)
+            # out = factor * rgb + (1 - factor) * grey, as a matrix acting on row vectors
+            matrix = factor * tf.eye(3) + (1.0 - factor) * tf.tile(luma[:, None], [1, 3])
         if hue:
-            delta = tf.random.stateless_uniform([], seeds[3], -hue, hue)
-            unit = tf.image.adjust_hue(unit, delta)
-        image = unit * 255.0
+            theta = tf.random.stateless_uniform([], seeds[3], -hue, hue) * 2.0 * 3.141592653589793
+            cos, sin = tf.cos(theta), tf.sin(theta)
+            to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
+            rotate = tf.stack(
+                [[1.0, 0.0, 0.0], tf.stack([0.0, cos, -sin]), tf.stack([0.0, sin, cos])]
+            )
+            hue_matrix = tf.linalg.inv(to_yiq) @ rotate @ to_yiq  # acts on column vectors
+            matrix = matrix @ tf.transpose(hue_matrix)
+        shape = tf.shape(image)
+        image = tf.reshape(tf.reshape(image, [-1, 3]) @ matrix, shape)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 

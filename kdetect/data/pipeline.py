@@ -314,11 +314,9 @@ def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, train
             image, boxes = aug.horizontal_flip(image, boxes, seeds[0], config["horizontal_flip"])
         low, high = config["scale_range"]
         factor = tf.random.stateless_uniform([], seeds[1], low, high) if high > low else low
-        image, boxes, scale, visible = aug.resize_crop_pad(
-            image, boxes, image_size, factor, seeds[2]
-        )
+        image, boxes, scale = aug.resize_crop(image, boxes, image_size, factor, seeds[2])
         if any(config[k] for k in ("brightness", "contrast", "saturation", "hue")):
-            jittered = aug.color_jitter(
+            image = aug.color_jitter(
                 image,
                 seeds[0],
                 config["brightness"],
@@ -326,13 +324,10 @@ def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, train
                 config["saturation"],
                 config["hue"],
             )
-            # jitter the image area only: the padding stays zero
-            rows = tf.range(image_size[0])[:, None] < visible[0]
-            cols = tf.range(image_size[1])[None, :] < visible[1]
-            image = tf.where((rows & cols)[:, :, None], jittered, 0.0)
+        image = aug.pad_image(image, image_size)  # the padding stays zero
         min_size = float(config["min_box_size"])
     else:
-        image, boxes, scale, _ = aug.resize_crop_pad(image, boxes, image_size)
+        image, boxes, scale = aug.resize_crop_pad(image, boxes, image_size)
         min_size = 0.0
     keep = aug.keep_boxes(boxes, min_size)
     boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
