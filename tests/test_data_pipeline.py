@@ -239,3 +239,20 @@ def test_color_jitter_matrix_properties():
     luma = image.numpy() @ np.array([0.299, 0.587, 0.114])
     expected = factor * image.numpy() + (1 - factor) * luma[..., None]
     np.testing.assert_allclose(lo, np.clip(expected, 0, 255), atol=1e-2)
+
+
+def test_color_jitter_equals_step_by_step_reference():
+    seed = tf.constant([5, 6], tf.int64)
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 255, (6, 7, 3)).astype(np.float32)
+    out = aug.color_jitter(tf.constant(image), seed, 0.2, 0.3, 0.4, 0.0).numpy()
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    d = float(tf.random.stateless_uniform([], seeds[0], -0.2, 0.2)) * 255
+    c = float(tf.random.stateless_uniform([], seeds[1], 0.7, 1.3))
+    s = float(tf.random.stateless_uniform([], seeds[2], 0.6, 1.4))
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    x = image + d
+    mean = (x @ luma).mean()
+    x = (x - mean) * c + mean
+    x = s * x + (1 - s) * (x @ luma)[..., None]
+    np.testing.assert_allclose(out, np.clip(x, 0, 255), atol=1e-2)

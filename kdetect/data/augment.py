@@ -162,36 +162,47 @@ def color_jitter(
     Brightness adds ``U(-b, b) * 255``; contrast scales around the mean grey level by
     ``U(1 - c, 1 + c)``; saturation blends with the grey image by ``U(1 - s, 1 + s)`` (as
     torchvision's ``ColorJitter``); hue rotates the chroma plane of YIQ by ``U(-h, h)`` turns.
-    Saturation and hue are linear, so they are applied as one 3x3 matrix: the whole jitter
-    costs two passes over the image instead of an RGB -> HSV round trip.
+    All four are affine in RGB, so they are folded into one 3x3 matrix and an offset: the jitter
+    costs a mean and one matrix product instead of an RGB -> HSV round trip per step. (No
+    clipping between the steps, only at the end.)
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     image = tf.cast(image, tf.float32)
+    if not (brightness or contrast or saturation or hue):
+        return tf.clip_by_value(image, 0.0, 255.0)
     luma = tf.constant(_LUMA, tf.float32)
-    if brightness:
-        image = image + tf.random.stateless_uniform([], seeds[0], -brightness, brightness) * 255.0
+    # brightness then contrast: c * (x + d - m') + m' with m' = m + d the new mean grey,
+    # i.e. c * x + (d + (1 - c) * m): one scale and one offset for every channel.
+    delta = (
+        tf.random.stateless_uniform([], seeds[0], -brightness, brightness) * 255.0
+        if brightness
+        else tf.constant(0.0)
+    )
     if contrast:
         factor = tf.random.stateless_uniform([], seeds[1], 1.0 - contrast, 1.0 + contrast)
-        mean = tf.reduce_mean(tf.tensordot(image, luma, axes=1))
-        image = (image - mean) * factor + mean
-    if saturation or hue:
-        matrix = tf.eye(3)
-        if saturation:
-            factor = tf.random.stateless_uniform([], seeds[2], 1.0 - saturation, 1.0 + saturation)
-            # out = factor * rgb + (1 - factor) * grey, as a matrix acting on row vectors
-            matrix = factor * tf.eye(3) + (1.0 - factor) * tf.tile(luma[:, None], [1, 3])
-        if hue:
-            theta = tf.random.stateless_uniform([], seeds[3], -hue, hue) * 2.0 * 3.141592653589793
-            cos, sin = tf.cos(theta), tf.sin(theta)
-            to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
-            rotate = tf.stack(
-                [[1.0, 0.0, 0.0], tf.stack([0.0, cos, -sin]), tf.stack([0.0, sin, cos])]
-            )
-            hue_matrix = tf.linalg.inv(to_yiq) @ rotate @ to_yiq  # acts on column vectors
-            matrix = matrix @ tf.transpose(hue_matrix)
-        shape = tf.shape(image)
-        image = tf.reshape(tf.reshape(image, [-1, 3]) @ matrix, shape)
-    return tf.clip_by_value(image, 0.0, 255.0)
+        mean = tf.tensordot(tf.reduce_mean(image, axis=[0, 1]), luma, axes=1)
+        offset = delta + (1.0 - factor) * mean
+    else:
+        factor, offset = tf.constant(1.0), delta
+    # saturation and hue: a 3x3 matrix acting on row vectors of RGB
+    matrix = tf.eye(3)
+    if saturation:
+        s = tf.random.stateless_uniform([], seeds[2], 1.0 - saturation, 1.0 + saturation)
+        # s * rgb + (1 - s) * grey
+        matrix = s * tf.eye(3) + (1.0 - s) * tf.tile(luma[:, None], [1, 3])
+    if hue:
+        theta = tf.random.stateless_uniform([], seeds[3], -hue, hue) * 2.0 * 3.141592653589793
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
+        rotate = tf.stack([[1.0, 0.0, 0.0], tf.stack([0.0, cos, -sin]), tf.stack([0.0, sin, cos])])
+        hue_matrix = tf.linalg.inv(to_yiq) @ rotate @ to_yiq  # acts on column vectors
+        matrix = matrix @ tf.transpose(hue_matrix)
+    if not (saturation or hue):
+        return tf.clip_by_value(image * factor + offset, 0.0, 255.0)
+    bias = offset * tf.reduce_sum(matrix, axis=0)  # the offset, passed through the matrix
+    shape = tf.shape(image)
+    out = tf.reshape(tf.reshape(image, [-1, 3]) @ (factor * matrix), shape) + bias
+    return tf.clip_by_value(out, 0.0, 255.0)
 
 
 def keep_boxes(boxes: tf.Tensor, min_size: float = 0.0) -> tf.Tensor:
