@@ -29,6 +29,11 @@ def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_
     boxes = tf.convert_to_tensor(boxes)
     scores = tf.cast(tf.convert_to_tensor(scores), boxes.dtype)
     yxyx = xyxy_to_yxyx(boxes)
+    # TF's padded NMS counts a kept box only if one of its coordinates is > 0 (all-zero rows are
+    # its padding), so boxes lying at non-positive coordinates would silently vanish. IoU does not
+    # change under translation: move each image's boxes so every coordinate is at least 1.
+    lowest = tf.reduce_min(yxyx, axis=[-2, -1], keepdims=True)
+    yxyx = yxyx + tf.maximum(1.0 - lowest, 0.0)
 
     def one_image(args):
         image_boxes, image_scores = args

@@ -153,7 +153,10 @@ class MultiLevelRoIAlign:
         for h, w in zip(heights, widths):
             offsets.append(total)
             total += h * w
+        # One row per (image, position) so that a plain ``take`` on axis 0 reads any sample.
         flat = ops.concatenate([ops.reshape(f, (batch, -1, channels)) for f in features], axis=1)
+        flat = ops.reshape(flat, (-1, channels))
+        image_offset = ops.arange(batch, dtype="int32")[:, None, None, None] * total
 
         level = self.assign_levels(boxes)
         pick = lambda values: ops.take(ops.convert_to_tensor(values, "float32"), level)  # noqa: E731
@@ -172,15 +175,13 @@ class MultiLevelRoIAlign:
         for y_idx, y_w in ((ys[0], ys[2]), (ys[1], ys[3])):
             for x_idx, x_w in ((xs[0], xs[2]), (xs[1], xs[3])):
                 index = (
-                    ops.expand_dims(offset, -1)[..., None]
+                    image_offset
+                    + ops.expand_dims(offset, -1)[..., None]
                     + ops.expand_dims(y_idx * ops.expand_dims(row_width, -1), -1)
                     + ops.expand_dims(x_idx, -2)
                 )  # [B, R, S, S]
                 weight = ops.expand_dims(y_w, -1) * ops.expand_dims(x_w, -2)
-                values = ops.take_along_axis(
-                    flat, ops.reshape(index, (batch, -1, 1)), axis=1
-                )  # [B, R*S*S, C]
-                values = ops.reshape(values, (batch, num_rois, n * sr, n * sr, channels))
+                values = ops.take(flat, index, axis=0)  # [B, R, S, S, C]
                 pooled = pooled + values * ops.cast(ops.expand_dims(weight, -1), values.dtype)
         pooled = ops.reshape(pooled, (batch, num_rois, n, sr, n, sr, channels))
         return ops.mean(pooled, axis=(3, 5))

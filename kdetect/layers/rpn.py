@@ -38,7 +38,10 @@ class RPNHead(keras.layers.Layer):
         self.box_deltas = keras.layers.Conv2D(num_anchors * 4, 1, kernel_initializer=init, name="box_deltas")
 
     def build(self, input_shape):
-        # input_shape: one feature-map shape (all levels share channels).
+        # input_shape: one feature-map shape (all levels share channels), or the list of every
+        # level's shapes when Keras builds the layer on its first call with a list of features.
+        if input_shape and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[0]
         self.conv.build(input_shape)
         shape = tuple(input_shape[:-1]) + (self.channels,)
         self.objectness.build(shape)
