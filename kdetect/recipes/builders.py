@@ -6,10 +6,14 @@ whom"); the model and the pipeline never see a recipe.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kdetect.data.records import Annotations
 from kdetect.errors import RecipeError
@@ -28,15 +32,56 @@ class Datasets:
     train_size: int | None  # number of training images, when known
 
 
-def read_split(data: DataConfig, split: str, classes: list[str] | None) -> Annotations | str:
-    """One split as :class:`Annotations` (or a TFRecord glob for ``tfrecord``)."""
+def select_classes(
+    annotations: Annotations, classes: list[str], strict: bool = False
+) -> Annotations:
+    """Keep the boxes of ``classes`` only, relabelled to their index in that list.
+
+    With ``strict``, a requested class the dataset does not have is an error (a typo).
+    """
+    if list(annotations.classes) == list(classes):
+        return annotations
+    if strict:
+        for name in classes:
+            if name not in annotations.classes:
+                close = difflib.get_close_matches(name, annotations.classes, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise RecipeError(
+                    f"data.classes: {name!r} is not a class of the dataset{hint}; it has: "
+                    + ", ".join(annotations.classes)
+                )
+    index = {name: i for i, name in enumerate(classes)}
+    records = []
+    for record in annotations.records:
+        names = [annotations.classes[label] for label in record.labels]
+        keep = np.array([name in index for name in names], dtype=bool)
+        records.append(
+            dataclasses.replace(
+                record,
+                boxes=record.boxes[keep],
+                labels=np.array([index[n] for n in names if n in index], dtype=np.int32),
+                difficult=record.difficult[keep],
+            )
+        )
+    return Annotations(list(classes), records)
+
+
+def read_split(
+    data: DataConfig, split: str, classes: list[str] | None, strict: bool = False
+) -> Annotations | str:
+    """One split as :class:`Annotations` (or the TFRecord folder for ``tfrecord``).
+
+    ``classes`` selects and orders the classes (see :func:`select_classes`); ``None`` keeps
+    the dataset's own list.
+    """
     if data.format == "shapes":
         from kdetect.data.shapes import make_shapes
 
         is_val = split == data.val_split and split != data.train_split
         count = data.shapes.num_val if is_val else data.shapes.num_train
         seed = data.shapes.seed + (1 if is_val else 0)
-        return make_shapes(count, image_size=tuple(data.image_size), seed=seed)
+        shapes = make_shapes(count, image_size=tuple(data.image_size), seed=seed)
+        return select_classes(shapes, classes, strict) if classes else shapes
     if data.format == "tfrecord":
         root = Path(data.root)
         if not list(root.glob(f"{split}*.tfrecord*")) and not list(root.glob(f"{split}/*")):
@@ -44,9 +89,10 @@ def read_split(data: DataConfig, split: str, classes: list[str] | None) -> Annot
         return str(root)
     from kdetect.data.readers import read_annotations
 
-    return read_annotations(
-        data.format, data.root, split, classes=classes, on_invalid_box=data.on_invalid_box
+    annotations = read_annotations(
+        data.format, data.root, split, classes=None, on_invalid_box=data.on_invalid_box
     )
+    return select_classes(annotations, classes, strict) if classes else annotations
 
 
 def tfrecord_classes(data: DataConfig) -> list[str]:
@@ -68,10 +114,16 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     data = recipe.data
     image_size = tuple(data.image_size)
     classes = list(data.classes) if data.classes else None
-    if data.format == "tfrecord" and classes is None:
-        classes = tfrecord_classes(data)
+    if data.format == "tfrecord":
+        stored = tfrecord_classes(data)
+        if classes is not None and classes != stored:
+            raise RecipeError(
+                "data.classes: TFRecords keep the classes they were written with "
+                f"({', '.join(stored)}); remove data.classes or transform the data again"
+            )
+        classes = stored
 
-    train_source = read_split(data, data.train_split, classes)
+    train_source = read_split(data, data.train_split, classes, strict=True)
     if isinstance(train_source, Annotations):
         classes = list(train_source.classes)
     val_source = None

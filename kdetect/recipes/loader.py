@@ -108,10 +108,10 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
         raise RecipeError("train.validation_steps: must be > 0 (or null)")
     if train.checkpoint.best == "map" and recipe.eval.every == 0:
         raise RecipeError("train.checkpoint.best: `map` needs eval.every > 0")
-    if train.checkpoint.best != "none" and data.val_split is None and data.format != "shapes":
+    if train.checkpoint.best in ("val_loss", "map") and data.val_split is None:
         raise RecipeError(
             f"train.checkpoint.best: `{train.checkpoint.best}` needs data.val_split "
-            "(or set it to none)"
+            "(or set it to loss or none)"
         )
     if check_paths:
         weights = model.backbone_weights

@@ -164,7 +164,9 @@ class DataConfig:
     train_split: str = _f("train", "split used for training")
     val_split: str | None = _f("val", "split used for validation; null disables validation")
     classes: list[str] | None = _f(
-        None, "class names to keep, in this order; null keeps every class of the dataset"
+        None,
+        "class names to train on, in this order (label id = position); boxes of other classes "
+        "are dropped; null keeps every class of the dataset",
     )
     image_size: list[int] = _f(
         lambda: [512, 512],
@@ -234,8 +236,10 @@ class CheckpointConfig:
     every_epochs: int | None = _f(1, "save a checkpoint every N epochs; null disables", gt=0)
     every_steps: int | None = _f(None, "also save every N training steps; null disables", gt=0)
     keep: int = _f(3, "periodic checkpoints kept (the oldest are deleted)", gt=0)
-    best: Literal["val_loss", "map", "none"] = _f(
-        "val_loss", "keep checkpoints/best.keras by lowest val_loss or highest mAP; none disables"
+    best: Literal["val_loss", "loss", "map", "none"] = _f(
+        "val_loss",
+        "keep checkpoints/best.keras by lowest val_loss, lowest training loss or highest "
+        "validation mAP; none disables",
     )
 
 

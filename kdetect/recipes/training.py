@@ -36,19 +36,17 @@ def transfer_weights(source, target) -> tuple[int, list[str]]:
         ``(number of variables copied, paths of target variables left as initialised)``.
     """
 
-    def key(variable) -> str:
-        return variable.path.split("/", 1)[-1]
+    def keys(model) -> dict[str, Any]:
+        prefix = f"{model.name}/"
+        return {v.path.removeprefix(prefix): v for v in model.weights}
 
-    src_vars = list(source.weights)
-    dst_vars = list(target.weights)
-    by_path = {key(v): v for v in src_vars}
-    matched_by_path = sum(key(v) in by_path for v in dst_vars)
-    if matched_by_path >= 0.5 * len(dst_vars):
-        pairs = [(by_path.get(key(v)), v) for v in dst_vars]
-    elif len(src_vars) == len(dst_vars):
+    src_vars, dst_vars = list(source.weights), list(target.weights)
+    by_path, dst_paths = keys(source), keys(target)
+    matched_by_path = sum(path in by_path for path in dst_paths)
+    if matched_by_path < 0.5 * len(dst_vars) and len(src_vars) == len(dst_vars):
         pairs = list(zip(src_vars, dst_vars, strict=True))
     else:
-        pairs = [(by_path.get(key(v)), v) for v in dst_vars]
+        pairs = [(by_path.get(path), v) for path, v in dst_paths.items()]
     copied, skipped = 0, []
     for src, dst in pairs:
         if src is None or tuple(src.shape) != tuple(dst.shape):
@@ -291,7 +289,8 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
     if initial_epoch >= tcfg.epochs:
         console.print(f"{run_dir}: already trained for {initial_epoch} epochs", highlight=False)
     state = cb.TrainingState(initial_epoch)
-    monitor = {"val_loss": "val_loss", "map": "val_map", "none": None}[tcfg.checkpoint.best]
+    monitors = {"val_loss": "val_loss", "loss": "loss", "map": "val_map", "none": None}
+    monitor = monitors[tcfg.checkpoint.best]
     if monitor == "val_loss" and val_ds is None:
         monitor = "loss"
     manager = cb.CheckpointManager(

@@ -1,0 +1,74 @@
+"""Shared helpers of the training and prediction tests: one tiny shapes run per session.
+
+The run is trained once (through the CLI) and reused by ``test_cli_train.py`` and
+``test_predict.py``; it uses the tiny backbone on 64x64 images for two steps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT / "recipes" / "shapes.yaml"
+BCCD = (ROOT / ".." / "shared" / "data" / "bccd").resolve()
+
+# Small and fast: two 64x64 images per step, few proposals, a tiny box head.
+TINY = [
+    "data.image_size=[64,64]",
+    "data.batch_size=2",
+    "data.shapes.num_train=8",
+    "data.shapes.num_val=4",
+    "train.epochs=1",
+    "train.steps_per_epoch=2",
+    "train.validation_steps=1",
+    "train.schedule.warmup_steps=1",
+    "train.checkpoint.best=map",
+    "eval.every=1",
+    "eval.samples=3",
+    "model.fpn_channels=16",
+    "model.box.head_units=32",
+    "model.box.batch_size_per_image=32",
+    "model.rpn.batch_size_per_image=64",
+    "model.rpn.pre_nms_top_n_train=100",
+    "model.rpn.post_nms_top_n_train=50",
+    "model.rpn.pre_nms_top_n_test=50",
+    "model.rpn.post_nms_top_n_test=20",
+]
+
+_RUNS: dict[str, Path] = {}
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
+    args: list[str] = []
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def kdetect(*args: str) -> int:
+    """Run the CLI in this process; returns the exit code."""
+    from kdetect.cli import main
+
+    return main([str(a) for a in args])
+
+
+def needs_shapes() -> None:
+    pytest.importorskip("kdetect.data.shapes", reason="kdetect.data.shapes not available")
+
+
+def tiny_run(tmp_path_factory) -> Path:
+    """Train (once per session) the tiny shapes run through ``kdetect train``."""
+    needs_shapes()
+    if "tiny" not in _RUNS:
+        run = tmp_path_factory.mktemp("runs") / "tiny"
+        assert kdetect("train", SHAPES, "--run-dir", run, *set_args(TINY)) == 0
+        _RUNS["tiny"] = run
+    return _RUNS["tiny"]
+
+
+def has_bccd() -> bool:
+    return (BCCD / "Annotations").is_dir() and not os.environ.get("KDETECT_NO_SHARED")

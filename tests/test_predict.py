@@ -1,0 +1,221 @@
+"""``kdetect predict`` and ``kdetect checkpoint`` on a tiny trained run; the Detector API."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli_train_support import kdetect, tiny_run
+
+from kdetect.errors import CheckpointError, DataError, KdetectError
+from kdetect.predict import Detector, collect_inputs
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def detector(run):
+    return Detector(run, min_score=0.0)
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _check_line(line: dict, classes: list[str]) -> None:
+    assert list(line) == ["file", "width", "height", "objects"]
+    assert isinstance(line["width"], int) and isinstance(line["height"], int)
+    for obj in line["objects"]:
+        assert list(obj) == ["bbox", "label", "label_id", "score"]
+        x1, y1, x2, y2 = obj["bbox"]
+        assert 0 <= x1 <= x2 <= line["width"] and 0 <= y1 <= y2 <= line["height"]
+        assert obj["label"] == classes[obj["label_id"]]
+        assert 0.0 <= obj["score"] <= 1.0
+
+
+def test_predict_folder_to_stdout_and_drawn_images(run, tmp_path, capsys):
+    drawn = tmp_path / "drawn"
+    rc = kdetect("predict", run, run / "samples", "--min-score", "0", "--save-images", drawn)
+    assert rc == 0
+    lines = _lines(capsys.readouterr().out)
+    samples = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert [line["file"].rsplit("/", 1)[-1] for line in lines] == samples
+    for line in lines:
+        _check_line(line, ["circle", "rectangle", "triangle"])
+        assert (line["width"], line["height"]) == (64, 64)
+    assert sorted(p.name for p in drawn.iterdir()) == samples
+    with Image.open(drawn / samples[0]) as image:
+        assert image.size == (64, 64)
+
+
+def test_predict_files_to_output(run, tmp_path, capsys):
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(big)
+    output = tmp_path / "out.jsonl"
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    args = ["predict", run, sample, big, "--output", output, "--min-score", "0"]
+    assert kdetect(*args, "--max-detections", "2", "--only", "circle", "--only", "triangle") == 0
+    lines = _lines(output.read_text())
+    assert capsys.readouterr().out == ""
+    assert [line["file"] for line in lines] == [str(sample), str(big)]
+    assert (lines[1]["width"], lines[1]["height"]) == (120, 90)  # boxes in the input's pixels
+    for line in lines:
+        _check_line(line, ["circle", "rectangle", "triangle"])
+        assert len(line["objects"]) <= 2
+        assert {o["label"] for o in line["objects"]} <= {"circle", "triangle"}
+        scores = [o["score"] for o in line["objects"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_class_filters_and_score_threshold(detector, run):
+    image = np.asarray(Image.open(sorted((run / "samples").glob("*.png"))[0]).convert("RGB"))
+    everything = detector.predict(image)[0]["objects"]
+    assert everything, "a model at min_score 0 returns its detections"
+    model, classes = detector.model, detector.classes
+    only = Detector(model, classes, min_score=0.0, only=["circle"]).predict(image)[0]["objects"]
+    assert only == [o for o in everything if o["label"] == "circle"]
+    ignored = Detector(model, classes, min_score=0.0, ignore=["circle", "triangle"])
+    assert ignored.predict(image)[0]["objects"] == [
+        o for o in everything if o["label"] == "rectangle"
+    ]
+    threshold = sorted(o["score"] for o in everything)[len(everything) // 2]
+    high = Detector(model, classes, min_score=threshold).predict(image)[0]["objects"]
+    assert high == [o for o in everything if o["score"] >= threshold]
+    top = Detector(model, classes, min_score=0.0, max_detections=1).predict(image)[0]["objects"]
+    assert top == everything[:1]
+    with pytest.raises(KdetectError, match="did you mean circle"):
+        Detector(model, classes, only=["circel"])
+
+
+def test_unknown_class_on_the_command_line(run, capsys):
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    assert kdetect("predict", run, sample, "--ignore", "sqare") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ignore: unknown class 'sqare'" in err[0]
+
+
+def test_predict_recursive_folders(run, tmp_path, capsys):
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    nested = tmp_path / "photos" / "day1"
+    nested.mkdir(parents=True)
+    Image.open(sample).save(nested / "a.png")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    items, problems = collect_inputs([tmp_path / "photos"])
+    assert not items and "use --recursive" in problems[0]
+    drawn = tmp_path / "drawn"
+    assert kdetect("predict", run, tmp_path / "photos", "-r", "--save-images", drawn) == 0
+    assert [line["file"] for line in _lines(capsys.readouterr().out)] == [str(nested / "a.png")]
+    assert (drawn / "day1" / "a.png").is_file()
+
+
+def test_corrupt_image_is_reported_and_skipped(run, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    good = sorted((run / "samples").glob("*.png"))[0]
+    assert kdetect("predict", run, bad, good, tmp_path / "missing.png") == 1
+    captured = capsys.readouterr()
+    assert [line["file"] for line in _lines(captured.out)] == [str(good)]
+    err = captured.err.strip().splitlines()
+    assert any(str(bad) in line for line in err)
+    assert any("missing.png: no such file or folder" in line for line in err)
+    assert err[-1] == "error: 2 of 3 input(s) could not be read"
+
+
+def test_missing_checkpoint_exits_1_with_one_line(tmp_path, capsys):
+    assert kdetect("predict", tmp_path / "no-run", tmp_path) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        f"error: {tmp_path / 'no-run'}: no such run directory or model file"
+    ]
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert kdetect("predict", empty, tmp_path) == 1
+    assert "no model.keras or checkpoint" in capsys.readouterr().err
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    assert kdetect("predict", broken, tmp_path) == 1
+    assert "cannot load model" in capsys.readouterr().err
+
+
+def test_video_without_opencv_is_a_clear_error(run, tmp_path, capsys):
+    pytest.importorskip("kdetect.data.shapes")
+    try:
+        import cv2  # noqa: F401
+
+        pytest.skip("OpenCV is installed")
+    except ImportError:
+        pass
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 64)
+    assert kdetect("predict", run, video) == 1
+    assert "opencv-python-headless" in capsys.readouterr().err
+
+
+def test_detector_api(detector, run):
+    assert detector.classes == ["circle", "rectangle", "triangle"]
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    image = np.asarray(Image.open(sample).convert("RGB"))
+    from_path, from_array = detector.predict([sample, image])
+    assert from_path["file"] == str(sample) and from_array["file"] is None
+    assert from_path["objects"] == from_array["objects"]
+    batch = detector.predict(np.stack([image, image]))
+    assert len(batch) == 2 and batch[0]["objects"] == batch[1]["objects"]
+    with pytest.raises(DataError):
+        detector.predict(sample.with_name("missing.png"))
+    with pytest.raises(KdetectError, match="min-score"):
+        Detector(detector.model, detector.classes, min_score=2)
+    assert detector.draw(image, from_path["objects"]).size == (64, 64)
+
+
+def test_collect_inputs(tmp_path):
+    (tmp_path / "b.jpg").write_bytes(b"")
+    (tmp_path / "a.PNG").write_bytes(b"")
+    (tmp_path / "x.txt").write_text("")
+    items, problems = collect_inputs([tmp_path, tmp_path / "nope.jpg"])
+    assert [i.path.name for i in items] == ["a.PNG", "b.jpg"]
+    assert problems == [f"{tmp_path / 'nope.jpg'}: no such file or folder"]
+
+
+def test_checkpoint_list_info_pack_unpack(run, detector, tmp_path, capsys):
+    assert kdetect("checkpoint", "list", run.parent) == 0
+    assert run.name in capsys.readouterr().out
+    assert kdetect("checkpoint", "info", run, "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == ["circle", "rectangle", "triangle"]
+    assert info["epochs"] == 1 and info["recipe"]["model"]["backbone"] == "tiny"
+
+    packed = tmp_path / "tiny.kdet"
+    assert kdetect("checkpoint", "pack", run, "-o", packed) == 0
+    with zipfile.ZipFile(packed) as zf:
+        assert {"model.keras", "classes.json", "recipe.yaml", "kdetect.json"} <= set(zf.namelist())
+    assert kdetect("checkpoint", "info", packed) == 0
+    capsys.readouterr()
+
+    # a packed run predicts like the run directory it came from
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    from_run = detector.predict(sample)
+    assert kdetect("predict", packed, sample, "--min-score", "0") == 0
+    assert _lines(capsys.readouterr().out) == from_run
+
+    dest = tmp_path / "unpacked"
+    assert kdetect("checkpoint", "unpack", packed, dest) == 0
+    assert (dest / "model.keras").is_file() and (dest / "classes.json").is_file()
+    assert kdetect("checkpoint", "unpack", packed, dest) == 1  # not empty any more
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_checkpoint_errors(tmp_path, capsys):
+    assert kdetect("checkpoint", "info", tmp_path / "nothing") == 1
+    assert "no such run directory" in capsys.readouterr().err
+    fake = tmp_path / "fake.kdet"
+    fake.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError):
+        from kdetect.recipes.runs import inspect_run
+
+        inspect_run(fake)
