@@ -1,5 +1,26 @@
-"""Datasets: readers (VOC, COCO, CSV), the built-in synthetic shapes, TFRecords and the tf.data pipeline."""
+"""Datasets: VOC/COCO/CSV readers, built-in synthetic shapes, TFRecords and the tf.data pipeline.
 
+Readers and records import no TensorFlow; the pipeline and TFRecord helpers are loaded on first
+use.
+"""
+
+from kdetect.data.readers import InvalidBox, read_annotations, scan_annotations
 from kdetect.data.records import Annotations, Record
 
-__all__ = ["Annotations", "Record"]
+_LAZY = {
+    "make_dataset": "kdetect.data.pipeline",
+    "transform_dataset": "kdetect.data.tfrecord",
+    "inspect_dataset": "kdetect.data.inspect",
+    "load_image": "kdetect.data.images",
+    "make_shapes": "kdetect.data.shapes",
+}
+
+__all__ = ["Annotations", "InvalidBox", "Record", "read_annotations", "scan_annotations", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kdetect.data' has no attribute {name!r}")
