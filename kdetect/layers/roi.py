@@ -44,6 +44,18 @@ class RoISampler:
         gt_valid = gt_labels >= 0
         candidates = ops.concatenate([proposals, ops.cast(gt_boxes, proposals.dtype)], axis=1)
         candidates_valid = ops.concatenate([proposals_valid, gt_valid], axis=1)
+        num_candidates = candidates.shape[1]
+        shortfall = self.batch_size_per_image - (num_candidates or self.batch_size_per_image)
+        if shortfall > 0:
+            # Fewer candidates than output rows: pad with invalid ones (never sampled, weight 0)
+            # so that ``top_k`` below can still return exactly ``batch_size_per_image`` rows.
+            batch = ops.shape(candidates)[0]
+            candidates = ops.concatenate(
+                [candidates, ops.zeros((batch, shortfall, 4), candidates.dtype)], axis=1
+            )
+            candidates_valid = ops.concatenate(
+                [candidates_valid, ops.zeros((batch, shortfall), "bool")], axis=1
+            )
         iou = pairwise_iou(candidates, gt_boxes)
         matches = self.matcher(iou, gt_valid)
         positive = (matches >= 0) & candidates_valid
