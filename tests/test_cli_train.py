@@ -51,6 +51,17 @@ def test_train_writes_the_run_directory(run):
     assert meta["status"] == "finished"
 
 
+def test_run_ground_truth_regenerates_the_validation_split(run):
+    from kdetect.recipes.builders import run_ground_truth
+
+    truth = run_ground_truth(run)
+    assert truth.classes == ["circle", "rectangle", "triangle"]
+    assert len(truth) == 4  # data.shapes.num_val of the run's recipe
+    assert sorted(p.stem for p in (run / "samples").glob("*.png")) == sorted(
+        r.filename.rsplit(".", 1)[0] for r in truth.records[:3]
+    )
+
+
 def test_saved_model_loads_with_plain_keras(run):
     import kdetect.models.faster_rcnn  # noqa: F401  (registers the model class)
 

@@ -266,3 +266,30 @@ def build_strategy(train: TrainConfig):
     if train.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def run_ground_truth(run_dir: str | Path, split: str | None = None) -> Annotations:
+    """The ground truth a run is evaluated on, read with the run's class list.
+
+    Uses the run's ``recipe.yaml``: ``split`` defaults to ``eval.split``, then
+    ``data.val_split``. Works for every format but ``tfrecord`` (give the original dataset
+    instead), including the synthetic shapes, which are generated again from their seed.
+    """
+    from kdetect.recipes.loader import load
+    from kdetect.recipes.runs import CLASSES_FILE, read_classes
+
+    run_dir = Path(run_dir)
+    recipe = load(run_dir, check_paths=False)
+    classes = read_classes(run_dir / CLASSES_FILE) if (run_dir / CLASSES_FILE).is_file() else None
+    split = split or recipe.eval.split or recipe.data.val_split
+    if split is None:
+        raise RecipeError(
+            f"{run_dir}: the recipe has no eval.split or data.val_split; give a split"
+        )
+    if recipe.data.format == "tfrecord":
+        raise RecipeError(f"{run_dir}: trained on TFRecords; evaluate it on the original dataset")
+    if recipe.data.format != "shapes" and not (
+        recipe.data.root and Path(recipe.data.root).exists()
+    ):
+        raise RecipeError(f"data.root: path not found: {recipe.data.root} (from {run_dir})")
+    return read_split(recipe.data, split, classes)
