@@ -346,9 +346,11 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
 
     try:
         if initial_epoch < tcfg.epochs:
-            if step_in_epoch and steps_per_epoch and step_in_epoch < steps_per_epoch:
-                # Finish the interrupted epoch, then continue with whole ones.
-                fit(initial_epoch + 1, initial_epoch, steps_per_epoch - step_in_epoch)
+            if step_in_epoch and steps_per_epoch:
+                # Finish the interrupted epoch (unless only its validation was left), then
+                # continue with whole ones.
+                if step_in_epoch < steps_per_epoch:
+                    fit(initial_epoch + 1, initial_epoch, steps_per_epoch - step_in_epoch)
                 initial_epoch += 1
             if initial_epoch < tcfg.epochs:
                 fit(tcfg.epochs, initial_epoch, steps_per_epoch)
