@@ -123,7 +123,8 @@ def build_backbone(
 
     Args:
         name: one of :data:`BACKBONES`.
-        input_shape: ``(H, W, 3)``.
+        input_shape: ``(H, W, 3)``; the network is built for any size (the C4 head re-uses
+            stage 5 on small RoI crops), so this only checks the size is large enough.
         weights: None (random), ``"imagenet"`` or the path of a Keras weights file for the
             ``include_top=False`` network.
         freeze: freeze every layer up to and including this stage (``"stem"``, ``"stage1"`` ..
@@ -140,6 +141,9 @@ def build_backbone(
     if freeze is not None and freeze not in FREEZE_STAGES:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE_STAGES)} or None, got '{freeze}'")
     spec = _SPECS[name]
+    if min(input_shape[:2]) < 32:
+        raise ValueError(f"backbone '{name}' needs images of at least 32x32, got {input_shape[:2]}")
+    input_shape = (None, None, input_shape[-1])
     if spec.builder is None:
         if weights is not None:
             raise ValueError("the 'tiny' backbone has no pretrained weights; use backbone_weights=None")

@@ -202,22 +202,24 @@ class FasterRCNN(keras.Model):
         }
 
         # Anchors are constants of the (static) input size.
-        rpn_feature_sizes = self._rpn_feature_sizes(rpn_strides)
+        spec = self.backbone.compute_output_spec(keras.KerasTensor((1,) + image_size + (3,)))
+        self._feature_shapes = [tuple(t.shape) for t in spec] if fpn else tuple(spec.shape)
+        rpn_feature_sizes = self._rpn_feature_sizes()
         self.anchors_per_level = multilevel_anchors(
             rpn_feature_sizes, rpn_strides, anchor_sizes, self.aspect_ratios
         )
         self.build((None,) + image_size + (3,))
 
     # --- Construction helpers ---------------------------------------------------------------
-    def _rpn_feature_sizes(self, rpn_strides):
+    def _rpn_feature_sizes(self):
         if self.use_fpn:
-            sizes = [tuple(shape[1:3]) for shape in self.backbone.output_shape]
+            sizes = [tuple(shape[1:3]) for shape in self._feature_shapes]
             p5 = sizes[-1]
             return sizes + [((p5[0] + 1) // 2, (p5[1] + 1) // 2)]
-        return [tuple(self.backbone.output_shape[1:3])]
+        return [tuple(self._feature_shapes[1:3])]
 
     def build(self, input_shape):
-        feature_shapes = self.backbone.output_shape
+        feature_shapes = self._feature_shapes
         if self.use_fpn:
             self.fpn.build(feature_shapes)
             rpn_input = tuple(feature_shapes[0][:-1]) + (self.fpn_channels,)

@@ -1,0 +1,195 @@
+"""FasterRCNN as a keras.Model: shapes, predict contract, training step, serialisation, backbones."""
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from kdetect import FasterRCNN
+from kdetect.errors import CheckpointError
+
+TINY = dict(
+    num_classes=3,
+    backbone="tiny",
+    fpn=True,
+    image_size=(64, 96),
+    anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
+    fpn_channels=32,
+    box_head_units=64,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=50,
+    box_batch_size_per_image=32,
+    box_detections_per_img=20,
+    # A random model scores every class near 1/4: keep detections so the contract is exercised.
+    box_score_thresh=0.0,
+    seed=1,
+)
+
+
+def _batch(batch_size=2, with_boxes=True):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, 64, 96, 3)).astype("float32")
+    boxes = np.zeros((batch_size, 4, 4), "float32")
+    labels = -np.ones((batch_size, 4), "int32")
+    if with_boxes:
+        boxes[:, 0] = [10, 8, 40, 30]
+        boxes[:, 1] = [50, 20, 90, 60]
+        labels[:, :2] = [0, 2]
+        images[:, 8:30, 10:40] = [255, 0, 0]
+        images[:, 20:60, 50:90] = [0, 0, 255]
+    return {"images": images, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return FasterRCNN(**TINY)
+
+
+def test_predict_contract_on_raw_images_of_any_size(model):
+    images = np.random.default_rng(1).integers(0, 256, (2, 50, 70, 3)).astype("uint8")
+    out = model.predict(images, verbose=0)
+    assert set(out) == {"boxes", "confidence", "labels", "num_detections"}
+    assert out["boxes"].shape == (2, 20, 4)
+    assert out["confidence"].shape == (2, 20)
+    assert out["labels"].shape == (2, 20)
+    assert out["num_detections"].shape == (2,)
+    for b in range(2):
+        n = int(out["num_detections"][b])
+        assert n > 0
+        assert np.all(out["labels"][b, n:] == -1)
+        assert np.all(out["labels"][b, :n] >= 0) and np.all(out["labels"][b, :n] < 3)
+        boxes = out["boxes"][b, :n]
+        # Boxes are in the pixels of the 50x70 input, not of the 64x96 network frame.
+        assert boxes[:, [0, 2]].max() <= 70 + 1e-3 and boxes[:, [1, 3]].max() <= 50 + 1e-3
+        assert boxes.min() >= 0
+        assert np.all(np.diff(out["confidence"][b, :n]) <= 1e-6)  # sorted by score
+
+
+def test_predict_maps_boxes_back_to_input_pixels(model):
+    """A 128x192 image is shrunk to the 64x96 frame: its boxes are exactly 2x those of the
+    same pixels fed at 64x96."""
+    rng = np.random.default_rng(2)
+    big = rng.uniform(0, 255, (1, 128, 192, 3)).astype("float32")
+    small = tf.image.resize(big, (64, 96), method="bilinear").numpy()
+    out_big = model.predict(big, verbose=0)
+    out_small = model.predict(small, verbose=0)
+    n = int(out_small["num_detections"][0])
+    assert n == int(out_big["num_detections"][0]) and n > 0
+    np.testing.assert_allclose(out_big["boxes"][0, :n], 2 * out_small["boxes"][0, :n], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out_big["confidence"], out_small["confidence"], atol=1e-6)
+
+
+def test_train_step_reports_each_loss_and_overfits_one_batch():
+    model = FasterRCNN(**TINY)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    dataset = tf.data.Dataset.from_tensors(_batch()).repeat(40)
+    history = model.fit(dataset, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss"}
+    first = model.compute_losses(_batch()["images"], _batch()["bounding_boxes"])
+    model.fit(dataset, epochs=1, verbose=0)
+    second = model.compute_losses(_batch()["images"], _batch()["bounding_boxes"])
+    assert float(second["loss"]) < float(first["loss"])
+    total = sum(float(second[k]) for k in ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss"))
+    assert float(second["loss"]) == pytest.approx(total, rel=1e-5)
+    # evaluate() runs test_step and reports the same terms.
+    results = model.evaluate(tf.data.Dataset.from_tensors(_batch()), verbose=0, return_dict=True)
+    assert set(results) == set(history)
+
+
+def test_images_without_boxes_train_without_nan():
+    model = FasterRCNN(**TINY)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    empty = _batch(with_boxes=False)
+    losses = model.compute_losses(empty["images"], empty["bounding_boxes"])
+    assert float(losses["rpn_box_loss"]) == 0.0 and float(losses["rcnn_box_loss"]) == 0.0
+    history = model.fit(tf.data.Dataset.from_tensors(empty).repeat(2), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+
+
+def test_save_and_load_round_trip_gives_identical_predictions(model, tmp_path):
+    images = np.random.default_rng(3).integers(0, 256, (1, 64, 96, 3)).astype("uint8")
+    expected = model.predict(images, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, FasterRCNN)
+    assert loaded.get_config() == model.get_config()
+    got = loaded.predict(images, verbose=0)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5)
+
+
+def test_config_round_trip(model):
+    config = model.get_config()
+    clone = FasterRCNN.from_config(config)
+    assert clone.get_config() == config
+    clone.set_weights(model.get_weights())
+    images = np.random.default_rng(4).integers(0, 256, (1, 64, 96, 3)).astype("uint8")
+    a = model.predict(images, verbose=0)
+    b = clone.predict(images, verbose=0)
+    np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "backbone, fpn",
+    [("resnet50", True), ("resnet50", False), ("vgg16", False), ("mobilenet_v2", True), ("tiny", False)],
+)
+def test_backbones_build_and_predict(backbone, fpn):
+    anchors = ((16,), (32,), (64,), (128,), (256,)) if fpn else ((32, 64, 128),)
+    model = FasterRCNN(
+        num_classes=3,
+        backbone=backbone,
+        fpn=fpn,
+        image_size=(64, 64),
+        anchor_sizes=anchors,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=10,
+        box_head_units=32,
+        fpn_channels=32,
+        box_detections_per_img=5,
+    )
+    out = model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0)
+    assert out["boxes"].shape == (1, 5, 4)
+    losses = model.compute_losses(_batch(1)["images"][:, :64, :64], _batch(1)["bounding_boxes"])
+    assert np.isfinite(float(losses["loss"]))
+
+
+def test_freeze_reduces_trainable_weights():
+    full = FasterRCNN(**TINY)
+    frozen = FasterRCNN(**{**TINY, "freeze": "stage2"})
+    assert len(frozen.trainable_weights) < len(full.trainable_weights)
+    names = {w.path for w in frozen.trainable_weights}
+    assert not any("stage1_" in n or "stage2_" in n or "stem" in n for n in names)
+    assert any("stage3_" in n for n in names)
+
+
+def test_bad_arguments_are_reported():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        FasterRCNN(**{**TINY, "image_size": (100, 100)})
+    with pytest.raises(ValueError, match="unknown backbone"):
+        FasterRCNN(**{**TINY, "backbone": "resnet9000"})
+    with pytest.raises(ValueError, match="anchor_sizes"):
+        FasterRCNN(**{**TINY, "anchor_sizes": ((8,),)})
+    with pytest.raises(CheckpointError, match="not found"):
+        FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="/nope.h5")
+
+
+def test_imagenet_download_failure_suggests_a_local_file(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(CheckpointError, match="backbone_weights"):
+        FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="imagenet")
+
+
+def test_local_backbone_weights_file_is_loaded(tmp_path):
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3))
+    path = tmp_path / "mnv2.weights.h5"
+    source.save_weights(path)
+    model = FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights=str(path))
+    layer = model.backbone.get_layer("Conv1")
+    np.testing.assert_array_equal(layer.get_weights()[0], source.get_layer("Conv1").get_weights()[0])
