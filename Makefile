@@ -17,6 +17,7 @@ venv: $(STAMP)
 
 ## Train on the built-in shapes dataset, evaluate, predict and draw boxes.
 demo: venv
+	rm -rf $(DEMO_DIR)
 	$(BIN)/kdetect train recipes/shapes.yaml --run-dir $(DEMO_DIR)
 	$(BIN)/kdetect evaluate $(DEMO_DIR)
 	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_DIR)/predictions.jsonl --save-images $(DEMO_DIR)/drawn

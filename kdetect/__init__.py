@@ -15,14 +15,20 @@ __version__ = "0.1.0"
 
 from kdetect.errors import KdetectError  # noqa: E402
 
-__all__ = ["FasterRCNN", "KdetectError", "__version__"]
+# Imported lazily so that light-weight users (offline evaluation, dataset readers, the CLI's
+# --help) do not pay for importing TensorFlow.
+_LAZY = {
+    "FasterRCNN": "kdetect.models.faster_rcnn",
+    "Detector": "kdetect.predict",
+    "load_model": "kdetect.predict",
+}
+
+__all__ = ["Detector", "FasterRCNN", "KdetectError", "__version__", "load_model"]
 
 
 def __getattr__(name):
-    # Import the model lazily so that light-weight users (offline evaluation, dataset readers,
-    # the CLI's --help) do not pay for importing TensorFlow.
-    if name == "FasterRCNN":
-        from kdetect.models.faster_rcnn import FasterRCNN
+    if name in _LAZY:
+        import importlib
 
-        return FasterRCNN
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'kdetect' has no attribute {name!r}")

@@ -37,10 +37,15 @@ def evaluate(
     format: Annotated[
         str | None, typer.Option("--format", help="voc | coco | csv (guessed when omitted).")
     ] = None,
-    split: Annotated[str, typer.Option(help="Dataset split to evaluate.")] = "val",
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split to evaluate (default: the run's eval split, else val)."),
+    ] = None,
     metric: Annotated[
         str | None,
-        typer.Option(help="voc07 | voc | coco (default: coco for COCO data, else voc07)."),
+        typer.Option(
+            help="voc07 | voc | coco (default: the run's eval.metric; coco for COCO data, else voc07)."
+        ),
     ] = None,
     output: Annotated[
         Path | None,
@@ -56,7 +61,8 @@ def evaluate(
 ) -> None:
     """Evaluate a detector: VOC AP (devkit-exact) or COCO metrics (pycocotools).
 
-    Model mode:   kdetect evaluate RUN_DIR --data DATASET [--split val] [--metric voc07]
+    Model mode:   kdetect evaluate RUN_DIR [--data DATASET] [--split val] [--metric voc07]
+                  (without --data: the dataset and split of the run's recipe)
 
     Offline mode: kdetect evaluate --ground-truth PATH --detections FILE [--format coco]
     """
@@ -71,12 +77,12 @@ def evaluate(
         if dataset is None:
             raise KdetectError("--detections needs --ground-truth PATH")
         metrics = evaluate_offline(
-            dataset, detections, metric, format, split, plots, on_invalid_box
+            dataset, detections, metric, format, split or "val", plots, on_invalid_box
         )
     elif model is not None:
         from kdetect.evaluation.saved import evaluate_saved_model
 
-        if dataset is None:
+        if dataset is None and not Path(model).is_dir():
             raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
         metrics = evaluate_saved_model(
             model, dataset, format, split, metric, batch_size, True, plots, on_invalid_box
