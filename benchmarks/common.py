@@ -62,7 +62,9 @@ def random_batch(batch_size: int, size: tuple[int, int], num_boxes: int = 5, see
 
 def machine() -> str:
     """One line describing where the numbers were measured."""
-    return f"{platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs"
+    return (
+        f"{platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} CPUs"
+    )
 
 
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -104,7 +106,16 @@ def peer_seconds(mode: str, repeats: int, batch_size: int, peer_python: str | No
     if not peer_python:
         return None
     out = subprocess.run(
-        [peer_python, str(script), "--mode", mode, "--repeats", str(repeats), "--batch-size", str(batch_size)],
+        [
+            peer_python,
+            str(script),
+            "--mode",
+            mode,
+            "--repeats",
+            str(repeats),
+            "--batch-size",
+            str(batch_size),
+        ],
         check=True,
         capture_output=True,
         text=True,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import CONFIGS, build_model, machine, median_seconds, peer_seconds, print_table
 
 
@@ -23,13 +22,27 @@ def run(configs, batch_size: int, repeats: int, peer_python: str | None) -> list
     for name in configs:
         model = build_model(name)
         height, width = CONFIGS[name]["input_size"]
-        images = np.random.default_rng(0).uniform(0, 255, (batch_size, height, width, 3)).astype("float32")
-        seconds = median_seconds(lambda: model.predict_on_batch(images), repeats)
+        images = (
+            np.random.default_rng(0)
+            .uniform(0, 255, (batch_size, height, width, 3))
+            .astype("float32")
+        )
+        seconds = median_seconds(lambda m=model, x=images: m.predict_on_batch(x), repeats)
         peer = None
         if name == "resnet50_fpn":
             peer = peer_seconds("inference", repeats, batch_size, peer_python)
         ratio = f"{seconds / peer:.2f}x" if peer else "-"
-        rows.append([name, batch_size, f"{height}x{width}", seconds, batch_size / seconds, peer or "-", ratio])
+        rows.append(
+            [
+                name,
+                batch_size,
+                f"{height}x{width}",
+                seconds,
+                batch_size / seconds,
+                peer or "-",
+                ratio,
+            ]
+        )
     return rows
 
 

@@ -43,7 +43,10 @@ def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None
             xy = torch.rand(5, 2, generator=gen) * torch.tensor([600.0, 360.0])
             wh = torch.rand(5, 2, generator=gen) * torch.tensor([300.0, 200.0]) + 40
             targets.append(
-                {"boxes": torch.cat([xy, xy + wh], dim=1), "labels": torch.randint(1, 4, (5,), generator=gen)}
+                {
+                    "boxes": torch.cat([xy, xy + wh], dim=1),
+                    "labels": torch.randint(1, 4, (5,), generator=gen),
+                }
             )
 
         def step():

@@ -12,17 +12,26 @@ from __future__ import annotations
 import argparse
 
 import keras
+from common import (
+    CONFIGS,
+    build_model,
+    machine,
+    median_seconds,
+    peer_seconds,
+    print_table,
+    random_batch,
+)
 
-from common import CONFIGS, build_model, machine, median_seconds, peer_seconds, print_table, random_batch
 
-
-def run(configs, batch_size: int, repeats: int, peer_python: str | None, jit: bool = False) -> list[list]:
+def run(
+    configs, batch_size: int, repeats: int, peer_python: str | None, jit: bool = False
+) -> list[list]:
     rows = []
     for name in configs:
         model = build_model(name)
         model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=jit)
         batch = random_batch(batch_size, model.image_size)
-        seconds = median_seconds(lambda: model.train_on_batch(batch), repeats)
+        seconds = median_seconds(lambda m=model, b=batch: m.train_on_batch(b), repeats)
         peer = None
         if name == "resnet50_fpn":
             peer = peer_seconds("train", repeats, batch_size, peer_python)

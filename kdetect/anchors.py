@@ -30,7 +30,12 @@ def _make_anchors(ws: np.ndarray, hs: np.ndarray, x_ctr: float, y_ctr: float) ->
     ws = ws[:, None]
     hs = hs[:, None]
     return np.hstack(
-        [x_ctr - 0.5 * (ws - 1), y_ctr - 0.5 * (hs - 1), x_ctr + 0.5 * (ws - 1), y_ctr + 0.5 * (hs - 1)]
+        [
+            x_ctr - 0.5 * (ws - 1),
+            y_ctr - 0.5 * (hs - 1),
+            x_ctr + 0.5 * (ws - 1),
+            y_ctr + 0.5 * (hs - 1),
+        ]
     )
 
 
@@ -39,7 +44,7 @@ def generate_base_anchors(
     ratios: Sequence[float] = (0.5, 1, 2),
     scales: Sequence[float] = (8, 16, 32),
 ) -> np.ndarray:
-    """py-faster-rcnn's reference anchors for one feature-map cell, float64 [len(ratios) * len(scales), 4].
+    """py-faster-rcnn's anchors for one cell: float64 [len(ratios) * len(scales), 4].
 
     Algorithm: start from the cell ``[0, 0, base_size - 1, base_size - 1]``; for each aspect ratio
     (h / w) keep the area and round the new width ``round(sqrt(area / ratio))`` and height

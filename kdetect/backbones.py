@@ -43,7 +43,10 @@ _SPECS = {
         "caffe",
     ),
     "vgg16": _Spec(
-        "VGG16", ("block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"), "block1_pool", "caffe"
+        "VGG16",
+        ("block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"),
+        "block1_pool",
+        "caffe",
     ),
     "mobilenet_v2": _Spec(
         "MobileNetV2",
@@ -73,7 +76,9 @@ def _tiny_backbone(input_shape) -> keras.Model:
     inputs = keras.Input(input_shape)
 
     def conv_bn(x, filters, stride, name):
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.Conv2D(
+            filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+        )(x)
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -98,8 +103,9 @@ def _load_application(spec: _Spec, name: str, input_shape, weights):
             if weights != "imagenet":
                 raise
             raise CheckpointError(
-                f"could not download ImageNet weights for backbone '{name}' ({exc.__class__.__name__}: "
-                f"{exc}); download the no-top weights file elsewhere and pass its path as backbone_weights"
+                f"could not download ImageNet weights for backbone '{name}' "
+                f"({exc.__class__.__name__}: {exc}); download the no-top weights file elsewhere "
+                "and pass its path as backbone_weights"
             ) from exc
     path = os.fspath(weights)
     if not os.path.isfile(path):
@@ -133,20 +139,24 @@ def build_backbone(
             choice when fine-tuning pretrained weights with small batches).
 
     Returns:
-        ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]``; ``full`` is the whole
-        underlying network (used to cut out the ResNet stage-5 head of C4 models).
+        ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]``; ``full`` is the
+        whole underlying network (used to cut out the ResNet stage-5 head of C4 models).
     """
     if name not in _SPECS:
         raise ValueError(f"unknown backbone '{name}'; expected one of {', '.join(BACKBONES)}")
     if freeze is not None and freeze not in FREEZE_STAGES:
-        raise ValueError(f"freeze must be one of {', '.join(FREEZE_STAGES)} or None, got '{freeze}'")
+        raise ValueError(
+            f"freeze must be one of {', '.join(FREEZE_STAGES)} or None, got '{freeze}'"
+        )
     spec = _SPECS[name]
     if min(input_shape[:2]) < 32:
         raise ValueError(f"backbone '{name}' needs images of at least 32x32, got {input_shape[:2]}")
     input_shape = (None, None, input_shape[-1])
     if spec.builder is None:
         if weights is not None:
-            raise ValueError("the 'tiny' backbone has no pretrained weights; use backbone_weights=None")
+            raise ValueError(
+                "the 'tiny' backbone has no pretrained weights; use backbone_weights=None"
+            )
         full = _tiny_backbone(input_shape)
     else:
         full = _load_application(spec, name, input_shape, weights)
@@ -167,7 +177,7 @@ def build_backbone(
 
 
 def resnet_stage5_head(full: keras.Model, name: str) -> keras.Model:
-    """The C4 box head of a ResNet: its stage 5 applied to pooled RoIs, then global average pooling."""
+    """The C4 box head of a ResNet: its stage 5 on pooled RoIs, then global average pooling."""
     spec = _SPECS[name]
     stage5 = keras.Model(
         full.get_layer(spec.endpoints[2]).output, full.get_layer(spec.endpoints[3]).output

@@ -29,7 +29,9 @@ class Matcher:
     (torchvision's and Detectron2's rule). A ground truth whose best IoU is 0 claims nothing.
     """
 
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False):
+    def __init__(
+        self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False
+    ):
         if low_threshold > high_threshold:
             raise ValueError(
                 f"low_threshold ({low_threshold}) must not exceed high_threshold ({high_threshold})"

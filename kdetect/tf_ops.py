@@ -57,7 +57,9 @@ def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_
     )
 
 
-def multiclass_nms(boxes, scores, max_output_size: int, iou_threshold: float, score_threshold: float):
+def multiclass_nms(
+    boxes, scores, max_output_size: int, iou_threshold: float, score_threshold: float
+):
     """Per-class NMS, then the best ``max_output_size`` detections over all classes.
 
     Args:

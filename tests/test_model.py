@@ -1,9 +1,8 @@
-"""FasterRCNN as a keras.Model: shapes, predict contract, training step, serialisation, backbones."""
-
-import numpy as np
-import pytest
+"""FasterRCNN as a keras.Model: predict contract, training, serialisation, backbones."""
 
 import keras
+import numpy as np
+import pytest
 import tensorflow as tf
 
 from kdetect import FasterRCNN
@@ -78,7 +77,9 @@ def test_predict_maps_boxes_back_to_input_pixels(model):
     out_small = model.predict(small, verbose=0)
     n = int(out_small["num_detections"][0])
     assert n == int(out_big["num_detections"][0]) and n > 0
-    np.testing.assert_allclose(out_big["boxes"][0, :n], 2 * out_small["boxes"][0, :n], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        out_big["boxes"][0, :n], 2 * out_small["boxes"][0, :n], rtol=1e-4, atol=1e-3
+    )
     np.testing.assert_allclose(out_big["confidence"], out_small["confidence"], atol=1e-6)
 
 
@@ -87,12 +88,20 @@ def test_train_step_reports_each_loss_and_overfits_one_batch():
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     dataset = tf.data.Dataset.from_tensors(_batch()).repeat(40)
     history = model.fit(dataset, epochs=1, verbose=0).history
-    assert set(history) == {"loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss"}
+    assert set(history) == {
+        "loss",
+        "rpn_cls_loss",
+        "rpn_box_loss",
+        "rcnn_cls_loss",
+        "rcnn_box_loss",
+    }
     first = model.compute_losses(_batch()["images"], _batch()["bounding_boxes"])
     model.fit(dataset, epochs=1, verbose=0)
     second = model.compute_losses(_batch()["images"], _batch()["bounding_boxes"])
     assert float(second["loss"]) < float(first["loss"])
-    total = sum(float(second[k]) for k in ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss"))
+    total = sum(
+        float(second[k]) for k in ("rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
+    )
     assert float(second["loss"]) == pytest.approx(total, rel=1e-5)
     # evaluate() runs test_step and reports the same terms.
     results = model.evaluate(tf.data.Dataset.from_tensors(_batch()), verbose=0, return_dict=True)
@@ -135,7 +144,13 @@ def test_config_round_trip(model):
 
 @pytest.mark.parametrize(
     "backbone, fpn",
-    [("resnet50", True), ("resnet50", False), ("vgg16", False), ("mobilenet_v2", True), ("tiny", False)],
+    [
+        ("resnet50", True),
+        ("resnet50", False),
+        ("vgg16", False),
+        ("mobilenet_v2", True),
+        ("tiny", False),
+    ],
 )
 def test_backbones_build_and_predict(backbone, fpn):
     anchors = ((16,), (32,), (64,), (128,), (256,)) if fpn else ((32, 64, 128),)
@@ -174,7 +189,9 @@ def test_bad_arguments_are_reported():
     with pytest.raises(ValueError, match="anchor_sizes"):
         FasterRCNN(**{**TINY, "anchor_sizes": ((8,),)})
     with pytest.raises(CheckpointError, match="not found"):
-        FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="/nope.h5")
+        FasterRCNN(
+            num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="/nope.h5"
+        )
 
 
 def test_imagenet_download_failure_suggests_a_local_file(monkeypatch):
@@ -183,13 +200,21 @@ def test_imagenet_download_failure_suggests_a_local_file(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
     with pytest.raises(CheckpointError, match="backbone_weights"):
-        FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="imagenet")
+        FasterRCNN(
+            num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="imagenet"
+        )
 
 
 def test_local_backbone_weights_file_is_loaded(tmp_path):
-    source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3))
+    source = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(64, 64, 3)
+    )
     path = tmp_path / "mnv2.weights.h5"
     source.save_weights(path)
-    model = FasterRCNN(num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights=str(path))
+    model = FasterRCNN(
+        num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights=str(path)
+    )
     layer = model.backbone.get_layer("Conv1")
-    np.testing.assert_array_equal(layer.get_weights()[0], source.get_layer("Conv1").get_weights()[0])
+    np.testing.assert_array_equal(
+        layer.get_weights()[0], source.get_layer("Conv1").get_weights()[0]
+    )

@@ -44,7 +44,8 @@ def evaluate(
     metric: Annotated[
         str | None,
         typer.Option(
-            help="voc07 | voc | coco (default: the run's eval.metric; coco for COCO data, else voc07)."
+            help="voc07 | voc | coco (default: the run's eval.metric; "
+            "coco for COCO data, else voc07)."
         ),
     ] = None,
     output: Annotated[

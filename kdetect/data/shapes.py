@@ -52,7 +52,7 @@ def _colour(rng: np.random.Generator, background_mean: np.ndarray) -> tuple[int,
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, kind: int, box: np.ndarray, colour) -> None:
-    """Draw a filled shape whose pixels exactly span ``box`` = [x1, y1, x2, y2) (x2, y2 exclusive)."""
+    """Draw a filled shape whose pixels span ``box`` = [x1, y1, x2, y2) (x2, y2 exclusive)."""
     x1, y1, x2, y2 = (int(v) for v in box)
     if kind == 0:
         draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
@@ -71,7 +71,7 @@ def make_shapes_image(
     size_range: tuple[float, float] = (0.15, 0.45),
     max_overlap: float = 0.1,  # of the smaller box's area
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One synthetic image: ``(pixels uint8 [H, W, 3], boxes float32 [M, 4] xyxy, labels int32 [M])``."""
+    """One synthetic image: ``(pixels uint8 [H, W, 3], boxes [M, 4] xyxy, labels [M])``."""
     height, width = image_size
     image = _background(rng, height, width)
     background_mean = np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(axis=0)

@@ -29,7 +29,9 @@ class FeaturePyramid(keras.layers.Layer):
     def build(self, input_shapes):
         init = keras.initializers.HeUniform()
         for i, shape in enumerate(input_shapes):
-            lateral = keras.layers.Conv2D(self.channels, 1, kernel_initializer=init, name=f"lateral_{i}")
+            lateral = keras.layers.Conv2D(
+                self.channels, 1, kernel_initializer=init, name=f"lateral_{i}"
+            )
             output = keras.layers.Conv2D(
                 self.channels, 3, padding="same", kernel_initializer=init, name=f"output_{i}"
             )

@@ -235,10 +235,14 @@ class BoxPredictor(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.cls_score = keras.layers.Dense(
-            num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01), name="cls_score"
+            num_classes + 1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            name="cls_score",
         )
         self.bbox_pred = keras.layers.Dense(
-            num_classes * 4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="bbox_pred"
+            num_classes * 4,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            name="bbox_pred",
         )
 
     def build(self, input_shape):

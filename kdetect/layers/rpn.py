@@ -34,8 +34,12 @@ class RPNHead(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(
             channels, 3, padding="same", activation="relu", kernel_initializer=init, name="conv"
         )
-        self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
-        self.box_deltas = keras.layers.Conv2D(num_anchors * 4, 1, kernel_initializer=init, name="box_deltas")
+        self.objectness = keras.layers.Conv2D(
+            num_anchors, 1, kernel_initializer=init, name="objectness"
+        )
+        self.box_deltas = keras.layers.Conv2D(
+            num_anchors * 4, 1, kernel_initializer=init, name="box_deltas"
+        )
 
     def build(self, input_shape):
         # input_shape: one feature-map shape (all levels share channels), or the list of every
@@ -48,7 +52,10 @@ class RPNHead(keras.layers.Layer):
         self.box_deltas.build(shape)
 
     def call(self, features):
-        """``features``: list of [B, H_l, W_l, C]. Returns (logits [B, A_total], deltas [B, A_total, 4])."""
+        """``features``: list of [B, H_l, W_l, C].
+
+        Returns (logits [B, A_total], deltas [B, A_total, 4]).
+        """
         logits, deltas = [], []
         for feature in features:
             x = self.conv(feature)
@@ -169,5 +176,3 @@ class ProposalGenerator:
         valid = ops.arange(self.post_nms_top_n)[None, :] < ops.expand_dims(num_valid, -1)
         proposals = ops.where(ops.expand_dims(valid, -1), proposals, 0.0)
         return proposals, valid
-
-

@@ -52,7 +52,8 @@ class FasterRCNN(keras.Model):
         frozen_batch_norm: keep the backbone's batch-norm statistics fixed; defaults to True
             when ``backbone_weights`` is given.
         anchor_sizes: one tuple of sizes (pixels) per RPN level; default
-            ``((32,), (64,), (128,), (256,), (512,))`` with FPN, ``((32, 64, 128, 256, 512),)`` without.
+            ``((32,), (64,), (128,), (256,), (512,))`` with FPN, ``((32, 64, 128, 256, 512),)``
+            without.
         aspect_ratios: anchor height/width ratios, shared by all levels.
         fpn_channels: width of the pyramid levels.
         rpn_*: region proposal network settings (torchvision's names and defaults).
@@ -101,11 +102,15 @@ class FasterRCNN(keras.Model):
         super().__init__(**kwargs)
         image_size = tuple(int(s) for s in image_size)
         if len(image_size) != 2 or any(s <= 0 or s % 32 for s in image_size):
-            raise ValueError(f"image_size must be (height, width), multiples of 32; got {image_size}")
+            raise ValueError(
+                f"image_size must be (height, width), multiples of 32; got {image_size}"
+            )
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if anchor_sizes is None:
-            anchor_sizes = ((32,), (64,), (128,), (256,), (512,)) if fpn else ((32, 64, 128, 256, 512),)
+            anchor_sizes = (
+                ((32,), (64,), (128,), (256,), (512,)) if fpn else ((32, 64, 128, 256, 512),)
+            )
         anchor_sizes = tuple(tuple(float(s) for s in level) for level in anchor_sizes)
         if frozen_batch_norm is None:
             frozen_batch_norm = backbone_weights is not None
@@ -128,7 +133,8 @@ class FasterRCNN(keras.Model):
             rpn_strides = roi_strides = (16,)
         if len(anchor_sizes) != len(rpn_strides):
             raise ValueError(
-                f"anchor_sizes needs {len(rpn_strides)} tuples (one per RPN level), got {len(anchor_sizes)}"
+                f"anchor_sizes needs {len(rpn_strides)} tuples (one per RPN level), "
+                f"got {len(anchor_sizes)}"
             )
         num_anchors = len(anchor_sizes[0]) * len(aspect_ratios)
         if any(len(level) != len(anchor_sizes[0]) for level in anchor_sizes):
@@ -146,18 +152,32 @@ class FasterRCNN(keras.Model):
         rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         roi_coder = BoxCoder(bbox_reg_weights)
         self.rpn_targets = RPNTargetAssigner(
-            rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image, rpn_positive_fraction, rpn_coder
+            rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh,
+            rpn_batch_size_per_image,
+            rpn_positive_fraction,
+            rpn_coder,
         )
         self.train_proposals = ProposalGenerator(
-            rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_nms_thresh,
-            score_thresh=rpn_score_thresh, box_coder=rpn_coder,
+            rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train,
+            rpn_nms_thresh,
+            score_thresh=rpn_score_thresh,
+            box_coder=rpn_coder,
         )
         self.test_proposals = ProposalGenerator(
-            rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test, rpn_nms_thresh,
-            score_thresh=rpn_score_thresh, box_coder=rpn_coder,
+            rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test,
+            rpn_nms_thresh,
+            score_thresh=rpn_score_thresh,
+            box_coder=rpn_coder,
         )
         self.roi_sampler = RoISampler(
-            box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, roi_coder
+            box_fg_iou_thresh,
+            box_bg_iou_thresh,
+            box_batch_size_per_image,
+            box_positive_fraction,
+            roi_coder,
         )
         self.decoder = DetectionDecoder(
             box_score_thresh, box_nms_thresh, box_detections_per_img, box_coder=roi_coder
@@ -261,7 +281,9 @@ class FasterRCNN(keras.Model):
         """Detections for images already at ``image_size`` (pixels of that padded frame)."""
         rpn_features, roi_features = self._feature_maps(images, training)
         logits, deltas = self.rpn_head(rpn_features)
-        proposals, valid = self.test_proposals(logits, deltas, self.anchors_per_level, self.image_size)
+        proposals, valid = self.test_proposals(
+            logits, deltas, self.anchors_per_level, self.image_size
+        )
         class_logits, box_deltas = self._box_branch(roi_features, proposals, training)
         return self.decoder(class_logits, box_deltas, proposals, valid, self.image_size)
 
@@ -277,10 +299,12 @@ class FasterRCNN(keras.Model):
         logits = ops.cast(logits, "float32")
         deltas = ops.cast(deltas, "float32")
 
-        anchors = ops.convert_to_tensor(ops.concatenate(
-            [ops.convert_to_tensor(a) for a in self.anchors_per_level], axis=0
-        ))
-        rpn_labels, rpn_box_targets = self.rpn_targets(anchors, gt_boxes, gt_valid, seed=self.seed_generator)
+        anchors = ops.convert_to_tensor(
+            ops.concatenate([ops.convert_to_tensor(a) for a in self.anchors_per_level], axis=0)
+        )
+        rpn_labels, rpn_box_targets = self.rpn_targets(
+            anchors, gt_boxes, gt_valid, seed=self.seed_generator
+        )
         sampled = ops.cast(rpn_labels >= 0, "float32")
         positive = ops.cast(rpn_labels > 0, "float32")
         num_sampled = ops.maximum(ops.sum(sampled), 1.0)
@@ -289,14 +313,18 @@ class FasterRCNN(keras.Model):
         rpn_box = ops.sum(smooth_l1(deltas - rpn_box_targets, 1.0 / 9.0), axis=-1)
         rpn_box_loss = ops.sum(rpn_box * positive) / num_sampled
 
-        proposals, valid = self.train_proposals(logits, deltas, self.anchors_per_level, self.image_size)
+        proposals, valid = self.train_proposals(
+            logits, deltas, self.anchors_per_level, self.image_size
+        )
         samples = self.roi_sampler(proposals, valid, gt_boxes, gt_labels, seed=self.seed_generator)
         class_logits, box_deltas = self._box_branch(roi_features, samples["rois"], training)
         class_logits = ops.cast(class_logits, "float32")
         box_deltas = ops.cast(box_deltas, "float32")
         weights = samples["weights"]
         num_rois = ops.maximum(ops.sum(weights), 1.0)
-        rcnn_cls = ops.sparse_categorical_crossentropy(samples["labels"], class_logits, from_logits=True)
+        rcnn_cls = ops.sparse_categorical_crossentropy(
+            samples["labels"], class_logits, from_logits=True
+        )
         rcnn_cls_loss = ops.sum(rcnn_cls * weights) / num_rois
         class_index = ops.maximum(samples["labels"] - 1, 0)
         picked = ops.take_along_axis(box_deltas, class_index[:, :, None, None], axis=2)[:, :, 0, :]
@@ -351,7 +379,7 @@ class FasterRCNN(keras.Model):
 
     # --- Inference on raw images ------------------------------------------------------------
     def resize_and_pad(self, images):
-        """Resize a batch of same-size images to fit ``image_size`` and pad; returns (images, scale)."""
+        """Resize same-size images to fit ``image_size`` and pad; returns (images, scale)."""
         images = ops.cast(images, "float32")
         target_h, target_w = self.image_size
         shape = ops.shape(images)
