@@ -1,0 +1,66 @@
+"""``kdetect export``: SavedModel for TF Serving, TFLite and ONNX (see kdetect.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdetect.cli import app, err_console
+
+
+@app.command("export")
+def export(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Run directory, .keras file or packed .kdet run (or, for tflite/onnx, a "
+            "SavedModel written by kdetect export).",
+            show_default=False,
+        ),
+    ],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="saved_model, tflite or onnx.")
+    ] = "saved_model",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write (default: exported/<name> for saved_model, "
+            "exported/<name>.tflite|.onnx otherwise).",
+        ),
+    ] = None,
+    input_type: Annotated[
+        str,
+        typer.Option(
+            help="Input of serving_default: encoded_image_string_tensor (bytes) or image_tensor "
+            "(uint8 [B,H,W,3]). Both signatures are always written."
+        ),
+    ] = "encoded_image_string_tensor",
+    select_tf_ops: Annotated[
+        bool,
+        typer.Option(help="TFLite: embed ops TFLite lacks as TensorFlow (Flex) ops."),
+    ] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.", min=11)] = 17,
+) -> None:
+    """Export a trained detector for serving (TF Object Detection API signature names)."""
+    from kdetect.export import FORMATS, ExportError
+    from kdetect.export import export as run_export
+
+    if format not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    if output is None:
+        name = model.name.removesuffix(".kdet").removesuffix(".keras") or "model"
+        suffix = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}[format]
+        output = Path("exported") / f"{name}{suffix}"
+    path = run_export(
+        model,
+        output,
+        format=format,
+        input_type=input_type,
+        select_tf_ops=select_tf_ops,
+        opset=opset,
+    )
+    err_console.print(f"wrote {format} to {path}", highlight=False)

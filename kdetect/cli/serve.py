@@ -1,0 +1,55 @@
+"""``kdetect serve``: the web page and JSON API over a trained detector (kdetect.serve)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdetect.cli import app, err_console
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        Path,
+        typer.Argument(help="Run directory, .keras file or packed .kdet run.", show_default=False),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (0.0.0.0 exposes it to the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 5000,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (each loads its own copy of the model).", min=1)
+    ] = 1,
+    max_bytes: Annotated[int, typer.Option(help="Largest accepted upload in bytes.", min=1)] = 20
+    * 1024
+    * 1024,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest accepted image in pixels (width x height).", min=1)
+    ] = 40_000_000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a page (upload an image, see boxes) and a JSON API (POST /api/predict)."""
+    from kdetect.errors import KdetectError
+    from kdetect.recipes.runs import inspect_run
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise KdetectError(f"kdetect serve needs fastapi and uvicorn ({exc})") from None
+    from kdetect.serve import Limits
+    from kdetect.serve import serve as run_server
+
+    inspect_run(model)  # a missing or unknown path fails here, before TensorFlow starts
+    err_console.print(f"serving {model} on http://{host}:{port}/", highlight=False)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
+        log_level=log_level,
+    )

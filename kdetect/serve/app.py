@@ -1,0 +1,336 @@
+"""The FastAPI application of ``kdetect serve``.
+
+Routes:
+
+``GET /``                the page (upload or drop an image, boxes on a canvas, score slider)
+``POST /api/predict``    multipart ``image`` (+ optional ``min_score``, ``max_detections``)
+``GET /api/health``      liveness
+``GET /api/model``       classes, input size, recipe summary
+``GET /openapi.json``    the OpenAPI schema (``/docs`` renders it)
+
+The model is loaded once; inference runs in a worker thread behind a lock (one image at a time
+per process: TensorFlow already uses every core for one image, so batching requests from a
+single process brings little on CPU). Every error is JSON ``{"detail": "message"}`` with a 4xx
+status; a bug gives a JSON 500, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kdetect.serve.images import Limits, UploadError, decode_upload
+
+log = logging.getLogger("kdetect.serve")
+STATIC = Path(__file__).parent / "static"
+MAX_DETECTIONS_LIMIT = 1000
+
+
+# --- Response schemas (they become the OpenAPI schema) -------------------------------------
+class DetectedObject(BaseModel):
+    bbox: list[float] = Field(description="[x1, y1, x2, y2] in pixels of the uploaded image")
+    label: str
+    label_id: int = Field(description="0-based class id (index into /api/model classes)")
+    score: float
+
+
+class PredictResponse(BaseModel):
+    objects: list[DetectedObject]
+    width: int
+    height: int
+    time_ms: float = Field(description="decoding + inference time on the server")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str
+    requests: int
+    uptime_s: float
+
+
+class ModelResponse(BaseModel):
+    name: str
+    classes: list[str]
+    colors: list[list[int]] = Field(description="RGB drawing colour of each class")
+    image_size: list[int] = Field(description="[height, width] the network runs at")
+    backbone: str | None
+    fpn: bool | None
+    detections_per_img: int | None
+    recipe: dict[str, Any] | None
+    metric: list[Any] | None = Field(description="[name, value] of the run's best metric")
+    limits: dict[str, int]
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "not an image, or a truncated image"},
+    413: {"model": ErrorResponse, "description": "over the byte or pixel limit"},
+    422: {"model": ErrorResponse, "description": "a missing or invalid field"},
+}
+
+
+# --- The model ------------------------------------------------------------------------------
+class _Adapter:
+    """Gives :class:`~kdetect.predict.Detector` a ``predict_on_batch`` backed by one trace."""
+
+    def __init__(self, model):
+        from kdetect.export import detect_function
+
+        self.num_classes = getattr(model, "num_classes", 0)
+        self._fn = detect_function(model)
+
+    def predict_on_batch(self, images):
+        out = self._fn(np.asarray(images, dtype=np.uint8))
+        return {key: value.numpy() for key, value in out.items()}
+
+
+class Predictor:
+    """The loaded detector: thread-safe ``predict(image) -> objects``.
+
+    Args:
+        model: a loaded ``FasterRCNN``.
+        classes: class names (``class_<i>`` when ``None``).
+        warmup: trace the inference function now (a few seconds) instead of on the first request.
+    """
+
+    def __init__(self, model, classes: Sequence[str] | None = None, warmup: bool = True):
+        from kdetect.predict import Detector
+
+        self.model = model
+        self.detector = Detector(_Adapter(model), classes=classes, min_score=0.0)
+        self.classes = self.detector.classes
+        self._lock = threading.Lock()
+        if warmup:
+            self.predict(np.zeros((32, 32, 3), np.uint8))
+
+    def predict(
+        self, image: np.ndarray, min_score: float = 0.0, max_detections: int | None = None
+    ) -> list[dict]:
+        with self._lock:
+            objects = self.detector.predict_arrays([image])[0]
+        objects = [o for o in objects if o["score"] >= min_score]
+        return objects[:max_detections] if max_detections else objects
+
+
+def _model_summary(model, info) -> dict[str, Any]:
+    from kdetect.recipes.runs import best_metric
+
+    config = model.get_config() if hasattr(model, "get_config") else {}
+    recipe = None
+    if info is not None and info.recipe:
+        data = info.recipe.get("data") or {}
+        train = info.recipe.get("train") or {}
+        recipe = {
+            "name": info.recipe.get("name"),
+            "data_format": data.get("format"),
+            "image_size": data.get("image_size"),
+            "epochs": train.get("epochs"),
+            "epochs_done": info.epochs,
+        }
+    best = best_metric(info) if info is not None else None
+    return {
+        "name": info.name if info is not None else getattr(model, "name", "model"),
+        "image_size": [int(s) for s in getattr(model, "image_size", (0, 0))],
+        "backbone": config.get("backbone"),
+        "fpn": config.get("fpn"),
+        "detections_per_img": config.get("box_detections_per_img"),
+        "recipe": recipe,
+        "metric": list(best) if best else None,
+    }
+
+
+# --- The application ------------------------------------------------------------------------
+def create_app(
+    model: Any,
+    classes: Sequence[str] | None = None,
+    limits: Limits | None = None,
+    warmup: bool = True,
+    run: str | os.PathLike | None = None,
+) -> FastAPI:
+    """The ASGI app serving ``model`` (a run directory, ``.keras``/``.kdet`` path or a model).
+
+    ``run`` names the run a loaded ``model`` came from (for ``/api/model``'s recipe summary).
+    """
+    from kdetect.recipes.runs import inspect_run
+    from kdetect.visualize import class_color
+
+    info = inspect_run(run) if run is not None else None
+    if isinstance(model, (str, os.PathLike)):
+        from kdetect.recipes.runs import load_model
+
+        info = inspect_run(model)
+        model, loaded = load_model(model)
+        classes = classes if classes is not None else loaded
+    limits = limits or Limits()
+    predictor = Predictor(model, classes, warmup=warmup)
+    summary = _model_summary(model, info)
+    summary["classes"] = predictor.classes
+    summary["colors"] = [list(class_color(i)) for i in range(len(predictor.classes))]
+    summary["limits"] = {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}
+    started = time.monotonic()
+    counter = {"requests": 0}
+
+    app = FastAPI(
+        title="kdetect",
+        summary=f"Object detection with {summary['name']}",
+        version=_version(),
+    )
+    app.state.predictor = predictor
+    app.state.limits = limits
+
+    # -- errors: always JSON {"detail": "..."} ------------------------------------------------
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        messages = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
+            messages.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
+        return JSONResponse({"detail": "; ".join(messages) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("error while serving %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.middleware("http")
+    async def reject_large_bodies(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if request.method == "POST" and length and length.isdigit():
+            # The multipart envelope adds a little; the image itself is checked after reading.
+            if int(length) > limits.max_bytes + 64 * 1024:
+                return JSONResponse(
+                    {
+                        "detail": f"request body of {length} bytes is over the limit of "
+                        f"{limits.max_bytes} bytes"
+                    },
+                    status_code=413,
+                )
+        return await call_next(request)
+
+    # -- routes ---------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health", response_model=HealthResponse)
+    def health():
+        """Liveness: the model is loaded and the server answers."""
+        return {
+            "status": "ok",
+            "model": summary["name"],
+            "requests": counter["requests"],
+            "uptime_s": round(time.monotonic() - started, 1),
+        }
+
+    @app.get("/api/model", response_model=ModelResponse)
+    def model_info():
+        """Classes (with drawing colours), input size and a summary of the run's recipe."""
+        return summary
+
+    @app.post("/api/predict", response_model=PredictResponse, responses=ERRORS)
+    async def predict(
+        image: Annotated[UploadFile, File(description="an encoded image (JPEG, PNG, ...)")],
+        min_score: Annotated[
+            float, Form(ge=0.0, le=1.0, description="drop detections scoring below this")
+        ] = 0.5,
+        max_detections: Annotated[
+            int | None,
+            Form(ge=1, le=MAX_DETECTIONS_LIMIT, description="keep at most this many"),
+        ] = None,
+    ):
+        """Detect objects in one uploaded image; boxes are in pixels of that image."""
+        data = await image.read(limits.max_bytes + 1)
+        start = time.perf_counter()
+        try:
+            array = await run_in_threadpool(decode_upload, data, limits)
+        except UploadError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        objects = await run_in_threadpool(predictor.predict, array, min_score, max_detections)
+        counter["requests"] += 1
+        return {
+            "objects": objects,
+            "width": int(array.shape[1]),
+            "height": int(array.shape[0]),
+            "time_ms": round((time.perf_counter() - start) * 1000.0, 2),
+        }
+
+    return app
+
+
+def _version() -> str:
+    try:
+        from kdetect import __version__
+
+        return str(__version__)
+    except ImportError:
+        return "0"
+
+
+# --- Running it -----------------------------------------------------------------------------
+ENV_CONFIG = "KDETECT_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn workers (``--workers N``): reads the settings ``serve`` left."""
+    import json
+
+    config = json.loads(os.environ[ENV_CONFIG])
+    return create_app(config["model"], limits=Limits(**config["limits"]))
+
+
+def serve(
+    model: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 1,
+    limits: Limits | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve ``model`` with uvicorn until interrupted (``workers`` processes, one model each)."""
+    import json
+
+    import uvicorn
+
+    limits = limits or Limits()
+    if workers > 1:
+        os.environ[ENV_CONFIG] = json.dumps(
+            {
+                "model": str(model),
+                "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+            }
+        )
+        uvicorn.run(
+            "kdetect.serve.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+        )
+        return
+    app = create_app(model, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
