@@ -94,8 +94,18 @@ class MultiLevelRoIAlign:
     ``aligned=True`` convention: a pixel's centre is at ``i + 0.5``, so sample positions are
     shifted by -0.5 before interpolating. Points more than one pixel outside the map read 0.
 
-    Implemented with gathers on the flattened, concatenated levels so that every RoI costs the
-    same whatever its level, shapes stay static, and gradients flow to the features.
+    Two implementations compute the same values (both are tested against a NumPy reference):
+
+    * ``gather``: portable ``keras.ops`` gathers on the flattened, concatenated levels; every RoI
+      costs the same whatever its level, shapes stay static and XLA can compile it.
+    * ``crop_and_resize``: TensorFlow's fused ``tf.image.crop_and_resize`` kernel (and its
+      gradient kernel) on the levels stacked into one image, each level padded by one
+      edge-replicated pixel (samples in [-1, 0) and (H - 1, H] read the edge, as RoIAlign's clamp
+      does) and zeros beyond, with a validity mask for samples outside [-1, H]; then an
+      ``sr`` x ``sr`` average pool. 2-4x faster on CPU, but it has no XLA kernel.
+
+    ``method="auto"`` (the default) picks ``crop_and_resize`` on the TensorFlow backend and
+    ``gather`` elsewhere; the detector asks for ``gather`` when its step is XLA-compiled.
 
     Args:
         strides: stride of each feature map (finest first).
@@ -103,7 +113,10 @@ class MultiLevelRoIAlign:
         sampling_ratio: samples per bin side.
         canonical_size, canonical_level: FPN's level-assignment constants (224, 4).
         min_level: pyramid level number of the first map (2 for P2); unused with one map.
+        method: ``auto``, ``gather`` or ``crop_and_resize``.
     """
+
+    METHODS = ("auto", "gather", "crop_and_resize")
 
     def __init__(
         self,
@@ -113,7 +126,11 @@ class MultiLevelRoIAlign:
         canonical_size: float = 224.0,
         canonical_level: int = 4,
         min_level: int = 2,
+        method: str = "auto",
     ):
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        self.method = method
         self.strides = [int(s) for s in strides]
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
@@ -150,11 +167,86 @@ class MultiLevelRoIAlign:
         w_high = ops.where(inside, frac, 0.0)
         return ops.cast(low, "int32"), ops.cast(high, "int32"), w_low, w_high
 
-    def __call__(self, features, boxes):
+    def resolve_method(self, method: str | None = None) -> str:
+        """The implementation ``method`` (default: this layer's) stands for."""
+        method = method or self.method
+        if method == "auto":
+            method = "crop_and_resize" if keras.backend.backend() == "tensorflow" else "gather"
+        return method
+
+    def __call__(self, features, boxes, method: str | None = None):
         """``features``: list of [B, H_l, W_l, C]; ``boxes`` [B, R, 4] image pixels.
 
+        ``method`` overrides the layer's implementation for this call (``gather`` inside XLA).
         Returns [B, R, output_size, output_size, C].
         """
+        if self.resolve_method(method) == "crop_and_resize":
+            return self._crop_and_resize(features, boxes)
+        return self._gather(features, boxes)
+
+    def _crop_and_resize(self, features, boxes):
+        import tensorflow as tf
+
+        boxes = tf.cast(tf.stop_gradient(boxes), tf.float32)
+        batch = tf.shape(boxes)[0]
+        num_rois = boxes.shape[1]
+        features = [tf.convert_to_tensor(f) for f in features]
+        dtype = features[0].dtype
+        channels = features[0].shape[-1]
+        heights = [f.shape[1] for f in features]
+        widths = [f.shape[2] for f in features]
+        padded_width = max(widths) + 2
+        # Stack the levels vertically in one image per batch element: each level gets a
+        # one-pixel edge-replicated border (RoIAlign's clamp for samples in [-1, 0) and
+        # (H - 1, H]) and zeros on the right up to the widest level. Stacking vertically rather
+        # than as [B * L, Hmax, Wmax, C] keeps the copy at ~1.4x the finest level, not 4x.
+        blocks, row_offsets, total = [], [], 0
+        for f, h, w in zip(features, heights, widths):
+            if dtype not in (tf.float16, tf.float32, tf.float64):
+                f = tf.cast(f, tf.float32)  # no bfloat16 gradient kernel
+            f = tf.concat([f[:, :1], f, f[:, -1:]], axis=1)
+            f = tf.concat([f[:, :, :1], f, f[:, :, -1:]], axis=2)
+            if w + 2 < padded_width:
+                f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
+            blocks.append(f)
+            row_offsets.append(total + 1)  # stacked row of the level's row 0
+            total += h + 2
+        image = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+
+        level = self.assign_levels(boxes)
+        pick = lambda values: tf.gather(tf.constant(values, tf.float32), level)  # noqa: E731
+        scale = pick([1.0 / s for s in self.strides])
+        height = pick([float(h) for h in heights])
+        width = pick([float(w) for w in widths])
+        row_offset = pick([float(r) for r in row_offsets])
+
+        n, sr = self.output_size, self.sampling_ratio
+        count = n * sr
+        x1, y1, x2, y2 = tf.unstack(boxes * scale[..., None], 4, axis=-1)
+        steps = (tf.range(count, dtype=tf.float32) + 0.5) / sr
+
+        def axis(start, bin_size, limit, offset, extent):
+            pos = start[..., None] + bin_size[..., None] * steps  # [B, R, count]
+            valid = (pos >= -1.0) & (pos <= limit[..., None])
+            first = (start + bin_size * steps[0] + offset) / (extent - 1.0)
+            last = (start + bin_size * steps[-1] + offset) / (extent - 1.0)
+            return valid, first, last
+
+        y_valid, ny1, ny2 = axis(y1 - 0.5, (y2 - y1) / n, height, row_offset, float(total))
+        x_valid, nx1, nx2 = axis(x1 - 0.5, (x2 - x1) / n, width, 1.0, float(padded_width))
+        crop_boxes = tf.reshape(tf.stack([ny1, nx1, ny2, nx2], axis=-1), (-1, 4))
+        box_indices = tf.repeat(tf.range(batch), num_rois)
+        samples = tf.image.crop_and_resize(
+            image, crop_boxes, box_indices, (count, count), extrapolation_value=0.0
+        )  # [B * R, count, count, C] float32
+        mask = tf.cast(y_valid[..., :, None] & x_valid[..., None, :], tf.float32)
+        samples = samples * tf.reshape(mask, (-1, count, count, 1))
+        if sr > 1:
+            samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
+        pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
+        return tf.cast(pooled, dtype)
+
+    def _gather(self, features, boxes):
         boxes = ops.cast(ops.stop_gradient(boxes), "float32")
         batch = ops.shape(boxes)[0]
         num_rois = boxes.shape[1]

@@ -268,7 +268,10 @@ class FasterRCNN(keras.Model):
 
     def _box_branch(self, roi_features, rois, training):
         """Class logits [B, R, C + 1] and deltas [B, R, C, 4] for RoIs [B, R, 4]."""
-        pooled = self.roi_align(roi_features, rois)
+        # RoIAlign's fused crop_and_resize kernel has no XLA kernel: inside an XLA-compiled
+        # train/test step use the gather implementation (same values).
+        method = "gather" if getattr(self, "_xla_step", False) else None
+        pooled = self.roi_align(roi_features, rois, method=method)
         if isinstance(self.box_head, MLPBoxHead):
             x = self.box_head(pooled)
         else:
@@ -362,7 +365,25 @@ class FasterRCNN(keras.Model):
             data = data[0]
         return data["images"], data["bounding_boxes"]
 
+    def _mark_xla_step(self, xla: bool) -> None:
+        # Read while the step is traced (Python), so a plain attribute is enough.
+        object.__setattr__(self, "_xla_step", bool(xla))
+
+    def make_predict_function(self, force=False):
+        """The predict function is never XLA-compiled, even after ``compile(jit_compile=True)``.
+
+        The final per-class NMS and RoIAlign's ``crop_and_resize`` have no XLA kernels; the
+        backbone still runs TensorFlow's own fused kernels.
+        """
+        jit = self._jit_compile
+        self._jit_compile = False
+        try:
+            return super().make_predict_function(force=force)
+        finally:
+            self._jit_compile = jit
+
     def train_step(self, data):
+        self._mark_xla_step(self.jit_compile)
         images, bounding_boxes = self._unpack(data)
         trainable = self.trainable_variables
         with tf.GradientTape() as tape:
@@ -373,6 +394,7 @@ class FasterRCNN(keras.Model):
         return self._update_trackers(losses)
 
     def test_step(self, data):
+        self._mark_xla_step(self.jit_compile)
         images, bounding_boxes = self._unpack(data)
         losses = self.compute_losses(images, bounding_boxes, training=False)
         return self._update_trackers(losses)
@@ -397,6 +419,7 @@ class FasterRCNN(keras.Model):
             data = data[0]
         if isinstance(data, dict):
             data = data["images"]
+        self._mark_xla_step(False)
         shape = ops.shape(data)
         images, scale = self.resize_and_pad(data)
         detections = self(images, training=False)
