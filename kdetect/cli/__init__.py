@@ -12,6 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
+from kdetect import __version__
 from kdetect.errors import KdetectError
 
 app = typer.Typer(
@@ -21,6 +22,21 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 err_console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"kdetect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Object detection for Keras 3: train, evaluate, predict, serve and export detectors."""
 
 
 def _register_commands() -> None:
@@ -46,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err_console.print("[red]aborted[/red]")
         return 130
-    except SystemExit as exc:  # raised by click for --help and usage errors
+    except SystemExit as exc:  # raised for --help and --version
         return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors (unknown option or command, bad value) come from the click that Typer
+        # bundles; recognise them by their interface and exit with their code (2).
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise

@@ -59,6 +59,20 @@ def evaluate(
     on_invalid_box: Annotated[
         str, typer.Option(help="Invalid ground-truth boxes: error | clip | drop.")
     ] = "error",
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="MODEL is a run being trained: evaluate each checkpoint as it is written, "
+            "until the final model.keras.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="With --watch: give up after this many seconds without a new checkpoint."
+        ),
+    ] = 600.0,
 ) -> None:
     """Evaluate a detector: VOC AP (devkit-exact) or COCO metrics (pycocotools).
 
@@ -69,6 +83,21 @@ def evaluate(
     """
     from kdetect.evaluation import evaluate_offline, print_metrics, write_metrics
 
+    if watch:
+        from kdetect.evaluation.api import headline
+        from kdetect.evaluation.watch import watch_run
+
+        if model is None or detections is not None or data is not None or ground_truth is not None:
+            raise KdetectError("--watch takes a run directory as MODEL and no dataset options")
+
+        def report(path: Path, metrics: dict) -> None:
+            console.print(f"{path.name}: {metrics['metric']} {headline(metrics):.4f}")
+
+        console.print(f"watching {model} for checkpoints (timeout {timeout:g} s)")
+        results = watch_run(model, split, metric, timeout, batch_size=batch_size, on_result=report)
+        print_metrics(results[-1][1], console)
+        write_metrics(results[-1][1], output or Path(model) / "metrics.json")
+        return
     if data is not None and ground_truth is not None and data != ground_truth:
         raise KdetectError("give the dataset once: --data or --ground-truth")
     dataset = ground_truth if ground_truth is not None else data
