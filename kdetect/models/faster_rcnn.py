@@ -32,6 +32,21 @@ def smooth_l1(diff, beta: float):
     return ops.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
+def _replica_mean(count):
+    """``count`` averaged over the replicas of a ``tf.distribute`` strategy (itself without one).
+
+    The losses are sums over sampled anchors/RoIs divided by the number sampled. Under a strategy
+    each replica sees part of the batch; dividing by the replicas' mean count (and the loss by the
+    replica count in ``train_step``) makes the summed gradients those of the global batch, even
+    when images have different numbers of valid samples.
+    """
+    count = ops.stop_gradient(count)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return count
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, count)
+
+
 @keras.saving.register_keras_serializable(package="kdetect")
 class FasterRCNN(keras.Model):
     """Two-stage object detector: backbone (+ FPN) -> RPN -> RoIAlign -> box head -> decoder.
@@ -310,7 +325,7 @@ class FasterRCNN(keras.Model):
         )
         sampled = ops.cast(rpn_labels >= 0, "float32")
         positive = ops.cast(rpn_labels > 0, "float32")
-        num_sampled = ops.maximum(ops.sum(sampled), 1.0)
+        num_sampled = ops.maximum(_replica_mean(ops.sum(sampled)), 1.0)
         rpn_cls = ops.binary_crossentropy(ops.maximum(rpn_labels, 0.0), logits, from_logits=True)
         rpn_cls_loss = ops.sum(rpn_cls * sampled) / num_sampled
         rpn_box = ops.sum(smooth_l1(deltas - rpn_box_targets, 1.0 / 9.0), axis=-1)
@@ -324,7 +339,7 @@ class FasterRCNN(keras.Model):
         class_logits = ops.cast(class_logits, "float32")
         box_deltas = ops.cast(box_deltas, "float32")
         weights = samples["weights"]
-        num_rois = ops.maximum(ops.sum(weights), 1.0)
+        num_rois = ops.maximum(_replica_mean(ops.sum(weights)), 1.0)
         rcnn_cls = ops.sparse_categorical_crossentropy(
             samples["labels"], class_logits, from_logits=True
         )
@@ -357,13 +372,30 @@ class FasterRCNN(keras.Model):
     def _update_trackers(self, losses):
         for name, value in losses.items():
             self.loss_trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step outputs across workers with ``strategy.reduce(MEAN, axis=0)``,
+            # which needs a batch axis: give each scalar one (the reduction returns a scalar).
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     @staticmethod
     def _unpack(data):
         if isinstance(data, (tuple, list)):
             data = data[0]
         return data["images"], data["bounding_boxes"]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' symbolic build under a strategy: the detector is built in ``__init__``.
+
+        Keras (3.15, TensorFlow trainer) builds a model created in a strategy's scope by pulling a
+        batch from the distributed iterator and ``strategy.reduce``-ing it, which fails for dict
+        batches under ``MultiWorkerMirroredStrategy``. Only the optimizer needs building here.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
 
     def _mark_xla_step(self, xla: bool) -> None:
         # Read while the step is traced (Python), so a plain attribute is enough.
@@ -388,7 +420,13 @@ class FasterRCNN(keras.Model):
         trainable = self.trainable_variables
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, bounding_boxes, training=True)
-            scaled = self.optimizer.scale_loss(losses["loss"])
+            loss = losses["loss"]
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                # Each replica sees 1/replicas of the global batch and the optimizer sums their
+                # gradients: scale so the sum is the gradient of the global batch's mean loss.
+                loss = loss / replicas
+            scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, trainable)
         self.optimizer.apply(grads, trainable)
         return self._update_trackers(losses)

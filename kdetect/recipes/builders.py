@@ -258,14 +258,10 @@ def build_optimizer(train: TrainConfig, steps_per_epoch: int | None):
 
 
 def build_strategy(train: TrainConfig):
-    """The ``tf.distribute`` strategy of the train section."""
-    import tensorflow as tf
+    """The ``tf.distribute`` strategy of the train section (see :mod:`kdetect.distribute`)."""
+    from kdetect.distribute import build_strategy as make
 
-    if train.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if train.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    return make(train.strategy)
 
 
 def run_ground_truth(run_dir: str | Path, split: str | None = None) -> Annotations:

@@ -194,7 +194,11 @@ def train(
 
         recipe = load(apply_overrides(recipe.to_dict(), overrides))
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
-    _check_run_dir(run_dir, resume)
+    from kdetect import distribute
+
+    chief = distribute.is_chief(recipe.train.strategy)
+    if chief:
+        _check_run_dir(run_dir, resume)
 
     # Only now pay for importing TensorFlow: recipe errors above stay fast.
     import keras
@@ -207,6 +211,25 @@ def train(
         state_info = cb.read_state(run_dir / runs.CHECKPOINTS_DIR)
         if state_info is None:
             raise CheckpointError(f"{run_dir}: no saved training state in checkpoints/state")
+    if not chief:
+        # Only the chief writes the run directory. The other workers of a multi-worker job
+        # run the same callbacks (saving may read synchronised variables, a collective) into a
+        # scratch folder that is removed afterwards; they resume from the chief's state above.
+        import shutil
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="kdetect-worker-"))
+        try:
+            _train_in(recipe, scratch, state_info, callbacks, console, keras, builders, cb)
+            return run_dir
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return _train_in(recipe, run_dir, state_info, callbacks, console, keras, builders, cb, resume)
+
+
+def _train_in(
+    recipe, run_dir, state_info, callbacks, console, keras, builders, cb, resume=False
+) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / runs.CHECKPOINTS_DIR).mkdir(exist_ok=True)
     dump(recipe, run_dir / runs.RECIPE_FILE)
@@ -229,6 +252,17 @@ def train(
         keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
     try:
         return _fit(recipe, run_dir, state_info, callbacks or [], console, builders, cb)
+    except Exception as exc:
+        from kdetect import distribute
+
+        if tcfg.strategy == "multi_worker" and distribute.is_worker_loss(exc):
+            _update_meta(run_dir, status="failed")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise distribute.WorkerLostError(
+                f"multi_worker: lost contact with another worker ({first}); restart every "
+                f"worker with --resume to continue from the last checkpoint"
+            ) from exc
+        raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -238,7 +272,8 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
 
     tcfg = recipe.train
     strategy = builders.build_strategy(tcfg)
-    data = builders.build_datasets(recipe, seed=tcfg.seed)
+    with strategy.scope():
+        data = builders.build_datasets(recipe, seed=tcfg.seed)
     classes = data.classes
     if (run_dir / runs.CLASSES_FILE).is_file() and state_info is not None:
         saved = runs.read_classes(run_dir / runs.CLASSES_FILE)
