@@ -83,7 +83,9 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
         table.add_column(name)
     for row in rows:
         table.add_row(*(f"{c:.4f}" if isinstance(c, float) else str(c) for c in row))
-    Console().print(table)
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def peer_seconds(mode: str, repeats: int, batch_size: int, peer_python: str | None) -> float | None:

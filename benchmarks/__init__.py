@@ -1,0 +1,1 @@
+"""kdetect's benchmarks: ``python -m benchmarks`` prints the summary table (see __main__.py)."""

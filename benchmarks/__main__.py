@@ -1,0 +1,239 @@
+"""kdetect's benchmark suite: one table.
+
+    python -m benchmarks [--configs tiny resnet50_fpn] [--repeats 3] [--peer torchvision]
+                         [--peer-python /path/to/python-with-torchvision] [--jit]
+                         [--mixed-precision mixed_float16|mixed_bfloat16] [--skip-data]
+
+For each configuration (``tiny``: 128x128; ``resnet50_fpn``: 600x1000 inputs, network frame
+608x1024, torchvision's ``min_size=600, max_size=1000``): inference latency at batch 1 and
+throughput at batch 8 (``predict_on_batch`` on raw images), the training step at batch 2 (on a
+batch already at the network frame) and its images/s, and the peak resident memory of the process
+that ran them (each configuration runs in its own process, so the peaks do not mix). One more row
+gives the input pipeline's images/s (benchmarks/data_pipeline.py, BCCD from ../shared/data in
+training mode at the ResNet50 frame; the synthetic shapes when BCCD is absent).
+
+``--peer torchvision`` adds torchvision's ``fasterrcnn_resnet50_fpn`` on identical work
+(benchmarks/peer_torchvision.py, random weights), measured in the same run, and the ratios
+kdetect/torchvision (below 1 means kdetect is faster). torch is used in-process when importable,
+else from ``--peer-python`` (torch is never a kdetect dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the scripts import each other as top-level modules
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TRAIN_BATCH = 2
+THROUGHPUT_BATCH = 8
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _worker(args) -> None:
+    """Measure one configuration in this process; print one JSON line."""
+    import keras
+    import numpy as np
+    from common import CONFIGS, build_model, median_seconds, random_batch
+
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(args.mixed_precision)
+    name = args.worker
+    result: dict[str, float] = {}
+    height, width = CONFIGS[name]["input_size"]
+    rng = np.random.default_rng(0)
+    model = build_model(name)
+    model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=args.jit)
+    for batch_size, key in ((1, "infer_b1"), (THROUGHPUT_BATCH, "infer_b8")):
+        images = rng.uniform(0, 255, (batch_size, height, width, 3)).astype("float32")
+        result[key] = median_seconds(lambda x=images: model.predict_on_batch(x), args.repeats)
+    batch = random_batch(TRAIN_BATCH, model.image_size)
+    result["train"] = median_seconds(lambda: model.train_on_batch(batch), args.repeats)
+    result["rss_mib"] = _peak_rss_mib()
+    print(json.dumps(result), flush=True)
+
+
+def _peer_worker(args) -> None:
+    """torchvision's times for the same three measurements; one JSON line."""
+    from peer_torchvision import measure
+
+    result = {
+        "infer_b1": measure("inference", args.repeats, 1),
+        "infer_b8": measure("inference", args.repeats, THROUGHPUT_BATCH),
+        "train": measure("train", args.repeats, TRAIN_BATCH),
+        "rss_mib": _peak_rss_mib(),
+    }
+    print(json.dumps(result), flush=True)
+
+
+def _child(argv: list[str]) -> dict:
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(HERE.parent))
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {argv[2:]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _self_argv(python: str, *extra: str) -> list[str]:
+    return [python, str(HERE / "__main__.py"), *extra]
+
+
+def _peer_python(args) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
+        return sys.executable
+    return args.peer_python
+
+
+def pipeline_rate(image_size: tuple[int, int], batch_size: int, images: int) -> tuple[str, float]:
+    """Training-mode input pipeline images/s (data_pipeline.py's own measurement)."""
+    from data_pipeline import DEFAULT_DATA, images_per_second
+
+    from kdetect.data.pipeline import make_dataset
+
+    if (DEFAULT_DATA / "ImageSets").is_dir():
+        from kdetect.data.readers import read_annotations
+
+        source = read_annotations("voc", DEFAULT_DATA, "train", on_invalid_box="drop")
+        label = "BCCD folder"
+    else:
+        from kdetect.data.shapes import make_shapes
+
+        source = make_shapes(64, image_size=image_size, seed=0)
+        label = "synthetic shapes"
+    dataset = make_dataset(source, image_size, batch_size, training=True, seed=0)
+    return label, images_per_second(dataset, batch_size, images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--configs", nargs="+", default=["tiny", "resnet50_fpn"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (median) per number")
+    parser.add_argument("--peer", choices=["torchvision"], default=None)
+    parser.add_argument("--peer-python", default=None, help="interpreter with torch+torchvision")
+    parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
+    parser.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--skip-data", action="store_true", help="no input-pipeline row")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    if args.peer_worker:
+        return _peer_worker(args)
+    if args.peer_python and not args.peer:
+        args.peer = "torchvision"
+
+    from common import CONFIGS, machine, print_table
+
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+    flags = [f"--repeats={args.repeats}"] + (["--jit"] if args.jit else [])
+    if args.mixed_precision:
+        flags.append(f"--mixed-precision={args.mixed_precision}")
+    peer_python = _peer_python(args) if args.peer else None
+    if args.peer and not peer_python:
+        print("note: torch/torchvision not importable and no --peer-python; no peer column")
+
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    for name in args.configs:
+        print(f"measuring kdetect {name} ...", file=sys.stderr, flush=True)
+        results[name] = _child(_self_argv(sys.executable, f"--worker={name}", *flags))
+        if name == "resnet50_fpn" and peer_python:
+            print("measuring torchvision fasterrcnn_resnet50_fpn ...", file=sys.stderr, flush=True)
+            results["peer"] = _child(
+                _self_argv(peer_python, "--peer-worker", f"--repeats={args.repeats}")
+            )
+
+    def ratio(key: str, name: str) -> str:
+        peer = results.get("peer")
+        if name != "resnet50_fpn" or not peer:
+            return "-"
+        return f"{results[name][key] / peer[key]:.2f}x"
+
+    rows = []
+    for name in args.configs:
+        r = results[name]
+        size = "x".join(str(s) for s in CONFIGS[name]["input_size"])
+        rows.append(
+            [
+                f"kdetect {name}",
+                size,
+                f"{r['infer_b1']:.3f}",
+                f"{THROUGHPUT_BATCH / r['infer_b8']:.2f}",
+                f"{r['train']:.3f}",
+                f"{TRAIN_BATCH / r['train']:.2f}",
+                f"{r['rss_mib']:.0f}",
+                ratio("infer_b1", name),
+                ratio("infer_b8", name),
+                ratio("train", name),
+            ]
+        )
+        if name == "resnet50_fpn" and "peer" in results:
+            p = results["peer"]
+            rows.append(
+                [
+                    "torchvision fasterrcnn_resnet50_fpn",
+                    size,
+                    f"{p['infer_b1']:.3f}",
+                    f"{THROUGHPUT_BATCH / p['infer_b8']:.2f}",
+                    f"{p['train']:.3f}",
+                    f"{TRAIN_BATCH / p['train']:.2f}",
+                    f"{p['rss_mib']:.0f}",
+                    "1.00x",
+                    "1.00x",
+                    "1.00x",
+                ]
+            )
+    if not args.skip_data:
+        print("measuring the input pipeline ...", file=sys.stderr, flush=True)
+        frame = CONFIGS["resnet50_fpn"]["model"]["image_size"]
+        label, rate = pipeline_rate(tuple(frame), THROUGHPUT_BATCH, 160)
+        frame_s = "x".join(str(s) for s in frame)
+        rows.append(
+            [f"input pipeline ({label}, train aug)", frame_s, "-", f"{rate:.1f}"] + ["-"] * 6
+        )
+        results["pipeline_images_per_s"] = rate
+    mode = " · XLA" if args.jit else ""
+    mode += f" · {args.mixed_precision}" if args.mixed_precision else ""
+    print_table(
+        f"kdetect benchmarks{mode} · {machine()} · {time.strftime('%Y-%m-%d')} · "
+        f"{time.perf_counter() - started:.0f} s",
+        [
+            "what",
+            "input",
+            "latency b1 (s)",
+            f"images/s b{THROUGHPUT_BATCH}",
+            f"train step b{TRAIN_BATCH} (s)",
+            "train images/s",
+            "peak RSS (MiB)",
+            "ratio b1",
+            f"ratio b{THROUGHPUT_BATCH}",
+            "ratio train",
+        ],
+        rows,
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
