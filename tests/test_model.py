@@ -218,3 +218,12 @@ def test_local_backbone_weights_file_is_loaded(tmp_path):
     np.testing.assert_array_equal(
         layer.get_weights()[0], source.get_layer("Conv1").get_weights()[0]
     )
+
+
+def test_loaded_model_keeps_its_optimizer(tmp_path):
+    model = FasterRCNN(**TINY)
+    model.compile(optimizer=keras.optimizers.Adam(3e-4))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(3e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -361,9 +362,21 @@ class FasterRCNN(keras.Model):
 
     def compile(self, optimizer="sgd", jit_compile=False, **kwargs):
         """Compile with an optimizer; the loss is the model's own, so no ``loss`` argument."""
-        if "loss" in kwargs:
+        if kwargs.get("loss") is not None:
             raise ValueError("FasterRCNN computes its own multi-task loss; do not pass `loss`")
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compile a loaded model with its saved optimizer (Keras skips models whose
+        ``compile`` is overridden unless they say how)."""
+        try:
+            config = keras.saving.deserialize_keras_object(config)
+        except (TypeError, ValueError) as exc:  # e.g. a custom schedule not registered here
+            warnings.warn(f"the saved optimizer was not restored ({exc}); call compile()")
+            return
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
