@@ -372,7 +372,9 @@ class FasterRCNN(keras.Model):
         try:
             config = keras.saving.deserialize_keras_object(config)
         except (TypeError, ValueError) as exc:  # e.g. a custom schedule not registered here
-            warnings.warn(f"the saved optimizer was not restored ({exc}); call compile()")
+            warnings.warn(
+                f"the saved optimizer was not restored ({exc}); call compile()", stacklevel=2
+            )
             return
         self.compile(**config)
         if self.built:
