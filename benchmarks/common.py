@@ -33,6 +33,11 @@ CONFIGS = {
         model=dict(backbone="resnet50", fpn=True, image_size=(608, 1024)),
         input_size=(600, 1000),
     ),
+    # torchvision's default size (min_size=800, max_size=1333), for GPU runs.
+    "resnet50_fpn_800": dict(
+        model=dict(backbone="resnet50", fpn=True, image_size=(800, 1344)),
+        input_size=(800, 1333),
+    ),
 }
 
 
