@@ -64,10 +64,17 @@ def test_mixed_precision_train_step_and_predict(policy):
     losses = model.compute_losses(batch["images"], batch["bounding_boxes"])
     assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in losses.values())
     before = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
-    logs = model.train_on_batch(batch, return_dict=True)
-    assert all(np.isfinite(logs[k]) for k in ("loss", "rpn_cls_loss", "rcnn_cls_loss"))
-    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
-    assert sum(not np.array_equal(a, b) for a, b in zip(after, before, strict=True)) > 0
+    # float16: dynamic loss scaling starts at 2**15 and skips (and halves the scale on) steps
+    # whose scaled gradients overflow, so the first steps may leave the weights unchanged.
+    for _ in range(20):
+        logs = model.train_on_batch(batch, return_dict=True)
+        assert all(np.isfinite(logs[k]) for k in ("loss", "rpn_cls_loss", "rcnn_cls_loss"))
+        after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        if sum(not np.array_equal(a, b) for a, b in zip(after, before, strict=True)) > 0:
+            break
+    else:
+        pytest.fail("no training step updated the weights")
+    assert all(np.isfinite(a).all() for a in after)
     out = model.predict(batch["images"].astype("uint8"), verbose=0)
     assert out["boxes"].shape == (2, 20, 4)
     assert np.isfinite(out["boxes"]).all() and np.isfinite(out["confidence"]).all()
