@@ -1,6 +1,6 @@
 """``tf.distribute`` for training: the strategy a recipe names, who the chief is, clear errors.
 
-``train.strategy`` (recipe) picks one of:
+``train.distribute`` (recipe) picks one of:
 
 * ``default`` / ``none``: TensorFlow's default strategy, one device.
 * ``mirrored``: ``tf.distribute.MirroredStrategy`` over all local GPUs; on a machine without GPUs,
@@ -71,7 +71,7 @@ def _env_float(name: str) -> float | None:
 
 
 def build_strategy(name: str):
-    """The ``tf.distribute.Strategy`` for ``train.strategy``."""
+    """The ``tf.distribute.Strategy`` for ``train.distribute``."""
     import tensorflow as tf
 
     if name in ("default", "none"):
@@ -85,7 +85,7 @@ def build_strategy(name: str):
         config = tf_config()
         if not config.get("cluster"):
             raise RecipeError(
-                "train.strategy: multi_worker needs TF_CONFIG with the cluster and this task "
+                "train.distribute: multi_worker needs TF_CONFIG with the cluster and this task "
                 "(see docs/distributed.md)"
             )
         timeout = _env_float("KDETECT_COLLECTIVE_TIMEOUT")
@@ -104,7 +104,9 @@ def build_strategy(name: str):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise RecipeError(f"train.strategy: unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+    raise RecipeError(
+        f"train.distribute: unknown strategy {name!r}; one of {', '.join(STRATEGIES)}"
+    )
 
 
 def is_worker_loss(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Training on several devices and workers with tf.distribute (train.strategy).
+"""Training on several devices and workers with tf.distribute (train.distribute).
 
 * ``mirrored`` on two logical CPU devices gives the same weights as one device on the same global
   batch. Each replica sees half of the batch and the optimizer sums the replicas' gradients, so
@@ -89,12 +89,12 @@ class Replicas(keras.callbacks.Callback):
         replicas[self.key] = self.model.distribute_strategy.num_replicas_in_sync
 
 weights = {}
-for strategy in ("default", "mirrored"):
+for strategy in ("none", "mirrored"):
     run = train(recipe, run_dir=f"{out}/{strategy}", callbacks=[Replicas(strategy)],
-                overrides=overrides + [f"train.strategy={strategy}"])
+                overrides=overrides + [f"train.distribute={strategy}"])
     model = keras.saving.load_model(f"{run}/model.keras")
     weights[strategy] = [np.asarray(v) for v in model.weights]
-diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights["default"], weights["mirrored"])]
+diffs = [float(np.max(np.abs(a - b))) for a, b in zip(weights["none"], weights["mirrored"])]
 print(json.dumps({"replicas": replicas, "max_diff": max(diffs), "count": len(diffs)}))
 """
 
@@ -128,7 +128,7 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == {"default": 1, "mirrored": 2}
+    assert result["replicas"] == {"none": 1, "mirrored": 2}
     assert result["count"] > 20
     # Same global batch, same data, deterministic sampling: float reduction order only.
     assert result["max_diff"] < 1e-4, result
@@ -141,7 +141,7 @@ def _launch_workers(run_dir: Path, overrides: list[str], extra_env: dict | None 
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         args = [sys.executable, "-m", "kdetect", "train", str(RECIPE), "--run-dir", str(run_dir)]
-        for item in COMMON + ["train.strategy=multi_worker"] + overrides:
+        for item in COMMON + ["train.distribute=multi_worker"] + overrides:
             args += ["--set", item]
         log = open(run_dir.parent / f"worker{index}.log", "w")  # noqa: SIM115
         procs.append(

@@ -261,7 +261,7 @@ def build_strategy(train: TrainConfig):
     """The ``tf.distribute`` strategy of the train section (see :mod:`kdetect.distribute`)."""
     from kdetect.distribute import build_strategy as make
 
-    return make(train.strategy)
+    return make(train.distribute)
 
 
 def run_ground_truth(run_dir: str | Path, split: str | None = None) -> Annotations:

@@ -261,10 +261,10 @@ class TrainConfig:
         None, "Keras dtype policy for mixed precision; null trains in float32"
     )
     jit_compile: bool = _f(False, "compile the train step with XLA")
-    strategy: Literal["default", "mirrored", "multi_worker"] = _f(
-        "default",
-        "tf.distribute strategy: default (one device), mirrored (all local GPUs), multi_worker "
-        "(TF_CONFIG)",
+    distribute: Literal["none", "mirrored", "multi_worker", "tpu"] = _f(
+        "none",
+        "tf.distribute strategy: none (one device), mirrored (all local GPUs), multi_worker "
+        "(cluster from TF_CONFIG), tpu",
     )
     init_from: str | None = _f(
         None,

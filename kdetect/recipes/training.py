@@ -196,7 +196,7 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     from kdetect import distribute
 
-    chief = distribute.is_chief(recipe.train.strategy)
+    chief = distribute.is_chief(recipe.train.distribute)
     if chief:
         _check_run_dir(run_dir, resume)
 
@@ -255,7 +255,7 @@ def _train_in(
     except Exception as exc:
         from kdetect import distribute
 
-        if tcfg.strategy == "multi_worker" and distribute.is_worker_loss(exc):
+        if tcfg.distribute == "multi_worker" and distribute.is_worker_loss(exc):
             _update_meta(run_dir, status="failed")
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise distribute.WorkerLostError(
