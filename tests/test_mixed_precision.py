@@ -11,36 +11,10 @@ import keras
 import numpy as np
 import pytest
 
+# The same tiny configuration and batch as the model tests.
+from test_model import TINY, _batch  # noqa: E402
+
 from kdetect import FasterRCNN
-
-TINY = dict(
-    num_classes=3,
-    backbone="tiny",
-    fpn=True,
-    image_size=(64, 96),
-    anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
-    fpn_channels=32,
-    box_head_units=64,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=32,
-    box_detections_per_img=20,
-    box_score_thresh=0.0,
-    seed=1,
-)
-
-
-def _batch(batch_size=2):
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch_size, 64, 96, 3)).astype("float32")
-    boxes = np.zeros((batch_size, 4, 4), "float32")
-    labels = -np.ones((batch_size, 4), "int32")
-    boxes[:, 0] = [10, 8, 40, 30]
-    boxes[:, 1] = [50, 20, 90, 60]
-    labels[:, :2] = [0, 2]
-    return {"images": images, "bounding_boxes": {"boxes": boxes, "labels": labels}}
 
 
 @pytest.fixture
