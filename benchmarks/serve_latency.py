@@ -14,38 +14,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from common import CONFIGS, build_model, machine, print_table
 
-
-class _Server:
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+from kdetect.serve.background import BackgroundServer
 
 
 def _jpeg(height: int, width: int) -> bytes:
@@ -105,7 +81,7 @@ def main() -> None:
             label = name
         data = _jpeg(height, width)
         requests = args.requests if name != "resnet50_fpn" else min(args.requests, 40)
-        with _Server(app) as server:
+        with BackgroundServer(app) as server:
             for clients in args.clients:
                 median, p95, rps = measure(server.url, data, clients, requests)
                 rows.append(

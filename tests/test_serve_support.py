@@ -6,13 +6,12 @@ The model comes from the session's tiny shapes run (``test_cli_train_support.tin
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 
 import numpy as np
 from PIL import Image
 from test_cli_train_support import tiny_run
+
+from kdetect.serve.background import BackgroundServer
 
 _CACHE: dict = {}
 
@@ -52,33 +51,6 @@ def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-class LiveServer:
-    """A real uvicorn server on a free port of 127.0.0.1, in a background thread."""
+LiveServer = BackgroundServer
 
-    def __init__(self, app):
-        import uvicorn
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
