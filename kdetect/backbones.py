@@ -15,6 +15,7 @@ import keras
 from keras import layers, ops
 
 from kdetect.errors import CheckpointError
+from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 
 BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "tiny")
 STRIDES = (4, 8, 16, 32)
@@ -79,7 +80,7 @@ def _tiny_backbone(input_shape) -> keras.Model:
         x = layers.Conv2D(
             filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
         )(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = BatchNormalization(name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x)
 
     x = conv_bn(inputs, 16, 2, "stem_a")
@@ -159,7 +160,7 @@ def build_backbone(
             )
         full = _tiny_backbone(input_shape)
     else:
-        full = _load_application(spec, name, input_shape, weights)
+        full = fuse_batch_norm(_load_application(spec, name, input_shape, weights))
     features = keras.Model(
         full.inputs, [full.get_layer(e).output for e in spec.endpoints], name=f"{name}_features"
     )

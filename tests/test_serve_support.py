@@ -52,5 +52,3 @@ def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 LiveServer = BackgroundServer
-
-

@@ -39,7 +39,11 @@ def evaluate_saved_model(
             metric = load(model_path, check_paths=False).eval.metric
     else:
         gt = load_ground_truth(
-            data, format, split or "val", classes=classes, on_invalid_box=on_invalid_box,
+            data,
+            format,
+            split or "val",
+            classes=classes,
+            on_invalid_box=on_invalid_box,
             check_images=True,
         )
     if metric is None:

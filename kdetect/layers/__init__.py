@@ -1,11 +1,13 @@
 """Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
 
+from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.roi import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
 
 __all__ = [
+    "BatchNormalization",
     "BoxPredictor",
     "DetectionDecoder",
     "FeaturePyramid",
@@ -15,4 +17,5 @@ __all__ = [
     "RPNHead",
     "RPNTargetAssigner",
     "RoISampler",
+    "fuse_batch_norm",
 ]

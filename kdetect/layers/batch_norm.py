@@ -1,0 +1,94 @@
+"""Batch normalisation that runs as one fused TensorFlow kernel.
+
+Keras 3 computes batch norm as ``moments`` followed by ``x * inv + (beta - mean * inv)``: about
+ten element-wise passes over each activation per training step, forward and backward. On the
+TensorFlow backend ``kdetect.layers.BatchNormalization`` runs the same computation as
+``FusedBatchNormV3`` (one kernel forward, one backward), and in inference Grappler can fold it
+into the convolution before it. It is a drop-in subclass of ``keras.layers.BatchNormalization``
+with the same variables, config and results; it keeps the class name because Keras addresses
+weights in checkpoints by class name, so checkpoints of either layer load into the other.
+:func:`fuse_batch_norm` swaps it into a built model.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+# FusedBatchNormV3 silently raises smaller epsilons to this value; such layers keep the Keras path.
+_MIN_FUSED_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable("kdetect")
+class BatchNormalization(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel where possible.
+
+    The fused path covers 4-D channels-last inputs without a mask, renorm or cross-replica
+    statistics. Training mode normalises with the batch's biased variance and updates the moving
+    statistics exactly as Keras does (the fused kernel reports the unbiased variance, which is
+    rescaled). Every other case, and every backend but TensorFlow, uses the Keras implementation.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (3, -1)
+            and not self.renorm
+            and not self.synchronized
+            and self.epsilon >= _MIN_FUSED_EPSILON
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "float16", "bfloat16")
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones((channels,), "float32")
+        beta = self.beta if self.center else tf.zeros((channels,), "float32")
+        gamma = tf.cast(gamma, "float32")
+        beta = tf.cast(beta, "float32")
+        if training and self.trainable:
+            outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+            )
+            shape = tf.shape(inputs)
+            count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
+            variance = unbiased_variance * (count - 1.0) / count
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                gamma,
+                beta,
+                mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(outputs, self.compute_dtype)
+
+
+def fuse_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of the functional ``model`` with every Keras ``BatchNormalization`` made fused.
+
+    Layer names, order and weights are kept, so checkpoints of either model load into the other.
+    """
+    if not any(type(layer) is layers.BatchNormalization for layer in model.layers):
+        return model
+
+    def clone(layer):
+        cls = BatchNormalization if type(layer) is layers.BatchNormalization else type(layer)
+        return cls.from_config(layer.get_config())
+
+    fused = keras.models.clone_model(model, clone_function=clone)
+    for source, target in zip(model.layers, fused.layers, strict=True):
+        target.trainable = source.trainable
+    fused.set_weights(model.get_weights())
+    return fused
