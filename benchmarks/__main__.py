@@ -44,40 +44,45 @@ def _peak_rss_mib() -> float:
 
 
 def _worker(args) -> None:
-    """Measure one configuration in this process; print one JSON line."""
+    """Measure one configuration in this process; print one JSON line.
+
+    With ``--peer-python`` (ResNet50-FPN only) every kdetect step alternates with torchvision's
+    same step (``common.side_by_side``), and the result also holds torchvision's medians
+    (``peer``) and the medians of the per-pair ratios (``ratio``).
+    """
     import keras
     import numpy as np
-    from common import CONFIGS, build_model, median_seconds, random_batch
+    from common import CONFIGS, Peer, build_model, median_seconds, random_batch, side_by_side
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     name = args.worker
-    result: dict[str, float] = {}
+    result: dict = {}
+    peer = Peer.start(args.peer_python) if args.peer_python else None
     height, width = CONFIGS[name]["input_size"]
     rng = np.random.default_rng(0)
     model = build_model(name)
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=args.jit)
+
+    def measure(key, fn, mode, batch_size):
+        if peer is None:
+            result[key] = median_seconds(fn, args.repeats)
+            return
+        ours, theirs, ratio = side_by_side(fn, peer, mode, batch_size, args.repeats)
+        result[key] = ours
+        result.setdefault("peer", {})[key] = theirs
+        result.setdefault("ratio", {})[key] = ratio
+
     # Training first: measured after batch-8 inference in the same process, the step was
     # ~2x slower on the 2-core VM in two runs (32-37 s vs 16-18 s; cause not yet isolated).
     batch = random_batch(args.train_batch, model.image_size)
-    result["train"] = median_seconds(lambda: model.train_on_batch(batch), args.repeats)
+    measure("train", lambda: model.train_on_batch(batch), "train", args.train_batch)
     for batch_size, key in ((1, "infer_b1"), (THROUGHPUT_BATCH, "infer_b8")):
         images = rng.uniform(0, 255, (batch_size, height, width, 3)).astype("float32")
-        result[key] = median_seconds(lambda x=images: model.predict_on_batch(x), args.repeats)
+        measure(key, lambda x=images: model.predict_on_batch(x), "inference", batch_size)
+    if peer is not None:
+        peer.close()
     result["rss_mib"] = _peak_rss_mib()
-    print(json.dumps(result), flush=True)
-
-
-def _peer_worker(args) -> None:
-    """torchvision's times for the same three measurements; one JSON line."""
-    from peer_torchvision import measure
-
-    result = {
-        "infer_b1": measure("inference", args.repeats, 1),
-        "infer_b8": measure("inference", args.repeats, THROUGHPUT_BATCH),
-        "train": measure("train", args.repeats, args.train_batch),
-        "rss_mib": _peak_rss_mib(),
-    }
     print(json.dumps(result), flush=True)
 
 
@@ -134,12 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-data", action="store_true", help="no input-pipeline row")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
-    if args.peer_worker:
-        return _peer_worker(args)
     if args.peer_python and not args.peer:
         args.peer = "torchvision"
 
@@ -160,23 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for name in args.configs:
         print(f"measuring kdetect {name} ...", file=sys.stderr, flush=True)
-        results[name] = _child(_self_argv(sys.executable, f"--worker={name}", *flags))
-        if name == "resnet50_fpn" and peer_python:
-            print("measuring torchvision fasterrcnn_resnet50_fpn ...", file=sys.stderr, flush=True)
-            results["peer"] = _child(
-                _self_argv(
-                    peer_python,
-                    "--peer-worker",
-                    f"--repeats={args.repeats}",
-                    f"--train-batch={args.train_batch}",
-                )
-            )
+        extra = [f"--peer-python={peer_python}"] if name == "resnet50_fpn" and peer_python else []
+        results[name] = _child(_self_argv(sys.executable, f"--worker={name}", *flags, *extra))
 
     def ratio(key: str, name: str) -> str:
-        peer = results.get("peer")
-        if name != "resnet50_fpn" or not peer:
-            return "-"
-        return f"{results[name][key] / peer[key]:.2f}x"
+        ratios = results[name].get("ratio")
+        return f"{ratios[key]:.2f}x" if ratios else "-"
 
     rows = []
     for name in args.configs:
@@ -196,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                 ratio("train", name),
             ]
         )
-        if name == "resnet50_fpn" and "peer" in results:
-            p = results["peer"]
+        if "peer" in r:
+            p = r["peer"]
             rows.append(
                 [
                     "torchvision fasterrcnn_resnet50_fpn",
@@ -206,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{THROUGHPUT_BATCH / p['infer_b8']:.2f}",
                     f"{p['train']:.3f}",
                     f"{args.train_batch / p['train']:.2f}",
-                    f"{p['rss_mib']:.0f}",
+                    "-",
                     "1.00x",
                     "1.00x",
                     "1.00x",

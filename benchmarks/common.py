@@ -7,8 +7,12 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+_clock = time.perf_counter
 
 # The configurations the issues name. ``input_size`` is the raw image fed to ``predict``;
 # ``image_size`` the network frame (multiples of 32; torchvision pads 600x1000 to 608x1024 too).
@@ -93,41 +97,87 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
-def peer_seconds(mode: str, repeats: int, batch_size: int, peer_python: str | None) -> float | None:
-    """torchvision's median time for the same work, or None when torch is not available.
+class Peer:
+    """torchvision's steps, run on demand so they can alternate with kdetect's.
 
-    Uses torch in this process when importable, else the interpreter ``peer_python``.
+    Uses torch in this process when importable, else a resident ``peer_torchvision.py --serve``
+    child started with the interpreter ``python``. ``Peer.start`` returns None when neither is
+    available.
     """
-    import importlib.util
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).with_name("peer_torchvision.py")
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
-        sys.path.insert(0, str(script.parent))
-        from peer_torchvision import measure
+    def __init__(self, python: str | None = None):
+        import subprocess
+        import sys
 
-        return measure(mode, repeats, batch_size)
-    if not peer_python:
-        return None
-    out = subprocess.run(
-        [
-            peer_python,
-            str(script),
-            "--mode",
-            mode,
-            "--repeats",
-            str(repeats),
-            "--batch-size",
-            str(batch_size),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+        self._process = None
+        self._steps: dict = {}
+        if python is None:
+            sys.path.insert(0, str(_HERE))
+            import peer_torchvision
+
+            self._local = peer_torchvision
+            return
+        self._process = subprocess.Popen(
+            [python, str(_HERE / "peer_torchvision.py"), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._read()  # {"ready": true}
+
+    @classmethod
+    def start(cls, peer_python: str | None) -> Peer | None:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
+            return cls()
+        return cls(peer_python) if peer_python else None
+
+    def _read(self) -> dict:
+        import json
+
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError("the torchvision peer process exited (see its stderr above)")
+        return json.loads(line)
+
+    def step(self, mode: str, batch_size: int) -> float:
+        """Seconds of one ``mode`` step at ``batch_size`` (built and warmed up on first use)."""
+        if self._process is None:
+            key = (mode, batch_size)
+            if key not in self._steps:
+                self._steps[key] = self._local.make_step(mode, batch_size)
+                self._steps[key]()
+            return self._local.timed(self._steps[key])
+        self._process.stdin.write(f"step {mode} {batch_size}\n")
+        self._process.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+            self._process = None
+
+
+def side_by_side(
+    fn: Callable[[], object], peer: Peer, mode: str, batch_size: int, repeats: int
+) -> tuple[float, float, float]:
+    """Alternate ``fn()`` and the peer's step; medians of both and of the per-pair ratios.
+
+    Each pair runs back to back, so a change in machine load (the VMs these run on are shared)
+    moves both sides of a ratio together. One untimed warm-up of each side comes first.
+    """
+    fn()
+    peer.step(mode, batch_size)  # builds and warms up the peer's step, then one timed step
+    ours, theirs = [], []
+    for _ in range(repeats):
+        start = _clock()
+        fn()
+        ours.append(_clock() - start)
+        theirs.append(peer.step(mode, batch_size))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
 
 
 def build_model(name: str, **overrides):

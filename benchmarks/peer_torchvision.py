@@ -1,11 +1,14 @@
-"""torchvision's ``fasterrcnn_resnet50_fpn`` timed on the same inputs as kdetect's benchmarks.
+"""torchvision's ``fasterrcnn_resnet50_fpn`` timed on the same work as kdetect's benchmarks.
 
 Run with an interpreter that has torch and torchvision (kdetect does not depend on them)::
 
-    python benchmarks/peer_torchvision.py --mode inference --repeats 5
+    python benchmarks/peer_torchvision.py --mode inference --repeats 5   # one JSON line
+    python benchmarks/peer_torchvision.py --serve                        # stepped by kdetect
 
-Prints one JSON line ``{"mode": ..., "seconds": median}``. The other benchmarks call it as a
-subprocess (``--peer-python``) or import it when torch is importable in-process.
+``--serve`` keeps the models resident and runs one timed step per command read from stdin
+(``step MODE BATCH``; the first command for a mode/batch also builds it and runs a warm-up), and
+answers with one JSON line ``{"seconds": ...}``. kdetect's benchmarks use it to alternate kdetect
+and torchvision steps, so both are measured under the same machine load (benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from collections.abc import Callable
 
 
-def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None) -> float:
+def make_step(mode: str, batch_size: int, threads: int | None = None) -> Callable[[], None]:
+    """One ``mode`` ("inference" or "train") step of a random-weight model on fixed inputs."""
     import torch
     import torchvision
 
@@ -34,44 +40,71 @@ def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None
             with torch.no_grad():
                 model(images)
 
-    else:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-        gen = torch.Generator().manual_seed(0)
-        targets = []
-        for _ in range(batch_size):
-            xy = torch.rand(5, 2, generator=gen) * torch.tensor([600.0, 360.0])
-            wh = torch.rand(5, 2, generator=gen) * torch.tensor([300.0, 200.0]) + 40
-            targets.append(
-                {
-                    "boxes": torch.cat([xy, xy + wh], dim=1),
-                    "labels": torch.randint(1, 4, (5,), generator=gen),
-                }
-            )
+        return step
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(batch_size):
+        xy = torch.rand(5, 2, generator=gen) * torch.tensor([600.0, 360.0])
+        wh = torch.rand(5, 2, generator=gen) * torch.tensor([300.0, 200.0]) + 40
+        targets.append(
+            {
+                "boxes": torch.cat([xy, xy + wh], dim=1),
+                "labels": torch.randint(1, 4, (5,), generator=gen),
+            }
+        )
 
-        def step():
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    def step():
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
+    return step
+
+
+def timed(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
     step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
+
+
+def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None) -> float:
+    """Median seconds of ``repeats`` steps after one warm-up step."""
+    step = make_step(mode, batch_size, threads)
+    step()
+    return statistics.median(timed(step) for _ in range(repeats))
+
+
+def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
+    """Answer ``step MODE BATCH`` lines with ``{"seconds": ...}`` until stdin closes."""
+    steps: dict[tuple[str, int], Callable[[], None]] = {}
+    print(json.dumps({"ready": True}), file=stdout, flush=True)
+    for line in stdin:
+        command, mode, batch = line.split()
+        if command != "step":
+            raise ValueError(f"unknown command {command!r}")
+        key = (mode, int(batch))
+        if key not in steps:
+            steps[key] = make_step(*key)
+            steps[key]()
+        print(json.dumps({"seconds": timed(steps[key])}), file=stdout, flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("inference", "train"), required=True)
+    parser.add_argument("--mode", choices=("inference", "train"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--serve", action="store_true", help="run steps on commands from stdin")
     args = parser.parse_args()
+    if args.serve:
+        return serve()
+    if not args.mode:
+        parser.error("--mode is required unless --serve")
     seconds = measure(args.mode, args.repeats, args.batch_size, args.threads)
     print(json.dumps({"mode": args.mode, "batch_size": args.batch_size, "seconds": seconds}))
 
