@@ -134,16 +134,24 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path):
     assert result["max_diff"] < 1e-4, result
 
 
-def _launch_workers(run_dir: Path, overrides: list[str], extra_env: dict | None = None):
+def _launch_workers(
+    run_dir: Path, overrides: list[str], extra_env: dict | None = None, resume: bool = False
+):
+    """Start two workers on fresh local ports (with ``resume``: ``kdetect train RUN --resume``)."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        args = [sys.executable, "-m", "kdetect", "train", str(RECIPE), "--run-dir", str(run_dir)]
-        for item in COMMON + ["train.distribute=multi_worker"] + overrides:
+        args = [sys.executable, "-m", "kdetect", "train"]
+        if resume:
+            args += [str(run_dir), "--resume"]
+        else:
+            args += [str(RECIPE), "--run-dir", str(run_dir)]
+            overrides = COMMON + ["train.distribute=multi_worker"] + overrides
+        for item in overrides:
             args += ["--set", item]
-        log = open(run_dir.parent / f"worker{index}.log", "w")  # noqa: SIM115
+        log = open(run_dir.parent / f"worker{index}.log", "a")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
                 args,
@@ -167,14 +175,18 @@ def _stop(procs) -> None:
             p.wait()
 
 
-def test_multi_worker_two_processes_train_and_the_chief_checkpoint_loads(tmp_path):
-    run_dir = tmp_path / "run"
-    procs = _launch_workers(run_dir, [])
+def _wait(procs, run_dir: Path) -> None:
     try:
         codes = [p.wait(timeout=240) for p in procs]
     finally:
         _stop(procs)
     assert codes == [0, 0], _log(run_dir, 0)[-3000:] + "\n---\n" + _log(run_dir, 1)[-3000:]
+
+
+def test_multi_worker_two_processes_train_and_the_chief_checkpoint_loads(tmp_path):
+    """Train, check the chief's run, then restart both workers with --resume for one more epoch."""
+    run_dir = tmp_path / "run"
+    _wait(_launch_workers(run_dir, []), run_dir)
     # The chief (worker 0) wrote the run; worker 1 wrote into a scratch folder it removed.
     assert (run_dir / "checkpoints" / "state" / "state.json").is_file()
     state = json.loads((run_dir / "checkpoints" / "state" / "state.json").read_text())
@@ -187,6 +199,20 @@ def test_multi_worker_two_processes_train_and_the_chief_checkpoint_loads(tmp_pat
 
     out = model.predict(np.zeros((1, 64, 64, 3), "uint8"), verbose=0)
     assert out["boxes"].shape[0] == 1
+    first_weights = [np.asarray(w) for w in model.weights]
+
+    # Restart: both workers resume from the chief's state and train epoch 2 (steps 4-6).
+    _wait(_launch_workers(run_dir, ["train.epochs=2"], resume=True), run_dir)
+    state = json.loads((run_dir / "checkpoints" / "state" / "state.json").read_text())
+    # global_step is the restored optimizer's iteration count: 3 steps, then 3 more.
+    assert (state["epoch"], state["global_step"]) == (2, 6), state
+    for index in range(2):  # the other worker resumes from the chief's state as well
+        assert "at epoch 2" in " ".join(_log(run_dir, index).split()), _log(run_dir, index)[-2000:]
+    resumed, _ = runs.load_model(run_dir)
+    moved = [
+        float(np.max(np.abs(np.asarray(w) - v))) for w, v in zip(resumed.weights, first_weights)
+    ]
+    assert max(moved) > 0  # epoch 2 trained on, from epoch 1's weights
 
 
 def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
