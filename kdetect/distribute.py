@@ -32,6 +32,10 @@ class WorkerLostError(KdetectError):
     """A peer of a multi-worker job stopped answering."""
 
 
+class DistributeError(KdetectError):
+    """The devices a strategy needs are not there (no TPU, for example)."""
+
+
 def tf_config() -> dict:
     """The parsed ``TF_CONFIG`` environment variable ({} when unset)."""
     raw = os.environ.get("TF_CONFIG", "").strip()
@@ -98,11 +102,18 @@ def build_strategy(name: str):
             extended._check_health_interval = interval
         return strategy
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=os.environ.get("KDETECT_TPU", "")
-        )
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        tpu = os.environ.get("KDETECT_TPU", "")
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as exc:
+            where = f"KDETECT_TPU={tpu!r}" if tpu else "this machine (KDETECT_TPU is unset)"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DistributeError(
+                f"train.distribute: tpu: no TPU found for {where} ({first}); run on a TPU VM "
+                "or set KDETECT_TPU to the TPU's name or grpc:// address"
+            ) from exc
         return tf.distribute.TPUStrategy(resolver)
     raise RecipeError(
         f"train.distribute: unknown strategy {name!r}; one of {', '.join(STRATEGIES)}"

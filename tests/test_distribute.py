@@ -240,3 +240,17 @@ def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
     assert "lost contact with another worker" in log, log[-3000:]
     assert "--resume" in log
     assert elapsed < 120
+
+
+def test_tpu_without_a_tpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from test_cli_train_support import TINY, kdetect, set_args
+
+    monkeypatch.delenv("KDETECT_TPU", raising=False)
+    run_dir = tmp_path / "run"
+    code = kdetect(
+        "train", RECIPE, "--run-dir", run_dir, *set_args(TINY + ["train.distribute=tpu"])
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1
+    assert "train.distribute: tpu: no TPU found" in err and "KDETECT_TPU" in err, err
+    assert "Traceback" not in err

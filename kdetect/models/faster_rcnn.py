@@ -413,7 +413,9 @@ class FasterRCNN(keras.Model):
                 optimizer.build(self.trainable_variables)
 
     def _mark_xla_step(self, xla: bool) -> None:
-        # Read while the step is traced (Python), so a plain attribute is enough.
+        # Read while the step is traced (Python), so a plain attribute is enough. A TPU compiles
+        # every step with XLA whatever ``jit_compile`` says.
+        xla = xla or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
         object.__setattr__(self, "_xla_step", bool(xla))
 
     def make_predict_function(self, force=False):
