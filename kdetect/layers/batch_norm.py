@@ -2,11 +2,11 @@
 
 Keras 3 computes batch norm as ``moments`` followed by ``x * inv + (beta - mean * inv)``: about
 ten element-wise passes over each activation per training step, forward and backward. On the
-TensorFlow backend ``kdetect.layers.BatchNormalization`` runs the same computation as
-``FusedBatchNormV3`` (one kernel forward, one backward), and in inference Grappler can fold it
-into the convolution before it. It is a drop-in subclass of ``keras.layers.BatchNormalization``
-with the same variables, config and results; it keeps the class name because Keras addresses
-weights in checkpoints by class name, so checkpoints of either layer load into the other.
+TensorFlow backend ``kdetect.layers.BatchNormalization`` runs the training-mode computation as
+``FusedBatchNormV3`` (one kernel forward, one backward). It is a drop-in subclass of
+``keras.layers.BatchNormalization`` with the same variables, config and results; it keeps the
+class name because Keras addresses weights in checkpoints by class name, so checkpoints of either
+layer load into the other.
 :func:`fuse_batch_norm` swaps it into a built model.
 """
 
@@ -23,10 +23,11 @@ _MIN_FUSED_EPSILON = 1.001e-5
 class BatchNormalization(layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel where possible.
 
-    The fused path covers 4-D channels-last inputs without a mask, renorm or cross-replica
-    statistics. Training mode normalises with the batch's biased variance and updates the moving
-    statistics exactly as Keras does (the fused kernel reports the unbiased variance, which is
-    rescaled). Every other case, and every backend but TensorFlow, uses the Keras implementation.
+    The fused path covers training-mode calls on 4-D channels-last inputs without a mask, renorm
+    or cross-replica statistics: it normalises with the batch's biased variance and updates the
+    moving statistics exactly as Keras does (the fused kernel reports the unbiased variance, which
+    is rescaled). Inference (and frozen layers), every other case and every backend but
+    TensorFlow use the Keras implementation.
     """
 
     def _fusable(self, inputs, mask) -> bool:
@@ -42,36 +43,29 @@ class BatchNormalization(layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if not (training and self.trainable) or not self._fusable(inputs, mask):
+            # Inference: Keras's two element-wise ops, which Grappler folds into the convolution
+            # before them, measured 13 % faster on CPU than the fused kernel's inference mode.
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
         channels = inputs.shape[-1]
         gamma = self.gamma if self.scale else tf.ones((channels,), "float32")
         beta = self.beta if self.center else tf.zeros((channels,), "float32")
-        gamma = tf.cast(gamma, "float32")
-        beta = tf.cast(beta, "float32")
-        if training and self.trainable:
-            outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
-            )
-            shape = tf.shape(inputs)
-            count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
-            variance = unbiased_variance * (count - 1.0) / count
-            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(
-                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-            )
-        else:
-            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                inputs,
-                gamma,
-                beta,
-                mean=tf.cast(self.moving_mean, "float32"),
-                variance=tf.cast(self.moving_variance, "float32"),
-                epsilon=self.epsilon,
-                is_training=False,
-            )
+        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            tf.cast(gamma, "float32"),
+            tf.cast(beta, "float32"),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
+        shape = tf.shape(inputs)
+        count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
+        variance = unbiased_variance * (count - 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
         return tf.cast(outputs, self.compute_dtype)
 
 
