@@ -3,6 +3,7 @@
     python -m benchmarks [--configs tiny resnet50_fpn] [--repeats 3] [--peer torchvision]
                          [--peer-python /path/to/python-with-torchvision] [--jit]
                          [--mixed-precision mixed_float16|mixed_bfloat16] [--skip-data]
+                         [--malloc retain|system]
 
 For each configuration (``tiny``: 128x128; ``resnet50_fpn``: 600x1000 inputs, network frame
 608x1024, torchvision's ``min_size=600, max_size=1000``): inference latency at batch 1 and
@@ -15,7 +16,13 @@ training mode at the ResNet50 frame; the synthetic shapes when BCCD is absent).
 ``--peer torchvision`` adds torchvision's ``fasterrcnn_resnet50_fpn`` on identical work
 (benchmarks/peer_torchvision.py, random weights), measured in the same run, and the ratios
 kdetect/torchvision (below 1 means kdetect is faster). torch is used in-process when importable,
-else from ``--peer-python`` (torch is never a kdetect dependency).
+else from ``--peer-python`` (torch is never a kdetect dependency). The peer process stays
+resident and each kdetect step alternates with torchvision's same step; a ratio is the median of
+the back-to-back pairs' ratios, so load changes on a shared machine cancel out.
+
+``--malloc retain`` (the default) runs kdetect as the ``kdetect`` program does, with glibc keeping
+freed memory (kdetect.allocator), and gives the torchvision peer the same glibc settings;
+``--malloc system`` keeps glibc's defaults for both.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ def _worker(args) -> None:
     same step (``common.side_by_side``), and the result also holds torchvision's medians
     (``peer``) and the medians of the per-pair ratios (``ratio``).
     """
+    retain = args.malloc == "retain"
+    if retain:  # as the kdetect program does, before TensorFlow starts its threads
+        from kdetect.allocator import retain_freed_memory
+
+        retain_freed_memory()
     import keras
     import numpy as np
     from common import CONFIGS, Peer, build_model, median_seconds, random_batch, side_by_side
@@ -58,7 +70,7 @@ def _worker(args) -> None:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     name = args.worker
     result: dict = {}
-    peer = Peer.start(args.peer_python) if args.peer_python else None
+    peer = Peer.start(args.peer_python, retain) if args.peer_python else None
     height, width = CONFIGS[name]["input_size"]
     rng = np.random.default_rng(0)
     model = build_model(name)
@@ -137,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help="train step batch")
     parser.add_argument("--skip-data", action="store_true", help="no input-pipeline row")
+    parser.add_argument(
+        "--malloc",
+        choices=["retain", "system"],
+        default="retain",
+        help="retain: glibc keeps freed memory (as the kdetect program runs; the peer gets the "
+        "same settings); system: glibc's defaults for both",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -151,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
     flags = [f"--repeats={args.repeats}", f"--train-batch={args.train_batch}"]
+    flags.append(f"--malloc={args.malloc}")
     flags += ["--jit"] if args.jit else []
     if args.mixed_precision:
         flags.append(f"--mixed-precision={args.mixed_precision}")
@@ -214,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         results["pipeline_images_per_s"] = rate
     mode = " · XLA" if args.jit else ""
     mode += f" · {args.mixed_precision}" if args.mixed_precision else ""
+    mode += f" · malloc {args.malloc}"
     print_table(
         f"kdetect benchmarks{mode} · {machine()} · {time.strftime('%Y-%m-%d')} · "
         f"{time.perf_counter() - started:.0f} s",

@@ -14,6 +14,13 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 _clock = time.perf_counter
 
+# glibc's environment variables for kdetect.allocator.retain_freed_memory's three settings.
+RETAIN_MEMORY_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+}
+
 # The configurations the issues name. ``input_size`` is the raw image fed to ``predict``;
 # ``image_size`` the network frame (multiples of 32; torchvision pads 600x1000 to 608x1024 too).
 CONFIGS = {
@@ -101,11 +108,12 @@ class Peer:
     """torchvision's steps, run on demand so they can alternate with kdetect's.
 
     Uses torch in this process when importable, else a resident ``peer_torchvision.py --serve``
-    child started with the interpreter ``python``. ``Peer.start`` returns None when neither is
-    available.
+    child started with the interpreter ``python`` (with ``retain_memory``, glibc set up as
+    :func:`kdetect.allocator.retain_freed_memory` does, through its environment variables).
+    ``Peer.start`` returns None when neither is available.
     """
 
-    def __init__(self, python: str | None = None):
+    def __init__(self, python: str | None = None, retain_memory: bool = False):
         import subprocess
         import sys
 
@@ -117,21 +125,25 @@ class Peer:
 
             self._local = peer_torchvision
             return
+        env = dict(os.environ)
+        if retain_memory:
+            env.update(RETAIN_MEMORY_ENV)
         self._process = subprocess.Popen(
             [python, str(_HERE / "peer_torchvision.py"), "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self._read()  # {"ready": true}
 
     @classmethod
-    def start(cls, peer_python: str | None) -> Peer | None:
+    def start(cls, peer_python: str | None, retain_memory: bool = False) -> Peer | None:
         import importlib.util
 
         if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
-            return cls()
-        return cls(peer_python) if peer_python else None
+            return cls()  # in this process: whatever this process's allocator does
+        return cls(peer_python, retain_memory) if peer_python else None
 
     def _read(self) -> dict:
         import json

@@ -50,7 +50,15 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``kdetect`` script."""
+    """Entry point of the ``kdetect`` script.
+
+    Run as the program (``argv`` None, arguments from the command line) it first makes glibc keep
+    freed memory for reuse (:mod:`kdetect.allocator`; ``KDETECT_MALLOC=system`` opts out).
+    """
+    if argv is None:
+        from kdetect.allocator import retain_freed_memory
+
+        retain_freed_memory()
     _register_commands()
     try:
         app(args=argv, standalone_mode=False)
