@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.malloc == "retain":  # this process measures the input pipeline
+        from kdetect.allocator import retain_freed_memory
+
+        retain_freed_memory()
     if args.peer_python and not args.peer:
         args.peer = "torchvision"
 
