@@ -64,7 +64,7 @@ def _worker(args) -> None:
         retain_freed_memory()
     import keras
     import numpy as np
-    from common import CONFIGS, Peer, build_model, median_seconds, random_batch, side_by_side
+    from common import CONFIGS, Peer, build_model, random_batch, side_by_side
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
@@ -77,13 +77,10 @@ def _worker(args) -> None:
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=args.jit)
 
     def measure(key, fn, mode, batch_size):
-        if peer is None:
-            result[key] = median_seconds(fn, args.repeats)
-            return
-        ours, theirs, ratio = side_by_side(fn, peer, mode, batch_size, args.repeats)
-        result[key] = ours
-        result.setdefault("peer", {})[key] = theirs
-        result.setdefault("ratio", {})[key] = ratio
+        result[key], theirs, ratio = side_by_side(fn, peer, mode, batch_size, args.repeats)
+        if peer is not None:
+            result.setdefault("peer", {})[key] = theirs
+            result.setdefault("ratio", {})[key] = ratio
 
     # Training first: measured after batch-8 inference in the same process, the step was
     # ~2x slower on the 2-core VM in two runs (32-37 s vs 16-18 s; cause not yet isolated).

@@ -173,13 +173,16 @@ class Peer:
 
 
 def side_by_side(
-    fn: Callable[[], object], peer: Peer, mode: str, batch_size: int, repeats: int
-) -> tuple[float, float, float]:
+    fn: Callable[[], object], peer: Peer | None, mode: str, batch_size: int, repeats: int
+) -> tuple[float, float | None, float | None]:
     """Alternate ``fn()`` and the peer's step; medians of both and of the per-pair ratios.
 
     Each pair runs back to back, so a change in machine load (the VMs these run on are shared)
-    moves both sides of a ratio together. One untimed warm-up of each side comes first.
+    moves both sides of a ratio together. One untimed warm-up of each side comes first. Without
+    a peer: ``(median_seconds(fn, repeats), None, None)``.
     """
+    if peer is None:
+        return median_seconds(fn, repeats), None, None
     fn()
     peer.step(mode, batch_size)  # builds and warms up the peer's step, then one timed step
     ours, theirs = [], []

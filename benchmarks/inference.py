@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import CONFIGS, Peer, build_model, machine, median_seconds, print_table, side_by_side
+from common import CONFIGS, Peer, build_model, machine, print_table, side_by_side
 
 
 def run(configs, batch_size: int, repeats: int, peer_python: str | None) -> list[list]:
@@ -28,13 +28,13 @@ def run(configs, batch_size: int, repeats: int, peer_python: str | None) -> list
             .uniform(0, 255, (batch_size, height, width, 3))
             .astype("float32")
         )
-        step = lambda m=model, x=images: m.predict_on_batch(x)  # noqa: E731
-        theirs, ratio = "-", "-"
-        if name == "resnet50_fpn" and peer:
-            seconds, theirs, pair_ratio = side_by_side(step, peer, "inference", batch_size, repeats)
-            ratio = f"{pair_ratio:.2f}x"
-        else:
-            seconds = median_seconds(step, repeats)
+        seconds, theirs, ratio = side_by_side(
+            lambda m=model, x=images: m.predict_on_batch(x),
+            peer if name == "resnet50_fpn" else None,
+            "inference",
+            batch_size,
+            repeats,
+        )
         rows.append(
             [
                 name,
@@ -42,8 +42,8 @@ def run(configs, batch_size: int, repeats: int, peer_python: str | None) -> list
                 f"{height}x{width}",
                 seconds,
                 batch_size / seconds,
-                theirs,
-                ratio,
+                theirs or "-",
+                f"{ratio:.2f}x" if ratio else "-",
             ]
         )
     if peer:

@@ -17,7 +17,6 @@ from common import (
     Peer,
     build_model,
     machine,
-    median_seconds,
     print_table,
     random_batch,
     side_by_side,
@@ -33,15 +32,18 @@ def run(
         model = build_model(name)
         model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=jit)
         batch = random_batch(batch_size, model.image_size)
-        step = lambda m=model, b=batch: m.train_on_batch(b)  # noqa: E731
-        theirs, ratio = "-", "-"
-        if name == "resnet50_fpn" and peer:
-            seconds, theirs, pair_ratio = side_by_side(step, peer, "train", batch_size, repeats)
-            ratio = f"{pair_ratio:.2f}x"
-        else:
-            seconds = median_seconds(step, repeats)
+        seconds, theirs, ratio = side_by_side(
+            lambda m=model, b=batch: m.train_on_batch(b),
+            peer if name == "resnet50_fpn" else None,
+            "train",
+            batch_size,
+            repeats,
+        )
         size = "x".join(str(s) for s in model.image_size)
-        rows.append([name, batch_size, size, seconds, batch_size / seconds, theirs, ratio])
+        ratio_text = f"{ratio:.2f}x" if ratio else "-"
+        rows.append(
+            [name, batch_size, size, seconds, batch_size / seconds, theirs or "-", ratio_text]
+        )
     if peer:
         peer.close()
     return rows
