@@ -14,13 +14,6 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 _clock = time.perf_counter
 
-# glibc's environment variables for kdetect.allocator.retain_freed_memory's three settings.
-RETAIN_MEMORY_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-}
-
 # The configurations the issues name. ``input_size`` is the raw image fed to ``predict``;
 # ``image_size`` the network frame (multiples of 32; torchvision pads 600x1000 to 608x1024 too).
 CONFIGS = {
@@ -118,16 +111,17 @@ class Peer:
         import sys
 
         self._process = None
-        self._steps: dict = {}
         if python is None:
             sys.path.insert(0, str(_HERE))
-            import peer_torchvision
+            from peer_torchvision import Steps
 
-            self._local = peer_torchvision
+            self._local = Steps()
             return
         env = dict(os.environ)
         if retain_memory:
-            env.update(RETAIN_MEMORY_ENV)
+            from kdetect.allocator import RETAIN_FREED_MEMORY_ENV
+
+            env.update(RETAIN_FREED_MEMORY_ENV)
         self._process = subprocess.Popen(
             [python, str(_HERE / "peer_torchvision.py"), "--serve"],
             stdin=subprocess.PIPE,
@@ -156,11 +150,7 @@ class Peer:
     def step(self, mode: str, batch_size: int) -> float:
         """Seconds of one ``mode`` step at ``batch_size`` (built and warmed up on first use)."""
         if self._process is None:
-            key = (mode, batch_size)
-            if key not in self._steps:
-                self._steps[key] = self._local.make_step(mode, batch_size)
-                self._steps[key]()
-            return self._local.timed(self._steps[key])
+            return self._local.run(mode, batch_size)
         self._process.stdin.write(f"step {mode} {batch_size}\n")
         self._process.stdin.flush()
         return self._read()["seconds"]

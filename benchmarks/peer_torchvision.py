@@ -65,32 +65,39 @@ def make_step(mode: str, batch_size: int, threads: int | None = None) -> Callabl
     return step
 
 
-def timed(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
+class Steps:
+    """Resident steps by (mode, batch size): each is built and warmed up on first use."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self._steps: dict[tuple[str, int], Callable[[], None]] = {}
+
+    def run(self, mode: str, batch_size: int) -> float:
+        """Seconds of one timed ``mode`` step at ``batch_size``."""
+        key = (mode, batch_size)
+        if key not in self._steps:
+            self._steps[key] = make_step(mode, batch_size, self.threads)
+            self._steps[key]()
+        start = time.perf_counter()
+        self._steps[key]()
+        return time.perf_counter() - start
 
 
 def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None) -> float:
     """Median seconds of ``repeats`` steps after one warm-up step."""
-    step = make_step(mode, batch_size, threads)
-    step()
-    return statistics.median(timed(step) for _ in range(repeats))
+    steps = Steps(threads)
+    return statistics.median(steps.run(mode, batch_size) for _ in range(repeats))
 
 
 def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
     """Answer ``step MODE BATCH`` lines with ``{"seconds": ...}`` until stdin closes."""
-    steps: dict[tuple[str, int], Callable[[], None]] = {}
+    steps = Steps()
     print(json.dumps({"ready": True}), file=stdout, flush=True)
     for line in stdin:
         command, mode, batch = line.split()
         if command != "step":
             raise ValueError(f"unknown command {command!r}")
-        key = (mode, int(batch))
-        if key not in steps:
-            steps[key] = make_step(*key)
-            steps[key]()
-        print(json.dumps({"seconds": timed(steps[key])}), file=stdout, flush=True)
+        print(json.dumps({"seconds": steps.run(mode, int(batch))}), file=stdout, flush=True)
 
 
 def main() -> None:

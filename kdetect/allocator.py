@@ -12,9 +12,9 @@ the first step every block is reused from the heap: no page faults, ~25 % faster
 on that machine (docs/performance.md). The cost: the process keeps its peak memory until it exits.
 
 The ``kdetect`` program calls it at start-up (set ``KDETECT_MALLOC=system`` to keep glibc's
-defaults); Python users can call it first thing, before TensorFlow creates its threads. Setting
-the environment variables ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` does
-the same for any program, and preloading tcmalloc has a similar effect.
+defaults); Python users can call it first thing, before TensorFlow creates its threads. The
+environment variables in :data:`RETAIN_FREED_MEMORY_ENV` do the same for any program started with
+them, and preloading tcmalloc has a similar effect.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
+
+#: The same settings as glibc environment variables, for a process started from outside.
+RETAIN_FREED_MEMORY_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(_INT_MAX),
+}
 
 
 def retain_freed_memory() -> bool:

@@ -53,3 +53,11 @@ def test_opt_out_keeps_glibc_defaults_which_fault_on_every_round():
     applied, faults = _run(KDETECT_MALLOC="system")
     assert applied == "False"
     assert faults > 9 * 10000  # each round maps fresh pages
+
+
+def test_the_environment_variables_have_the_same_effect():
+    from kdetect.allocator import RETAIN_FREED_MEMORY_ENV
+
+    applied, faults = _run(KDETECT_MALLOC="system", **RETAIN_FREED_MEMORY_ENV)
+    assert applied == "False"  # nothing set from Python: glibc read the variables at start-up
+    assert faults < 1000

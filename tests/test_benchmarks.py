@@ -18,7 +18,7 @@ import peer_torchvision  # noqa: E402
 def test_peer_serve_answers_one_timed_step_per_command(monkeypatch):
     built, calls = [], []
 
-    def fake_make_step(mode, batch_size):
+    def fake_make_step(mode, batch_size, threads=None):
         built.append((mode, batch_size))
         return lambda: calls.append((mode, batch_size))
 
