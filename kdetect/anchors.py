@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from keras import ops
 
 
 def _whctrs(anchor: np.ndarray) -> tuple[float, float, float, float]:
@@ -80,20 +81,52 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.n
     return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2.0).astype(np.float32)
 
 
-def grid_anchors(
-    feature_size: tuple[int, int], stride: int | tuple[int, int], base_anchors: np.ndarray
-) -> np.ndarray:
+def grid_anchors(feature_size, stride, base_anchors):
     """Shift ``base_anchors`` [A, 4] over a ``feature_size`` (H, W) grid with the given stride.
 
-    Returns float32 [H * W * A, 4] in ``xyxy`` pixels, cells in row-major order, anchors fastest.
+    ``feature_size`` and ``stride`` (one value or ``(stride_y, stride_x)``) may be Python ints or
+    scalar tensors, so anchors can follow feature maps whose size is only known when the graph
+    runs. Returns float32 [H * W * A, 4] in ``xyxy`` pixels, cells in row-major order, anchors
+    fastest.
     """
     height, width = feature_size
-    stride_y, stride_x = (stride, stride) if np.isscalar(stride) else stride
-    shift_x = np.arange(width, dtype=np.float32) * stride_x
-    shift_y = np.arange(height, dtype=np.float32) * stride_y
-    sy, sx = np.meshgrid(shift_y, shift_x, indexing="ij")
-    shifts = np.stack([sx, sy, sx, sy], axis=-1).reshape(-1, 1, 4)
-    return (shifts + base_anchors[None, :, :]).reshape(-1, 4).astype(np.float32)
+    scalar = np.isscalar(stride) or ops.ndim(stride) == 0
+    stride_y, stride_x = (stride, stride) if scalar else stride
+    shift_x = ops.cast(ops.arange(width), "float32") * ops.cast(stride_x, "float32")
+    shift_y = ops.cast(ops.arange(height), "float32") * ops.cast(stride_y, "float32")
+    sy, sx = ops.meshgrid(shift_y, shift_x, indexing="ij")
+    shifts = ops.reshape(ops.stack([sx, sy, sx, sy], axis=-1), (-1, 1, 4))
+    base = ops.convert_to_tensor(np.asarray(base_anchors, np.float32))
+    return ops.reshape(shifts + base[None, :, :], (-1, 4))
+
+
+def feature_strides(image_size, feature_size):
+    """Per-axis stride of a feature map as torchvision computes it: ``image // feature``.
+
+    For strides that divide the frame this is the nominal stride; for a level made by
+    subsampling (FPN's P6 of a frame that is not a multiple of 64) it is the integer quotient,
+    e.g. 800 // 13 = 61, which is what torchvision's anchor generator uses.
+    """
+    return image_size[0] // feature_size[0], image_size[1] // feature_size[1]
+
+
+def feature_map_anchors(
+    image_size,
+    feature_sizes,
+    sizes: Sequence[Sequence[float]],
+    aspect_ratios: Sequence[float],
+) -> list:
+    """Anchors of every level for feature maps of ``feature_sizes`` over an ``image_size``
+    frame (ints or scalar tensors): a list of float32 [H_l * W_l * A, 4] tensors."""
+    if len(feature_sizes) != len(sizes):
+        raise ValueError(
+            f"need one anchor size tuple per feature level: got {len(sizes)} size tuples for "
+            f"{len(feature_sizes)} levels"
+        )
+    return [
+        grid_anchors(fs, feature_strides(image_size, fs), cell_anchors(level_sizes, aspect_ratios))
+        for fs, level_sizes in zip(feature_sizes, sizes)
+    ]
 
 
 def multilevel_anchors(
@@ -109,6 +142,6 @@ def multilevel_anchors(
             f"{len(feature_sizes)} levels"
         )
     return [
-        grid_anchors(fs, stride, cell_anchors(level_sizes, aspect_ratios))
+        np.asarray(grid_anchors(fs, stride, cell_anchors(level_sizes, aspect_ratios)))
         for fs, stride, level_sizes in zip(feature_sizes, strides, sizes)
     ]

@@ -1,8 +1,11 @@
 """Backbones: ``keras.applications`` networks cut into feature maps, plus a tiny CNN for tests.
 
 A backbone is a functional ``keras.Model`` mapping a normalised image [B, H, W, 3] to the list of
-feature maps ``[C2, C3, C4, C5]`` (strides 4, 8, 16, 32). A C4-style detector (as in the original
-Faster R-CNN and Luminoth) uses only ``C4``; a detector with a feature pyramid uses all four.
+feature maps ``[C2, C3, C4, C5]`` (strides 4, 8, 16, 32). ``torchvision_resnet50`` is
+torchvision's ResNet50 (v1.5: the stride in the 3x3 conv, no conv biases, symmetric padding), the
+backbone of torchvision's COCO-trained detectors that :mod:`kdetect.pretrained` imports.
+A C4-style detector (as in the original Faster R-CNN and Luminoth) uses only ``C4``; a detector
+with a feature pyramid uses all four.
 The backbone knows nothing of detection.
 """
 
@@ -17,17 +20,19 @@ from keras import layers, ops
 from kdetect.errors import CheckpointError
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 
-BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "tiny")
+BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny")
 STRIDES = (4, 8, 16, 32)
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
 @dataclass(frozen=True)
 class _Spec:
-    builder: str | None  # keras.applications constructor name
+    builder: str | None  # keras.applications constructor name (None: built here)
     endpoints: tuple[str, str, str, str]  # layers giving C2..C5
     stem_end: str  # last layer of the stem
-    preprocessing: str  # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]) or "unit" ([0, 1])
+    # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]), "unit" ([0, 1]) or "imagenet" (RGB in
+    # [0, 1] standardised by ImageNet's mean and std, as torchvision models expect)
+    preprocessing: str
 
 
 _SPECS = {
@@ -55,10 +60,20 @@ _SPECS = {
         "expanded_conv_project_BN",
         "tf",
     ),
+    "torchvision_resnet50": _Spec(
+        None,
+        ("layer1_2_out", "layer2_3_out", "layer3_5_out", "layer4_2_out"),
+        "maxpool",
+        "imagenet",
+    ),
     "tiny": _Spec(None, ("c2", "c3", "c4", "c5"), "stem", "unit"),
 }
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+#: Blocks per stage of the torchvision ResNets kdetect builds.
+_TORCHVISION_RESNET_BLOCKS = {"torchvision_resnet50": (3, 4, 6, 3)}
 
 
 def preprocess_images(images, backbone: str):
@@ -69,6 +84,10 @@ def preprocess_images(images, backbone: str):
         return images[..., ::-1] - ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
     if mode == "tf":
         return images / 127.5 - 1.0
+    if mode == "imagenet":
+        mean = ops.convert_to_tensor(IMAGENET_MEAN_RGB, "float32")
+        std = ops.convert_to_tensor(IMAGENET_STD_RGB, "float32")
+        return (images / 255.0 - mean) / std
     return images / 255.0
 
 
@@ -92,6 +111,50 @@ def _tiny_backbone(input_shape) -> keras.Model:
         x = layers.Identity(name=f"c{i + 2}")(x)
         outputs.append(x)
     return keras.Model(inputs, outputs, name="tiny")
+
+
+def _torchvision_resnet(input_shape, blocks: tuple[int, ...], epsilon: float) -> keras.Model:
+    """torchvision's ResNet (v1.5 bottlenecks) as a functional Keras model.
+
+    It differs from ``keras.applications.ResNet50`` in ways that change every output: the stride
+    of a down-sampling block is in its 3x3 conv (not the first 1x1), convolutions have no bias,
+    and padding is symmetric (explicit ``ZeroPadding2D`` + ``valid``, where TensorFlow's ``same``
+    pads stride-2 convs more at the bottom/right). Layer names follow torchvision's module names
+    with ``.`` replaced by ``_`` (``layer2_0_downsample_0``), so a state dict maps onto them.
+    Max pooling pads with zeros, which equals torch's ``-inf`` padding after a ReLU.
+    """
+    inputs = keras.Input(input_shape)
+
+    def conv(x, filters, size, stride, name):
+        if stride > 1 and size > 1:
+            x = layers.ZeroPadding2D(size // 2, name=f"{name}_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same"
+        return layers.Conv2D(
+            filters, size, strides=stride, padding=padding, use_bias=False, name=name
+        )(x)
+
+    def batch_norm(x, name):
+        return BatchNormalization(epsilon=epsilon, name=name)(x)
+
+    x = conv(inputs, 64, 7, 2, "conv1")
+    x = layers.ReLU(name="relu")(batch_norm(x, "bn1"))
+    x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
+    for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        for index in range(count):
+            name = f"layer{stage}_{index}"
+            stride = 2 if index == 0 and stage > 1 else 1
+            y = layers.ReLU()(batch_norm(conv(x, width, 1, 1, f"{name}_conv1"), f"{name}_bn1"))
+            y = layers.ReLU()(batch_norm(conv(y, width, 3, stride, f"{name}_conv2"), f"{name}_bn2"))
+            y = batch_norm(conv(y, width * 4, 1, 1, f"{name}_conv3"), f"{name}_bn3")
+            shortcut = x
+            if index == 0:
+                shortcut = conv(x, width * 4, 1, stride, f"{name}_downsample_0")
+                shortcut = batch_norm(shortcut, f"{name}_downsample_1")
+            x = layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+    return keras.Model(inputs, x, name="torchvision_resnet")
 
 
 def _load_application(spec: _Spec, name: str, input_shape, weights):
@@ -125,6 +188,7 @@ def build_backbone(
     weights: str | None = None,
     freeze: str | None = None,
     frozen_batch_norm: bool = False,
+    batch_norm_epsilon: float | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """Build a backbone.
 
@@ -138,6 +202,9 @@ def build_backbone(
             ``"stage4"``), or None.
         frozen_batch_norm: run batch norm layers in inference mode with fixed statistics (the usual
             choice when fine-tuning pretrained weights with small batches).
+        batch_norm_epsilon: epsilon of every batch norm layer; None keeps the network's own
+            (1.001e-5 for ``keras.applications``, 1e-5 for torchvision's ResNets). torchvision's
+            COCO_V1 detectors run with 0.
 
     Returns:
         ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]``; ``full`` is the
@@ -156,11 +223,20 @@ def build_backbone(
     if spec.builder is None:
         if weights is not None:
             raise ValueError(
-                "the 'tiny' backbone has no pretrained weights; use backbone_weights=None"
+                f"the '{name}' backbone loads no weights file; use backbone_weights=None "
+                "(torchvision checkpoints are imported whole: kdetect checkpoint import)"
             )
-        full = _tiny_backbone(input_shape)
+        if name in _TORCHVISION_RESNET_BLOCKS:
+            epsilon = 1e-5 if batch_norm_epsilon is None else batch_norm_epsilon
+            full = _torchvision_resnet(input_shape, _TORCHVISION_RESNET_BLOCKS[name], epsilon)
+        else:
+            full = _tiny_backbone(input_shape)
     else:
         full = fuse_batch_norm(_load_application(spec, name, input_shape, weights))
+    if batch_norm_epsilon is not None:
+        for layer in full.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.epsilon = float(batch_norm_epsilon)
     features = keras.Model(
         full.inputs, [full.get_layer(e).output for e in spec.endpoints], name=f"{name}_features"
     )

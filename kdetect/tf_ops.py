@@ -15,6 +15,11 @@ from kdetect.boxes import xyxy_to_yxyx, yxyx_to_xyxy
 def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_threshold=-1e8):
     """Greedy NMS per image of a batch with a fixed-size output.
 
+    A box is suppressed by a higher-scoring kept box when their IoU is strictly greater than
+    ``iou_threshold`` (torchvision's rule; TensorFlow's ``non_max_suppression_padded`` suppresses
+    at ``>=`` and drops kept boxes whose coordinates are all <= 0, so the ``NonMaxSuppressionV4``
+    kernel, which has neither quirk and an XLA lowering, is used instead).
+
     Args:
         boxes: float [B, N, 4] ``xyxy``.
         scores: float [B, N].
@@ -27,22 +32,17 @@ def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_
         order (padding rows are 0), and int32 [B] the number of real entries per image.
     """
     boxes = tf.convert_to_tensor(boxes)
-    scores = tf.cast(tf.convert_to_tensor(scores), boxes.dtype)
-    yxyx = xyxy_to_yxyx(boxes)
-    # TF's padded NMS counts a kept box only if one of its coordinates is > 0 (all-zero rows are
-    # its padding), so boxes lying at non-positive coordinates would silently vanish. IoU does not
-    # change under translation: move each image's boxes so every coordinate is at least 1.
-    lowest = tf.reduce_min(yxyx, axis=[-2, -1], keepdims=True)
-    yxyx = yxyx + tf.maximum(1.0 - lowest, 0.0)
+    scores = tf.cast(tf.convert_to_tensor(scores), tf.float32)
+    yxyx = tf.cast(xyxy_to_yxyx(boxes), tf.float32)
 
     def one_image(args):
         image_boxes, image_scores = args
-        indices, num_valid = tf.image.non_max_suppression_padded(
-            image_boxes,
-            image_scores,
-            max_output_size,
-            iou_threshold=iou_threshold,
-            score_threshold=score_threshold,
+        indices, num_valid = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=image_boxes,
+            scores=image_scores,
+            max_output_size=max_output_size,
+            iou_threshold=float(iou_threshold),
+            score_threshold=float(score_threshold),
             pad_to_max_output_size=True,
         )
         return tf.cast(indices, tf.int32), tf.cast(num_valid, tf.int32)

@@ -147,8 +147,8 @@ def test_rpn_head_shapes_and_anchor_layout():
 def _anchors():
     return np.concatenate(
         [
-            grid_anchors((8, 8), 4, cell_anchors((8,), (0.5, 1.0, 2.0))),
-            grid_anchors((4, 4), 8, cell_anchors((16,), (0.5, 1.0, 2.0))),
+            np.asarray(grid_anchors((8, 8), 4, cell_anchors((8,), (0.5, 1.0, 2.0)))),
+            np.asarray(grid_anchors((4, 4), 8, cell_anchors((16,), (0.5, 1.0, 2.0)))),
         ]
     )
 
@@ -198,8 +198,8 @@ def test_rpn_target_assigner_vs_numpy():
 def _proposal_case(rng, batch=2, image_size=(32, 48)):
     h, w = image_size
     anchors_per_level = [
-        grid_anchors((h // 4, w // 4), 4, cell_anchors((12,), (0.5, 1.0, 2.0))),
-        grid_anchors((h // 8, w // 8), 8, cell_anchors((24,), (0.5, 1.0, 2.0))),
+        np.asarray(grid_anchors((h // 4, w // 4), 4, cell_anchors((12,), (0.5, 1.0, 2.0)))),
+        np.asarray(grid_anchors((h // 8, w // 8), 8, cell_anchors((24,), (0.5, 1.0, 2.0)))),
     ]
     total = sum(len(a) for a in anchors_per_level)
     logits = rng.normal(0, 2, (batch, total)).astype(np.float32)

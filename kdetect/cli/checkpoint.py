@@ -126,6 +126,33 @@ def pack(
     console.print(f"packed {run} -> {path} ({size:.1f} MB)", highlight=False)
 
 
+@checkpoint_app.command("import")
+def import_checkpoint(
+    weights: Annotated[Path, typer.Argument(help="Checkpoint file (.pth, .pt or .safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory to create.")],
+    source: Annotated[
+        str, typer.Option("--from", help="Framework the checkpoint comes from.")
+    ] = "torchvision",
+    arch: Annotated[
+        str, typer.Option("--arch", help="Architecture (torchvision's builder name).")
+    ] = "fasterrcnn_resnet50_fpn",
+    classes: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes",
+            help="Class names (classes.json or one per line); default: COCO's for COCO weights.",
+        ),
+    ] = None,
+) -> None:
+    """Import a torchvision Faster R-CNN checkpoint as a run (read without torch, no pickle
+    code is ever run); predict, evaluate, serve, export and train --set train.init_from=RUN
+    accept it."""
+    from kdetect.pretrained.importer import import_checkpoint as run_import
+
+    path = run_import(weights, output, arch=arch, source=source, classes=classes)
+    console.print(f"imported {weights} ({arch}) -> {path}", highlight=False)
+
+
 @checkpoint_app.command("unpack")
 def unpack(
     packed: Annotated[Path, typer.Argument(help="Packed .kdet file.")],

@@ -90,9 +90,12 @@ class MultiLevelRoIAlign:
     level ``floor(canonical_level + log2(sqrt(area) / canonical_size))`` clamped to the available
     levels, as in the FPN paper. The RoI, scaled by the level's ``1 / stride``, is split into
     ``output_size`` x ``output_size`` bins; in each bin ``sampling_ratio`` x ``sampling_ratio``
-    points are read by bilinear interpolation and averaged. Coordinates follow Detectron2's
-    ``aligned=True`` convention: a pixel's centre is at ``i + 0.5``, so sample positions are
-    shifted by -0.5 before interpolating. Points more than one pixel outside the map read 0.
+    points are read by bilinear interpolation and averaged. With ``aligned=True`` (Detectron2's
+    convention, kdetect's default) a pixel's centre is at ``i + 0.5``, so sample positions are
+    shifted by -0.5 before interpolating. ``aligned=False`` is the original RoIAlign that
+    torchvision's Faster R-CNN uses (``MultiScaleRoIAlign``): no shift, and a scaled RoI is at
+    least one feature pixel wide and high. Points more than one pixel outside the map read 0.
+    Feature maps may have sizes known only when the graph runs.
 
     Two implementations compute the same values (both are tested against a NumPy reference):
 
@@ -114,6 +117,7 @@ class MultiLevelRoIAlign:
         canonical_size, canonical_level: FPN's level-assignment constants (224, 4).
         min_level: pyramid level number of the first map (2 for P2); unused with one map.
         method: ``auto``, ``gather`` or ``crop_and_resize``.
+        aligned: half-pixel-offset RoIAlign (True) or torchvision's original one (False).
     """
 
     METHODS = ("auto", "gather", "crop_and_resize")
@@ -127,6 +131,7 @@ class MultiLevelRoIAlign:
         canonical_level: int = 4,
         min_level: int = 2,
         method: str = "auto",
+        aligned: bool = True,
     ):
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
@@ -137,6 +142,15 @@ class MultiLevelRoIAlign:
         self.canonical_size = float(canonical_size)
         self.canonical_level = int(canonical_level)
         self.min_level = int(min_level)
+        self.aligned = bool(aligned)
+
+    def _roi_grid(self, boxes, scale):
+        """Start and bin size of each scaled RoI along y and x: ``(y0, bin_h, x0, bin_w)``."""
+        x1, y1, x2, y2 = ops.unstack(boxes * ops.expand_dims(scale, -1), 4, axis=-1)
+        n = self.output_size
+        if self.aligned:
+            return y1 - 0.5, (y2 - y1) / n, x1 - 0.5, (x2 - x1) / n
+        return y1, ops.maximum(y2 - y1, 1.0) / n, x1, ops.maximum(x2 - x1, 1.0) / n
 
     def assign_levels(self, boxes):
         """Index (0-based, into ``strides``) of the level each box is pooled from: [B, R] int32."""
@@ -193,36 +207,36 @@ class MultiLevelRoIAlign:
         features = [tf.convert_to_tensor(f) for f in features]
         dtype = features[0].dtype
         channels = features[0].shape[-1]
-        heights = [f.shape[1] for f in features]
-        widths = [f.shape[2] for f in features]
-        padded_width = max(widths) + 2
+        heights = [tf.shape(f)[1] for f in features]
+        widths = [tf.shape(f)[2] for f in features]
+        padded_width = tf.reduce_max(tf.stack(widths)) + 2
         # Stack the levels vertically in one image per batch element: each level gets a
         # one-pixel edge-replicated border (RoIAlign's clamp for samples in [-1, 0) and
         # (H - 1, H]) and zeros on the right up to the widest level. Stacking vertically rather
         # than as [B * L, Hmax, Wmax, C] keeps the copy at ~1.4x the finest level, not 4x.
         blocks, row_offsets, total = [], [], 0
-        for f, h, w in zip(features, heights, widths):
+        for f, w in zip(features, widths):
             if dtype not in (tf.float16, tf.float32, tf.float64):
                 f = tf.cast(f, tf.float32)  # no bfloat16 gradient kernel
             f = tf.concat([f[:, :1], f, f[:, -1:]], axis=1)
             f = tf.concat([f[:, :, :1], f, f[:, :, -1:]], axis=2)
-            if w + 2 < padded_width:
-                f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
+            f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
             blocks.append(f)
             row_offsets.append(total + 1)  # stacked row of the level's row 0
-            total += h + 2
+            total = total + tf.shape(f)[1]
         image = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
         level = self.assign_levels(boxes)
-        pick = lambda values: tf.gather(tf.constant(values, tf.float32), level)  # noqa: E731
+        pick = lambda values: tf.gather(tf.cast(tf.stack(values), tf.float32), level)  # noqa: E731
         scale = pick([1.0 / s for s in self.strides])
-        height = pick([float(h) for h in heights])
-        width = pick([float(w) for w in widths])
-        row_offset = pick([float(r) for r in row_offsets])
+        height = pick(heights)
+        width = pick(widths)
+        row_offset = pick(row_offsets)
+        total = tf.cast(total, tf.float32)
+        padded_width = tf.cast(padded_width, tf.float32)
 
         n, sr = self.output_size, self.sampling_ratio
         count = n * sr
-        x1, y1, x2, y2 = tf.unstack(boxes * scale[..., None], 4, axis=-1)
         steps = (tf.range(count, dtype=tf.float32) + 0.5) / sr
 
         def axis(start, bin_size, limit, offset, extent):
@@ -232,8 +246,9 @@ class MultiLevelRoIAlign:
             last = (start + bin_size * steps[-1] + offset) / (extent - 1.0)
             return valid, first, last
 
-        y_valid, ny1, ny2 = axis(y1 - 0.5, (y2 - y1) / n, height, row_offset, float(total))
-        x_valid, nx1, nx2 = axis(x1 - 0.5, (x2 - x1) / n, width, 1.0, float(padded_width))
+        y0, bin_h, x0, bin_w = self._roi_grid(boxes, scale)
+        y_valid, ny1, ny2 = axis(y0, bin_h, height, row_offset, total)
+        x_valid, nx1, nx2 = axis(x0, bin_w, width, 1.0, padded_width)
         crop_boxes = tf.reshape(tf.stack([ny1, nx1, ny2, nx2], axis=-1), (-1, 4))
         box_indices = tf.repeat(tf.range(batch), num_rois)
         samples = tf.image.crop_and_resize(
@@ -251,28 +266,28 @@ class MultiLevelRoIAlign:
         batch = ops.shape(boxes)[0]
         num_rois = boxes.shape[1]
         channels = features[0].shape[-1]
-        heights = [f.shape[1] for f in features]
-        widths = [f.shape[2] for f in features]
+        heights = [ops.shape(f)[1] for f in features]
+        widths = [ops.shape(f)[2] for f in features]
         offsets, total = [], 0
         for h, w in zip(heights, widths):
             offsets.append(total)
-            total += h * w
+            total = total + h * w
         # One row per (image, position) so that a plain ``take`` on axis 0 reads any sample.
         flat = ops.concatenate([ops.reshape(f, (batch, -1, channels)) for f in features], axis=1)
         flat = ops.reshape(flat, (-1, channels))
         image_offset = ops.arange(batch, dtype="int32")[:, None, None, None] * total
 
         level = self.assign_levels(boxes)
-        pick = lambda values: ops.take(ops.convert_to_tensor(values, "float32"), level)  # noqa: E731
-        scale = pick([1.0 / s for s in self.strides])
-        height = pick(heights)
-        width = pick(widths)
-        offset = ops.take(ops.convert_to_tensor(offsets, "int32"), level)
+        stacked = lambda values, dtype: ops.cast(ops.stack(values), dtype)  # noqa: E731
+        scale = ops.take(stacked([1.0 / s for s in self.strides], "float32"), level)
+        height = ops.take(stacked(heights, "float32"), level)
+        width = ops.take(stacked(widths, "float32"), level)
+        offset = ops.take(stacked(offsets, "int32"), level)
 
-        x1, y1, x2, y2 = ops.unstack(boxes * ops.expand_dims(scale, -1), 4, axis=-1)
         n, sr = self.output_size, self.sampling_ratio
-        ys = self._axis_samples(y1 - 0.5, (y2 - y1) / n, height, n, sr)
-        xs = self._axis_samples(x1 - 0.5, (x2 - x1) / n, width, n, sr)
+        y0, bin_h, x0, bin_w = self._roi_grid(boxes, scale)
+        ys = self._axis_samples(y0, bin_h, height, n, sr)
+        xs = self._axis_samples(x0, bin_w, width, n, sr)
         row_width = ops.cast(width, "int32")
 
         pooled = 0.0

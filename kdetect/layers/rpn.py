@@ -11,6 +11,7 @@ from keras import ops
 
 from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
 from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
+from kdetect.tf_ops import nms_padded
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
@@ -115,8 +116,11 @@ class ProposalGenerator:
     """Turns RPN outputs into a fixed number of object proposals per image.
 
     Per pyramid level: keep the ``pre_nms_top_n`` highest-scoring anchors, decode their deltas,
-    clip to the image, discard boxes smaller than ``min_size``; then non-maximum suppression at
-    ``nms_thresh`` within each level, and finally the ``post_nms_top_n`` best over all levels.
+    clip to the image, discard boxes smaller than ``min_size`` or scoring below
+    ``score_thresh``; then non-maximum suppression at ``nms_thresh`` within each level (levels
+    never suppress each other), and finally the ``post_nms_top_n`` best over all levels. This is
+    torchvision's ``RegionProposalNetwork.filter_proposals``; each level runs its own NMS call
+    rather than one call over boxes shifted apart per level, which would round coordinates.
 
     Returns ``(proposals, valid)``: [B, post_nms_top_n, 4] ``xyxy`` and bool [B, post_nms_top_n]
     (False for padding rows when fewer boxes survive). Gradients do not flow into proposals.
@@ -139,40 +143,50 @@ class ProposalGenerator:
         self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
 
     def __call__(self, logits, deltas, anchors_per_level, image_size):
-        from kdetect.tf_ops import nms_padded
-
+        """``anchors_per_level``: list of [A_l, 4]; ``image_size``: (height, width) to clip to,
+        ints or scalar tensors."""
         height, width = image_size
         logits = ops.stop_gradient(ops.cast(logits, "float32"))
         deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
-        boxes_all, scores_all, offsets = [], [], []
+        per_level = min(self.pre_nms_top_n, self.post_nms_top_n)
+        level_boxes, level_scores = [], []
         start = 0
-        # Boxes of different levels never suppress each other: shift each level to its own region
-        # of the plane before one NMS call (the "batched NMS" coordinate trick).
-        level_offset = float(max(height, width) + 1)
-        for level, anchors in enumerate(anchors_per_level):
-            count = anchors.shape[0]
+        for anchors in anchors_per_level:
+            anchors = ops.convert_to_tensor(anchors)
+            count = anchors.shape[0] if anchors.shape[0] is not None else ops.shape(anchors)[0]
             level_logits = logits[:, start : start + count]
             level_deltas = deltas[:, start : start + count]
-            start += count
-            k = min(self.pre_nms_top_n, count)
+            start = start + count
+            k = (
+                min(self.pre_nms_top_n, count)
+                if isinstance(count, int)
+                else ops.minimum(self.pre_nms_top_n, count)
+            )
             top_logits, top_idx = ops.top_k(level_logits, k)
             top_deltas = ops.take_along_axis(level_deltas, ops.expand_dims(top_idx, -1), axis=1)
-            top_anchors = ops.take(ops.convert_to_tensor(anchors), top_idx, axis=0)
+            top_anchors = ops.take(anchors, top_idx, axis=0)
             boxes = clip_boxes(self.box_coder.decode(top_deltas, top_anchors), height, width)
             scores = ops.sigmoid(top_logits)
             x1, y1, x2, y2 = ops.unstack(boxes, 4, axis=-1)
             keep = ((x2 - x1) >= self.min_size) & ((y2 - y1) >= self.min_size)
             keep = keep & (scores >= self.score_thresh)
-            boxes_all.append(boxes)
-            scores_all.append(ops.where(keep, scores, -1.0))
-            offsets.append(ops.full((k,), level * level_offset))
-        boxes = ops.concatenate(boxes_all, axis=1)
-        scores = ops.concatenate(scores_all, axis=1)
-        shift = ops.expand_dims(ops.expand_dims(ops.concatenate(offsets, axis=0), 0), -1)
-        indices, num_valid = nms_padded(
-            boxes + shift, scores, self.post_nms_top_n, self.nms_thresh, score_threshold=-0.5
-        )
-        proposals = ops.take_along_axis(boxes, ops.expand_dims(indices, -1), axis=1)
-        valid = ops.arange(self.post_nms_top_n)[None, :] < ops.expand_dims(num_valid, -1)
+            scores = ops.where(keep, scores, -1.0)
+            indices, num_valid = nms_padded(
+                boxes, scores, per_level, self.nms_thresh, score_threshold=-0.5
+            )
+            kept = ops.arange(per_level)[None, :] < ops.expand_dims(num_valid, -1)
+            level_boxes.append(ops.take_along_axis(boxes, ops.expand_dims(indices, -1), axis=1))
+            level_scores.append(ops.where(kept, ops.take_along_axis(scores, indices, axis=1), -1.0))
+        boxes = ops.concatenate(level_boxes, axis=1)
+        scores = ops.concatenate(level_scores, axis=1)
+        num_out = min(self.post_nms_top_n, boxes.shape[1])
+        top_scores, order = ops.top_k(scores, num_out)
+        proposals = ops.take_along_axis(boxes, ops.expand_dims(order, -1), axis=1)
+        valid = top_scores >= 0.0
+        if num_out < self.post_nms_top_n:  # fewer candidates than rows: pad with invalid rows
+            batch = ops.shape(proposals)[0]
+            short = self.post_nms_top_n - num_out
+            proposals = ops.concatenate([proposals, ops.zeros((batch, short, 4))], axis=1)
+            valid = ops.concatenate([valid, ops.zeros((batch, short), "bool")], axis=1)
         proposals = ops.where(ops.expand_dims(valid, -1), proposals, 0.0)
         return proposals, valid

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kdetect.anchors import multilevel_anchors
+from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import build_backbone, preprocess_images, resnet_stage5_head
 from kdetect.boxes import BoxCoder, clip_boxes
 from kdetect.layers import (
@@ -23,8 +23,10 @@ from kdetect.layers import (
     RPNHead,
     RPNTargetAssigner,
 )
+from kdetect.pretrained.torchvision import load_torchvision
 
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
+RESIZE_MODES = ("fit", "min_max")
 
 
 def smooth_l1(diff, beta: float):
@@ -76,6 +78,11 @@ class FasterRCNN(keras.Model):
         box_*: RoI head settings (torchvision's names and defaults); ``box_head_units`` is the
             width of the two fully connected layers of the MLP head.
         bbox_reg_weights: box coder weights of the RoI head.
+        roi_align_aligned: half-pixel RoIAlign (Detectron2's ``aligned=True``); torchvision's
+            detectors use False.
+        resize_mode: ``fit`` or ``min_max`` (see above); ``min_size`` / ``max_size`` are the
+            latter's sizes.
+        batch_norm_epsilon: epsilon of the backbone's batch norm; None keeps the backbone's own.
         seed: seed of the training-time samplers.
     """
 
@@ -112,6 +119,11 @@ class FasterRCNN(keras.Model):
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
         bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        roi_align_aligned: bool = True,
+        resize_mode: str = "fit",
+        min_size: int = 800,
+        max_size: int = 1333,
+        batch_norm_epsilon: float | None = None,
         seed: int | None = None,
         **kwargs,
     ):
@@ -123,6 +135,10 @@ class FasterRCNN(keras.Model):
             )
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
         if anchor_sizes is None:
             anchor_sizes = (
                 ((32,), (64,), (128,), (256,), (512,)) if fpn else ((32, 64, 128, 256, 512),)
@@ -133,23 +149,29 @@ class FasterRCNN(keras.Model):
 
         # --- Layers -------------------------------------------------------------------------
         features, full = build_backbone(
-            backbone, image_size + (3,), backbone_weights, freeze, frozen_batch_norm
+            backbone,
+            image_size + (3,),
+            backbone_weights,
+            freeze,
+            frozen_batch_norm,
+            batch_norm_epsilon=batch_norm_epsilon,
         )
         c4_style_resnet = not fpn and backbone.startswith("resnet")
         if fpn:
             self.backbone = features
             self.fpn = FeaturePyramid(fpn_channels, name="fpn")
             rpn_channels = fpn_channels
-            rpn_strides = (4, 8, 16, 32, 64)
+            rpn_levels = 5  # P2..P6
             roi_strides = (4, 8, 16, 32)
         else:
             self.backbone = keras.Model(full.inputs, features.outputs[2], name=f"{backbone}_c4")
             self.fpn = None
             rpn_channels = features.output_shape[2][-1]
-            rpn_strides = roi_strides = (16,)
-        if len(anchor_sizes) != len(rpn_strides):
+            rpn_levels = 1
+            roi_strides = (16,)
+        if len(anchor_sizes) != rpn_levels:
             raise ValueError(
-                f"anchor_sizes needs {len(rpn_strides)} tuples (one per RPN level), "
+                f"anchor_sizes needs {rpn_levels} tuples (one per RPN level), "
                 f"got {len(anchor_sizes)}"
             )
         num_anchors = len(anchor_sizes[0]) * len(aspect_ratios)
@@ -157,7 +179,9 @@ class FasterRCNN(keras.Model):
             raise ValueError("every RPN level needs the same number of anchor sizes")
         self.rpn_head = RPNHead(num_anchors, rpn_channels, name="rpn_head")
         roi_output_size = 2 * box_roi_pool_size if c4_style_resnet else box_roi_pool_size
-        self.roi_align = MultiLevelRoIAlign(roi_strides, roi_output_size, box_sampling_ratio)
+        self.roi_align = MultiLevelRoIAlign(
+            roi_strides, roi_output_size, box_sampling_ratio, aligned=roi_align_aligned
+        )
         if c4_style_resnet:
             self.box_head = resnet_stage5_head(full, backbone)
         else:
@@ -212,6 +236,9 @@ class FasterRCNN(keras.Model):
         self.anchor_sizes = anchor_sizes
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.fpn_channels = fpn_channels
+        self.resize_mode = resize_mode
+        self.min_size = int(min_size)
+        self.max_size = int(max_size)
         self._config = {
             "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
             "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
@@ -234,25 +261,14 @@ class FasterRCNN(keras.Model):
             "box_batch_size_per_image": box_batch_size_per_image,
             "box_positive_fraction": box_positive_fraction,
             "bbox_reg_weights": tuple(float(w) for w in bbox_reg_weights),
+            "roi_align_aligned": bool(roi_align_aligned),
+            "batch_norm_epsilon": batch_norm_epsilon,
             "seed": seed,
         }
 
-        # Anchors are constants of the (static) input size.
         spec = self.backbone.compute_output_spec(keras.KerasTensor((1,) + image_size + (3,)))
         self._feature_shapes = [tuple(t.shape) for t in spec] if fpn else tuple(spec.shape)
-        rpn_feature_sizes = self._rpn_feature_sizes()
-        self.anchors_per_level = multilevel_anchors(
-            rpn_feature_sizes, rpn_strides, anchor_sizes, self.aspect_ratios
-        )
         self.build((None,) + image_size + (3,))
-
-    # --- Construction helpers ---------------------------------------------------------------
-    def _rpn_feature_sizes(self):
-        if self.use_fpn:
-            sizes = [tuple(shape[1:3]) for shape in self._feature_shapes]
-            p5 = sizes[-1]
-            return sizes + [((p5[0] + 1) // 2, (p5[1] + 1) // 2)]
-        return [tuple(self._feature_shapes[1:3])]
 
     def build(self, input_shape):
         feature_shapes = self._feature_shapes
@@ -273,14 +289,20 @@ class FasterRCNN(keras.Model):
         self.built = True
 
     # --- The forward pass, written once -----------------------------------------------------
-    def _feature_maps(self, images, training):
-        """(RPN feature maps, RoI feature maps) of preprocessed images."""
-        x = preprocess_images(images, self.backbone_name)
-        features = self.backbone(x, training=training)
+    def _feature_maps(self, inputs, training):
+        """(RPN feature maps, RoI feature maps) of normalised images."""
+        features = self.backbone(inputs, training=training)
         if self.fpn is None:
             return [features], [features]
         pyramid = self.fpn(features)
         return pyramid, pyramid[:4]
+
+    def _anchors(self, inputs, rpn_features):
+        """Anchors of each RPN level for the feature maps of this frame (static shapes fold to
+        constants; a frame known only at run time gets anchors computed in the graph)."""
+        frame = ops.shape(inputs)[1:3]
+        sizes = [ops.shape(f)[1:3] for f in rpn_features]
+        return feature_map_anchors(frame, sizes, self.anchor_sizes, self.aspect_ratios)
 
     def _box_branch(self, roi_features, rois, training):
         """Class logits [B, R, C + 1] and deltas [B, R, C, 4] for RoIs [B, R, 4]."""
@@ -296,15 +318,20 @@ class FasterRCNN(keras.Model):
             x = ops.reshape(self.box_head(flat, training=training), (batch, num, -1))
         return self.box_predictor(x)
 
-    def call(self, images, training=False):
-        """Detections for images already at ``image_size`` (pixels of that padded frame)."""
-        rpn_features, roi_features = self._feature_maps(images, training)
+    def detect(self, inputs, image_size, training=False):
+        """Detections for normalised images ``inputs`` [B, H, W, 3] of any frame whose content
+        fills the top-left ``image_size`` (height, width); boxes in pixels of that frame."""
+        rpn_features, roi_features = self._feature_maps(inputs, training)
         logits, deltas = self.rpn_head(rpn_features)
-        proposals, valid = self.test_proposals(
-            logits, deltas, self.anchors_per_level, self.image_size
-        )
+        anchors = self._anchors(inputs, rpn_features)
+        proposals, valid = self.test_proposals(logits, deltas, anchors, image_size)
         class_logits, box_deltas = self._box_branch(roi_features, proposals, training)
-        return self.decoder(class_logits, box_deltas, proposals, valid, self.image_size)
+        return self.decoder(class_logits, box_deltas, proposals, valid, image_size)
+
+    def call(self, images, training=False):
+        """Detections for raw images already at ``image_size`` (pixels of that padded frame)."""
+        inputs = preprocess_images(images, self.backbone_name)
+        return self.detect(inputs, ops.shape(images)[1:3], training=training)
 
     # --- Training -------------------------------------------------------------------------
     def compute_losses(self, images, bounding_boxes, training=True):
@@ -313,14 +340,15 @@ class FasterRCNN(keras.Model):
         gt_labels = ops.cast(bounding_boxes["labels"], "int32")
         gt_valid = gt_labels >= 0
 
-        rpn_features, roi_features = self._feature_maps(images, training)
+        inputs = preprocess_images(images, self.backbone_name)
+        frame = ops.shape(images)[1:3]
+        rpn_features, roi_features = self._feature_maps(inputs, training)
         logits, deltas = self.rpn_head(rpn_features)
         logits = ops.cast(logits, "float32")
         deltas = ops.cast(deltas, "float32")
 
-        anchors = ops.convert_to_tensor(
-            ops.concatenate([ops.convert_to_tensor(a) for a in self.anchors_per_level], axis=0)
-        )
+        anchors_per_level = self._anchors(inputs, rpn_features)
+        anchors = ops.concatenate(anchors_per_level, axis=0)
         rpn_labels, rpn_box_targets = self.rpn_targets(
             anchors, gt_boxes, gt_valid, seed=self.seed_generator
         )
@@ -332,9 +360,7 @@ class FasterRCNN(keras.Model):
         rpn_box = ops.sum(smooth_l1(deltas - rpn_box_targets, 1.0 / 9.0), axis=-1)
         rpn_box_loss = ops.sum(rpn_box * positive) / num_sampled
 
-        proposals, valid = self.train_proposals(
-            logits, deltas, self.anchors_per_level, self.image_size
-        )
+        proposals, valid = self.train_proposals(logits, deltas, anchors_per_level, frame)
         samples = self.roi_sampler(proposals, valid, gt_boxes, gt_labels, seed=self.seed_generator)
         class_logits, box_deltas = self._box_branch(roi_features, samples["rois"], training)
         class_logits = ops.cast(class_logits, "float32")
@@ -469,6 +495,33 @@ class FasterRCNN(keras.Model):
         padded = tf.image.pad_to_bounding_box(resized, 0, 0, target_h, target_w)
         return ops.reshape(padded, (-1, target_h, target_w, 3)), scale
 
+    def min_max_size(self, height, width):
+        """torchvision's resized size: the short side to ``min_size`` unless the long side would
+        pass ``max_size``. As torchvision computes it in eager mode, the scale is a float64
+        quotient and each side is ``floor(side * scale)`` in float64, so rounding can land one
+        pixel short (194 px at scale 800 / 194 becomes 799)."""
+        h = ops.cast(height, "float64")
+        w = ops.cast(width, "float64")
+        scale = ops.minimum(
+            float(self.min_size) / ops.minimum(h, w), float(self.max_size) / ops.maximum(h, w)
+        )
+        return ops.cast(ops.floor(h * scale), "int32"), ops.cast(ops.floor(w * scale), "int32")
+
+    def _predict_min_max(self, images):
+        """``min_max`` transform: normalise, resize, pad to 32 with zeros, detect, map back."""
+        shape = ops.shape(images)
+        inputs = preprocess_images(images, self.backbone_name)
+        new_h, new_w = self.min_max_size(shape[1], shape[2])
+        inputs = tf.image.resize(inputs, ops.stack([new_h, new_w]), method="bilinear")
+        frame_h = (new_h + 31) // 32 * 32
+        frame_w = (new_w + 31) // 32 * 32
+        inputs = tf.pad(inputs, [[0, 0], [0, frame_h - new_h], [0, frame_w - new_w], [0, 0]])
+        detections = self.detect(inputs, (new_h, new_w))
+        ratio_h = ops.cast(shape[1], "float32") / ops.cast(new_h, "float32")
+        ratio_w = ops.cast(shape[2], "float32") / ops.cast(new_w, "float32")
+        ratios = ops.stack([ratio_w, ratio_h, ratio_w, ratio_h])
+        return detections, detections["boxes"] * ratios
+
     def predict_step(self, data):
         if isinstance(data, (tuple, list)):
             data = data[0]
@@ -476,9 +529,13 @@ class FasterRCNN(keras.Model):
             data = data["images"]
         self._mark_xla_step(False)
         shape = ops.shape(data)
-        images, scale = self.resize_and_pad(data)
-        detections = self(images, training=False)
-        boxes = clip_boxes(detections["boxes"] / scale, shape[1], shape[2])
+        if self.resize_mode == "min_max":
+            detections, boxes = self._predict_min_max(ops.cast(data, "float32"))
+        else:
+            images, scale = self.resize_and_pad(data)
+            detections = self(images, training=False)
+            boxes = detections["boxes"] / scale
+        boxes = clip_boxes(boxes, shape[1], shape[2])
         valid = ops.expand_dims(detections["labels"] >= 0, -1)
         detections["boxes"] = ops.where(valid, boxes, 0.0)
         return detections
@@ -499,10 +556,25 @@ class FasterRCNN(keras.Model):
                 "anchor_sizes": self.anchor_sizes,
                 "aspect_ratios": self.aspect_ratios,
                 "fpn_channels": self.fpn_channels,
+                "resize_mode": self.resize_mode,
+                "min_size": self.min_size,
+                "max_size": self.max_size,
                 **self._config,
             }
         )
         return config
+
+    @classmethod
+    def from_torchvision(cls, weights, arch: str = "fasterrcnn_resnet50_fpn", **overrides):
+        """A detector holding a torchvision Faster R-CNN checkpoint's weights.
+
+        ``weights`` is a ``.pth`` / ``.safetensors`` file (read without torch and without
+        running pickled code) or a state dict of arrays; ``arch`` is torchvision's builder name
+        (``fasterrcnn_resnet50_fpn``). The result predicts what torchvision's ``model.eval()``
+        predicts, with kdetect label ``i`` = torchvision label ``i + 1``; ``overrides`` change
+        other ``FasterRCNN`` arguments (e.g. ``box_score_thresh``).
+        """
+        return load_torchvision(cls, weights, arch, **overrides)
 
     @classmethod
     def from_config(cls, config):

@@ -183,6 +183,11 @@ def model_kwargs(
         "aspect_ratios": tuple(model.aspect_ratios),
         "frozen_batch_norm": model.frozen_batch_norm,
         "fpn_channels": model.fpn_channels,
+        "batch_norm_epsilon": model.batch_norm_epsilon,
+        "roi_align_aligned": model.roi_align_aligned,
+        "resize_mode": model.resize_mode,
+        "min_size": model.min_size,
+        "max_size": model.max_size,
         "seed": seed,
     }
     if model.anchor_sizes is not None:

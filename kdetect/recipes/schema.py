@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from kdetect.errors import RecipeError
 
-BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "tiny")
+BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny")
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 FORMATS = ("shapes", "voc", "coco", "csv", "tfrecord")
 
@@ -86,8 +86,12 @@ class BoxConfig:
 class ModelConfig:
     """The detector. The number of classes comes from the data section."""
 
-    backbone: Literal["resnet50", "resnet101", "vgg16", "mobilenet_v2", "tiny"] = _f(
-        "resnet50", "feature extractor; `tiny` is a small CNN for tests and demos"
+    backbone: Literal[
+        "resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny"
+    ] = _f(
+        "resnet50",
+        "feature extractor; `torchvision_resnet50` is torchvision's ResNet50 (the backbone of "
+        "imported torchvision checkpoints); `tiny` is a small CNN for tests and demos",
     )
     fpn: bool = _f(True, "use a feature pyramid (false: single C4 feature map, like Luminoth)")
     backbone_weights: str | None = _f(
@@ -108,6 +112,20 @@ class ModelConfig:
         None, "keep backbone batch-norm statistics fixed; null: true when backbone_weights is set"
     )
     fpn_channels: int = _f(256, "channels of the feature pyramid levels", gt=0)
+    batch_norm_epsilon: float | None = _f(
+        None, "epsilon of the backbone's batch norm; null keeps the backbone's own", ge=0
+    )
+    roi_align_aligned: bool = _f(
+        True, "half-pixel RoIAlign (Detectron2's aligned=True); torchvision's detectors use false"
+    )
+    resize_mode: Literal["fit", "min_max"] = _f(
+        "fit",
+        "how predict, evaluate, serve and export resize images: `fit` into data.image_size, or "
+        "`min_max` as torchvision does (short side to min_size unless the long side passes "
+        "max_size; each image at its own frame, padded to a multiple of 32)",
+    )
+    min_size: int = _f(800, "short side of an image resized in `min_max` mode", gt=0)
+    max_size: int = _f(1333, "longest long side of an image resized in `min_max` mode", gt=0)
     rpn: RPNConfig = _f(RPNConfig, "region proposal network settings")
     box: BoxConfig = _f(BoxConfig, "RoI box head settings")
 

@@ -1,0 +1,234 @@
+"""Import torchvision's Faster R-CNN checkpoints into kdetect's own :class:`FasterRCNN`.
+
+An architecture name (torchvision's builder name) stands for the ``FasterRCNN`` options that
+reproduce it exactly: torchvision's ResNet50 (v1.5) with frozen batch norm of the checkpoint's
+epsilon, RoIAlign with ``aligned=False``, the ``min_max`` resize (800 / 1333, each image at its
+own frame padded to 32), anchors, RPN and box-head settings at torchvision's defaults. The state
+dict is read without torch (:mod:`kdetect.pretrained.state_dict`) and mapped tensor by tensor:
+
+* convolutions OIHW -> HWIO, linear layers transposed;
+* frozen batch norm ``weight/bias/running_mean/running_var`` -> ``gamma/beta/moving_*``;
+* the first box-head layer (``fc6``) reads a RoI flattened channel-major (C, 7, 7) in torch and
+  (7, 7, C) in kdetect, so its input rows are permuted;
+* torchvision's label 0 is the background: the class logits keep it first (as kdetect does),
+  and the box deltas of label 0, which kdetect does not predict, are dropped.
+
+Every key of the file must be used and every weight of the model set; otherwise the error names
+the first missing and unexpected keys and shape mismatches, so a wrong ``arch`` is caught.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from kdetect.errors import CheckpointError
+from kdetect.pretrained.state_dict import read_state_dict
+
+#: kdetect ``FasterRCNN`` options of each importable torchvision architecture.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "fasterrcnn_resnet50_fpn": {
+        "backbone": "torchvision_resnet50",
+        "fpn": True,
+        "frozen_batch_norm": True,
+        "batch_norm_epsilon": 0.0,  # torchvision loads COCO_V1 with overwrite_eps(model, 0.0)
+        "freeze": "stage1",  # torchvision's default trainable_backbone_layers=3
+        "roi_align_aligned": False,
+        "resize_mode": "min_max",
+        "min_size": 800,
+        "max_size": 1333,
+        "image_size": (800, 1344),  # the training frame; predict uses min_max
+    },
+}
+
+#: torchvision's published COCO weights of each architecture: (weights enum, file, box AP).
+PUBLISHED_WEIGHTS = {
+    "fasterrcnn_resnet50_fpn": (
+        "FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
+        "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+        37.0,
+    ),
+}
+
+_CLASS_LOGITS_KEY = "roi_heads.box_predictor.cls_score.weight"
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Module names that torchvision 0.13 changed; both spellings are accepted.
+_RENAMES = (
+    ("rpn.head.conv.0.0.", "rpn.head.conv."),
+    *((f"backbone.fpn.inner_blocks.{i}.0.", f"backbone.fpn.inner_blocks.{i}.") for i in range(4)),
+    *((f"backbone.fpn.layer_blocks.{i}.0.", f"backbone.fpn.layer_blocks.{i}.") for i in range(4)),
+)
+
+
+def normalise_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keys in one spelling: no ``module.`` prefix (DataParallel), pre-0.13 module names."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for new, old in _RENAMES:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+        out[key] = value
+    return out
+
+
+def _conv(w):
+    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def _linear(w):
+    return np.transpose(w)
+
+
+def _same(w):
+    return w
+
+
+def _weight_plan(model) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray]]]:
+    """torchvision key -> (kdetect variable, converter) for every weight of ``model``."""
+    import keras
+
+    plan: dict[str, tuple[Any, Callable]] = {}
+
+    def conv(prefix, layer):
+        plan[prefix + "weight"] = (layer.kernel, _conv)
+        if layer.use_bias:
+            plan[prefix + "bias"] = (layer.bias, _same)
+
+    def linear(prefix, layer, weight=_linear, bias=_same):
+        plan[prefix + "weight"] = (layer.kernel, weight)
+        plan[prefix + "bias"] = (layer.bias, bias)
+
+    for layer in model.backbone.layers:
+        prefix = "backbone.body." + layer.name.replace("_", ".") + "."
+        if isinstance(layer, keras.layers.Conv2D):
+            conv(prefix, layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            plan[prefix + "weight"] = (layer.gamma, _same)
+            plan[prefix + "bias"] = (layer.beta, _same)
+            plan[prefix + "running_mean"] = (layer.moving_mean, _same)
+            plan[prefix + "running_var"] = (layer.moving_variance, _same)
+    for i, (lateral, output) in enumerate(zip(model.fpn.lateral_convs, model.fpn.output_convs)):
+        conv(f"backbone.fpn.inner_blocks.{i}.", lateral)
+        conv(f"backbone.fpn.layer_blocks.{i}.", output)
+    conv("rpn.head.conv.", model.rpn_head.conv)
+    conv("rpn.head.cls_logits.", model.rpn_head.objectness)
+    conv("rpn.head.bbox_pred.", model.rpn_head.box_deltas)
+
+    size = model.roi_align.output_size
+    channels = model.fpn_channels
+
+    def fc6(w):  # [units, C * S * S] channel-major -> [S * S * C, units] channel-last
+        units = w.shape[0]
+        w = w.reshape(units, channels, size, size).transpose(2, 3, 1, 0)
+        return w.reshape(size * size * channels, units)
+
+    linear("roi_heads.box_head.fc6.", model.box_head.fc1, weight=fc6)
+    linear("roi_heads.box_head.fc7.", model.box_head.fc2)
+    linear("roi_heads.box_predictor.cls_score.", model.box_predictor.cls_score)
+    linear(
+        "roi_heads.box_predictor.bbox_pred.",
+        model.box_predictor.bbox_pred,
+        weight=lambda w: np.transpose(w[4:]),  # drop the background's deltas
+        bias=lambda b: b[4:],
+    )
+    return plan
+
+
+def _state(source) -> tuple[str, dict[str, np.ndarray]]:
+    if isinstance(source, Mapping):
+        return "state dict", {k: np.asarray(v) for k, v in source.items()}
+    name = os.fspath(source)
+    return name, read_state_dict(name)
+
+
+def _listing(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overrides):
+    """A ``cls`` (``FasterRCNN``) holding the weights of a torchvision checkpoint.
+
+    Args:
+        cls: the detector class.
+        source: a ``.pth`` / ``.pt`` / ``.safetensors`` path, or a state dict of arrays.
+        arch: torchvision's builder name, one of :data:`ARCHITECTURES`.
+        overrides: ``FasterRCNN`` arguments to change (e.g. ``box_score_thresh``); the class
+            count always comes from the checkpoint.
+
+    Raises:
+        CheckpointError: unreadable file, unknown ``arch``, or a file whose keys or shapes are
+            not those of ``arch`` (the message names the first differences).
+    """
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"unknown --arch {arch!r}; importable: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    name, state = _state(source)
+    state = {k: v for k, v in normalise_keys(state).items() if not k.endswith(_IGNORED_SUFFIXES)}
+    if _CLASS_LOGITS_KEY not in state or np.ndim(state[_CLASS_LOGITS_KEY]) != 2:
+        raise CheckpointError(
+            f"{name}: not a torchvision Faster R-CNN checkpoint (no {_CLASS_LOGITS_KEY})"
+        )
+    num_classes = int(state[_CLASS_LOGITS_KEY].shape[0]) - 1
+    if num_classes < 1:
+        raise CheckpointError(f"{name}: {_CLASS_LOGITS_KEY} has no foreground class")
+    options = {**ARCHITECTURES[arch], **overrides, "num_classes": num_classes}
+    model = cls(**options)
+    plan = _weight_plan(model)
+    missing = sorted(set(plan) - set(state))
+    unexpected = sorted(set(state) - set(plan))
+    mismatched = []
+    converted = {}
+    for key in sorted(set(plan) & set(state)):
+        variable, convert = plan[key]
+        value = convert(np.asarray(state[key], dtype=np.float32))
+        if tuple(value.shape) != tuple(variable.shape):
+            mismatched.append(f"{key} {tuple(state[key].shape)}")
+        converted[key] = value
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_listing(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches ({_listing(mismatched)})")
+        raise CheckpointError(f"{name}: not a {arch} checkpoint: " + "; ".join(parts))
+    for key, value in converted.items():
+        plan[key][0].assign(value)
+    return model
+
+
+def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
+    """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
+    options = dict(ARCHITECTURES[arch])
+    image_size = list(options.pop("image_size"))
+    return {
+        "name": name,
+        "model": options,
+        "data": {"format": "coco", "image_size": image_size, "batch_size": 2},
+    }
+
+
+def _read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names from ``classes.json`` or a text file with one name per line."""
+    from kdetect.recipes.runs import read_classes
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--classes: file not found: {path}")
+    if path.endswith(".json"):
+        return read_classes(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"--classes: cannot read {path} ({exc})") from None
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"--classes: {path} names a class twice")
+    return names

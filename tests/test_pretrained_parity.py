@@ -1,0 +1,173 @@
+"""An imported torchvision checkpoint gives torchvision's own detections, stage by stage.
+
+torchvision runs in its own interpreter (``tests/torch_peer.py``) through
+``tests/torchvision_reference.py``: it builds a random ``fasterrcnn_resnet50_fpn`` made
+non-trivial (batch-norm statistics calibrated on real photos, sharpened classifier), saves it as
+the published COCO_V1 file is laid out, and records ``model.eval()`` on each photo alone plus
+every intermediate stage of the first one. kdetect imports the file and must agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdetect.boxes import pairwise_iou
+from kdetect.models.faster_rcnn import FasterRCNN
+from tests.torch_peer import REPO_ROOT, run_torch
+
+RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
+REFERENCE = Path(__file__).with_name("torchvision_reference.py")
+ARCH = "fasterrcnn_resnet50_fpn"
+
+# (name, photo, resize to (width, height) or None): small, tall, wide, wide enough that the
+# max_size rule decides the scale, and larger than 1333 px.
+PHOTOS = [
+    ("small", "raccoon-102.jpg", None),  # 259x194
+    ("tall", "raccoon-103.jpg", None),  # 480x640
+    ("wide", "raccoon-104.jpg", None),  # 600x304
+    ("max_size", "raccoon-14.jpg", None),  # 900x484: 1333 / 900 < 800 / 484
+    ("large", "raccoon-105.jpg", (1440, 1920)),  # 720x960 upscaled past 1333
+]
+
+# Tolerances of the parity claim (see docs/pretrained.md).
+MIN_IOU = 0.99
+SCORE_TOL = 1e-3
+
+
+def _run_reference(*args) -> None:
+    run_torch(REFERENCE.read_text(), *args, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    """(images, reference outputs, imported model, weights path)."""
+    if not RACCOON.is_dir():
+        pytest.skip("../shared/data/raccoon not available")
+    folder = tmp_path_factory.mktemp("parity")
+    images, files = [], []
+    for name, photo, size in PHOTOS:
+        image = Image.open(RACCOON / photo).convert("RGB")
+        if size is not None:
+            image = image.resize(size, Image.BILINEAR)
+        array = np.asarray(image)
+        np.save(folder / f"{name}.npy", array)
+        images.append(array)
+        files.append(folder / f"{name}.npy")
+    weights = folder / "coco_v1_layout.pth"
+    _run_reference("make", ARCH, weights, "--legacy-names", "--calibrate", files[1], files[3])
+    _run_reference("run", ARCH, weights, folder / "reference.npz", *files)
+    reference = dict(np.load(folder / "reference.npz"))
+    model = FasterRCNN.from_torchvision(weights, arch=ARCH)
+    return images, reference, model, weights
+
+
+def match_detections(ours: dict, theirs: dict) -> dict:
+    """Pair each torchvision detection with an unused kdetect one of the same label (IoU >=
+    MIN_IOU, best IoU first); returns the worst IoU, score and box differences and the count of
+    unpaired detections."""
+    boxes, scores, labels = theirs["boxes"], theirs["scores"], theirs["labels"]
+    iou = np.asarray(pairwise_iou(theirs["boxes"], ours["boxes"])) if len(boxes) else None
+    used = np.zeros(len(ours["boxes"]), bool)
+    worst = {"iou": 1.0, "score": 0.0, "box": 0.0, "unmatched": 0}
+    for i in np.argsort(-scores, kind="stable"):
+        candidates = (ours["labels"] == labels[i]) & ~used & (iou[i] >= MIN_IOU)
+        candidates &= np.abs(ours["scores"] - scores[i]) <= SCORE_TOL
+        if not candidates.any():
+            worst["unmatched"] += 1
+            continue
+        j = int(np.argmax(np.where(candidates, iou[i], -1.0)))
+        used[j] = True
+        worst["iou"] = min(worst["iou"], float(iou[i, j]))
+        worst["score"] = max(worst["score"], float(abs(ours["scores"][j] - scores[i])))
+        worst["box"] = max(worst["box"], float(np.abs(ours["boxes"][j] - boxes[i]).max()))
+    return worst
+
+
+def _kdetect_detections(model, image) -> dict:
+    out = model.predict_on_batch(image[None])
+    count = int(out["num_detections"][0])
+    return {
+        "boxes": np.asarray(out["boxes"][0][:count]),
+        "scores": np.asarray(out["confidence"][0][:count]),
+        "labels": np.asarray(out["labels"][0][:count]) + 1,  # torchvision label = kdetect + 1
+    }
+
+
+@pytest.mark.parametrize("index", range(len(PHOTOS)), ids=[p[0] for p in PHOTOS])
+def test_detections_equal_torchvision(parity, index):
+    images, reference, model, _ = parity
+    theirs = {k: reference[f"{k}_{index}"] for k in ("boxes", "scores", "labels")}
+    ours = _kdetect_detections(model, images[index])
+    assert len(theirs["scores"]) > 10, "the reference model should detect something"
+    worst = match_detections(ours, theirs)
+    print(f"{PHOTOS[index][0]}: {len(theirs['scores'])} detections, worst {worst}")
+    assert len(ours["scores"]) == len(theirs["scores"])
+    assert worst["unmatched"] == 0, worst
+    assert worst["iou"] >= MIN_IOU and worst["score"] <= SCORE_TOL
+
+
+def _nhwc(array):
+    return np.transpose(array, (0, 2, 3, 1))
+
+
+def _close(ours, theirs, rel: float):
+    """Max abs difference within ``rel`` of the reference's largest magnitude."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape
+    scale = max(float(np.abs(theirs).max()), 1e-6)
+    assert float(np.abs(ours - theirs).max()) <= rel * scale
+
+
+def test_every_stage_equals_torchvision(parity):
+    """Each stage on the first photo, fed torchvision's previous stage where they could drift,
+    so a regression names the stage that broke."""
+    images, ref, model, _ = parity
+    import tensorflow as tf
+
+    from kdetect.backbones import preprocess_images
+
+    # Transform: normalise, resize (torchvision's rounding), pad to 32 after normalising.
+    height, width = images[0].shape[:2]
+    new_h, new_w = (int(v) for v in model.min_max_size(height, width))
+    assert (new_h, new_w) == tuple(ref["image_size"])
+    normalised = preprocess_images(images[0][None], model.backbone_name)
+    resized = tf.image.resize(normalised, (new_h, new_w), method="bilinear")
+    frame = _nhwc(ref["input"])
+    padded = tf.pad(
+        resized, [[0, 0], [0, frame.shape[1] - new_h], [0, frame.shape[2] - new_w], [0, 0]]
+    )
+    _close(padded, frame, 1e-5)
+
+    body = model.backbone(frame)
+    for level, feature in enumerate(body):
+        _close(feature, _nhwc(ref[f"body_{level}"]), 1e-4)
+    pyramid = model.fpn([_nhwc(ref[f"body_{level}"]) for level in range(4)])
+    for feature, key in zip(pyramid, ("0", "1", "2", "3", "pool")):
+        _close(feature, _nhwc(ref[f"fpn_{key}"]), 1e-4)
+
+    features = [_nhwc(ref[f"fpn_{key}"]) for key in ("0", "1", "2", "3", "pool")]
+    logits, deltas = model.rpn_head(features)
+    _close(logits[0], ref["rpn_logits"], 1e-4)
+    _close(deltas[0], ref["rpn_deltas"], 1e-4)
+    anchors = model._anchors(frame, features)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(a) for a in anchors]), ref["anchors"])
+
+    proposals, valid = model.test_proposals(
+        ref["rpn_logits"][None], ref["rpn_deltas"][None], anchors, (new_h, new_w)
+    )
+    ours = np.asarray(proposals[0])[np.asarray(valid[0])]
+    theirs = ref["proposals"]
+    assert len(ours) == len(theirs)
+    sort = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731  (order among equal scores is free)
+    np.testing.assert_allclose(sort(ours), sort(theirs), atol=1e-3)
+
+    pooled = model.roi_align(features[:4], theirs[None])
+    _close(pooled[0], _nhwc(ref["pooled"]), 1e-5)
+    class_logits, box_deltas = model.box_predictor(model.box_head(_nhwc(ref["pooled"])[None]))
+    _close(class_logits[0], ref["class_logits"], 1e-5)
+    theirs_deltas = ref["box_regression"].reshape(len(theirs), -1, 4)[:, 1:]  # no background
+    _close(box_deltas[0], theirs_deltas, 1e-5)

@@ -1,0 +1,169 @@
+"""torchvision's side of the checkpoint-import parity tests; run by a Python that has torch.
+
+Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/torch_peer.py``.
+
+    python torchvision_reference.py make ARCH OUT.pth [--legacy-names] [--num-classes N]
+        A randomly initialised torchvision detector made non-trivial: batch-norm statistics
+        calibrated on the images given with --calibrate (uint8 HxWx3 .npy files), classifier and
+        objectness weights sharpened so that scores spread above the 0.05 threshold. Saved with
+        torch.save as the published checkpoints are laid out (frozen batch norm with eps 0;
+        --legacy-names uses the pre-0.13 module names, as the COCO_V1 file does).
+
+    python torchvision_reference.py run ARCH WEIGHTS.pth OUT.npz IMAGE.npy [IMAGE.npy ...]
+        model.eval() on each image alone: detections per image, plus every stage of the first
+        image (normalised input, backbone and pyramid features, RPN outputs, anchors, proposals,
+        pooled RoI features, class logits and box deltas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.ops import FrozenBatchNorm2d
+
+# Module names changed in torchvision 0.13; the COCO_V1 files use the old ones (torchvision
+# renames them on load).
+_NEW_TO_LEGACY = (
+    ("rpn.head.conv.0.0.", "rpn.head.conv."),
+    ("backbone.fpn.inner_blocks.{i}.0.", "backbone.fpn.inner_blocks.{i}."),
+    ("backbone.fpn.layer_blocks.{i}.0.", "backbone.fpn.layer_blocks.{i}."),
+)
+
+
+def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
+    """The torchvision detector ``arch`` with random weights."""
+    if arch != "fasterrcnn_resnet50_fpn":
+        raise SystemExit(f"unknown arch {arch}")
+    norm = FrozenBatchNorm2d if frozen else torch.nn.BatchNorm2d
+    body = torchvision.models.resnet50(weights=None, norm_layer=norm)
+    backbone = _resnet_fpn_extractor(body, 3 if frozen else 5)
+    return FasterRCNN(backbone, num_classes=num_classes)
+
+
+def load_images(paths):
+    return [torch.from_numpy(np.load(p)).permute(2, 0, 1).float() / 255.0 for p in paths]
+
+
+def legacy_names(state):
+    out = {}
+    for key, value in state.items():
+        for new, old in _NEW_TO_LEGACY:
+            for i in range(4):
+                key = key.replace(new.format(i=i), old.format(i=i))
+        out[key] = value
+    return out
+
+
+def make(args):
+    torch.manual_seed(args.seed)
+    model = build(args.arch, args.num_classes, frozen=False)
+    # Calibrate batch-norm statistics on real images: cumulative averages over the images.
+    body = model.backbone.body
+    for module in body.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.eval()
+    body.train()
+    with torch.no_grad():
+        for image in load_images(args.calibrate):
+            batch, _ = model.transform([image])
+            body(batch.tensors)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(args.seed)
+        for module in body.modules():  # non-trivial affine batch-norm parameters
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(0.5 + torch.rand(module.weight.shape, generator=generator))
+                module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=generator))
+        # Sharpen: spread objectness and class scores so that thresholds and NMS matter.
+        model.rpn.head.cls_logits.weight.mul_(args.sharpen_rpn)
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.mul_(args.sharpen_cls)
+        predictor.bbox_pred.weight.mul_(args.sharpen_box)
+    frozen = build(args.arch, args.num_classes, frozen=True)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    frozen.load_state_dict(state)
+    overwrite_eps(frozen, 0.0)
+    state = frozen.state_dict()
+    if args.legacy_names:
+        state = legacy_names(state)
+    torch.save(state, args.output)
+
+
+def run(args):
+    model = build(args.arch, args.num_classes, frozen=True)
+    state = torch.load(args.weights, weights_only=True)
+    model.load_state_dict(state)  # torchvision renames legacy keys itself
+    overwrite_eps(model, 0.0)
+    model.eval()
+    out = {}
+    images = load_images(args.images)
+    with torch.no_grad():
+        for i, image in enumerate(images):
+            (det,) = model([image])
+            out[f"boxes_{i}"] = det["boxes"].numpy()
+            out[f"scores_{i}"] = det["scores"].numpy()
+            out[f"labels_{i}"] = det["labels"].numpy()
+        # Every stage of the first image.
+        batch, _ = model.transform([images[0]])
+        out["input"] = batch.tensors.numpy()
+        out["image_size"] = np.array(batch.image_sizes[0])
+        body = model.backbone.body(batch.tensors)
+        for k, v in body.items():
+            out[f"body_{k}"] = v.numpy()
+        features = model.backbone(batch.tensors)
+        for k, v in features.items():
+            out[f"fpn_{k}"] = v.numpy()
+        feature_list = list(features.values())
+        objectness, deltas = model.rpn.head(feature_list)
+        anchors = model.rpn.anchor_generator(batch, feature_list)
+        flat_logits, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+        out["rpn_logits"] = flat_logits.reshape(-1).numpy()
+        out["rpn_deltas"] = flat_deltas.numpy()
+        out["anchors"] = anchors[0].numpy()
+        proposals, _ = model.rpn(batch, features)
+        out["proposals"] = proposals[0].numpy()
+        pooled = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
+        out["pooled"] = pooled.numpy()
+        class_logits, box_regression = model.roi_heads.box_predictor(
+            model.roi_heads.box_head(pooled)
+        )
+        out["class_logits"] = class_logits.numpy()
+        out["box_regression"] = box_regression.numpy()
+    np.savez(args.output, **out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("make")
+    p.add_argument("arch")
+    p.add_argument("output")
+    p.add_argument("--calibrate", nargs="+", required=True)
+    p.add_argument("--num-classes", type=int, default=91)
+    p.add_argument("--legacy-names", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sharpen-rpn", type=float, default=4.0)
+    p.add_argument("--sharpen-cls", type=float, default=2.0)
+    p.add_argument("--sharpen-box", type=float, default=0.2)
+    p = sub.add_parser("run")
+    p.add_argument("arch")
+    p.add_argument("weights")
+    p.add_argument("output")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--num-classes", type=int, default=91)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    (make if args.command == "make" else run)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
