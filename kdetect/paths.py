@@ -2,8 +2,8 @@
 
 Every command that writes files goes through these helpers:
 
-- :func:`check_not_input` refuses an output that is one of the command's inputs (or, for a folder
-  that gets replaced, one that holds an input);
+- :func:`check_not_input` (or :func:`input_guard`, for many outputs) refuses an output that is one
+  of the command's inputs (or, for a folder that gets replaced, one that holds an input);
 - :func:`check_free` refuses an existing file or non-empty folder unless ``--overwrite``;
 - :func:`atomic_path` hands out a temporary sibling to write (a file or a folder) and renames it
   into place once it is complete, so a crash leaves the old content or the new, never half of it;
