@@ -21,3 +21,7 @@ class RecipeError(KdetectError):
 
 class CheckpointError(KdetectError):
     """A missing or unreadable checkpoint / model file."""
+
+
+class OutputError(KdetectError):
+    """An output path that would overwrite an input, or existing results without --overwrite."""

@@ -34,13 +34,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kdetect.errors import KdetectError
+from kdetect.paths import atomic_path, check_free, check_not_input
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_TYPES = ("encoded_image_string_tensor", "image_tensor")
@@ -141,7 +141,11 @@ def save_serving_model(
     classes: Sequence[str] | None = None,
     input_type: str = "encoded_image_string_tensor",
 ) -> Path:
-    """Write ``model`` as a SavedModel with the TF OD API serving signatures; returns the path."""
+    """Write ``model`` as a SavedModel with the TF OD API serving signatures; returns the path.
+
+    The folder is built next to ``output`` and renamed into place when complete; an earlier
+    ``output`` is removed only then (callers check :func:`kdetect.paths.check_free` first).
+    """
     import keras
 
     if input_type not in INPUT_TYPES:
@@ -155,18 +159,14 @@ def save_serving_model(
     for name, function in functions.items():
         archive.add_endpoint(name, function)
     archive.add_endpoint("serving_default", functions[input_type])
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp), verbose=False)
-    extra = tmp / "assets.extra"
-    extra.mkdir(exist_ok=True)
     if classes is None:
         classes = [f"class_{i}" for i in range(int(getattr(model, "num_classes", 0)))]
-    (extra / "classes.json").write_text(json.dumps({"classes": list(classes)}, indent=2) + "\n")
-    (extra / "label_map.pbtxt").write_text(label_map_pbtxt(classes))
-    if output.exists():
-        shutil.rmtree(output) if output.is_dir() else output.unlink()
-    tmp.replace(output)
+    with atomic_path(output) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        (extra / "classes.json").write_text(json.dumps({"classes": list(classes)}, indent=2) + "\n")
+        (extra / "label_map.pbtxt").write_text(label_map_pbtxt(classes))
     return output
 
 
@@ -237,10 +237,9 @@ def convert_tflite(
             f"it: {reason} (a WHILE node is a tf.map_fn / NMS loop of the detector; its body "
             "does not prepare in TFLite)"
         ) from None
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(flat)
-    return output
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(flat)
+    return Path(output)
 
 
 class _LogCollector:
@@ -298,56 +297,54 @@ def convert_onnx(
     import numpy as np
     import tensorflow as tf
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with _LogCollector() as log:
-        try:
-            graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
-                str(saved_model),
-                None,
-                None,
-                tag="serve",
-                signatures=["image_tensor"],
-                return_initialized_tables=True,
-                return_tensors_to_rename=True,
-            )
-            with tf.device("/cpu:0"):
-                _convert_common(
-                    graph_def,
-                    name="kdetect",
-                    opset=opset,
-                    input_names=inputs,
-                    output_names=outputs,
-                    initialized_tables=tables,
-                    tensors_to_rename=renames,
-                    output_path=str(tmp),
+    with atomic_path(output) as tmp:
+        with _LogCollector() as log:
+            try:
+                graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+                    str(saved_model),
+                    None,
+                    None,
+                    tag="serve",
+                    signatures=["image_tensor"],
+                    return_initialized_tables=True,
+                    return_tensors_to_rename=True,
                 )
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            reason = reason.removeprefix("make_sure failure: ")[:300]
-            if log.failed:
-                ops = sorted({op for op, _ in log.failed})
-                node = log.failed[0][1]
-                raise ExportError(
-                    f"onnx: tf2onnx (opset {opset}) cannot convert {', '.join(ops)} "
-                    f"(node {node}): {reason}"
-                ) from None
-            raise ExportError(f"onnx: tf2onnx cannot convert this model ({reason})") from None
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        onnxruntime = None
-    if onnxruntime is not None:
+                with tf.device("/cpu:0"):
+                    _convert_common(
+                        graph_def,
+                        name="kdetect",
+                        opset=opset,
+                        input_names=inputs,
+                        output_names=outputs,
+                        initialized_tables=tables,
+                        tensors_to_rename=renames,
+                        output_path=str(tmp),
+                    )
+            except Exception as exc:
+                text = str(exc).strip()
+                reason = text.splitlines()[0] if text else type(exc).__name__
+                reason = reason.removeprefix("make_sure failure: ")[:300]
+                if log.failed:
+                    ops = sorted({op for op, _ in log.failed})
+                    node = log.failed[0][1]
+                    raise ExportError(
+                        f"onnx: tf2onnx (opset {opset}) cannot convert {', '.join(ops)} "
+                        f"(node {node}): {reason}"
+                    ) from None
+                raise ExportError(f"onnx: tf2onnx cannot convert this model ({reason})") from None
         try:
-            run_onnx(tmp, np.zeros((1, *_PROBE_SIZE, 3), np.uint8))
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            reason = " ".join(str(exc).split())[:400]
-            raise ExportError(f"onnx: converted, but onnxruntime cannot run it: {reason}") from None
-    tmp.replace(output)
-    return output
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            onnxruntime = None
+        if onnxruntime is not None:
+            try:
+                run_onnx(tmp, np.zeros((1, *_PROBE_SIZE, 3), np.uint8))
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:400]
+                raise ExportError(
+                    f"onnx: converted, but onnxruntime cannot run it: {reason}"
+                ) from None
+    return Path(output)
 
 
 def is_saved_model(path: str | os.PathLike) -> bool:
@@ -361,19 +358,24 @@ def export(
     input_type: str = "encoded_image_string_tensor",
     select_tf_ops: bool = False,
     opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
 ) -> Path:
     """Export the detector of a run directory, ``.keras`` or ``.kdet`` file; returns the output.
 
     ``model_path`` may also be a SavedModel written by this function, for ``tflite`` / ``onnx``.
 
     ``format="saved_model"`` writes a SavedModel folder; ``"tflite"`` / ``"onnx"`` write one file
-    (through a temporary SavedModel).
+    (through a temporary SavedModel). An existing file or non-empty folder at ``output`` is
+    replaced only with ``overwrite``, and only once the new export is complete; ``output`` may
+    never be (or hold) ``model_path``.
     """
     from kdetect.recipes.runs import load_model
 
     if format not in FORMATS:
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
     output = Path(output)
+    check_not_input(output, [model_path], replaces=True)
+    check_free(output, overwrite)
     if is_saved_model(model_path):
         # A SavedModel written by kdetect export: convert it without loading Keras again.
         if format == "saved_model":

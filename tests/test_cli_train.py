@@ -8,7 +8,16 @@ import json
 import keras
 import numpy as np
 import pytest
-from test_cli_train_support import BCCD, SHAPES, TINY, has_bccd, kdetect, set_args, tiny_run
+from test_cli_train_support import (
+    BCCD,
+    SHAPES,
+    TINY,
+    has_bccd,
+    interrupt_after,
+    kdetect,
+    set_args,
+    tiny_run,
+)
 
 from kdetect.recipes import load, train
 from kdetect.recipes.callbacks import read_state
@@ -70,18 +79,6 @@ def test_saved_model_loads_with_plain_keras(run):
     assert out["boxes"].shape[-1] == 4 and out["labels"].shape[0] == 1
 
 
-class Interrupt(keras.callbacks.Callback):
-    """Simulates Ctrl-C after a given number of training steps."""
-
-    def __init__(self, after_steps: int):
-        super().__init__()
-        self.after_steps = after_steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.after_steps:
-            raise KeyboardInterrupt
-
-
 def test_interrupt_then_resume_continues_where_it_stopped(tmp_path):
     pytest.importorskip("kdetect.data.shapes")
     run = tmp_path / "resume"
@@ -93,7 +90,7 @@ def test_interrupt_then_resume_continues_where_it_stopped(tmp_path):
         "train.checkpoint.best=loss",
     ]
     with pytest.raises(KeyboardInterrupt):
-        train(SHAPES, run_dir=run, overrides=overrides, callbacks=[Interrupt(3)])
+        train(SHAPES, run_dir=run, overrides=overrides, callbacks=[interrupt_after(3)])
     state = read_state(run / "checkpoints")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 3)
     assert state["interrupted"]

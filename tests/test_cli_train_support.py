@@ -70,5 +70,17 @@ def tiny_run(tmp_path_factory) -> Path:
     return _RUNS["tiny"]
 
 
+def interrupt_after(steps: int):
+    """A Keras callback that simulates Ctrl-C once the optimizer has taken ``steps`` steps."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= steps:
+                raise KeyboardInterrupt
+
+    return Interrupt()
+
+
 def has_bccd() -> bool:
     return (BCCD / "Annotations").is_dir() and not os.environ.get("KDETECT_NO_SHARED")

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from kdetect.cli import app
 from kdetect.errors import KdetectError
+from kdetect.paths import check_not_input
 
 console = Console()
 
@@ -83,6 +84,9 @@ def evaluate(
     """
     from kdetect.evaluation import evaluate_offline, print_metrics, write_metrics
 
+    for path, option in ((output, "--output"), (plots, "--plots")):
+        if path is not None:
+            check_not_input(path, [model, data, ground_truth, detections], option)
     if watch:
         from kdetect.evaluation.api import headline
         from kdetect.evaluation.watch import watch_run

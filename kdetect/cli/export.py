@@ -44,6 +44,13 @@ def export(
         typer.Option(help="TFLite: embed ops TFLite lacks as TensorFlow (Flex) ops."),
     ] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset.", min=11)] = 17,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing OUTPUT (swapped in only once the new export is complete).",
+        ),
+    ] = False,
 ) -> None:
     """Export a trained detector for serving (TF Object Detection API signature names)."""
     from kdetect.export import FORMATS, ExportError
@@ -62,5 +69,6 @@ def export(
         input_type=input_type,
         select_tf_ops=select_tf_ops,
         opset=opset,
+        overwrite=overwrite,
     )
     err_console.print(f"wrote {format} to {path}", highlight=False)

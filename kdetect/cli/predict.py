@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -55,43 +56,61 @@ def predict(
     """Predict objects; one JSON line per image (or video frame).
 
     A path that cannot be read is reported on stderr and skipped; the exit code is 1 when
-    anything failed.
+    anything failed. No output (--output, --save-images) may be one of the inputs; --output is
+    written under a temporary name and renamed into place at the end.
     """
     from kdetect.data.images import load_image
     from kdetect.errors import KdetectError
+    from kdetect.paths import atomic_path, input_guard
     from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
+    from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE
 
+    items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
+    inputs = [item.path for item in items] + [model]
+    if model.is_dir():
+        inputs += [model / MODEL_FILE, model / CLASSES_FILE]
+    if output is not None:
+        input_guard(inputs)(output)
+    check_drawn = input_guard(inputs, "--save-images")
+    if save_images is not None:
+        for item in items:
+            if not item.video:
+                check_drawn(_drawn_path(save_images, item.relative))
     detector = Detector(
         model, min_score=min_score, max_detections=max_detections, only=only, ignore=ignore
     )
-    items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
     for problem in problems:
         err_console.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
     if save_images is not None:
         save_images.mkdir(parents=True, exist_ok=True)
-    out = output.open("w", encoding="utf-8") if output is not None else sys.stdout
     failures, done = len(problems), 0
+    with ExitStack() as stack:
+        out = sys.stdout
+        if output is not None:
+            tmp = stack.enter_context(atomic_path(output))
+            out = stack.enter_context(tmp.open("w", encoding="utf-8"))
 
-    def emit(line: dict, image, target: Path | None) -> None:
-        out.write(json.dumps(line) + "\n")
-        out.flush()
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            detector.draw(image, line["objects"]).save(target)
+        def emit(line: dict, image, target: Path | None) -> None:
+            if target is not None:
+                check_drawn(target)
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            if target is not None:
+                with atomic_path(target) as drawn:
+                    detector.draw(image, line["objects"]).save(drawn)
 
-    pending: list[tuple] = []
+        pending: list[tuple] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        results = detector.predict_arrays([image for _, image in pending])
-        for (item, image), objects in zip(pending, results, strict=True):
-            line = result_line(item.display, image.shape[1], image.shape[0], objects)
-            target = _drawn_path(save_images, item.relative) if save_images else None
-            emit(line, image, target)
-        pending.clear()
+        def flush() -> None:
+            if not pending:
+                return
+            results = detector.predict_arrays([image for _, image in pending])
+            for (item, image), objects in zip(pending, results, strict=True):
+                line = result_line(item.display, image.shape[1], image.shape[0], objects)
+                target = _drawn_path(save_images, item.relative) if save_images else None
+                emit(line, image, target)
+            pending.clear()
 
-    try:
         for item in _with_progress(items, output is not None):
             try:
                 if item.video:
@@ -118,9 +137,6 @@ def predict(
                 failures += 1
                 err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         flush()
-    finally:
-        if output is not None:
-            out.close()
     if output is not None:
         err_console.print(f"wrote {done} result(s) to {output}", highlight=False)
     if failures:

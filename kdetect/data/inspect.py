@@ -21,6 +21,7 @@ from kdetect.data.readers import FORMATS, InvalidBox, scan_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, dataset_summary
 from kdetect.errors import DataError
+from kdetect.paths import input_guard
 
 # Distinct, readable colours for the first classes; later ones cycle.
 PALETTE = [
@@ -175,8 +176,13 @@ def inspect_dataset(
     drawn: list[str] = []
     if show:
         out = Path(output)
+        shown = annotations.records[: int(show)]
+        targets = [out / f"{i:04d}_{Path(r.filename).stem}.jpg" for i, r in enumerate(shown)]
+        check = input_guard([path] + [r.filename for r in annotations.records], "--output")
+        for target in targets:
+            check(target)
         out.mkdir(parents=True, exist_ok=True)
-        for i, record in enumerate(annotations.records[: int(show)]):
+        for i, (record, target) in enumerate(zip(shown, targets, strict=True)):
             if encoded:
                 with Image.open(io.BytesIO(encoded[i])) as im:
                     pixels = np.asarray(im.convert("RGB"))
@@ -184,10 +190,8 @@ def inspect_dataset(
                 pixels = np.asarray(record.image, np.uint8)
             else:
                 pixels = load_image(record.filename)
-            picture = draw_boxes(pixels, record, annotations.classes)
-            name = f"{i:04d}_{Path(record.filename).stem}.jpg"
-            picture.save(out / name, quality=92)
-            drawn.append(str(out / name))
+            draw_boxes(pixels, record, annotations.classes).save(target, quality=92)
+            drawn.append(str(target))
     return Inspection(kind, split, summary, invalid, drawn)
 
 

@@ -456,6 +456,8 @@ def _read_coco(
         category_names = {int(c["id"]): str(c["name"]).strip() for c in categories}
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: every category needs an integer 'id' and a 'name'") from None
+    _refuse_duplicates(where, "category id", [int(c["id"]) for c in categories])
+    _refuse_duplicates(where, "category name", [str(c["name"]).strip() for c in categories])
     names_in_order = [category_names[i] for i in sorted(category_names)]
 
     images: dict[int, _RawImage] = {}
@@ -466,6 +468,9 @@ def _read_coco(
         w = _number(info.get("width"), "'width'", img_where)
         h = _number(info.get("height"), "'height'", img_where)
         image_id = info["id"]
+        if image_id in images:
+            ids = [i.get("id") for i in data["images"] if isinstance(i, dict)]
+            _refuse_duplicates(where, "image id", ids)
         images[image_id] = _RawImage(
             filename=_find_image(str(info["file_name"]), folders),
             width=_size(w, h, img_where)[0],
@@ -498,6 +503,15 @@ def _read_coco(
 
 # --------------------------------------------------------------------------------------------
 # CSV
+
+
+def _refuse_duplicates(where: str, what: str, values: list) -> None:
+    """DataError naming every value of ``values`` that occurs more than once."""
+    seen: set = set()
+    repeated = [v for v in values if v in seen or seen.add(v)]
+    if repeated:
+        shown = ", ".join(repr(v) for v in dict.fromkeys(repeated))
+        raise DataError(f"{where}: duplicate {what}{'s' if len(set(repeated)) > 1 else ''} {shown}")
 
 
 def _csv_file(path: Path, split: str) -> Path:

@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +39,7 @@ from kdetect.data.images import encode_for_record
 from kdetect.data.readers import scan_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import DataError
+from kdetect.paths import atomic_path, check_not_input
 
 KEYS = {
     "encoded": "image/encoded",
@@ -273,6 +271,7 @@ def transform_dataset(
     if not splits:
         raise DataError("give at least one split to transform")
     output_dir = Path(output_dir)
+    check_not_input(output_dir, [data_dir, images_dir], "--output-dir", replaces=True)
     if output_dir.exists():
         if not output_dir.is_dir():
             raise DataError(f"{output_dir}: output path exists and is not a folder")
@@ -293,13 +292,8 @@ def transform_dataset(
         loaded[split] = (annotations, len(invalid))
     assert class_list is not None
 
-    parent = output_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
-    try:
+    with atomic_path(output_dir) as staging:
+        staging.mkdir()
         summary: dict[str, Any] = {
             "format": format,
             "source": str(Path(data_dir).resolve()),
@@ -317,24 +311,4 @@ def transform_dataset(
             summary["splits"][split] = info
         (staging / "classes.json").write_text(json.dumps(summary["classes"], indent=2) + "\n")
         (staging / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _replace_dir(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``, replacing an earlier ``target`` with as short a gap as a
-    directory rename allows."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{math.floor(time.time())}")
-        os.replace(target, old)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)

@@ -14,6 +14,7 @@ import numpy as np
 
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import COCO_KEYS
+from kdetect.paths import write_text
 
 
 def _fmt(value) -> str:
@@ -61,8 +62,7 @@ def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
     """Write ``metrics`` as indented JSON (undefined numbers are ``null``)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(metrics, indent=2) + "\n")
     except OSError as exc:
         raise KdetectError(f"{path}: cannot write metrics ({exc})") from None
     return path

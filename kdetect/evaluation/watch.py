@@ -11,12 +11,12 @@ from pathlib import Path
 from kdetect.errors import KdetectError
 from kdetect.evaluation.api import check_metric, evaluate_model
 from kdetect.evaluation.groundtruth import GroundTruth
+from kdetect.recipes.runs import CHECKPOINTS_DIR, checkpoint_files, load_keras_file
 
 
 def _ready_checkpoints(run_dir: Path, settle: float) -> list[Path]:
     """Checkpoint files of the run, oldest first, skipping any written in the last ``settle`` s."""
-    folder = run_dir / "checkpoints"
-    candidates = [p for p in folder.glob("*-*.keras")] if folder.is_dir() else []
+    candidates = checkpoint_files(run_dir / CHECKPOINTS_DIR, warn=False)
     final = run_dir / "model.keras"
     if final.is_file():
         candidates.append(final)
@@ -45,7 +45,6 @@ def watch_run(
     """
     from kdetect.recipes.builders import run_ground_truth
     from kdetect.recipes.loader import load
-    from kdetect.recipes.runs import load_keras_file
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file():

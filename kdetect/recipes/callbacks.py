@@ -7,8 +7,10 @@ come before those that record them (checkpoints, history.csv, TensorBoard, progr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from kdetect.errors import CheckpointError
+from kdetect.paths import write_text
+from kdetect.recipes.runs import checkpoint_files, save_keras
+
+STATE_FILE = "state.json"
+LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
 LOSS_KEYS = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 
 
@@ -110,9 +118,10 @@ class CheckpointManager(keras.callbacks.Callback):
     """Periodic checkpoints (keep the last ``keep``), the best one, and the resume state.
 
     Files under ``folder``: ``epoch-0003.keras`` / ``step-000500.keras`` (whole model with
-    optimizer), ``best.keras`` (by ``monitor``), ``state/`` (``state.weights.h5`` with model and
-    optimizer variables plus ``state.json``: epoch, step in epoch, best value), rewritten at the
-    end of every epoch and when training is interrupted.
+    optimizer), ``best.keras`` (by ``monitor``), ``state/`` (the resume state, see
+    :meth:`save_state`), rewritten at the end of every epoch and when training is interrupted.
+    Every file is written under a temporary name and renamed into place, so a crash never leaves
+    a truncated checkpoint.
     """
 
     def __init__(
@@ -139,10 +148,8 @@ class CheckpointManager(keras.callbacks.Callback):
 
     # -- periodic --------------------------------------------------------------------------
     def _save_periodic(self, name: str) -> None:
-        self.model.save(self.folder / name, overwrite=True)
-        periodic = sorted(
-            (p for p in self.folder.glob("*-*.keras")), key=lambda p: p.stat().st_mtime
-        )
+        save_keras(self.model, self.folder / name)
+        periodic = checkpoint_files(self.folder, warn=False)
         for old in periodic[: max(len(periodic) - self.keep, 0)]:
             old.unlink(missing_ok=True)
 
@@ -163,7 +170,7 @@ class CheckpointManager(keras.callbacks.Callback):
             if better:
                 self.best_value = value
                 self.best_epoch = epoch + 1
-                self.model.save(self.folder / "best.keras", overwrite=True)
+                save_keras(self.model, self.folder / "best.keras")
         self.save_state(epoch=epoch + 1, step_in_epoch=0)
 
     # -- resume state ----------------------------------------------------------------------
@@ -172,13 +179,18 @@ class CheckpointManager(keras.callbacks.Callback):
         return self.folder / "state"
 
     def save_state(self, epoch: int, step_in_epoch: int, interrupted: bool = False) -> None:
-        """Write model + optimizer variables and the position in training (atomically)."""
+        """Write model + optimizer variables and the position in training as one atomic unit.
+
+        The variables go to a new ``state-<step>-<token>.weights.h5``; ``state.json`` (the
+        manifest naming it) then replaces the old one in a single rename, and only after that
+        are older weight files removed. A kill (or a second Ctrl-C) at any point leaves the
+        previous state or the new one whole.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        weights = self.state_dir / "state.weights.h5"
-        tmp = self.state_dir / "tmp.weights.h5"
-        self.model.save_weights(tmp, overwrite=True)
-        tmp.replace(weights)
+        name = f"state-{self.state.global_step:07d}-{secrets.token_hex(3)}.weights.h5"
+        self.model.save_weights(self.state_dir / name)
         info = {
+            "weights_file": name,
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "global_step": self.state.global_step,
@@ -187,16 +199,29 @@ class CheckpointManager(keras.callbacks.Callback):
             "interrupted": interrupted,
             "time": time.time(),
         }
-        (self.state_dir / "state.json").write_text(json.dumps(info, indent=2))
+        write_text(self.state_dir / STATE_FILE, json.dumps(info, indent=2))
+        for old in self.state_dir.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
 
 def read_state(folder: str | Path) -> dict[str, Any] | None:
-    """The resume state written by :class:`CheckpointManager`, or ``None``."""
-    path = Path(folder) / "state" / "state.json"
-    weights = Path(folder) / "state" / "state.weights.h5"
-    if not (path.is_file() and weights.is_file()):
+    """The resume state written by :class:`CheckpointManager` (``None`` when there is none).
+
+    Only what ``state.json`` names is trusted; weights written after it (a save cut short) are
+    ignored.
+    """
+    state_dir = Path(folder) / "state"
+    path = state_dir / STATE_FILE
+    if not path.is_file():
         return None
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+        weights = state_dir / info.get("weights_file", LEGACY_WEIGHTS)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: corrupt training state ({exc})") from None
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: names {weights.name}, which is missing")
     info["weights"] = str(weights)
     return info
 
@@ -219,10 +244,11 @@ class HistoryWriter(keras.callbacks.Callback):
         keys: list[str] = []
         for r in rows:
             keys.extend(k for k in r if k not in keys)
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path, text.getvalue())
 
 
 def _scalar(value: Any) -> Any:

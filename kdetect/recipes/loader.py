@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from kdetect.errors import RecipeError
+from kdetect.paths import write_text
 from kdetect.recipes.schema import Recipe, from_dict, path_fields, to_dict
 
 
@@ -175,5 +176,5 @@ def dump(recipe: Recipe, path: str | os.PathLike | None = None) -> str:
     """Write the fully resolved recipe (every key, defaults included) as YAML; return the text."""
     text = yaml.dump(to_dict(recipe), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     if path is not None:
-        Path(path).write_text(text, encoding="utf-8")
+        write_text(path, text)
     return text

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kdetect.errors import CheckpointError
+from kdetect.paths import atomic_path, check_not_input, is_temporary, write_text
 
 PACK_SUFFIX = ".kdet"
 PACK_META = "kdetect.json"
@@ -39,6 +41,8 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINTS_DIR = "checkpoints"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,7 +78,7 @@ class RunInfo:
 
 
 def write_classes(path: str | os.PathLike, classes: list[str]) -> None:
-    Path(path).write_text(json.dumps({"classes": list(classes)}, indent=2) + "\n")
+    write_text(path, json.dumps({"classes": list(classes)}, indent=2) + "\n")
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:
@@ -117,14 +121,49 @@ def _read_recipe(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a ``.keras`` file cannot be a complete model (``None`` when it looks complete).
+
+    Only the zip's directory is read: a save that was cut short has none (it is written last).
+    """
+    path = Path(path)
+    if is_temporary(path):
+        return "leftover temporary file of an unfinished save"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"incomplete or corrupt: not a valid .keras zip ({exc})"
+    if "config.json" not in names:
+        return "incomplete or corrupt: no config.json inside"
+    return None
+
+
+def _usable(path: Path, warn: bool) -> bool:
+    problem = checkpoint_problem(path)
+    if problem is not None and warn:
+        logger.warning("warning: %s: skipped (%s)", path, problem)
+    return problem is None
+
+
+def checkpoint_files(folder: str | os.PathLike, warn: bool = True) -> list[Path]:
+    """The periodic checkpoints (``epoch-*`` / ``step-*.keras``) in ``folder``, oldest first.
+
+    Leftover temporaries and incomplete files are skipped, each with a one-line warning.
+    """
+    folder = Path(folder)
+    found = [p for p in folder.glob("*-*.keras") if p.is_file() and _usable(p, warn)]
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest ``checkpoints/epoch-*.keras`` (or ``step-*``) of a run, else ``best.keras``."""
+    """The newest complete periodic checkpoint of a run, else ``best.keras``."""
     folder = Path(run_dir) / CHECKPOINTS_DIR
-    periodic = sorted(folder.glob("*-*.keras"), key=lambda p: p.stat().st_mtime)
+    periodic = checkpoint_files(folder)
     if periodic:
         return periodic[-1]
     best = folder / "best.keras"
-    return best if best.is_file() else None
+    return best if best.is_file() and _usable(best, warn=True) else None
 
 
 def inspect_run(path: str | os.PathLike) -> RunInfo:
@@ -138,7 +177,7 @@ def inspect_run(path: str | os.PathLike) -> RunInfo:
         raise CheckpointError(f"{path}: no such run directory or model file")
     if path.is_dir():
         model = path / MODEL_FILE
-        if not model.is_file():
+        if not (model.is_file() and _usable(model, warn=True)):
             model = latest_checkpoint(path)
         classes_file = path / CLASSES_FILE
         return RunInfo(
@@ -154,6 +193,9 @@ def inspect_run(path: str | os.PathLike) -> RunInfo:
     if path.suffix == PACK_SUFFIX or (path.suffix != ".keras" and _is_pack(path)):
         return _inspect_pack(path)
     if path.suffix == ".keras":
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"{path}: cannot load model ({problem})")
         classes = None
         for folder in (path.parent, path.parent.parent):
             if (folder / CLASSES_FILE).is_file():
@@ -215,6 +257,13 @@ def model_file(path: str | os.PathLike) -> tuple[Path, RunInfo, tempfile.Tempora
             f"{info.path}: no model.keras or checkpoint in this run (did training save one?)"
         )
     return Path(info.model_path), info, None
+
+
+def save_keras(model, path: str | os.PathLike) -> Path:
+    """``model.save`` under a temporary name in the same folder, then renamed onto ``path``."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return Path(path)
 
 
 def load_keras_file(path: str | os.PathLike):
@@ -289,6 +338,12 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
     output = Path(output) if output else info.path.with_name(info.path.name + PACK_SUFFIX)
     if output.is_dir():
         output = output / (info.path.name + PACK_SUFFIX)
+    members = {info.model_path: MODEL_FILE}
+    members.update(
+        {info.path / name: name for name in (CLASSES_FILE, RECIPE_FILE, METRICS_FILE, HISTORY_FILE)}
+    )
+    members = {path: name for path, name in members.items() if path.is_file()}
+    check_not_input(output, members)
     best = best_metric(info)
     from kdetect import __version__
 
@@ -302,15 +357,10 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
         "model_file": str(info.model_path.relative_to(info.path)),
         "best_metric": list(best) if best else None,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(PACK_META, json.dumps(meta, indent=2))
-        zf.write(info.model_path, MODEL_FILE)
-        for name in (CLASSES_FILE, RECIPE_FILE, METRICS_FILE, HISTORY_FILE):
-            if (info.path / name).is_file():
-                zf.write(info.path / name, name)
-    tmp.replace(output)
+        for path, name in members.items():
+            zf.write(path, name)
     return output
 
 
@@ -320,13 +370,14 @@ def unpack(packed: str | os.PathLike, dest: str | os.PathLike | None = None) -> 
     if info.kind != "packed":
         raise CheckpointError(f"{info.path}: not a packed run ({PACK_SUFFIX})")
     dest = Path(dest) if dest else info.path.with_name(info.name)
-    if dest.exists() and any(dest.iterdir()):
+    check_not_input(dest, [info.path], option="DEST")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CheckpointError(f"{dest}: already exists and is not empty")
-    dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(info.path) as zf:
+    with zipfile.ZipFile(info.path) as zf, atomic_path(dest) as tmp:
+        tmp.mkdir()
         for name in zf.namelist():
             if name != Path(name).name:  # flat archive: refuse paths with folders
                 raise CheckpointError(f"{info.path}: unexpected entry {name!r}")
-            with zf.open(name) as src, (dest / name).open("wb") as dst:
+            with zf.open(name) as src, (tmp / name).open("wb") as dst:
                 shutil.copyfileobj(src, dst)
     return dest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kdetect.errors import CheckpointError, KdetectError, RecipeError
+from kdetect.paths import write_text
 from kdetect.recipes import runs
 from kdetect.recipes.loader import dump, load
 from kdetect.recipes.schema import Recipe
@@ -135,8 +137,6 @@ def _summary_table(rows: list[dict[str, Any]], console) -> None:
 
 
 def _update_meta(run_dir: Path, **values: Any) -> None:
-    import json
-
     path = run_dir / runs.PACK_META
     meta = {}
     if path.is_file():
@@ -145,7 +145,7 @@ def _update_meta(run_dir: Path, **values: Any) -> None:
         except ValueError:
             meta = {}
     meta.update(values)
-    path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(path, json.dumps(meta, indent=2) + "\n")
 
 
 def train(
@@ -424,4 +424,4 @@ def _save_final(model, path: Path, jit_compile: bool) -> None:
     import keras
 
     model.compile(optimizer=keras.optimizers.SGD(), jit_compile=jit_compile)
-    model.save(path, overwrite=True)
+    runs.save_keras(model, path)

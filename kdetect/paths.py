@@ -1,0 +1,140 @@
+"""Safe outputs: never write over an input, and replace files and folders atomically.
+
+Every command that writes files goes through these helpers:
+
+- :func:`check_not_input` (or :func:`input_guard`, for many outputs) refuses an output that is one
+  of the command's inputs (or, for a folder that gets replaced, one that holds an input);
+- :func:`check_free` refuses an existing file or non-empty folder unless ``--overwrite``;
+- :func:`atomic_path` hands out a temporary sibling to write (a file or a folder) and renames it
+  into place once it is complete, so a crash leaves the old content or the new, never half of it;
+  :func:`write_text` does this for small text files.
+
+Temporary names start with ``.tmp-`` (:func:`is_temporary`); readers skip what a killed process
+left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kdetect.errors import OutputError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def input_guard(
+    inputs: Iterable[str | os.PathLike | None], option: str = "--output", replaces: bool = False
+) -> Callable[[str | os.PathLike], None]:
+    """A check to call on each output path: :class:`OutputError` when it is one of ``inputs``.
+
+    Paths are compared resolved and by inode, so symlinks and hard links count. With
+    ``replaces`` (the output is a folder replaced as a whole) an input inside it is refused too.
+    """
+    by_path = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    by_identity = {_identity(p): p for p in by_path.values()}
+    by_identity.pop(None, None)
+
+    def check(output: str | os.PathLike) -> None:
+        output = Path(output)
+        resolved = output.resolve()
+        found = by_path.get(resolved) or by_identity.get(_identity(output))
+        if found is not None:
+            raise OutputError(f"{option} {output}: is the input {found}; choose another path")
+        if replaces:
+            for path, given in by_path.items():
+                if resolved in path.parents:
+                    raise OutputError(
+                        f"{option} {output}: holds the input {given}; choose another path"
+                    )
+
+    return check
+
+
+def check_not_input(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None],
+    option: str = "--output",
+    replaces: bool = False,
+) -> None:
+    """Raise :class:`OutputError` when ``output`` is one of ``inputs`` (see :func:`input_guard`)."""
+    input_guard(inputs, option, replaces)(output)
+
+
+def check_free(output: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
+    """Raise :class:`OutputError` for an existing file or non-empty folder, unless ``overwrite``."""
+    output = Path(output)
+    if overwrite or not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    what = "folder is not empty" if output.is_dir() else "file exists"
+    raise OutputError(f"{option} {output}: {what}; use --overwrite to replace it")
+
+
+def temp_sibling(path: str | os.PathLike) -> Path:
+    """A fresh temporary name next to ``path`` that keeps its full suffix (``.weights.h5``)."""
+    path = Path(path)
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(3)}.{path.name}")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    return Path(path).name.startswith(TMP_PREFIX)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Move ``new`` onto ``target``; an earlier ``target`` is removed only once ``new`` is there."""
+    if not os.path.lexists(target) or (new.is_file() and target.is_file()):
+        os.replace(new, target)  # atomic
+        return
+    old = temp_sibling(target)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    _remove(old)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds.
+
+    On an exception (or Ctrl-C) the temporary is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        _swap(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            _remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (flushed to disk before it replaces the old one)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)

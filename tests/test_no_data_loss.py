@@ -1,0 +1,225 @@
+"""No command writes over its inputs or leaves a half-written output; COCO id clashes are errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_cli_train_support import kdetect, tiny_run
+from test_data_readers import write_coco
+
+from kdetect import export as kdetect_export
+from kdetect.data.readers import read_annotations
+from kdetect.errors import DataError
+from kdetect.paths import atomic_path, is_temporary
+from kdetect.recipes.runs import pack, save_keras, write_classes
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a hash of its content (symlinks by their target)."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            state[str(path)] = "-> " + str(path.readlink())
+        elif path.is_file():
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            state[str(path)] = "dir"
+    return state
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(str(p) for p in root.rglob("*") if is_temporary(p))
+
+
+@pytest.fixture
+def world(tmp_path) -> dict[str, Path]:
+    """A run (fake model), an image folder, a packed run, a COCO file and a detections file."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: fake\n")
+    write_classes(run / "classes.json", ["circle"])
+    with zipfile.ZipFile(run / "model.keras", "w") as zf:
+        zf.writestr("config.json", "{}")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8), "red").save(images / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(images / "b.jpg")
+    (tmp_path / "link").symlink_to(images)
+    coco = write_coco(tmp_path / "coco")
+    dets = tmp_path / "dets.jsonl"
+    dets.write_text('{"file": "a.jpg", "objects": []}\n')
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "keep.txt").write_text("an earlier export")
+    (tmp_path / "old.onnx").write_bytes(b"an earlier onnx file")
+    return {
+        "tmp": tmp_path,
+        "run": run,
+        "images": images,
+        "coco": coco,
+        "gt": coco / "annotations" / "instances_train.json",
+        "dets": dets,
+        "packed": pack(run, tmp_path / "run.kdet"),
+        "exported": exported,
+    }
+
+
+# (arguments with {name} taken from `world`, the message of the one error line)
+REFUSED = {
+    "predict --output an input image": (
+        "predict {run} {images}/a.png --output {images}/a.png",
+        "--output {images}/a.png: is the input {images}/a.png; choose another path",
+    ),
+    "predict --output the model": (
+        "predict {run} {images} --output {run}/model.keras",
+        "--output {run}/model.keras: is the input {run}/model.keras; choose another path",
+    ),
+    "predict --save-images the input folder": (
+        "predict {run} {images} --save-images {images}",
+        "--save-images {images}/a.png: is the input {images}/a.png; choose another path",
+    ),
+    "predict --save-images a symlink to it": (
+        "predict {run} {images}/b.jpg --save-images {tmp}/link",
+        "--save-images {tmp}/link/b.jpg: is the input {images}/b.jpg; choose another path",
+    ),
+    "evaluate --output the detections": (
+        "evaluate --ground-truth {gt} --detections {dets} --output {dets}",
+        "--output {dets}: is the input {dets}; choose another path",
+    ),
+    "evaluate --output the ground truth": (
+        "evaluate --ground-truth {gt} --detections {dets} --output {gt}",
+        "--output {gt}: is the input {gt}; choose another path",
+    ),
+    "transform into the dataset": (
+        "dataset transform --type coco --data-dir {coco} --output-dir {coco}",
+        "--output-dir {coco}: is the input {coco}; choose another path",
+    ),
+    "transform into a folder holding it": (
+        "dataset transform --type coco --data-dir {coco} --output-dir {tmp}",
+        "--output-dir {tmp}: holds the input {coco}; choose another path",
+    ),
+    "pack onto the run's model": (
+        "checkpoint pack {run} -o {run}/model.keras",
+        "--output {run}/model.keras: is the input {run}/model.keras; choose another path",
+    ),
+    "unpack onto the packed file": (
+        "checkpoint unpack {packed} {packed}",
+        "DEST {packed}: is the input {packed}; choose another path",
+    ),
+    "export onto the .keras file": (
+        "export {run}/model.keras --format tflite -o {run}/model.keras --overwrite",
+        "--output {run}/model.keras: is the input {run}/model.keras; choose another path",
+    ),
+    "export --overwrite a folder holding the run": (
+        "export {run} -o {tmp} --overwrite",
+        "--output {tmp}: holds the input {run}; choose another path",
+    ),
+    "export into a non-empty folder": (
+        "export {run} -o {exported}",
+        "--output {exported}: folder is not empty; use --overwrite to replace it",
+    ),
+    "export onto an existing file": (
+        "export {run} --format onnx -o {tmp}/old.onnx",
+        "--output {tmp}/old.onnx: file exists; use --overwrite to replace it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_outputs_never_replace_inputs(case, world, capsys):
+    args, message = (text.format(**world) for text in REFUSED[case])
+    before = snapshot(world["tmp"])
+    assert kdetect(*args.split()) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert snapshot(world["tmp"]) == before  # nothing written, nothing lost
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "keras"])
+def test_atomic_writes_keep_the_old_content_on_failure(kind, tmp_path):
+    target = tmp_path / ("out.keras" if kind == "keras" else "out")
+
+    def write(path: Path, text: str) -> None:
+        if kind == "folder":
+            path.mkdir()
+            (path / "part").write_text(text)
+        else:
+            path.write_text(text)
+
+    class Model:  # fails half-way through model.save, as a killed process or a full disk would
+        def save(self, path):
+            write(path, "half")
+            raise OSError("disk full")
+
+    write(target, "old")
+    with pytest.raises(OSError, match="disk full"):
+        if kind == "keras":
+            save_keras(Model(), target)
+        else:
+            with atomic_path(target) as tmp:
+                write(tmp, "half")
+                raise OSError("disk full")
+    content = target / "part" if kind == "folder" else target
+    assert content.read_text() == "old"
+    assert sorted(tmp_path.rglob("*")) == sorted({target, content})  # no leftovers
+    with atomic_path(target) as tmp:
+        write(tmp, "new")
+    assert content.read_text() == "new"
+    assert sorted(tmp_path.rglob("*")) == sorted({target, content})
+
+
+def test_export_overwrite_replaces_only_a_complete_export(
+    tmp_path_factory, tmp_path, capsys, monkeypatch
+):
+    run = tiny_run(tmp_path_factory)
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier export")
+
+    def killed(classes):  # the SavedModel is written, its assets are not
+        raise RuntimeError("killed half-way")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="killed half-way"):
+        patch.setattr(kdetect_export, "label_map_pbtxt", killed)
+        kdetect("export", run, "-o", out, "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert leftovers(tmp_path) == []
+
+    assert kdetect("export", run, "-o", out, "--overwrite") == 0
+    assert (out / "saved_model.pb").is_file() and not (out / "keep.txt").exists()
+    assert json.loads((out / "assets.extra" / "classes.json").read_text())["classes"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda doc: doc["images"][2].update(id=1), r"duplicate image id 1$"),
+        (
+            lambda doc: [image.update(id=7) for image in doc["images"]],
+            r"duplicate image id 7$",
+        ),
+        (lambda doc: doc["categories"][1].update(id=10), r"duplicate category id 10$"),
+        (lambda doc: doc["categories"][1].update(name=" cat"), r"duplicate category name 'cat'$"),
+        (
+            lambda doc: doc["categories"].extend(
+                [{"id": 20, "name": "cat"}, {"id": 21, "name": "dog"}]
+            ),
+            r"duplicate category names 'cat', 'dog'$",
+        ),
+    ],
+    ids=["image id", "three images one id", "category id", "category name", "two names"],
+)
+def test_coco_duplicate_ids_are_errors(change, message, tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"^{path}: {message}") as info:
+        read_annotations("coco", root, "train")
+    assert "\n" not in str(info.value)
