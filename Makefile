@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
+# torch + torchvision for the parity tests and the benchmarks' peer, in a virtualenv of their own.
+TORCH_VENV := .venv-torch
+TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv torch-venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +18,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(TORCH_STAMP): requirements-torch.txt
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	if [ "$$(uname -m)" = aarch64 ]; then \
+	  $(TORCH_VENV)/bin/python -m pip install -q torch==2.9.1 torchvision==0.24.1; \
+	else \
+	  $(TORCH_VENV)/bin/python -m pip install -q -r requirements-torch.txt; \
+	fi
+	rm -f $(TORCH_VENV)/.installed-* && touch $@
+
+torch-venv: $(TORCH_STAMP)
+
 ## Train on the built-in shapes dataset, evaluate, predict and draw boxes.
 demo: venv
 	rm -rf $(DEMO_DIR)
@@ -22,9 +36,9 @@ demo: venv
 	$(BIN)/kdetect evaluate $(DEMO_DIR)
 	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_DIR)/predictions.jsonl --save-images $(DEMO_DIR)/drawn
 
-## Run the test suite.
-test: venv
-	$(BIN)/python -m pytest -q
+## Run the test suite (the torchvision parity tests use .venv-torch).
+test: venv torch-venv
+	KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python $(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check kdetect tests benchmarks
@@ -33,4 +47,4 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TORCH_VENV) runs .pytest_cache

@@ -132,7 +132,10 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         deltas = ops.cast(deltas, reference_boxes.dtype)
         dx, dy, dw, dh = ops.unstack(deltas, 4, axis=-1)
-        rcx, rcy, rw, rh = ops.unstack(xyxy_to_center(reference_boxes), 4, axis=-1)
+        # Centres as x1 + w / 2 (not (x1 + x2) / 2): the same float32 rounding as torchvision.
+        x1, y1, x2, y2 = ops.unstack(reference_boxes, 4, axis=-1)
+        rw, rh = x2 - x1, y2 - y1
+        rcx, rcy = x1 + 0.5 * rw, y1 + 0.5 * rh
         dw = ops.minimum(dw / ww, self.scale_clip)
         dh = ops.minimum(dh / wh, self.scale_clip)
         cx = dx / wx * rw + rcx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
+import imported  # noqa: E402
+import numpy as np  # noqa: E402
 import peer_torchvision  # noqa: E402
 
 
 def test_peer_serve_answers_one_timed_step_per_command(monkeypatch):
     built, calls = [], []
 
-    def fake_make_step(mode, batch_size, threads=None):
+    def fake_make_step(mode, batch_size, threads=None, **options):
+        assert options == {}  # no checkpoint: the random-weight model
         built.append((mode, batch_size))
         return lambda: calls.append((mode, batch_size))
 
@@ -30,6 +34,64 @@ def test_peer_serve_answers_one_timed_step_per_command(monkeypatch):
     assert len(lines) == 4 and all(line["seconds"] >= 0 for line in lines[1:])
     assert built == [("train", 2), ("inference", 8)]  # each step is built once ...
     assert calls == [("train", 2)] * 3 + [("inference", 8)] * 2  # ... and warmed up once
+
+
+def test_peer_serve_builds_every_step_on_the_checkpoint_and_inputs_it_was_given(monkeypatch):
+    options = []
+
+    def fake_make_step(mode, batch_size, threads=None, **given):
+        options.append(given)
+        return lambda: None
+
+    monkeypatch.setattr(peer_torchvision, "make_step", fake_make_step)
+    out = io.StringIO()
+    commands = io.StringIO("step train 2\nstep inference 1\n")
+    peer_torchvision.serve(commands, out, weights="w.pth", inputs="in.npz")
+    assert options == [{"weights": "w.pth", "inputs": "in.npz"}] * 2
+
+
+def test_imported_training_batch_is_torchvisions_transform_of_the_same_inputs(tmp_path):
+    """480x640 photos: torchvision resizes to 800x1066 and pads to 800x1088; kdetect's batch
+    is at that frame, boxes scaled by torchvision's ratios, padding normalising to 0."""
+    from kdetect.backbones import IMAGENET_MEAN_RGB
+
+    arch = common.CONFIGS["imported_resnet50_fpn"]["imported"]
+    assert imported.min_max_size(arch, (480, 640)) == (800, 1066)
+    assert imported.train_frame(arch, (480, 640)) == (800, 1088)
+    assert imported.train_frame(arch, (600, 1000)) == (800, 1344)  # 800x1333
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    path = imported.write_inputs(tmp_path, images, train_batch=2)
+    with np.load(path) as data:
+        assert data["images"].shape == (3, 48, 64, 3) and data["images"].dtype == np.uint8
+        boxes, labels = data["boxes"], data["labels"]
+    assert boxes.shape == (2, 5, 4) and labels.shape == (2, 5)
+    assert (boxes[..., 2] <= 64).all() and (boxes[..., 3] <= 48).all()
+
+    class Model:  # what train_batch reads of FasterRCNN: its min_max rule and frame
+        image_size = (96, 128)
+
+        def min_max_size(self, height, width):
+            return 80, 106  # min_size 80: 48x64 -> 80x106.67
+
+    batch = imported.train_batch(Model(), images[:2], boxes, labels)
+    frame = batch["images"]
+    assert frame.shape == (2, 96, 128, 3)
+    mean = np.asarray(IMAGENET_MEAN_RGB, "float32") * 255
+    np.testing.assert_allclose(frame[:, 80:], np.broadcast_to(mean, frame[:, 80:].shape))
+    np.testing.assert_allclose(frame[:, :, 106:], np.broadcast_to(mean, frame[:, :, 106:].shape))
+    np.testing.assert_allclose(frame[:, :80, :106].mean(), images[:2].mean(), rtol=0.02)
+    scale = np.array([106 / 64, 80 / 48] * 2, "float32")
+    np.testing.assert_allclose(batch["bounding_boxes"]["boxes"], boxes * scale, rtol=1e-6)
+    np.testing.assert_array_equal(batch["bounding_boxes"]["labels"], labels)
+
+
+def test_photos_are_same_size_uint8(tmp_path):
+    images, source = imported.photos(2, (48, 64), folder=tmp_path / "absent")
+    assert images.shape == (2, 48, 64, 3) and images.dtype == np.uint8
+    assert source == "random uint8"
+    if imported.PHOTOS.is_dir():
+        images, source = imported.photos(2, (48, 64))
+        assert images.shape == (2, 48, 64, 3) and "photos" in source
 
 
 class _FakePeer:
@@ -73,3 +135,20 @@ def test_python_m_benchmarks_prints_the_table_for_the_tiny_config(tmp_path):
     numbers = json.loads(out.read_text())["tiny"]
     assert numbers["train"] > 0 and numbers["infer_b1"] > 0 and numbers["infer_b8"] > 0
     assert "ratio" not in numbers  # no peer asked for
+
+
+def test_imported_config_without_a_torch_interpreter_says_what_it_needs(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torch"):
+        return  # torch in this interpreter: the configuration would run
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--configs", "imported_resnet50_fpn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "KDETECT_TORCH_PYTHON": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 2
+    assert "needs a Python with torch and torchvision" in proc.stderr

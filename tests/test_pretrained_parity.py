@@ -165,8 +165,9 @@ def test_every_stage_equals_torchvision(parity):
     sort = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731  (order among equal scores is free)
     np.testing.assert_allclose(sort(ours), sort(theirs), atol=1e-3)
 
+    # crop_and_resize interpolates in normalised coordinates: rounding differs at ~1e-5.
     pooled = model.roi_align(features[:4], theirs[None])
-    _close(pooled[0], _nhwc(ref["pooled"]), 1e-5)
+    _close(pooled[0], _nhwc(ref["pooled"]), 5e-5)
     class_logits, box_deltas = model.box_predictor(model.box_head(_nhwc(ref["pooled"])[None]))
     _close(class_logits[0], ref["class_logits"], 1e-5)
     theirs_deltas = ref["box_regression"].reshape(len(theirs), -1, 4)[:, 1:]  # no background

@@ -84,10 +84,15 @@ def make(args):
                 module.weight.mul_(0.5 + torch.rand(module.weight.shape, generator=generator))
                 module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=generator))
         # Sharpen: spread objectness and class scores so that thresholds and NMS matter.
+        # Objectness logits stay below ~12 so that sigmoid scores never saturate to equal 1.0
+        # (ties that either framework may order either way); shrunken box deltas keep
+        # proposals and detections of ordinary shapes, not sub-pixel slivers whose IoU is
+        # ill-conditioned.
         model.rpn.head.cls_logits.weight.mul_(args.sharpen_rpn)
+        model.rpn.head.bbox_pred.weight.mul_(args.shrink_rpn_box)
         predictor = model.roi_heads.box_predictor
         predictor.cls_score.weight.mul_(args.sharpen_cls)
-        predictor.bbox_pred.weight.mul_(args.sharpen_box)
+        predictor.bbox_pred.weight.mul_(args.shrink_box)
     frozen = build(args.arch, args.num_classes, frozen=True)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     frozen.load_state_dict(state)
@@ -151,9 +156,10 @@ def main(argv=None):
     p.add_argument("--num-classes", type=int, default=91)
     p.add_argument("--legacy-names", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sharpen-rpn", type=float, default=4.0)
+    p.add_argument("--sharpen-rpn", type=float, default=2.0)
+    p.add_argument("--shrink-rpn-box", type=float, default=0.2)
     p.add_argument("--sharpen-cls", type=float, default=2.0)
-    p.add_argument("--sharpen-box", type=float, default=0.2)
+    p.add_argument("--shrink-box", type=float, default=0.2)
     p = sub.add_parser("run")
     p.add_argument("arch")
     p.add_argument("weights")
