@@ -21,7 +21,7 @@ from tests.torch_peer import REPO_ROOT, run_torch
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
 REFERENCE = Path(__file__).with_name("torchvision_reference.py")
-ARCH = "fasterrcnn_resnet50_fpn"
+ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 
 # (name, photo, resize to (width, height) or None): small, tall, wide, wide enough that the
 # max_size rule decides the scale, and larger than 1333 px.
@@ -36,18 +36,24 @@ PHOTOS = [
 # Tolerances of the parity claim (see docs/pretrained.md).
 MIN_IOU = 0.99
 SCORE_TOL = 1e-3
+# A final-NMS decision that float32 rounding may take either way: an IoU this close to the
+# threshold (the two frameworks' boxes differ by ~1e-4 px, which moves an IoU by ~1e-5).
+NMS_TIE = 1e-4
+NMS_THRESH = 0.5
+MAX_TIE_SHARE = 0.03
 
 
 def _run_reference(*args) -> None:
     run_torch(REFERENCE.read_text(), *args, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def parity(tmp_path_factory):
-    """(images, reference outputs, imported model, weights path)."""
+@pytest.fixture(scope="module", params=ARCHS)
+def parity(request, tmp_path_factory):
+    """(images, reference outputs, imported model, architecture name)."""
+    arch = request.param
     if not RACCOON.is_dir():
         pytest.skip("../shared/data/raccoon not available")
-    folder = tmp_path_factory.mktemp("parity")
+    folder = tmp_path_factory.mktemp(arch)
     images, files = [], []
     for name, photo, size in PHOTOS:
         image = Image.open(RACCOON / photo).convert("RGB")
@@ -57,34 +63,60 @@ def parity(tmp_path_factory):
         np.save(folder / f"{name}.npy", array)
         images.append(array)
         files.append(folder / f"{name}.npy")
-    weights = folder / "coco_v1_layout.pth"
-    _run_reference("make", ARCH, weights, "--legacy-names", "--calibrate", files[1], files[3])
-    _run_reference("run", ARCH, weights, folder / "reference.npz", *files)
+    weights = folder / "checkpoint.pth"
+    # v1's COCO_V1 file predates torchvision 0.13 and has its old module names; v2's does not.
+    names = ["--legacy-names"] if arch == "fasterrcnn_resnet50_fpn" else []
+    _run_reference("make", arch, weights, *names, "--calibrate", files[1], files[3])
+    _run_reference("run", arch, weights, folder / "reference.npz", *files)
     reference = dict(np.load(folder / "reference.npz"))
-    model = FasterRCNN.from_torchvision(weights, arch=ARCH)
-    return images, reference, model, weights
+    model = FasterRCNN.from_torchvision(weights, arch=arch)
+    return images, reference, model, arch
 
 
 def match_detections(ours: dict, theirs: dict) -> dict:
     """Pair each torchvision detection with an unused kdetect one of the same label (IoU >=
-    MIN_IOU, best IoU first); returns the worst IoU, score and box differences and the count of
-    unpaired detections."""
+    MIN_IOU, score within SCORE_TOL, best IoU first).
+
+    Returns the worst IoU, score and box differences of the pairs, and the unpaired indices of
+    each side (``missing``: torchvision's, ``extra``: kdetect's).
+    """
     boxes, scores, labels = theirs["boxes"], theirs["scores"], theirs["labels"]
-    iou = np.asarray(pairwise_iou(theirs["boxes"], ours["boxes"])) if len(boxes) else None
+    iou = np.asarray(pairwise_iou(boxes, ours["boxes"])) if len(boxes) else None
     used = np.zeros(len(ours["boxes"]), bool)
-    worst = {"iou": 1.0, "score": 0.0, "box": 0.0, "unmatched": 0}
+    worst = {"iou": 1.0, "score": 0.0, "box": 0.0, "missing": [], "extra": []}
     for i in np.argsort(-scores, kind="stable"):
         candidates = (ours["labels"] == labels[i]) & ~used & (iou[i] >= MIN_IOU)
         candidates &= np.abs(ours["scores"] - scores[i]) <= SCORE_TOL
         if not candidates.any():
-            worst["unmatched"] += 1
+            worst["missing"].append(int(i))
             continue
         j = int(np.argmax(np.where(candidates, iou[i], -1.0)))
         used[j] = True
         worst["iou"] = min(worst["iou"], float(iou[i, j]))
         worst["score"] = max(worst["score"], float(abs(ours["scores"][j] - scores[i])))
         worst["box"] = max(worst["box"], float(np.abs(ours["boxes"][j] - boxes[i]).max()))
+    worst["extra"] = [int(j) for j in np.flatnonzero(~used)]
     return worst
+
+
+def _unexplained(side: dict, index: int, other: dict, other_unpaired: list[int]) -> bool:
+    """Whether detection ``index`` of ``side``, absent from ``other``, has no float-rounding
+    explanation: (a) in ``other`` a higher-scoring detection of its label overlaps it at an IoU
+    within NMS_TIE of the threshold (suppressed there by a tie); (b) it overlaps above the
+    threshold a higher-scoring detection of ``other`` that ``side`` lacks (the tie's
+    consequence); (c) it sits at the top-N cut (``other`` is full and scores its last one
+    within SCORE_TOL of it)."""
+    box, score, label = side["boxes"][index], side["scores"][index], side["labels"][index]
+    same = (other["labels"] == label) & (other["scores"] > score)
+    iou = np.asarray(pairwise_iou(box[None], other["boxes"]))[0] if len(other["boxes"]) else []
+    if np.any(same & (np.abs(iou - NMS_THRESH) < NMS_TIE)):
+        return False
+    unpaired = np.zeros(len(other["boxes"]), bool)
+    unpaired[other_unpaired] = True
+    if np.any(same & unpaired & (iou > NMS_THRESH)):
+        return False
+    full = len(other["scores"]) == 100
+    return not (full and score <= other["scores"].min() + SCORE_TOL)
 
 
 def _kdetect_detections(model, image) -> dict:
@@ -99,15 +131,25 @@ def _kdetect_detections(model, image) -> dict:
 
 @pytest.mark.parametrize("index", range(len(PHOTOS)), ids=[p[0] for p in PHOTOS])
 def test_detections_equal_torchvision(parity, index):
-    images, reference, model, _ = parity
+    """Same count; every detection paired. The only differences allowed are final-NMS
+    decisions at an IoU within NMS_TIE of the threshold (float32 rounding decides them), their
+    direct consequences and the top-100 cut, at most MAX_TIE_SHARE of the detections."""
+    images, reference, model, arch = parity
     theirs = {k: reference[f"{k}_{index}"] for k in ("boxes", "scores", "labels")}
     ours = _kdetect_detections(model, images[index])
     assert len(theirs["scores"]) > 10, "the reference model should detect something"
     worst = match_detections(ours, theirs)
-    print(f"{PHOTOS[index][0]}: {len(theirs['scores'])} detections, worst {worst}")
+    missing, extra = worst["missing"], worst["extra"]
+    print(
+        f"{arch} {PHOTOS[index][0]}: {len(theirs['scores'])} detections, worst IoU "
+        f"{worst['iou']:.6f}, score {worst['score']:.2e}, box {worst['box']:.4f} px, "
+        f"tie-decided: {len(missing)} torchvision / {len(extra)} kdetect"
+    )
     assert len(ours["scores"]) == len(theirs["scores"])
-    assert worst["unmatched"] == 0, worst
     assert worst["iou"] >= MIN_IOU and worst["score"] <= SCORE_TOL
+    assert not [i for i in missing if _unexplained(theirs, i, ours, extra)], worst
+    assert not [j for j in extra if _unexplained(ours, j, theirs, missing)], worst
+    assert len(missing) <= MAX_TIE_SHARE * len(theirs["scores"])
 
 
 def _nhwc(array):

@@ -38,10 +38,18 @@ _NEW_TO_LEGACY = (
 )
 
 
+ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+
+
 def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
-    """The torchvision detector ``arch`` with random weights."""
-    if arch != "fasterrcnn_resnet50_fpn":
+    """The torchvision detector ``arch`` with random weights; ``frozen``: v1's batch norm as
+    its COCO_V1 file has it (v2 keeps trainable batch norm either way)."""
+    if arch not in ARCHS:
         raise SystemExit(f"unknown arch {arch}")
+    if arch == "fasterrcnn_resnet50_fpn_v2":
+        return torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=num_classes
+        )
     norm = FrozenBatchNorm2d if frozen else torch.nn.BatchNorm2d
     body = torchvision.models.resnet50(weights=None, norm_layer=norm)
     backbone = _resnet_fpn_extractor(body, 3 if frozen else 5)
@@ -65,24 +73,24 @@ def legacy_names(state):
 def make(args):
     torch.manual_seed(args.seed)
     model = build(args.arch, args.num_classes, frozen=False)
-    # Calibrate batch-norm statistics on real images: cumulative averages over the images.
-    body = model.backbone.body
-    for module in body.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
+    # Calibrate every batch norm on real images: cumulative batch statistics, each layer seeing
+    # the normalised output of the ones before it (the rest of the model in eval mode).
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
     model.eval()
-    body.train()
+    for module in norms:
+        module.train()
     with torch.no_grad():
         for image in load_images(args.calibrate):
-            batch, _ = model.transform([image])
-            body(batch.tensors)
+            model([image])
+    model.eval()
     with torch.no_grad():
         generator = torch.Generator().manual_seed(args.seed)
-        for module in body.modules():  # non-trivial affine batch-norm parameters
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.mul_(0.5 + torch.rand(module.weight.shape, generator=generator))
-                module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=generator))
+        for module in norms:  # non-trivial affine batch-norm parameters
+            module.weight.mul_(0.5 + torch.rand(module.weight.shape, generator=generator))
+            module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=generator))
         # Sharpen: spread objectness and class scores so that thresholds and NMS matter.
         # Objectness logits stay below ~12 so that sigmoid scores never saturate to equal 1.0
         # (ties that either framework may order either way); shrunken box deltas keep
@@ -93,11 +101,12 @@ def make(args):
         predictor = model.roi_heads.box_predictor
         predictor.cls_score.weight.mul_(args.sharpen_cls)
         predictor.bbox_pred.weight.mul_(args.shrink_box)
-    frozen = build(args.arch, args.num_classes, frozen=True)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    frozen.load_state_dict(state)
-    overwrite_eps(frozen, 0.0)
-    state = frozen.state_dict()
+    state = model.state_dict()
+    if args.arch == "fasterrcnn_resnet50_fpn":  # saved as COCO_V1: frozen batch norm, eps 0
+        frozen = build(args.arch, args.num_classes, frozen=True)
+        frozen.load_state_dict({k: v for k, v in state.items() if "num_batches" not in k})
+        overwrite_eps(frozen, 0.0)
+        state = frozen.state_dict()
     if args.legacy_names:
         state = legacy_names(state)
     torch.save(state, args.output)
@@ -107,7 +116,8 @@ def run(args):
     model = build(args.arch, args.num_classes, frozen=True)
     state = torch.load(args.weights, weights_only=True)
     model.load_state_dict(state)  # torchvision renames legacy keys itself
-    overwrite_eps(model, 0.0)
+    if args.arch == "fasterrcnn_resnet50_fpn":
+        overwrite_eps(model, 0.0)
     model.eval()
     out = {}
     images = load_images(args.images)

@@ -3,12 +3,19 @@
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
-from kdetect.layers.roi import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
+from kdetect.layers.roi import (
+    BoxPredictor,
+    ConvFCBoxHead,
+    MLPBoxHead,
+    MultiLevelRoIAlign,
+    RoISampler,
+)
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
 
 __all__ = [
     "BatchNormalization",
     "BoxPredictor",
+    "ConvFCBoxHead",
     "DetectionDecoder",
     "FeaturePyramid",
     "MLPBoxHead",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kdetect.layers.batch_norm import BatchNormalization
+
 
 @keras.saving.register_keras_serializable(package="kdetect")
 class FeaturePyramid(keras.layers.Layer):
@@ -13,48 +15,92 @@ class FeaturePyramid(keras.layers.Layer):
     Each ``C_l`` goes through a 1x1 lateral conv to ``channels``; from the top, each level is
     upsampled 2x (nearest) and added to the next finer lateral; a 3x3 conv then smooths every
     sum. ``P6`` is a stride-2 subsampling of ``P5`` (used by the RPN only, as in torchvision).
+    With ``batch_norm`` every conv is followed by batch norm instead of a bias (torchvision's
+    ``fasterrcnn_resnet50_fpn_v2``).
 
     Args:
         channels: width of every pyramid level.
         extra_level: whether to add ``P6``.
+        batch_norm: batch norm after each conv.
+        batch_norm_epsilon: its epsilon (torch's default 1e-5).
     """
 
-    def __init__(self, channels: int = 256, extra_level: bool = True, **kwargs):
+    def __init__(
+        self,
+        channels: int = 256,
+        extra_level: bool = True,
+        batch_norm: bool = False,
+        batch_norm_epsilon: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels = channels
         self.extra_level = extra_level
+        self.batch_norm = bool(batch_norm)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
         self.lateral_convs = []
         self.output_convs = []
+        self.lateral_norms = []
+        self.output_norms = []
+
+    def _conv(self, size, name, input_shape):
+        conv = keras.layers.Conv2D(
+            self.channels,
+            size,
+            padding="same",
+            use_bias=not self.batch_norm,
+            kernel_initializer=keras.initializers.HeUniform(),
+            name=name,
+        )
+        conv.build(input_shape)
+        if not self.batch_norm:
+            return conv, None
+        norm = BatchNormalization(epsilon=self.batch_norm_epsilon, name=f"{name}_bn")
+        norm.build(tuple(input_shape[:-1]) + (self.channels,))
+        return conv, norm
 
     def build(self, input_shapes):
-        init = keras.initializers.HeUniform()
         for i, shape in enumerate(input_shapes):
-            lateral = keras.layers.Conv2D(
-                self.channels, 1, kernel_initializer=init, name=f"lateral_{i}"
-            )
-            output = keras.layers.Conv2D(
-                self.channels, 3, padding="same", kernel_initializer=init, name=f"output_{i}"
-            )
-            lateral.build(shape)
-            output.build(tuple(shape[:-1]) + (self.channels,))
+            lateral, lateral_norm = self._conv(1, f"lateral_{i}", shape)
+            output, output_norm = self._conv(3, f"output_{i}", tuple(shape[:-1]) + (self.channels,))
             self.lateral_convs.append(lateral)
             self.output_convs.append(output)
+            self.lateral_norms.append(lateral_norm)
+            self.output_norms.append(output_norm)
 
-    def call(self, features):
+    @staticmethod
+    def _apply(conv, norm, x, training):
+        x = conv(x)
+        return x if norm is None else norm(x, training=training)
+
+    def call(self, features, training=False):
         """``features``: list [C2, ..., C5], finest first. Returns [P2, ..., P5(, P6)]."""
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features)]
+        laterals = [
+            self._apply(conv, norm, f, training)
+            for conv, norm, f in zip(self.lateral_convs, self.lateral_norms, features)
+        ]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             coarse = merged[0]
             height, width = lateral.shape[1], lateral.shape[2]
             up = ops.repeat(ops.repeat(coarse, 2, axis=1), 2, axis=2)[:, :height, :width, :]
             merged.insert(0, lateral + up)
-        outputs = [conv(m) for conv, m in zip(self.output_convs, merged)]
+        outputs = [
+            self._apply(conv, norm, m, training)
+            for conv, norm, m in zip(self.output_convs, self.output_norms, merged)
+        ]
         if self.extra_level:
             outputs.append(outputs[-1][:, ::2, ::2, :])
         return outputs
 
     def get_config(self):
         config = super().get_config()
-        config.update({"channels": self.channels, "extra_level": self.extra_level})
+        config.update(
+            {
+                "channels": self.channels,
+                "extra_level": self.extra_level,
+                "batch_norm": self.batch_norm,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
         return config

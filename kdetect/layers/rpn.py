@@ -25,16 +25,25 @@ class RPNHead(keras.layers.Layer):
     Args:
         num_anchors: anchors per feature-map cell.
         channels: width of the 3x3 conv.
+        conv_depth: number of 3x3 conv + ReLU layers (torchvision's v2 detector uses 2).
     """
 
-    def __init__(self, num_anchors: int, channels: int = 256, **kwargs):
+    def __init__(self, num_anchors: int, channels: int = 256, conv_depth: int = 1, **kwargs):
         super().__init__(**kwargs)
+        if conv_depth < 1:
+            raise ValueError(f"conv_depth must be at least 1, got {conv_depth}")
         self.num_anchors = num_anchors
         self.channels = channels
+        self.conv_depth = int(conv_depth)
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.conv = keras.layers.Conv2D(
-            channels, 3, padding="same", activation="relu", kernel_initializer=init, name="conv"
-        )
+
+        def conv3x3(name):
+            return keras.layers.Conv2D(
+                channels, 3, padding="same", activation="relu", kernel_initializer=init, name=name
+            )
+
+        self.conv = conv3x3("conv")
+        self.extra_convs = [conv3x3(f"conv_{i}") for i in range(1, self.conv_depth)]
         self.objectness = keras.layers.Conv2D(
             num_anchors, 1, kernel_initializer=init, name="objectness"
         )
@@ -49,6 +58,8 @@ class RPNHead(keras.layers.Layer):
             input_shape = input_shape[0]
         self.conv.build(input_shape)
         shape = tuple(input_shape[:-1]) + (self.channels,)
+        for conv in self.extra_convs:
+            conv.build(shape)
         self.objectness.build(shape)
         self.box_deltas.build(shape)
 
@@ -60,6 +71,8 @@ class RPNHead(keras.layers.Layer):
         logits, deltas = [], []
         for feature in features:
             x = self.conv(feature)
+            for conv in self.extra_convs:
+                x = conv(x)
             batch = ops.shape(x)[0]
             logits.append(ops.reshape(self.objectness(x), (batch, -1)))
             deltas.append(ops.reshape(self.box_deltas(x), (batch, -1, 4)))
@@ -67,7 +80,13 @@ class RPNHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_anchors": self.num_anchors, "channels": self.channels})
+        config.update(
+            {
+                "num_anchors": self.num_anchors,
+                "channels": self.channels,
+                "conv_depth": self.conv_depth,
+            }
+        )
         return config
 
 

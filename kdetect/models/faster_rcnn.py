@@ -14,6 +14,7 @@ from kdetect.backbones import build_backbone, preprocess_images, resnet_stage5_h
 from kdetect.boxes import BoxCoder, clip_boxes
 from kdetect.layers import (
     BoxPredictor,
+    ConvFCBoxHead,
     DetectionDecoder,
     FeaturePyramid,
     MLPBoxHead,
@@ -27,6 +28,7 @@ from kdetect.pretrained.torchvision import load_torchvision
 
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 RESIZE_MODES = ("fit", "min_max")
+BOX_HEAD_TYPES = ("mlp", "conv_fc")
 
 
 def smooth_l1(diff, beta: float):
@@ -76,7 +78,11 @@ class FasterRCNN(keras.Model):
         fpn_channels: width of the pyramid levels.
         rpn_*: region proposal network settings (torchvision's names and defaults).
         box_*: RoI head settings (torchvision's names and defaults); ``box_head_units`` is the
-            width of the two fully connected layers of the MLP head.
+            width of the fully connected layers. ``box_head_type`` ``mlp`` is FPN's two-layer
+            head; ``conv_fc`` is torchvision v2's four 256-channel conv + batch norm layers and
+            one fully connected layer.
+        fpn_batch_norm: batch norm after the pyramid's convs (torchvision v2).
+        rpn_conv_depth: 3x3 convs of the RPN head (torchvision v2: 2).
         bbox_reg_weights: box coder weights of the RoI head.
         roi_align_aligned: half-pixel RoIAlign (Detectron2's ``aligned=True``); torchvision's
             detectors use False.
@@ -98,6 +104,7 @@ class FasterRCNN(keras.Model):
         anchor_sizes: Sequence[Sequence[float]] | None = None,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         fpn_channels: int = 256,
+        fpn_batch_norm: bool = False,
         rpn_pre_nms_top_n_train: int = 2000,
         rpn_pre_nms_top_n_test: int = 1000,
         rpn_post_nms_top_n_train: int = 2000,
@@ -108,9 +115,11 @@ class FasterRCNN(keras.Model):
         rpn_batch_size_per_image: int = 256,
         rpn_positive_fraction: float = 0.5,
         rpn_score_thresh: float = 0.0,
+        rpn_conv_depth: int = 1,
         box_roi_pool_size: int = 7,
         box_sampling_ratio: int = 2,
         box_head_units: int = 1024,
+        box_head_type: str = "mlp",
         box_score_thresh: float = 0.05,
         box_nms_thresh: float = 0.5,
         box_detections_per_img: int = 100,
@@ -135,6 +144,10 @@ class FasterRCNN(keras.Model):
             )
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if box_head_type not in BOX_HEAD_TYPES:
+            raise ValueError(
+                f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}"
+            )
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if not 0 < min_size <= max_size:
@@ -159,7 +172,7 @@ class FasterRCNN(keras.Model):
         c4_style_resnet = not fpn and backbone.startswith("resnet")
         if fpn:
             self.backbone = features
-            self.fpn = FeaturePyramid(fpn_channels, name="fpn")
+            self.fpn = FeaturePyramid(fpn_channels, batch_norm=fpn_batch_norm, name="fpn")
             rpn_channels = fpn_channels
             rpn_levels = 5  # P2..P6
             roi_strides = (4, 8, 16, 32)
@@ -177,13 +190,17 @@ class FasterRCNN(keras.Model):
         num_anchors = len(anchor_sizes[0]) * len(aspect_ratios)
         if any(len(level) != len(anchor_sizes[0]) for level in anchor_sizes):
             raise ValueError("every RPN level needs the same number of anchor sizes")
-        self.rpn_head = RPNHead(num_anchors, rpn_channels, name="rpn_head")
+        self.rpn_head = RPNHead(
+            num_anchors, rpn_channels, conv_depth=rpn_conv_depth, name="rpn_head"
+        )
         roi_output_size = 2 * box_roi_pool_size if c4_style_resnet else box_roi_pool_size
         self.roi_align = MultiLevelRoIAlign(
             roi_strides, roi_output_size, box_sampling_ratio, aligned=roi_align_aligned
         )
         if c4_style_resnet:
             self.box_head = resnet_stage5_head(full, backbone)
+        elif box_head_type == "conv_fc":
+            self.box_head = ConvFCBoxHead(units=(box_head_units,), name="box_head")
         else:
             self.box_head = MLPBoxHead(box_head_units, name="box_head")
         self.box_predictor = BoxPredictor(num_classes, name="box_predictor")
@@ -236,6 +253,7 @@ class FasterRCNN(keras.Model):
         self.anchor_sizes = anchor_sizes
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.fpn_channels = fpn_channels
+        self.fpn_batch_norm = bool(fpn_batch_norm)
         self.resize_mode = resize_mode
         self.min_size = int(min_size)
         self.max_size = int(max_size)
@@ -250,9 +268,11 @@ class FasterRCNN(keras.Model):
             "rpn_batch_size_per_image": rpn_batch_size_per_image,
             "rpn_positive_fraction": rpn_positive_fraction,
             "rpn_score_thresh": rpn_score_thresh,
+            "rpn_conv_depth": int(rpn_conv_depth),
             "box_roi_pool_size": box_roi_pool_size,
             "box_sampling_ratio": box_sampling_ratio,
             "box_head_units": box_head_units,
+            "box_head_type": box_head_type,
             "box_score_thresh": box_score_thresh,
             "box_nms_thresh": box_nms_thresh,
             "box_detections_per_img": box_detections_per_img,
@@ -284,6 +304,9 @@ class FasterRCNN(keras.Model):
         if isinstance(self.box_head, MLPBoxHead):
             self.box_head.build((None, None, size, size, roi_channels))
             self.box_predictor.build((None, None, self.box_head.units))
+        elif isinstance(self.box_head, ConvFCBoxHead):
+            self.box_head.build((None, None, size, size, roi_channels))
+            self.box_predictor.build((None, None, self.box_head.output_units))
         else:
             self.box_predictor.build((None, None, self.box_head.output_shape[-1]))
         self.built = True
@@ -294,7 +317,7 @@ class FasterRCNN(keras.Model):
         features = self.backbone(inputs, training=training)
         if self.fpn is None:
             return [features], [features]
-        pyramid = self.fpn(features)
+        pyramid = self.fpn(features, training=training)
         return pyramid, pyramid[:4]
 
     def _anchors(self, inputs, rpn_features):
@@ -312,6 +335,8 @@ class FasterRCNN(keras.Model):
         pooled = self.roi_align(roi_features, rois, method=method)
         if isinstance(self.box_head, MLPBoxHead):
             x = self.box_head(pooled)
+        elif isinstance(self.box_head, ConvFCBoxHead):
+            x = self.box_head(pooled, training=training)
         else:
             batch, num = ops.shape(pooled)[0], pooled.shape[1]
             flat = ops.reshape(pooled, (-1,) + tuple(pooled.shape[2:]))
@@ -556,6 +581,7 @@ class FasterRCNN(keras.Model):
                 "anchor_sizes": self.anchor_sizes,
                 "aspect_ratios": self.aspect_ratios,
                 "fpn_channels": self.fpn_channels,
+                "fpn_batch_norm": self.fpn_batch_norm,
                 "resize_mode": self.resize_mode,
                 "min_size": self.min_size,
                 "max_size": self.max_size,

@@ -23,9 +23,11 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import keras
 import numpy as np
 
 from kdetect.errors import CheckpointError
+from kdetect.layers import ConvFCBoxHead
 from kdetect.pretrained.state_dict import read_state_dict
 
 #: kdetect ``FasterRCNN`` options of each importable torchvision architecture.
@@ -42,6 +44,21 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "max_size": 1333,
         "image_size": (800, 1344),  # the training frame; predict uses min_max
     },
+    "fasterrcnn_resnet50_fpn_v2": {
+        "backbone": "torchvision_resnet50",
+        "fpn": True,
+        "fpn_batch_norm": True,
+        "rpn_conv_depth": 2,
+        "box_head_type": "conv_fc",
+        "frozen_batch_norm": False,  # v2 trains its batch norms
+        "batch_norm_epsilon": 1e-5,
+        "freeze": "stage1",
+        "roi_align_aligned": False,
+        "resize_mode": "min_max",
+        "min_size": 800,
+        "max_size": 1333,
+        "image_size": (800, 1344),
+    },
 }
 
 #: torchvision's published COCO weights of each architecture: (weights enum, file, box AP).
@@ -50,6 +67,11 @@ PUBLISHED_WEIGHTS = {
         "FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
         "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
         37.0,
+    ),
+    "fasterrcnn_resnet50_fpn_v2": (
+        "FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
+        "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+        46.7,
     ),
 }
 
@@ -89,8 +111,6 @@ def _same(w):
 
 def _weight_plan(model) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray]]]:
     """torchvision key -> (kdetect variable, converter) for every weight of ``model``."""
-    import keras
-
     plan: dict[str, tuple[Any, Callable]] = {}
 
     def conv(prefix, layer):
@@ -98,36 +118,60 @@ def _weight_plan(model) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarra
         if layer.use_bias:
             plan[prefix + "bias"] = (layer.bias, _same)
 
+    def batch_norm(prefix, layer):
+        plan[prefix + "weight"] = (layer.gamma, _same)
+        plan[prefix + "bias"] = (layer.beta, _same)
+        plan[prefix + "running_mean"] = (layer.moving_mean, _same)
+        plan[prefix + "running_var"] = (layer.moving_variance, _same)
+
     def linear(prefix, layer, weight=_linear, bias=_same):
         plan[prefix + "weight"] = (layer.kernel, weight)
         plan[prefix + "bias"] = (layer.bias, bias)
+
+    def flattened_chw(channels, size):
+        def convert(w):  # [units, C * S * S] channel-major -> [S * S * C, units] channel-last
+            units = w.shape[0]
+            w = w.reshape(units, channels, size, size).transpose(2, 3, 1, 0)
+            return w.reshape(size * size * channels, units)
+
+        return convert
 
     for layer in model.backbone.layers:
         prefix = "backbone.body." + layer.name.replace("_", ".") + "."
         if isinstance(layer, keras.layers.Conv2D):
             conv(prefix, layer)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            plan[prefix + "weight"] = (layer.gamma, _same)
-            plan[prefix + "bias"] = (layer.beta, _same)
-            plan[prefix + "running_mean"] = (layer.moving_mean, _same)
-            plan[prefix + "running_var"] = (layer.moving_variance, _same)
-    for i, (lateral, output) in enumerate(zip(model.fpn.lateral_convs, model.fpn.output_convs)):
-        conv(f"backbone.fpn.inner_blocks.{i}.", lateral)
-        conv(f"backbone.fpn.layer_blocks.{i}.", output)
+            batch_norm(prefix, layer)
+    fpn = model.fpn
+    for i in range(len(fpn.lateral_convs)):
+        for kind, convs, norms in (
+            ("inner_blocks", fpn.lateral_convs, fpn.lateral_norms),
+            ("layer_blocks", fpn.output_convs, fpn.output_norms),
+        ):
+            conv(f"backbone.fpn.{kind}.{i}.", convs[i])  # (pre-0.13 spelling of {i}.0.)
+            if norms[i] is not None:
+                batch_norm(f"backbone.fpn.{kind}.{i}.1.", norms[i])
     conv("rpn.head.conv.", model.rpn_head.conv)
+    for depth, extra in enumerate(model.rpn_head.extra_convs, start=1):
+        conv(f"rpn.head.conv.{depth}.0.", extra)
     conv("rpn.head.cls_logits.", model.rpn_head.objectness)
     conv("rpn.head.bbox_pred.", model.rpn_head.box_deltas)
 
     size = model.roi_align.output_size
-    channels = model.fpn_channels
-
-    def fc6(w):  # [units, C * S * S] channel-major -> [S * S * C, units] channel-last
-        units = w.shape[0]
-        w = w.reshape(units, channels, size, size).transpose(2, 3, 1, 0)
-        return w.reshape(size * size * channels, units)
-
-    linear("roi_heads.box_head.fc6.", model.box_head.fc1, weight=fc6)
-    linear("roi_heads.box_head.fc7.", model.box_head.fc2)
+    head = model.box_head
+    if isinstance(head, ConvFCBoxHead):  # Sequential: convs, Flatten, (Linear, ReLU) * n
+        for index, (layer, norm) in enumerate(zip(head.convs, head.norms)):
+            conv(f"roi_heads.box_head.{index}.0.", layer)
+            batch_norm(f"roi_heads.box_head.{index}.1.", norm)
+        channels = head.conv_channels[-1]
+        for j, fc in enumerate(head.fcs):
+            index = len(head.convs) + 1 + 2 * j
+            weight = flattened_chw(channels, size) if j == 0 else _linear
+            linear(f"roi_heads.box_head.{index}.", fc, weight=weight)
+    else:
+        fc6 = flattened_chw(model.fpn_channels, size)
+        linear("roi_heads.box_head.fc6.", head.fc1, weight=fc6)
+        linear("roi_heads.box_head.fc7.", head.fc2)
     linear("roi_heads.box_predictor.cls_score.", model.box_predictor.cls_score)
     linear(
         "roi_heads.box_predictor.bbox_pred.",

@@ -183,6 +183,7 @@ def model_kwargs(
         "aspect_ratios": tuple(model.aspect_ratios),
         "frozen_batch_norm": model.frozen_batch_norm,
         "fpn_channels": model.fpn_channels,
+        "fpn_batch_norm": model.fpn_batch_norm,
         "batch_norm_epsilon": model.batch_norm_epsilon,
         "roi_align_aligned": model.roi_align_aligned,
         "resize_mode": model.resize_mode,

@@ -61,6 +61,7 @@ class RPNConfig:
     score_thresh: float = _f(
         0.0, "proposals with a lower objectness probability are dropped", ge=0, le=1
     )
+    conv_depth: int = _f(1, "3x3 conv layers of the RPN head (torchvision's v2 detector: 2)", gt=0)
 
 
 @dataclass
@@ -74,7 +75,12 @@ class BoxConfig:
     bg_iou_thresh: float = _f(0.5, "proposals with IoU < this are negatives", ge=0, le=1)
     batch_size_per_image: int = _f(512, "proposals sampled per image for the head loss", gt=0)
     positive_fraction: float = _f(0.25, "largest share of positives in that sample", gt=0, le=1)
-    head_units: int = _f(1024, "width of the two fully connected layers of the box head", gt=0)
+    head_units: int = _f(1024, "width of the fully connected layers of the box head", gt=0)
+    head_type: Literal["mlp", "conv_fc"] = _f(
+        "mlp",
+        "`mlp`: two fully connected layers (FPN's head); `conv_fc`: four 3x3 conv + batch norm "
+        "layers and one fully connected layer (torchvision's v2 detector)",
+    )
     roi_pool_size: int = _f(7, "RoIAlign output size (pixels per side)", gt=0)
     sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side", gt=0)
     reg_weights: list[float] = _f(
@@ -112,6 +118,9 @@ class ModelConfig:
         None, "keep backbone batch-norm statistics fixed; null: true when backbone_weights is set"
     )
     fpn_channels: int = _f(256, "channels of the feature pyramid levels", gt=0)
+    fpn_batch_norm: bool = _f(
+        False, "batch norm after the pyramid's convs instead of biases (torchvision's v2 detector)"
+    )
     batch_norm_epsilon: float | None = _f(
         None, "epsilon of the backbone's batch norm; null keeps the backbone's own", ge=0
     )
