@@ -15,6 +15,17 @@ class DataError(KdetectError):
     """Bad dataset input: missing or corrupt image, malformed annotation, invalid box, ..."""
 
 
+class DataErrors(DataError):
+    """Several bad inputs found at once: ``problems`` holds one line each, the message sums up.
+
+    The CLI prints every problem on its own line, then the summary.
+    """
+
+    def __init__(self, problems: list[str], summary: str):
+        super().__init__(summary)
+        self.problems = list(problems)
+
+
 class RecipeError(KdetectError):
     """A recipe file or override that does not validate."""
 

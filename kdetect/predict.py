@@ -223,9 +223,10 @@ class Detector:
         """Predict on image arrays or image files; one JSON-ready dict per image.
 
         ``inputs`` may be one path, one ``[H, W, 3]`` array, a ``[B, H, W, 3]`` array, or a list
-        of paths and arrays. Unreadable files raise :class:`~kdetect.errors.DataError`.
+        of paths and arrays. Unreadable files, and images outside the size limits of
+        :mod:`kdetect.data.images`, raise :class:`~kdetect.errors.DataError`.
         """
-        from kdetect.data.images import load_image
+        from kdetect.data.images import check_size, load_image
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
@@ -240,6 +241,7 @@ class Detector:
                 array = np.asarray(item)
                 if array.ndim != 3 or array.shape[-1] != 3:
                     raise KdetectError(f"expected an [H, W, 3] image, got shape {array.shape}")
+                check_size(array.shape[1], array.shape[0], f"image {len(names)}")
                 names.append(None)
                 arrays.append(array)
         objects = self.predict_arrays(arrays)

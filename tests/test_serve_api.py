@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from test_bad_input import png_header_only  # noqa: E402
 from test_serve_support import encode, loaded_model, sample_image, serve_app  # noqa: E402
 
 from kdetect.predict import Detector  # noqa: E402
@@ -21,6 +20,12 @@ from kdetect.predict import Detector  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return loaded_model(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    _, model, classes = loaded_model(tmp_path_factory)
+    return Detector(model, classes)
 
 
 @pytest.fixture(scope="module")
@@ -137,26 +142,38 @@ def test_truncated_image(client, run):
         assert "truncated" in detail or "corrupt" in detail
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a huge size: the header of a decompression bomb."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1000)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_too_many_pixels(client, small_limits_client):
     assert "pixels" in _error(
         _post(small_limits_client, encode(np.zeros((101, 100, 3), np.uint8))), 413
     )
     # A decompression bomb: tiny file, 50000x50000 pixels; refused from its header.
-    assert "pixels" in _error(_post(client, _png_header_only(50_000, 50_000)), 413)
+    assert "pixels" in _error(_post(client, png_header_only(50_000, 50_000)), 413)
     ok = _post(small_limits_client, encode(np.zeros((100, 100, 3), np.uint8)))
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "size, status, detail",
+    [
+        ((20_000, 20_000), 413, "400000000 pixels, over the limit of 40000000 pixels"),
+        ((1, 5000), 400, "1x5000 image is too small; each side must be at least 8 pixels"),
+        ((5000, 1), 400, "5000x1 image is too small; each side must be at least 8 pixels"),
+        ((3, 2000), 400, "3x2000 image is too small; each side must be at least 8 pixels"),
+        ((10, 300), 400, "10x300 image is too elongated; the long side may be at most 20 times"),
+    ],
+    ids=["bomb", "1x5000", "5000x1", "3x2000", "10x300"],
+)
+def test_extreme_sizes_are_4xx_naming_the_limit(client, detector, size, status, detail):
+    from kdetect.data.images import ImageSizeError
+
+    width, height = size
+    if width * height > 10**8:
+        data = png_header_only(width, height)
+    else:
+        data = encode(np.zeros((height, width, 3), np.uint8))
+        with pytest.raises(ImageSizeError, match=detail):  # the Python API refuses it too
+            detector.predict(np.zeros((height, width, 3), np.uint8))
+    assert detail in _error(_post(client, data), status)
 
 
 def test_too_many_bytes(small_limits_client):

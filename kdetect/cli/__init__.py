@@ -1,7 +1,9 @@
 """The ``kdetect`` command line: a thin Typer layer over Python functions.
 
 Each sub-app lives in its own module and is joined here with ``add_typer``. Expected failures
-(``KdetectError``) print one red line and exit 1; ``KDETECT_DEBUG=1`` shows the traceback.
+(``KdetectError``) print one red line and exit 1 (:class:`~kdetect.errors.DataErrors`: one line
+per problem, then the summary); ``KDETECT_DEBUG=1`` shows the traceback. Messages are printed
+escaped (:func:`print_error`), so rich markup never eats a ``[...]`` in a path.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdetect import __version__
-from kdetect.errors import KdetectError
+from kdetect.errors import DataErrors, KdetectError
 
 app = typer.Typer(
     name="kdetect",
@@ -22,6 +25,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 err_console = Console(stderr=True)
+
+
+def print_error(message: object) -> None:
+    """Print one red ``error:`` line on stderr; ``message`` is shown as is (markup escaped)."""
+    err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _print_version(value: bool) -> None:
@@ -65,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except KdetectError as exc:
         if os.environ.get("KDETECT_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        for problem in exc.problems if isinstance(exc, DataErrors) else ():
+            print_error(problem)
+        print_error(exc)
         return 1
     except typer.Abort:
         err_console.print("[red]aborted[/red]")

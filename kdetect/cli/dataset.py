@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdetect.cli import app
@@ -104,7 +105,7 @@ def transform(
     for name, info in summary["splits"].items():
         console.print(
             f"{name}: {info['images']} images, {info['boxes']} boxes -> "
-            f"{len(info['files'])} file(s) in {output_dir}"
+            f"{len(info['files'])} file(s) in {escape(str(output_dir))}"
         )
     console.print(f"classes ({len(summary['classes'])}): {', '.join(summary['classes'])}")
 
@@ -121,7 +122,11 @@ def inspect(
     show: Annotated[int, typer.Option(min=0, help="Draw the first N images.")] = 0,
     output: Annotated[Path | None, typer.Option(help="Folder for the drawn images.")] = None,
 ) -> None:
-    """Print images, boxes per class and per image, sizes and invalid boxes; draw examples."""
+    """Print images, boxes per class and per image, sizes and invalid boxes; draw examples.
+
+    Every image is verified too; unusable ones (unreadable, corrupt, truncated, outside the size
+    limits) are listed one per line and the exit code is 1.
+    """
     from kdetect.data.inspect import inspect_dataset
 
     result = inspect_dataset(
@@ -167,8 +172,12 @@ def inspect(
         classes_table.add_row(str(i), name, str(count))
     console.print(classes_table)
     for box in result.invalid[:10]:
-        console.print(f"[red]invalid:[/red] {box}", highlight=False)
+        console.print(f"[red]invalid:[/red] {escape(str(box))}", highlight=False)
     if len(result.invalid) > 10:
         console.print(f"... and {len(result.invalid) - 10} more invalid boxes")
     if result.drawn:
-        console.print(f"drew {len(result.drawn)} image(s) in {output}")
+        console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
+    if result.bad_images:
+        from kdetect.data.images import bad_images_error
+
+        raise bad_images_error(result.bad_images, summary["images"])

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from kdetect.cli import app, err_console
+from kdetect.cli import app, err_console, print_error
 
 
 @app.command("predict")
@@ -80,7 +81,7 @@ def predict(
         model, min_score=min_score, max_detections=max_detections, only=only, ignore=ignore
     )
     for problem in problems:
-        err_console.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        print_error(problem)
     if save_images is not None:
         save_images.mkdir(parents=True, exist_ok=True)
     failures, done = len(problems), 0
@@ -135,10 +136,10 @@ def predict(
                 done += 1
             except KdetectError as exc:
                 failures += 1
-                err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+                print_error(exc)
         flush()
     if output is not None:
-        err_console.print(f"wrote {done} result(s) to {output}", highlight=False)
+        err_console.print(f"wrote {done} result(s) to {escape(str(output))}", highlight=False)
     if failures:
         total = len(items) + len(problems)
         raise KdetectError(f"{failures} of {total} input(s) could not be read")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from kdetect.data.images import load_image
+from kdetect.data.images import find_bad_images, load_image
 from kdetect.data.readers import FORMATS, InvalidBox, scan_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, dataset_summary
@@ -34,13 +34,14 @@ PALETTE = [
 
 @dataclass
 class Inspection:
-    """What ``inspect`` found: the summary counts, the invalid boxes, and what was drawn."""
+    """What ``inspect`` found: the summary counts, invalid boxes, bad images and what was drawn."""
 
     kind: str  # "voc" | "coco" | "csv" | "tfrecord"
     split: str | None
     summary: dict[str, Any]
     invalid: list[InvalidBox]
     drawn: list[str]
+    bad_images: list[str] = field(default_factory=list)  # one error line per unusable image
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -152,7 +153,10 @@ def inspect_dataset(
     """Count images, boxes per class/image, sizes and invalid boxes; draw ``show`` images.
 
     ``path`` is a VOC/COCO/CSV dataset (``format`` guessed when ``None``) or TFRecords (a
-    transform folder, a file or a glob). Invalid boxes are counted, not fatal.
+    transform folder, a file or a glob). Invalid boxes are counted, not fatal. Every image of
+    a source dataset is verified (:func:`~kdetect.data.images.verify_image`: header, size
+    limits, data); the bad ones are listed in ``bad_images`` and not drawn. TFRecords hold
+    images checked by ``transform``.
     """
     from kdetect.data.pipeline import tfrecord_files
 
@@ -160,6 +164,7 @@ def inspect_dataset(
     if show and output is None:
         raise DataError("--show needs --output DIR for the drawn images")
     encoded: list[bytes] = []
+    bad: dict[str, str] = {}
     if kind == "tfrecord":
         files = tfrecord_files(path, split if Path(path).is_dir() else None)
         annotations, invalid, encoded = read_tfrecord_annotations(files, int(show))
@@ -169,6 +174,7 @@ def inspect_dataset(
         annotations, invalid = scan_annotations(
             kind, path, split, classes, "drop", images_dir, warn=False
         )
+        bad = find_bad_images([r.filename for r in annotations.records if r.image is None])
     else:
         raise DataError(f"unknown dataset type {format!r}; expected voc, coco, csv or tfrecord")
     summary = dataset_summary(annotations, len(invalid))
@@ -176,7 +182,7 @@ def inspect_dataset(
     drawn: list[str] = []
     if show:
         out = Path(output)
-        shown = annotations.records[: int(show)]
+        shown = [r for r in annotations.records if str(r.filename) not in bad][: int(show)]
         targets = [out / f"{i:04d}_{Path(r.filename).stem}.jpg" for i, r in enumerate(shown)]
         check = input_guard([path] + [r.filename for r in annotations.records], "--output")
         for target in targets:
@@ -192,7 +198,7 @@ def inspect_dataset(
                 pixels = load_image(record.filename)
             draw_boxes(pixels, record, annotations.classes).save(target, quality=92)
             drawn.append(str(target))
-    return Inspection(kind, split, summary, invalid, drawn)
+    return Inspection(kind, split, summary, invalid, drawn, list(bad.values()))
 
 
 def draw_boxes(image: np.ndarray, record: Record, classes: Sequence[str]) -> Image.Image:

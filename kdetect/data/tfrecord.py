@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.data.images import encode_for_record
+from kdetect.data.images import encode_for_record, verify_images
 from kdetect.data.readers import scan_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import DataError
@@ -260,7 +260,8 @@ def transform_dataset(
 ) -> dict[str, Any]:
     """Read a dataset and write sharded TFRecords, ``classes.json`` and ``dataset.json``.
 
-    All splits are read and validated first, then written into a temporary folder next to
+    All splits are read and validated first (every image verified, all bad ones reported at
+    once), then written into a temporary folder next to
     ``output_dir`` that is renamed into place only when everything succeeded, so a failure
     (bad image, bad box, Ctrl-C) leaves nothing half-written. An existing ``output_dir`` is
     replaced only when it holds an earlier transform (it has a ``dataset.json``) or is empty.
@@ -291,6 +292,7 @@ def transform_dataset(
             class_list = annotations.classes
         loaded[split] = (annotations, len(invalid))
     assert class_list is not None
+    verify_images([r.filename for a, _ in loaded.values() for r in a.records if r.image is None])
 
     with atomic_path(output_dir) as staging:
         staging.mkdir()

@@ -241,8 +241,12 @@ def evaluate_model(
 
     The model's label ids must index ``annotations.classes`` (read the ground truth with the
     model's class list to make sure). Returns the same dict as :func:`evaluate_offline`.
+    Every image is verified first; :class:`~kdetect.errors.DataErrors` names all bad ones.
     """
+    from kdetect.data.images import verify_images
+
     check_metric(metric)
     gt = annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
+    verify_images([r.filename for r in gt.annotations.records if r.image is None])
     detections = predict_detections(model, gt.annotations, batch_size, progress)
     return evaluate_detections(gt, detections, metric, plots_dir)

@@ -108,7 +108,11 @@ def tfrecord_classes(data: DataConfig) -> list[str]:
 
 
 def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
-    """The training and validation ``tf.data`` pipelines of a recipe, with the class list."""
+    """The training and validation ``tf.data`` pipelines of a recipe, with the class list.
+
+    Every image of both splits is verified first (:func:`~kdetect.data.images.verify_images`),
+    so a truncated or corrupt file stops here, all of them named, not in the middle of an epoch.
+    """
     from kdetect.data.pipeline import make_dataset
 
     data = recipe.data
@@ -129,6 +133,18 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     val_source = None
     if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
         val_source = read_split(data, data.val_split, classes)
+
+    from kdetect.data.images import verify_images
+
+    verify_images(
+        [
+            record.filename
+            for source in (train_source, val_source)
+            if isinstance(source, Annotations)
+            for record in source.records
+            if record.image is None
+        ]
+    )
 
     augment: dict[str, Any] | bool = False
     if data.augment.enabled:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kdetect.errors import RecipeError
+from kdetect.errors import CheckpointError, RecipeError
 from kdetect.paths import write_text
 from kdetect.recipes.schema import Recipe, from_dict, path_fields, to_dict
 
@@ -52,23 +52,91 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def _check_duplicate_keys(node: yaml.Node, path: Path, prefix: str = "") -> None:
+    """Refuse a key given twice in one mapping (YAML itself keeps the last one silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise RecipeError(
+                        f"{path}: line {line}: duplicate key {dotted} (first given on line "
+                        f"{seen[key]})"
+                    )
+                seen[key] = line
+            _check_duplicate_keys(value_node, path, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, path, f"{prefix}[{i}]")
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a YAML recipe file into a mapping, with one-line errors."""
+    """Parse a YAML recipe file into a mapping, with one-line errors.
+
+    An empty (or comments-only) file, a file that is not UTF-8 text and a key given twice are
+    errors, not a default recipe or a silently replaced value.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not a text file (byte {exc.start} is not UTF-8); a recipe is a YAML file"
+        ) from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_duplicate_keys(node, path)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{path}:{where} invalid YAML: {problem}") from exc
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise RecipeError(
+            f"{path}: the recipe is empty; see recipes/shapes.yaml for one to start from"
+        )
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping with model/data/train/eval")
     return data
+
+
+def _check_anchors(model) -> None:
+    if model.anchor_sizes is None:
+        return
+    levels = 5 if model.fpn else 1
+    where = "with model.fpn" if model.fpn else "without FPN (model.fpn: false)"
+    if len(model.anchor_sizes) != levels:
+        raise RecipeError(
+            f"model.anchor_sizes: needs {levels} list(s), one per RPN level {where}, got "
+            f"{len(model.anchor_sizes)}"
+        )
+    counts = {len(level) for level in model.anchor_sizes}
+    if 0 in counts or len(counts) > 1:
+        raise RecipeError(
+            "model.anchor_sizes: every RPN level needs the same number (at least one) of sizes, "
+            f"got {model.anchor_sizes}"
+        )
+
+
+def _check_init_from(value: str) -> None:
+    from kdetect.recipes.runs import model_file
+
+    try:
+        _, _, tmp = model_file(value)
+    except CheckpointError as exc:
+        reason = str(exc).removeprefix(f"{value}: ")
+        raise RecipeError(f"train.init_from: {value}: {reason}") from None
+    if tmp is not None:
+        tmp.cleanup()
 
 
 def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
@@ -84,6 +152,7 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
         raise RecipeError("model.box.bg_iou_thresh: must be <= model.box.fg_iou_thresh")
     if len(model.box.reg_weights) != 4:
         raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
+    _check_anchors(model)
     if any(side % 32 for side in data.image_size):
         raise RecipeError(
             f"data.image_size: both sides must be multiples of 32, got {data.image_size}"
@@ -125,6 +194,13 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
                 continue
             if value is not None and not Path(value).exists():
                 raise RecipeError(f"{key}: path not found: {value}")
+        if data.format in ("voc", "tfrecord") and not Path(data.root).is_dir():
+            raise RecipeError(
+                f"data.root: {data.root} is a file; data.format {data.format} needs the "
+                "dataset folder"
+            )
+        if train.init_from is not None:
+            _check_init_from(train.init_from)
     return recipe
 
 

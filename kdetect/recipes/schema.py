@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -32,7 +33,8 @@ def _f(default: Any = dataclasses.MISSING, doc: str = "", **meta: Any) -> Any:
 
     ``default`` may be a zero-argument callable (``list``/a dataclass) for mutable defaults.
     Recognised metadata: ``ge``/``gt``/``le``/``lt`` numeric bounds, ``path=True`` for a file
-    or folder that must exist (checked by the loader), ``positive_items=True`` for lists.
+    or folder that must exist (checked by the loader), ``positive_items=True`` and
+    ``min_items=N`` for lists. Numbers must be finite (``.inf`` and ``.nan`` are refused).
     """
     metadata = {"doc": doc, **meta}
     if callable(default):
@@ -112,7 +114,10 @@ class ModelConfig:
         "FPN, [[32, 64, 128, 256, 512]] without); null uses that default",
     )
     aspect_ratios: list[float] = _f(
-        lambda: [0.5, 1.0, 2.0], "anchor aspect ratios (height / width)", positive_items=True
+        lambda: [0.5, 1.0, 2.0],
+        "anchor aspect ratios (height / width)",
+        positive_items=True,
+        min_items=1,
     )
     frozen_batch_norm: bool | None = _f(
         None, "keep backbone batch-norm statistics fixed; null: true when backbone_weights is set"
@@ -434,6 +439,10 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         length = meta.get("length")
         if length is not None and len(value) != length:
             raise RecipeError(f"{key}: expected {length} values, got {len(value)}")
+        if len(value) < meta.get("min_items", 0):
+            raise RecipeError(
+                f"{key}: needs at least {meta['min_items']} value(s), got {len(value)}"
+            )
         items = [_check_value(f"{key}[{i}]", v, args[0], {}) for i, v in enumerate(value)]
         numbers = [v for v in items if isinstance(v, (int, float))]
         if meta.get("positive_items") and any(v <= 0 for v in numbers):
@@ -464,6 +473,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
 
 
 def _check_bounds(key: str, value: float, meta: dict[str, Any]) -> float:
+    if not math.isfinite(value):
+        raise RecipeError(f"{key}: expected a finite number, got {value}")
     for name, ok, word in (
         ("ge", lambda v, b: v >= b, ">="),
         ("gt", lambda v, b: v > b, ">"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,16 @@ from kdetect.recipes.schema import Recipe
 DEFAULT_RUNS_DIR = "runs"
 
 
+def safe_run_name(name: str) -> str:
+    """``name`` as one folder name: characters other than letters, digits, ``.``, ``-`` and
+    ``_`` become ``_``, leading and trailing dots and underscores go (``../../x`` -> ``x``)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "run"
+
+
 def default_run_dir(recipe: Recipe, root: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
-    """``runs/<recipe name>-<YYYYmmdd-HHMMSS>``."""
+    """``runs/<recipe name>-<YYYYmmdd-HHMMSS>``, always directly inside ``root``."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{recipe.name}-{stamp}"
+    return Path(root) / f"{safe_run_name(recipe.name)}-{stamp}"
 
 
 def transfer_weights(source, target) -> tuple[int, list[str]]:
@@ -91,12 +98,34 @@ def _write_samples(folder: Path, annotations, count: int) -> list[np.ndarray]:
     return images
 
 
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((run_dir / runs.PACK_META).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _nothing_to_keep(run_dir: Path) -> bool:
+    """A run that failed or was interrupted before it saved any state or model: rerunning into
+    it loses nothing."""
+    checkpoints = run_dir / runs.CHECKPOINTS_DIR
+    return (
+        _read_meta(run_dir).get("status") in ("failed", "interrupted")
+        and not any((checkpoints / "state").glob("*"))
+        and not any(checkpoints.glob("*.keras"))
+        and not (run_dir / runs.MODEL_FILE).exists()
+    )
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / runs.RECIPE_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory (no recipe.yaml) to resume")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and not run_dir.is_dir():
+        raise KdetectError(f"{run_dir}: exists and is not a folder; choose another --run-dir")
+    if run_dir.exists() and any(run_dir.iterdir()) and not _nothing_to_keep(run_dir):
         raise KdetectError(
             f"{run_dir}: run directory already exists; use --resume to continue it or choose "
             "another --run-dir"
@@ -137,15 +166,9 @@ def _summary_table(rows: list[dict[str, Any]], console) -> None:
 
 
 def _update_meta(run_dir: Path, **values: Any) -> None:
-    path = run_dir / runs.PACK_META
-    meta = {}
-    if path.is_file():
-        try:
-            meta = json.loads(path.read_text())
-        except ValueError:
-            meta = {}
+    meta = _read_meta(run_dir)
     meta.update(values)
-    write_text(path, json.dumps(meta, indent=2) + "\n")
+    write_text(run_dir / runs.PACK_META, json.dumps(meta, indent=2) + "\n")
 
 
 def train(
@@ -230,6 +253,15 @@ def train(
 def _train_in(
     recipe, run_dir, state_info, callbacks, console, keras, builders, cb, resume=False
 ) -> Path:
+    tcfg = recipe.train
+    if tcfg.seed is not None:
+        keras.utils.set_random_seed(tcfg.seed)
+    # Read the data (and verify every image) before the run directory exists: a bad dataset
+    # leaves nothing behind.
+    strategy = builders.build_strategy(tcfg)
+    with strategy.scope():
+        data = builders.build_datasets(recipe, seed=tcfg.seed)
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / runs.CHECKPOINTS_DIR).mkdir(exist_ok=True)
     dump(recipe, run_dir / runs.RECIPE_FILE)
@@ -244,19 +276,26 @@ def _train_in(
         )
     _update_meta(run_dir, status="running")
 
-    tcfg = recipe.train
-    if tcfg.seed is not None:
-        keras.utils.set_random_seed(tcfg.seed)
     previous_policy = keras.mixed_precision.global_policy().name
     if tcfg.mixed_precision:
         keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
     try:
-        return _fit(recipe, run_dir, state_info, callbacks or [], console, builders, cb)
-    except Exception as exc:
+        return _fit(
+            recipe, run_dir, state_info, callbacks or [], console, builders, cb, strategy, data
+        )
+    except BaseException as exc:
+        # Never leave the run marked `running`: interrupted (state saved, or nothing to keep)
+        # or failed.
+        if _read_meta(run_dir).get("status") == "running":
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            _update_meta(run_dir, status="interrupted" if interrupted else "failed")
         from kdetect import distribute
 
-        if tcfg.distribute == "multi_worker" and distribute.is_worker_loss(exc):
-            _update_meta(run_dir, status="failed")
+        if (
+            isinstance(exc, Exception)
+            and tcfg.distribute == "multi_worker"
+            and distribute.is_worker_loss(exc)
+        ):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise distribute.WorkerLostError(
                 f"multi_worker: lost contact with another worker ({first}); restart every "
@@ -267,13 +306,21 @@ def _train_in(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, builders, cb) -> Path:
+def _fit(
+    recipe: Recipe,
+    run_dir: Path,
+    state_info,
+    extra_callbacks,
+    console,
+    builders,
+    cb,
+    strategy,
+    data,
+) -> Path:
     import keras
+    from rich.markup import escape
 
     tcfg = recipe.train
-    strategy = builders.build_strategy(tcfg)
-    with strategy.scope():
-        data = builders.build_datasets(recipe, seed=tcfg.seed)
     classes = data.classes
     if (run_dir / runs.CLASSES_FILE).is_file() and state_info is not None:
         saved = runs.read_classes(run_dir / runs.CLASSES_FILE)
@@ -307,7 +354,7 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
         step_in_epoch = int(state_info.get("step_in_epoch", 0))
         best_value = state_info.get("best_value")
         console.print(
-            f"resuming {run_dir} at epoch {initial_epoch + 1}"
+            f"resuming {escape(str(run_dir))} at epoch {initial_epoch + 1}"
             + (f", step {step_in_epoch}" if step_in_epoch else ""),
             highlight=False,
         )
@@ -316,13 +363,15 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
         copied, skipped = transfer_weights(source, model)
         del source
         console.print(
-            f"initialised {copied} of {copied + len(skipped)} variables from {tcfg.init_from}"
-            + (f" ({len(skipped)} re-initialised)" if skipped else ""),
+            f"initialised {copied} of {copied + len(skipped)} variables from "
+            f"{escape(tcfg.init_from)}" + (f" ({len(skipped)} re-initialised)" if skipped else ""),
             highlight=False,
         )
 
     if initial_epoch >= tcfg.epochs:
-        console.print(f"{run_dir}: already trained for {initial_epoch} epochs", highlight=False)
+        console.print(
+            f"{escape(str(run_dir))}: already trained for {initial_epoch} epochs", highlight=False
+        )
     state = cb.TrainingState(initial_epoch)
     monitors = {"val_loss": "val_loss", "loss": "loss", "map": "val_map", "none": None}
     monitor = monitors[tcfg.checkpoint.best]
@@ -395,7 +444,8 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
         _update_meta(run_dir, status="interrupted")
         console.print(
             f"[yellow]interrupted[/yellow] at epoch {state.epoch + 1}, step "
-            f"{state.step_in_epoch}; state saved. Continue with: kdetect train {run_dir} --resume",
+            f"{state.step_in_epoch}; state saved. Continue with: kdetect train "
+            f"{escape(str(run_dir))} --resume",
             highlight=False,
         )
         raise
@@ -404,7 +454,7 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, bu
     _summary_table(progress.rows, console)
     best = None if manager.best_value is None else [manager.monitor, manager.best_value]
     _update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
-    console.print(f"run directory: [bold]{run_dir}[/bold]", highlight=False)
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/bold]", highlight=False)
     return run_dir
 
 

@@ -1,14 +1,17 @@
-"""Decoding uploaded images with limits on bytes and pixels (decompression bombs)."""
+"""Decoding uploaded images with limits on bytes and pixels (decompression bombs).
+
+The size limits (pixels, shortest side, aspect ratio) are those of :mod:`kdetect.data.images`,
+the one place that defines them; only ``max_pixels`` may be lowered per server.
+"""
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from kdetect.data.images import MAX_PIXELS, ImageSizeError, load_image
 from kdetect.errors import DataError
 
 
@@ -17,7 +20,7 @@ class Limits:
     """What an upload may be: at most ``max_bytes`` encoded and ``max_pixels`` decoded."""
 
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
 
 
 class UploadError(Exception):
@@ -32,40 +35,23 @@ class UploadError(Exception):
 def decode_upload(data: bytes, limits: Limits) -> np.ndarray:
     """Encoded image bytes -> uint8 ``[H, W, 3]`` RGB (EXIF orientation applied).
 
-    Raises :class:`UploadError` with 413 when the upload is over ``limits`` (checked from the
-    header, before any pixel is decoded) and 400 when it is empty, not an image or truncated.
+    Raises :class:`UploadError` with 413 when the upload is over ``limits`` (bytes, or pixels
+    checked from the header before any pixel is decoded) and 400 when it is empty, not an image,
+    truncated, thinner than the shortest side or more elongated than the aspect-ratio limit.
     """
-    from kdetect.data.images import load_image
-
     if not data:
         raise UploadError(400, "image: the upload is empty")
     if len(data) > limits.max_bytes:
         raise UploadError(
             413, f"image: {len(data)} bytes is over the limit of {limits.max_bytes} bytes"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-        except Image.DecompressionBombError as exc:
-            raise UploadError(413, f"image: too many pixels ({exc})") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise UploadError(
-                400, "image: not a readable image (JPEG, PNG, GIF, BMP, TIFF or WebP expected)"
-            ) from None
-        if width * height > limits.max_pixels:
-            raise UploadError(
-                413,
-                f"image: {width}x{height} = {width * height} pixels is over the limit of "
-                f"{limits.max_pixels} pixels",
-            )
-        if width < 1 or height < 1:
-            raise UploadError(400, f"image: empty image ({width}x{height})")
-        try:
-            return load_image(io.BytesIO(data))
-        except DataError as exc:
-            reason = str(exc).split(": ", 1)[-1]
-            raise UploadError(400, f"image: {reason}") from None
-        except Image.DecompressionBombError as exc:
-            raise UploadError(413, f"image: too many pixels ({exc})") from None
+    try:
+        return load_image(io.BytesIO(data), max_pixels=limits.max_pixels)
+    except ImageSizeError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise UploadError(413 if exc.limit == "pixels" else 400, f"image: {reason}") from None
+    except DataError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        if "not a readable image" in reason:
+            reason = "not a readable image (JPEG, PNG, GIF, BMP, TIFF or WebP expected)"
+        raise UploadError(400, f"image: {reason}") from None
