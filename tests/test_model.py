@@ -156,6 +156,7 @@ def test_config_round_trip(model):
         ("resnet50", False),
         ("vgg16", False),
         ("mobilenet_v2", True),
+        ("torchvision_resnet50", True),
         ("tiny", False),
     ],
 )
@@ -177,6 +178,51 @@ def test_backbones_build_and_predict(backbone, fpn):
     assert out["boxes"].shape == (1, 5, 4)
     losses = model.compute_losses(_batch(1)["images"][:, :64, :64], _batch(1)["bounding_boxes"])
     assert np.isfinite(float(losses["loss"]))
+
+
+def test_min_max_mode_runs_each_image_at_its_own_frame_without_retracing_each_size():
+    """torchvision's transform: short side to min_size (long side capped), padded to 32; boxes
+    come back in input pixels, and new sizes reuse the traced predict graph."""
+    model = FasterRCNN(**{**TINY, "resize_mode": "min_max", "min_size": 96, "max_size": 160})
+    sizes = [(50, 70), (120, 64), (33, 200), (96, 96), (75, 41), (140, 90)]
+    for height, width in sizes:
+        out = model.predict_on_batch(np.full((1, height, width, 3), 127, "uint8"))
+        count = int(out["num_detections"][0])
+        boxes = np.asarray(out["boxes"][0][:count])
+        assert count > 0
+        assert (boxes[:, [0, 2]] <= width + 1e-3).all() and (
+            boxes[:, [1, 3]] <= height + 1e-3
+        ).all()
+    assert model.predict_function.experimental_get_tracing_count() <= 3
+    new_h, new_w = (int(v) for v in model.min_max_size(33, 200))
+    assert (new_h, new_w) == (26, 160)  # the 160 px long side decides: 33 * 0.8 = 26.4
+
+
+def test_torchvision_v2_options_build_train_and_round_trip(tmp_path):
+    options = {
+        **TINY,
+        "fpn_batch_norm": True,
+        "rpn_conv_depth": 2,
+        "box_head_type": "conv_fc",
+        "roi_align_aligned": False,
+    }
+    model = FasterRCNN(**options)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    dataset = tf.data.Dataset.from_tensors(_batch()).repeat(2)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    config = loaded.get_config()
+    assert {k: config[k] for k in ("fpn_batch_norm", "rpn_conv_depth", "box_head_type")} == {
+        "fpn_batch_norm": True,
+        "rpn_conv_depth": 2,
+        "box_head_type": "conv_fc",
+    }
+    images = np.full((1, 64, 96, 3), 90, "uint8")
+    np.testing.assert_allclose(
+        loaded.predict_on_batch(images)["confidence"], model.predict_on_batch(images)["confidence"]
+    )
 
 
 def test_freeze_reduces_trainable_weights():
