@@ -1,12 +1,13 @@
 """kdetect's benchmark suite: one table.
 
-    python -m benchmarks [--configs tiny resnet50_fpn] [--repeats 3] [--peer torchvision]
-                         [--peer-python /path/to/python-with-torchvision] [--jit]
-                         [--mixed-precision mixed_float16|mixed_bfloat16] [--skip-data]
+    python -m benchmarks [--configs tiny resnet50_fpn imported_resnet50_fpn] [--repeats 3]
+                         [--peer torchvision] [--peer-python /path/to/python-with-torchvision]
+                         [--jit] [--mixed-precision mixed_float16|mixed_bfloat16] [--skip-data]
                          [--malloc retain|system]
 
 For each configuration (``tiny``: 128x128; ``resnet50_fpn``: 600x1000 inputs, network frame
-608x1024, torchvision's ``min_size=600, max_size=1000``): inference latency at batch 1 and
+608x1024, torchvision's ``min_size=600, max_size=1000``; ``imported_resnet50_fpn``, below):
+inference latency at batch 1 and
 throughput at batch 8 (``predict_on_batch`` on raw images), the training step at batch 2 (on a
 batch already at the network frame) and its images/s, and the peak resident memory of the process
 that ran them (each configuration runs in its own process, so the peaks do not mix). One more row
@@ -19,6 +20,14 @@ kdetect/torchvision (below 1 means kdetect is faster). torch is used in-process 
 else from ``--peer-python`` (torch is never a kdetect dependency). The peer process stays
 resident and each kdetect step alternates with torchvision's same step; a ratio is the median of
 the back-to-back pairs' ratios, so load changes on a shared machine cancel out.
+
+``--configs imported_resnet50_fpn`` is torchvision's own model on both sides
+(benchmarks/imported.py): torch writes one ``fasterrcnn_resnet50_fpn`` checkpoint
+(tests/torchvision_reference.py make), kdetect imports it (``FasterRCNN.from_torchvision``), the
+torchvision peer loads the same file (frozen batch norm, eps 0, ``trainable_backbone_layers=3``),
+and both time the same photos (480x640, min_max resize to 800x1066, frame 800x1088) and the same
+training images and boxes. It always runs side by side, with the torch interpreter found as for
+``--peer`` or else the tests' (``KDETECT_TORCH_PYTHON``, default ``.venv-torch``).
 
 ``--malloc retain`` (the default) runs kdetect as the ``kdetect`` program does, with glibc keeping
 freed memory (kdetect.allocator), and gives the torchvision peer the same glibc settings;
@@ -70,10 +79,25 @@ def _worker(args) -> None:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     name = args.worker
     result: dict = {}
-    peer = Peer.start(args.peer_python, retain) if args.peer_python else None
     height, width = CONFIGS[name]["input_size"]
     rng = np.random.default_rng(0)
-    model = build_model(name)
+    folder = None
+    if "imported" in CONFIGS[name]:  # one checkpoint, both sides on the same photos
+        import tempfile
+
+        from imported import prepare
+
+        folder = tempfile.TemporaryDirectory(prefix="kdetect-bench-")
+        model, batch, photos, options, result["images"] = prepare(
+            CONFIGS[name], args.train_batch, THROUGHPUT_BATCH, args.peer_python, folder.name
+        )
+        result["train_frame"] = list(model.image_size)
+        peer = Peer.start(args.peer_python, retain, **options)
+    else:
+        peer = Peer.start(args.peer_python, retain) if args.peer_python else None
+        model = build_model(name)
+        batch = random_batch(args.train_batch, model.image_size)
+        photos = rng.uniform(0, 255, (THROUGHPUT_BATCH, height, width, 3)).astype("float32")
     model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9), jit_compile=args.jit)
 
     def measure(key, fn, mode, batch_size):
@@ -84,13 +108,14 @@ def _worker(args) -> None:
 
     # Training first: measured after batch-8 inference in the same process, the step was
     # ~2x slower on the 2-core VM in two runs (32-37 s vs 16-18 s; cause not yet isolated).
-    batch = random_batch(args.train_batch, model.image_size)
     measure("train", lambda: model.train_on_batch(batch), "train", args.train_batch)
     for batch_size, key in ((1, "infer_b1"), (THROUGHPUT_BATCH, "infer_b8")):
-        images = rng.uniform(0, 255, (batch_size, height, width, 3)).astype("float32")
+        images = photos[:batch_size]
         measure(key, lambda x=images: model.predict_on_batch(x), "inference", batch_size)
     if peer is not None:
         peer.close()
+    if folder is not None:
+        folder.cleanup()
     result["rss_mib"] = _peak_rss_mib()
     print(json.dumps(result), flush=True)
 
@@ -112,6 +137,16 @@ def _peer_python(args) -> str | None:
     if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
         return sys.executable
     return args.peer_python
+
+
+def _torch_python(args) -> str | None:
+    """The interpreter that writes and runs the imported checkpoint: as ``_peer_python``, else
+    the tests' torch interpreter (``KDETECT_TORCH_PYTHON``, default ``.venv-torch``)."""
+    found = _peer_python(args)
+    if found:
+        return found
+    default = os.environ.get("KDETECT_TORCH_PYTHON") or str(HERE.parent / ".venv-torch/bin/python")
+    return default if os.access(default, os.X_OK) else None
 
 
 def pipeline_rate(image_size: tuple[int, int], batch_size: int, images: int) -> tuple[str, float]:
@@ -179,11 +214,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.peer and not peer_python:
         print("note: torch/torchvision not importable and no --peer-python; no peer column")
 
+    imported = [c for c in args.configs if "imported" in CONFIGS[c]]
+    torch_python = _torch_python(args) if imported else None
+    if imported and not torch_python:
+        parser.error(
+            f"{imported[0]} needs a Python with torch and torchvision: --peer-python, or "
+            "KDETECT_TORCH_PYTHON, or .venv-torch"
+        )
+
     results: dict[str, dict] = {}
     started = time.perf_counter()
     for name in args.configs:
         print(f"measuring kdetect {name} ...", file=sys.stderr, flush=True)
         extra = [f"--peer-python={peer_python}"] if name == "resnet50_fpn" and peer_python else []
+        extra = [f"--peer-python={torch_python}"] if name in imported else extra
         results[name] = _child(_self_argv(sys.executable, f"--worker={name}", *flags, *extra))
 
     def ratio(key: str, name: str) -> str:
@@ -210,9 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         if "peer" in r:
             p = r["peer"]
+            same = " (same checkpoint)" if name in imported else ""
             rows.append(
                 [
-                    "torchvision fasterrcnn_resnet50_fpn",
+                    f"torchvision fasterrcnn_resnet50_fpn{same}",
                     size,
                     f"{p['infer_b1']:.3f}",
                     f"{THROUGHPUT_BATCH / p['infer_b8']:.2f}",

@@ -42,6 +42,11 @@ CONFIGS = {
         model=dict(backbone="resnet50", fpn=True, image_size=(800, 1344)),
         input_size=(800, 1333),
     ),
+    # torchvision's fasterrcnn_resnet50_fpn, written by torch (tests/torchvision_reference.py
+    # make: random weights, calibrated batch norm, sharpened scores, frozen batch norm eps 0) and
+    # imported with FasterRCNN.from_torchvision; torchvision runs the same file on the same
+    # photos (benchmarks/imported.py). min_max resize: 480x640 -> 800x1066, frame 800x1088.
+    "imported_resnet50_fpn": dict(imported="fasterrcnn_resnet50_fpn", input_size=(480, 640)),
 }
 
 
@@ -62,11 +67,18 @@ def random_batch(batch_size: int, size: tuple[int, int], num_boxes: int = 5, see
     rng = np.random.default_rng(seed)
     height, width = size
     images = rng.uniform(0, 255, (batch_size, height, width, 3)).astype("float32")
+    boxes, labels = random_boxes(rng, batch_size, size, num_boxes)
+    return {"images": images, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+
+
+def random_boxes(rng, batch_size: int, size: tuple[int, int], num_boxes: int = 5):
+    """Random ``[B, N, 4]`` xyxy pixel boxes inside ``size`` and ``[B, N]`` labels in 0..2."""
+    height, width = size
     xy = rng.uniform(0, 0.6, (batch_size, num_boxes, 2)) * [width, height]
     wh = rng.uniform(0.1, 0.35, (batch_size, num_boxes, 2)) * [width, height]
     boxes = np.concatenate([xy, xy + wh], axis=-1).astype("float32")
     labels = rng.integers(0, 3, (batch_size, num_boxes)).astype("int32")
-    return {"images": images, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+    return boxes, labels
 
 
 def machine() -> str:
@@ -103,10 +115,17 @@ class Peer:
     Uses torch in this process when importable, else a resident ``peer_torchvision.py --serve``
     child started with the interpreter ``python`` (with ``retain_memory``, glibc set up as
     :func:`kdetect.allocator.retain_freed_memory` does, through its environment variables).
-    ``Peer.start`` returns None when neither is available.
+    ``Peer.start`` returns None when neither is available. ``weights`` and ``inputs``: a
+    torchvision checkpoint and the .npz of images and boxes to run it on (peer_torchvision.py).
     """
 
-    def __init__(self, python: str | None = None, retain_memory: bool = False):
+    def __init__(
+        self,
+        python: str | None = None,
+        retain_memory: bool = False,
+        weights: str | None = None,
+        inputs: str | None = None,
+    ):
         import subprocess
         import sys
 
@@ -115,15 +134,16 @@ class Peer:
             sys.path.insert(0, str(_HERE))
             from peer_torchvision import Steps
 
-            self._local = Steps()
+            self._local = Steps(weights=weights, inputs=inputs)
             return
+        options = ["--weights", str(weights), "--inputs", str(inputs)] if weights else []
         env = dict(os.environ)
         if retain_memory:
             from kdetect.allocator import RETAIN_FREED_MEMORY_ENV
 
             env.update(RETAIN_FREED_MEMORY_ENV)
         self._process = subprocess.Popen(
-            [python, str(_HERE / "peer_torchvision.py"), "--serve"],
+            [python, str(_HERE / "peer_torchvision.py"), "--serve", *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -132,12 +152,12 @@ class Peer:
         self._read()  # {"ready": true}
 
     @classmethod
-    def start(cls, peer_python: str | None, retain_memory: bool = False) -> Peer | None:
+    def start(cls, peer_python: str | None, retain_memory: bool = False, **options) -> Peer | None:
         import importlib.util
 
         if importlib.util.find_spec("torch") and importlib.util.find_spec("torchvision"):
-            return cls()  # in this process: whatever this process's allocator does
-        return cls(peer_python, retain_memory) if peer_python else None
+            return cls(**options)  # in this process: whatever this process's allocator does
+        return cls(peer_python, retain_memory, **options) if peer_python else None
 
     def _read(self) -> dict:
         import json

@@ -4,11 +4,21 @@ Run with an interpreter that has torch and torchvision (kdetect does not depend 
 
     python benchmarks/peer_torchvision.py --mode inference --repeats 5   # one JSON line
     python benchmarks/peer_torchvision.py --serve                        # stepped by kdetect
+    python benchmarks/peer_torchvision.py --serve --weights W.pth --inputs INPUTS.npz
 
 ``--serve`` keeps the models resident and runs one timed step per command read from stdin
 (``step MODE BATCH``; the first command for a mode/batch also builds it and runs a warm-up), and
 answers with one JSON line ``{"seconds": ...}``. kdetect's benchmarks use it to alternate kdetect
 and torchvision steps, so both are measured under the same machine load (benchmarks/common.py).
+
+Without ``--weights``: ``fasterrcnn_resnet50_fpn(weights=None, min_size=600, max_size=1000)``
+(random weights, trainable batch norm) on random 600x1000 images. With ``--weights`` (a
+torchvision state dict, e.g. from tests/torchvision_reference.py make) and ``--inputs`` (an .npz
+of ``images`` uint8 [N, H, W, 3], ``boxes`` [B, K, 4] xyxy pixels of those images and
+``labels`` [B, K] in kdetect's numbering, torchvision's minus 1; benchmarks/imported.py writes
+it): the published model's set-up as tests/torchvision_reference.py builds it (frozen batch norm
+with eps 0, ``trainable_backbone_layers=3``, ``min_size=800, max_size=1333``), on the first
+BATCH images (inference) or the first B images and their boxes (training).
 """
 
 from __future__ import annotations
@@ -19,30 +29,48 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
-def make_step(mode: str, batch_size: int, threads: int | None = None) -> Callable[[], None]:
-    """One ``mode`` ("inference" or "train") step of a random-weight model on fixed inputs."""
+def _checkpoint_model(weights: str):
+    """torchvision's detector holding ``weights``, as the parity reference builds it."""
     import torch
-    import torchvision
 
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=600, max_size=1000
-    )
-    images = [torch.rand(3, 600, 1000) for _ in range(batch_size)]
-    if mode == "inference":
-        model.eval()
+    sys.path.insert(0, str(_TESTS))
+    from torchvision_reference import build, overwrite_eps
 
-        def step():
-            with torch.no_grad():
-                model(images)
+    state = torch.load(weights, weights_only=True)
+    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    model = build("fasterrcnn_resnet50_fpn", num_classes, frozen=True)
+    model.load_state_dict(state)
+    overwrite_eps(model, 0.0)
+    return model
 
-        return step
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+def _images_and_targets(mode: str, batch_size: int, inputs: str | None):
+    import numpy as np
+    import torch
+
+    if inputs is None:
+        images = [torch.rand(3, 600, 1000) for _ in range(batch_size)]
+        return images, None
+    data = np.load(inputs)
+    count = batch_size if mode == "inference" else len(data["boxes"])
+    if count > len(data["images"]):
+        raise ValueError(f"{inputs} holds {len(data['images'])} images, not {count}")
+    images = [torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in data["images"][:count]]
+    targets = [
+        {"boxes": torch.from_numpy(b).float(), "labels": torch.from_numpy(c).long() + 1}
+        for b, c in zip(data["boxes"], data["labels"])
+    ]
+    return images, targets
+
+
+def _random_targets(batch_size: int) -> list[dict]:
+    import torch
+
     gen = torch.Generator().manual_seed(0)
     targets = []
     for _ in range(batch_size):
@@ -54,6 +82,46 @@ def make_step(mode: str, batch_size: int, threads: int | None = None) -> Callabl
                 "labels": torch.randint(1, 4, (5,), generator=gen),
             }
         )
+    return targets
+
+
+def make_step(
+    mode: str,
+    batch_size: int,
+    threads: int | None = None,
+    weights: str | None = None,
+    inputs: str | None = None,
+) -> Callable[[], None]:
+    """One ``mode`` ("inference" or "train") step on fixed inputs: a random-weight model, or
+    the checkpoint ``weights`` on the images of ``inputs`` (see the module docstring)."""
+    import torch
+    import torchvision
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if weights is None:
+        model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, min_size=600, max_size=1000
+        )
+    else:
+        model = _checkpoint_model(weights)
+    images, targets = _images_and_targets(mode, batch_size, inputs)
+    if targets is not None and mode == "train" and len(targets) != batch_size:
+        raise ValueError(f"{inputs} holds boxes for {len(targets)} images, not {batch_size}")
+    if mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(images)
+
+        return step
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.001, momentum=0.9)
+    if targets is None:
+        targets = _random_targets(batch_size)
 
     def step():
         losses = model(images, targets)
@@ -68,30 +136,36 @@ def make_step(mode: str, batch_size: int, threads: int | None = None) -> Callabl
 class Steps:
     """Resident steps by (mode, batch size): each is built and warmed up on first use."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(
+        self, threads: int | None = None, weights: str | None = None, inputs: str | None = None
+    ):
         self.threads = threads
+        self.options = {"weights": weights, "inputs": inputs} if weights else {}
         self._steps: dict[tuple[str, int], Callable[[], None]] = {}
 
     def run(self, mode: str, batch_size: int) -> float:
         """Seconds of one timed ``mode`` step at ``batch_size``."""
         key = (mode, batch_size)
         if key not in self._steps:
-            self._steps[key] = make_step(mode, batch_size, self.threads)
+            self._steps[key] = make_step(mode, batch_size, self.threads, **self.options)
             self._steps[key]()
         start = time.perf_counter()
         self._steps[key]()
         return time.perf_counter() - start
 
 
-def measure(mode: str, repeats: int, batch_size: int, threads: int | None = None) -> float:
-    """Median seconds of ``repeats`` steps after one warm-up step."""
-    steps = Steps(threads)
+def measure(
+    mode: str, repeats: int, batch_size: int, threads: int | None = None, **options
+) -> float:
+    """Median seconds of ``repeats`` steps after one warm-up step (``options``: ``weights`` and
+    ``inputs``, as for :class:`Steps`)."""
+    steps = Steps(threads, **options)
     return statistics.median(steps.run(mode, batch_size) for _ in range(repeats))
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
+def serve(stdin=sys.stdin, stdout=sys.stdout, weights=None, inputs=None) -> None:
     """Answer ``step MODE BATCH`` lines with ``{"seconds": ...}`` until stdin closes."""
-    steps = Steps()
+    steps = Steps(weights=weights, inputs=inputs)
     print(json.dumps({"ready": True}), file=stdout, flush=True)
     for line in stdin:
         command, mode, batch = line.split()
@@ -107,12 +181,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--serve", action="store_true", help="run steps on commands from stdin")
+    parser.add_argument("--weights", help="a torchvision fasterrcnn_resnet50_fpn state dict")
+    parser.add_argument("--inputs", help="with --weights: .npz of images, boxes and labels")
     args = parser.parse_args()
+    if bool(args.weights) != bool(args.inputs):
+        parser.error("--weights and --inputs go together")
     if args.serve:
-        return serve()
+        return serve(weights=args.weights, inputs=args.inputs)
     if not args.mode:
         parser.error("--mode is required unless --serve")
-    seconds = measure(args.mode, args.repeats, args.batch_size, args.threads)
+    seconds = measure(
+        args.mode,
+        args.repeats,
+        args.batch_size,
+        args.threads,
+        weights=args.weights,
+        inputs=args.inputs,
+    )
     print(json.dumps({"mode": args.mode, "batch_size": args.batch_size, "seconds": seconds}))
 
 
