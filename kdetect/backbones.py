@@ -20,7 +20,15 @@ from keras import layers, ops
 from kdetect.errors import CheckpointError
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 
-BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny")
+BACKBONES = (
+    "resnet50",
+    "resnet101",
+    "vgg16",
+    "mobilenet_v2",
+    "torchvision_resnet50",
+    "torchvision_mobilenet_v3_large",
+    "tiny",
+)
 STRIDES = (4, 8, 16, 32)
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
@@ -33,6 +41,8 @@ class _Spec:
     # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]), "unit" ([0, 1]) or "imagenet" (RGB in
     # [0, 1] standardised by ImageNet's mean and std, as torchvision models expect)
     preprocessing: str
+    # layers whose outputs feed the feature pyramid, when not C2..C5
+    pyramid_inputs: tuple[str, ...] | None = None
 
 
 _SPECS = {
@@ -66,8 +76,36 @@ _SPECS = {
         "maxpool",
         "imagenet",
     ),
+    "torchvision_mobilenet_v3_large": _Spec(
+        None,
+        ("features_3_out", "features_6_out", "features_12_out", "features_16_out"),
+        "features_0_out",
+        "imagenet",
+        # torchvision's detector takes the last two stages' outputs, both at stride 32
+        pyramid_inputs=("features_13_out", "features_16_out"),
+    ),
     "tiny": _Spec(None, ("c2", "c3", "c4", "c5"), "stem", "unit"),
 }
+
+# torchvision's MobileNetV3-Large blocks: (kernel, expanded, out, squeeze-excite, hard-swish,
+# stride), after a 16-channel stride-2 stem.
+_MOBILENET_V3_LARGE = (
+    (3, 16, 16, False, False, 1),
+    (3, 64, 24, False, False, 2),
+    (3, 72, 24, False, False, 1),
+    (5, 72, 40, True, False, 2),
+    (5, 120, 40, True, False, 1),
+    (5, 120, 40, True, False, 1),
+    (3, 240, 80, False, True, 2),
+    (3, 200, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 480, 112, True, True, 1),
+    (3, 672, 112, True, True, 1),
+    (5, 672, 160, True, True, 2),
+    (5, 960, 160, True, True, 1),
+    (5, 960, 160, True, True, 1),
+)
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -157,6 +195,71 @@ def _torchvision_resnet(input_shape, blocks: tuple[int, ...], epsilon: float) ->
     return keras.Model(inputs, x, name="torchvision_resnet")
 
 
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of ``divisor``, never more than 10 % down."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _torchvision_mobilenet_v3_large(input_shape, epsilon: float) -> keras.Model:
+    """torchvision's MobileNetV3-Large feature layers (``features.0`` .. ``features.16``).
+
+    Inverted residual blocks: an optional 1x1 expansion, a depthwise conv, an optional
+    squeeze-and-excitation (global average, 1x1 + ReLU, 1x1 + hard sigmoid, rescale), a linear
+    1x1 projection, and a residual sum when shape allows; ReLU or hard swish by block. Padding
+    is symmetric, as in torch. Layer names are torchvision's module paths with ``_`` for ``.``
+    (``features_4_block_2_fc1``); ``features_N_out`` is block N's output.
+    """
+    inputs = keras.Input(input_shape)
+
+    def conv_bn(x, filters, size, stride, name, act, depthwise=False):
+        if stride > 1 and size > 1:
+            x = layers.ZeroPadding2D(size // 2, name=f"{name}_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same"
+        if depthwise:
+            x = layers.DepthwiseConv2D(
+                size, strides=stride, padding=padding, use_bias=False, name=f"{name}_0"
+            )(x)
+        else:
+            x = layers.Conv2D(
+                filters, size, strides=stride, padding=padding, use_bias=False, name=f"{name}_0"
+            )(x)
+        x = BatchNormalization(epsilon=epsilon, name=f"{name}_1")(x)
+        return x if act is None else layers.Activation(act)(x)
+
+    x = conv_bn(inputs, 16, 3, 2, "features_0", "hard_swish")
+    x = layers.Identity(name="features_0_out")(x)
+    channels = 16
+    for index, (size, expanded, out, squeeze, hard_swish, stride) in enumerate(
+        _MOBILENET_V3_LARGE, start=1
+    ):
+        name, act = f"features_{index}_block", "hard_swish" if hard_swish else "relu"
+        y, part = x, 0
+        if expanded != channels:
+            y = conv_bn(y, expanded, 1, 1, f"{name}_{part}", act)
+            part += 1
+        y = conv_bn(y, expanded, size, stride, f"{name}_{part}", act, depthwise=True)
+        part += 1
+        if squeeze:
+            pooled = layers.GlobalAveragePooling2D(keepdims=True)(y)
+            squeezed = layers.Conv2D(
+                _make_divisible(expanded // 4), 1, activation="relu", name=f"{name}_{part}_fc1"
+            )(pooled)
+            scale = layers.Conv2D(expanded, 1, name=f"{name}_{part}_fc2")(squeezed)
+            y = layers.Multiply()([y, layers.Activation("hard_sigmoid")(scale)])
+            part += 1
+        y = conv_bn(y, out, 1, 1, f"{name}_{part}", None)
+        if stride == 1 and channels == out:
+            y = layers.Add()([x, y])
+        x = layers.Identity(name=f"features_{index}_out")(y)
+        channels = out
+    x = conv_bn(x, 6 * channels, 1, 1, "features_16", "hard_swish")
+    x = layers.Identity(name="features_16_out")(x)
+    return keras.Model(inputs, x, name="torchvision_mobilenet_v3_large")
+
+
 def _load_application(spec: _Spec, name: str, input_shape, weights):
     """Instantiate a ``keras.applications`` model; ``weights`` None, "imagenet" or a file path."""
     builder = getattr(keras.applications, spec.builder)
@@ -207,8 +310,10 @@ def build_backbone(
             COCO_V1 detectors run with 0.
 
     Returns:
-        ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]``; ``full`` is the
-        whole underlying network (used to cut out the ResNet stage-5 head of C4 models).
+        ``(features, full)``: ``features`` maps images to ``[C2, C3, C4, C5]`` (for
+        ``torchvision_mobilenet_v3_large`` the two stride-32 maps torchvision's detector uses);
+        ``full`` is the whole underlying network (used to cut out the ResNet stage-5 head of C4
+        models).
     """
     if name not in _SPECS:
         raise ValueError(f"unknown backbone '{name}'; expected one of {', '.join(BACKBONES)}")
@@ -226,9 +331,11 @@ def build_backbone(
                 f"the '{name}' backbone loads no weights file; use backbone_weights=None "
                 "(torchvision checkpoints are imported whole: kdetect checkpoint import)"
             )
+        epsilon = 1e-5 if batch_norm_epsilon is None else batch_norm_epsilon
         if name in _TORCHVISION_RESNET_BLOCKS:
-            epsilon = 1e-5 if batch_norm_epsilon is None else batch_norm_epsilon
             full = _torchvision_resnet(input_shape, _TORCHVISION_RESNET_BLOCKS[name], epsilon)
+        elif name == "torchvision_mobilenet_v3_large":
+            full = _torchvision_mobilenet_v3_large(input_shape, epsilon)
         else:
             full = _tiny_backbone(input_shape)
     else:
@@ -237,8 +344,9 @@ def build_backbone(
         for layer in full.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.epsilon = float(batch_norm_epsilon)
+    outputs = spec.pyramid_inputs or spec.endpoints
     features = keras.Model(
-        full.inputs, [full.get_layer(e).output for e in spec.endpoints], name=f"{name}_features"
+        full.inputs, [full.get_layer(e).output for e in outputs], name=f"{name}_features"
     )
     if freeze is not None:
         boundary = spec.stem_end if freeze == "stem" else spec.endpoints[int(freeze[-1]) - 1]

@@ -157,11 +157,14 @@ def test_config_round_trip(model):
         ("vgg16", False),
         ("mobilenet_v2", True),
         ("torchvision_resnet50", True),
+        ("torchvision_mobilenet_v3_large", True),
         ("tiny", False),
     ],
 )
 def test_backbones_build_and_predict(backbone, fpn):
     anchors = ((16,), (32,), (64,), (128,), (256,)) if fpn else ((32, 64, 128),)
+    if backbone == "torchvision_mobilenet_v3_large":  # a pyramid of two maps: three RPN levels
+        anchors = ((32, 64),) * 3
     model = FasterRCNN(
         num_classes=3,
         backbone=backbone,
@@ -241,6 +244,8 @@ def test_bad_arguments_are_reported():
         FasterRCNN(**{**TINY, "backbone": "resnet9000"})
     with pytest.raises(ValueError, match="anchor_sizes"):
         FasterRCNN(**{**TINY, "anchor_sizes": ((8,),)})
+    with pytest.raises(ValueError, match="fpn"):
+        FasterRCNN(num_classes=2, backbone="torchvision_mobilenet_v3_large", fpn=False)
     with pytest.raises(CheckpointError, match="not found"):
         FasterRCNN(
             num_classes=2, backbone="mobilenet_v2", image_size=(64, 64), backbone_weights="/nope.h5"

@@ -21,7 +21,11 @@ from tests.torch_peer import REPO_ROOT, run_torch
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
 REFERENCE = Path(__file__).with_name("torchvision_reference.py")
-ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+ARCHS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+)
 
 # (name, photo, resize to (width, height) or None): small, tall, wide, wide enough that the
 # max_size rule decides the scale, and larger than 1333 px.
@@ -187,11 +191,13 @@ def test_every_stage_equals_torchvision(parity):
     body = model.backbone(frame)
     for level, feature in enumerate(body):
         _close(feature, _nhwc(ref[f"body_{level}"]), 1e-4)
-    pyramid = model.fpn([_nhwc(ref[f"body_{level}"]) for level in range(4)])
-    for feature, key in zip(pyramid, ("0", "1", "2", "3", "pool")):
+    levels = len(body)  # 4 for the ResNets, 2 for MobileNetV3
+    keys = [str(level) for level in range(levels)] + ["pool"]
+    pyramid = model.fpn([_nhwc(ref[f"body_{level}"]) for level in range(levels)])
+    for feature, key in zip(pyramid, keys, strict=True):
         _close(feature, _nhwc(ref[f"fpn_{key}"]), 1e-4)
 
-    features = [_nhwc(ref[f"fpn_{key}"]) for key in ("0", "1", "2", "3", "pool")]
+    features = [_nhwc(ref[f"fpn_{key}"]) for key in keys]
     logits, deltas = model.rpn_head(features)
     _close(logits[0], ref["rpn_logits"], 1e-4)
     _close(deltas[0], ref["rpn_deltas"], 1e-4)
@@ -208,7 +214,7 @@ def test_every_stage_equals_torchvision(parity):
     np.testing.assert_allclose(sort(ours), sort(theirs), atol=1e-3)
 
     # crop_and_resize interpolates in normalised coordinates: rounding differs at ~1e-5.
-    pooled = model.roi_align(features[:4], theirs[None])
+    pooled = model.roi_align([features[i] for i in model._roi_levels], theirs[None])
     _close(pooled[0], _nhwc(ref["pooled"]), 5e-5)
     class_logits, box_deltas = model.box_predictor(model.box_head(_nhwc(ref["pooled"])[None]))
     _close(class_logits[0], ref["class_logits"], 1e-5)

@@ -38,7 +38,11 @@ _NEW_TO_LEGACY = (
 )
 
 
-ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+ARCHS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+)
 
 
 def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
@@ -46,10 +50,9 @@ def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
     its COCO_V1 file has it (v2 keeps trainable batch norm either way)."""
     if arch not in ARCHS:
         raise SystemExit(f"unknown arch {arch}")
-    if arch == "fasterrcnn_resnet50_fpn_v2":
-        return torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, num_classes=num_classes
-        )
+    if arch != "fasterrcnn_resnet50_fpn":  # batch norm in eval mode equals a frozen one
+        builder = getattr(torchvision.models.detection, arch)
+        return builder(weights=None, weights_backbone=None, num_classes=num_classes)
     norm = FrozenBatchNorm2d if frozen else torch.nn.BatchNorm2d
     body = torchvision.models.resnet50(weights=None, norm_layer=norm)
     backbone = _resnet_fpn_extractor(body, 3 if frozen else 5)

@@ -16,13 +16,16 @@ class FeaturePyramid(keras.layers.Layer):
     upsampled 2x (nearest) and added to the next finer lateral; a 3x3 conv then smooths every
     sum. ``P6`` is a stride-2 subsampling of ``P5`` (used by the RPN only, as in torchvision).
     With ``batch_norm`` every conv is followed by batch norm instead of a bias (torchvision's
-    ``fasterrcnn_resnet50_fpn_v2``).
+    ``fasterrcnn_resnet50_fpn_v2``). ``input_strides`` give each input's stride, so a level is
+    upsampled by the stride ratio to the next finer one (2 for C2..C5, 1 for two maps of one
+    stride, as torchvision's MobileNetV3 detector has).
 
     Args:
         channels: width of every pyramid level.
         extra_level: whether to add ``P6``.
         batch_norm: batch norm after each conv.
         batch_norm_epsilon: its epsilon (torch's default 1e-5).
+        input_strides: stride of each input map, finest first; None: 4, 8, 16, ...
     """
 
     def __init__(
@@ -31,9 +34,11 @@ class FeaturePyramid(keras.layers.Layer):
         extra_level: bool = True,
         batch_norm: bool = False,
         batch_norm_epsilon: float = 1e-5,
+        input_strides=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.input_strides = None if input_strides is None else tuple(int(s) for s in input_strides)
         self.channels = channels
         self.extra_level = extra_level
         self.batch_norm = bool(batch_norm)
@@ -79,12 +84,16 @@ class FeaturePyramid(keras.layers.Layer):
             self._apply(conv, norm, f, training)
             for conv, norm, f in zip(self.lateral_convs, self.lateral_norms, features)
         ]
+        strides = self.input_strides or tuple(4 * 2**i for i in range(len(laterals)))
         merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            coarse = merged[0]
-            height, width = lateral.shape[1], lateral.shape[2]
-            up = ops.repeat(ops.repeat(coarse, 2, axis=1), 2, axis=2)[:, :height, :width, :]
-            merged.insert(0, lateral + up)
+        for level in reversed(range(len(laterals) - 1)):
+            lateral, coarse = laterals[level], merged[0]
+            factor = strides[level + 1] // strides[level]
+            if factor > 1:
+                height, width = lateral.shape[1], lateral.shape[2]
+                coarse = ops.repeat(ops.repeat(coarse, factor, axis=1), factor, axis=2)
+                coarse = coarse[:, :height, :width, :]
+            merged.insert(0, lateral + coarse)
         outputs = [
             self._apply(conv, norm, m, training)
             for conv, norm, m in zip(self.output_convs, self.output_norms, merged)
@@ -101,6 +110,7 @@ class FeaturePyramid(keras.layers.Layer):
                 "extra_level": self.extra_level,
                 "batch_norm": self.batch_norm,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "input_strides": self.input_strides,
             }
         )
         return config

@@ -172,10 +172,21 @@ class FasterRCNN(keras.Model):
         c4_style_resnet = not fpn and backbone.startswith("resnet")
         if fpn:
             self.backbone = features
-            self.fpn = FeaturePyramid(fpn_channels, batch_norm=fpn_batch_norm, name="fpn")
+            # Strides of the maps the pyramid is built on: C2..C5 (4..32) for most backbones;
+            # torchvision's MobileNetV3 detector uses two stride-32 maps.
+            spec = features.compute_output_spec(keras.KerasTensor((1,) + image_size + (3,)))
+            strides = tuple(image_size[0] // t.shape[1] for t in spec)
+            self.fpn = FeaturePyramid(
+                fpn_channels, batch_norm=fpn_batch_norm, input_strides=strides, name="fpn"
+            )
             rpn_channels = fpn_channels
-            rpn_levels = 5  # P2..P6
-            roi_strides = (4, 8, 16, 32)
+            rpn_levels = len(strides) + 1  # the pyramid and its subsampled top
+            # RoIs are pooled from the first map of each stride (torchvision's level mapper
+            # spans the distinct strides only).
+            roi_strides = tuple(sorted(set(strides)))
+            self._roi_levels = [strides.index(stride) for stride in roi_strides]
+        elif len(features.outputs) < 4:
+            raise ValueError(f"backbone '{backbone}' needs fpn=True")
         else:
             self.backbone = keras.Model(full.inputs, features.outputs[2], name=f"{backbone}_c4")
             self.fpn = None
@@ -318,7 +329,7 @@ class FasterRCNN(keras.Model):
         if self.fpn is None:
             return [features], [features]
         pyramid = self.fpn(features, training=training)
-        return pyramid, pyramid[:4]
+        return pyramid, [pyramid[i] for i in self._roi_levels]
 
     def _anchors(self, inputs, rpn_features):
         """Anchors of each RPN level for the feature maps of this frame (static shapes fold to

@@ -6,7 +6,8 @@ epsilon, RoIAlign with ``aligned=False``, the ``min_max`` resize (800 / 1333, ea
 own frame padded to 32), anchors, RPN and box-head settings at torchvision's defaults. The state
 dict is read without torch (:mod:`kdetect.pretrained.state_dict`) and mapped tensor by tensor:
 
-* convolutions OIHW -> HWIO, linear layers transposed;
+* convolutions OIHW -> HWIO (depthwise ones [C, 1, H, W] -> [H, W, C, 1]), linear layers
+  transposed;
 * frozen batch norm ``weight/bias/running_mean/running_var`` -> ``gamma/beta/moving_*``;
 * the first box-head layer (``fc6``) reads a RoI flattened channel-major (C, 7, 7) in torch and
   (7, 7, C) in kdetect, so its input rows are permuted;
@@ -59,6 +60,20 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "max_size": 1333,
         "image_size": (800, 1344),
     },
+    "fasterrcnn_mobilenet_v3_large_fpn": {
+        "backbone": "torchvision_mobilenet_v3_large",
+        "fpn": True,
+        "frozen_batch_norm": True,
+        "batch_norm_epsilon": 1e-5,
+        "freeze": "stage2",  # torchvision's default trainable_backbone_layers=3
+        "anchor_sizes": ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
+        "rpn_score_thresh": 0.05,
+        "roi_align_aligned": False,
+        "resize_mode": "min_max",
+        "min_size": 800,
+        "max_size": 1333,
+        "image_size": (800, 1344),
+    },
 }
 
 #: torchvision's published COCO weights of each architecture: (weights enum, file, box AP).
@@ -72,6 +87,11 @@ PUBLISHED_WEIGHTS = {
         "FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
         "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
         46.7,
+    ),
+    "fasterrcnn_mobilenet_v3_large_fpn": (
+        "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1",
+        "https://download.pytorch.org/models/fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+        32.8,
     ),
 }
 
@@ -99,6 +119,10 @@ def normalise_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _conv(w):
     return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def _depthwise(w):
+    return np.transpose(w, (2, 3, 0, 1))  # [C, 1, H, W] -> [H, W, C, 1]
 
 
 def _linear(w):
@@ -137,8 +161,12 @@ def _weight_plan(model) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarra
         return convert
 
     for layer in model.backbone.layers:
-        prefix = "backbone.body." + layer.name.replace("_", ".") + "."
-        if isinstance(layer, keras.layers.Conv2D):
+        # MobileNetV3's body is its ``features`` Sequential itself: body.4.block.0.0.weight
+        path = layer.name.removeprefix("features_").replace("_", ".")
+        prefix = f"backbone.body.{path}."
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            plan[prefix + "weight"] = (layer.kernel, _depthwise)
+        elif isinstance(layer, keras.layers.Conv2D):
             conv(prefix, layer)
         elif isinstance(layer, keras.layers.BatchNormalization):
             batch_norm(prefix, layer)

@@ -23,7 +23,15 @@ from typing import Any, Literal
 
 from kdetect.errors import RecipeError
 
-BACKBONES = ("resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny")
+BACKBONES = (
+    "resnet50",
+    "resnet101",
+    "vgg16",
+    "mobilenet_v2",
+    "torchvision_resnet50",
+    "torchvision_mobilenet_v3_large",
+    "tiny",
+)
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 FORMATS = ("shapes", "voc", "coco", "csv", "tfrecord")
 
@@ -95,11 +103,18 @@ class ModelConfig:
     """The detector. The number of classes comes from the data section."""
 
     backbone: Literal[
-        "resnet50", "resnet101", "vgg16", "mobilenet_v2", "torchvision_resnet50", "tiny"
+        "resnet50",
+        "resnet101",
+        "vgg16",
+        "mobilenet_v2",
+        "torchvision_resnet50",
+        "torchvision_mobilenet_v3_large",
+        "tiny",
     ] = _f(
         "resnet50",
-        "feature extractor; `torchvision_resnet50` is torchvision's ResNet50 (the backbone of "
-        "imported torchvision checkpoints); `tiny` is a small CNN for tests and demos",
+        "feature extractor; `torchvision_resnet50` and `torchvision_mobilenet_v3_large` are "
+        "torchvision's networks (the backbones of imported torchvision checkpoints; the "
+        "MobileNetV3 needs fpn); `tiny` is a small CNN for tests and demos",
     )
     fpn: bool = _f(True, "use a feature pyramid (false: single C4 feature map, like Luminoth)")
     backbone_weights: str | None = _f(
