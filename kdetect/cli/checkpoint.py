@@ -134,7 +134,12 @@ def import_checkpoint(
         str, typer.Option("--from", help="Framework the checkpoint comes from.")
     ] = "torchvision",
     arch: Annotated[
-        str, typer.Option("--arch", help="Architecture (torchvision's builder name).")
+        str,
+        typer.Option(
+            "--arch",
+            help="torchvision's builder name: fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2 "
+            "or fasterrcnn_mobilenet_v3_large_fpn.",
+        ),
     ] = "fasterrcnn_resnet50_fpn",
     classes: Annotated[
         Path | None,
