@@ -51,6 +51,9 @@ def import_checkpoint(
     weights, output = Path(weights), Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CheckpointError(f"--output: {output} already exists; choose a new run directory")
+    ancestor = next((p for p in output.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise CheckpointError(f"--output: {ancestor} is a file, not a folder to create {output} in")
     names = _read_class_names(classes) if classes is not None else None
     model = FasterRCNN.from_torchvision(weights, arch=arch)
     if names is None:
@@ -65,8 +68,11 @@ def import_checkpoint(
             f"--classes: {classes} names {len(names)} classes but the checkpoint predicts "
             f"{model.num_classes}"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.importing-", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.importing-", dir=output.parent))
+    except OSError as exc:
+        raise CheckpointError(f"--output: cannot create {output} ({exc.strerror or exc})") from None
     try:
         model.save(staging / MODEL_FILE)
         write_classes(staging / CLASSES_FILE, names)
