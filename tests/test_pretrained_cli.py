@@ -339,12 +339,6 @@ def test_finetuned_checkpoint_imports_with_its_class_names(inputs, tmp_path, cap
     assert meta["weights_sha256"] == _sha256(inputs["finetuned"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kdetect/pretrained/state_dict.py refuses collections.Counter, which the state dict "
-    "of MultiStepLR (torchvision references/detection/train.py's default scheduler) holds, so "
-    "a checkpoint saved by that script with its lr_scheduler entry does not import",
-)
 def test_checkpoint_saved_with_torchvision_references_lr_scheduler(inputs, tmp_path, capsys):
     run = tmp_path / "finetuned"
     args = ("--classes", inputs["three_names"], "--output", run)

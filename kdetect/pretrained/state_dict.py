@@ -29,7 +29,7 @@ import pickle
 import struct
 import zipfile
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -174,6 +174,8 @@ def _encode(text, encoding="latin1"):
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
+    # MultiStepLR's state (torchvision's reference training script saves it beside the model)
+    ("collections", "Counter"): Counter,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
