@@ -102,15 +102,7 @@ class BoxConfig:
 class ModelConfig:
     """The detector. The number of classes comes from the data section."""
 
-    backbone: Literal[
-        "resnet50",
-        "resnet101",
-        "vgg16",
-        "mobilenet_v2",
-        "torchvision_resnet50",
-        "torchvision_mobilenet_v3_large",
-        "tiny",
-    ] = _f(
+    backbone: Literal[BACKBONES] = _f(
         "resnet50",
         "feature extractor; `torchvision_resnet50` and `torchvision_mobilenet_v3_large` are "
         "torchvision's networks (the backbones of imported torchvision checkpoints; the "
