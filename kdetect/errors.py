@@ -26,6 +26,10 @@ class DataErrors(DataError):
         self.problems = list(problems)
 
 
+class InputShapeError(DataError, ValueError):
+    """Images of the wrong shape given to ``predict`` (a ``ValueError`` too, for Python callers)."""
+
+
 class RecipeError(KdetectError):
     """A recipe file or override that does not validate."""
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kdetect.errors import KdetectError
-from kdetect.paths import atomic_path, check_free, check_not_input
+from kdetect.paths import atomic_path, check_free, check_kind, check_not_input
 
 FORMATS = ("saved_model", "tflite", "onnx")
 INPUT_TYPES = ("encoded_image_string_tensor", "image_tensor")
@@ -243,7 +243,8 @@ def convert_tflite(
 
 
 class _LogCollector:
-    """Collects tf2onnx's per-node conversion errors (it logs them, then raises a summary)."""
+    """Collects tf2onnx's per-node conversion errors (it logs them, then raises a summary) and
+    keeps them, with the rest of its logging, off the console."""
 
     _NODE = re.compile(r"Failed to convert node '([^']+)' \(fct=<bound method (\w+)\.")
 
@@ -263,11 +264,15 @@ class _LogCollector:
         self.logger = logging.getLogger("tf2onnx")
 
     def __enter__(self):
-        self.logger.addHandler(self.handler)
+        # Only the collector hears tf2onnx while it converts: its own handlers and the root's
+        # (which would print each node's traceback) are detached, so one clean line remains.
+        self.saved = self.logger.handlers[:], self.logger.propagate
+        self.logger.handlers = [self.handler]
+        self.logger.propagate = False
         return self
 
     def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
+        self.logger.handlers, self.logger.propagate = self.saved
 
 
 def run_onnx(path: str | os.PathLike, images) -> dict:
@@ -375,6 +380,7 @@ def export(
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
     output = Path(output)
     check_not_input(output, [model_path], replaces=True)
+    check_kind(output, "folder" if format == "saved_model" else "file")
     check_free(output, overwrite)
     if is_saved_model(model_path):
         # A SavedModel written by kdetect export: convert it without loading Keras again.

@@ -5,6 +5,8 @@ Every command that writes files goes through these helpers:
 - :func:`check_not_input` (or :func:`input_guard`, for many outputs) refuses an output that is one
   of the command's inputs (or, for a folder that gets replaced, one that holds an input);
 - :func:`check_free` refuses an existing file or non-empty folder unless ``--overwrite``;
+- :func:`check_kind` refuses a folder where a file goes, a file where a folder goes, and a path
+  below a file (before any work is done; :func:`atomic_path` checks again before it swaps);
 - :func:`atomic_path` hands out a temporary sibling to write (a file or a folder) and renames it
   into place once it is complete, so a crash leaves the old content or the new, never half of it;
   :func:`write_text` does this for small text files.
@@ -82,6 +84,25 @@ def check_free(output: str | os.PathLike, overwrite: bool, option: str = "--outp
     raise OutputError(f"{option} {output}: {what}; use --overwrite to replace it")
 
 
+def check_kind(output: str | os.PathLike, kind: str | None, option: str = "--output") -> None:
+    """Raise :class:`OutputError` unless ``output`` can become a ``kind`` (``file`` / ``folder``;
+    ``None``: either).
+
+    Refused: a folder where a file goes (it would be replaced as a whole), a file where a folder
+    goes, and a path below an existing file. Missing parent folders are fine (they are created).
+    """
+    output = Path(output)
+    if kind == "file" and output.is_dir():
+        raise OutputError(f"{option} {output}: is a folder; give a file path")
+    if kind == "folder" and os.path.lexists(output) and not output.is_dir():
+        raise OutputError(f"{option} {output}: is a file; give a folder")
+    for parent in output.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise OutputError(f"{option} {output}: {parent} is a file, not a folder")
+            break
+
+
 def temp_sibling(path: str | os.PathLike) -> Path:
     """A fresh temporary name next to ``path`` that keeps its full suffix (``.weights.h5``)."""
     path = Path(path)
@@ -104,6 +125,8 @@ def _swap(new: Path, target: Path) -> None:
     if not os.path.lexists(target) or (new.is_file() and target.is_file()):
         os.replace(new, target)  # atomic
         return
+    if new.is_dir() != target.is_dir():  # never swap a whole folder for a file, or back
+        check_kind(target, "folder" if new.is_dir() else "file", "output")
     old = temp_sibling(target)
     os.replace(target, old)
     try:
@@ -121,6 +144,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception (or Ctrl-C) the temporary is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    check_kind(path, None, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import DataError, KdetectError
+from kdetect.errors import DataError, InputShapeError, KdetectError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -231,6 +231,10 @@ class Detector:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
         elif isinstance(inputs, np.ndarray):
+            if inputs.ndim not in (3, 4):
+                raise InputShapeError(
+                    f"expected an [H, W, 3] image or a [B, H, W, 3] batch, got shape {inputs.shape}"
+                )
             inputs = [inputs] if inputs.ndim == 3 else list(inputs)
         names, arrays = [], []
         for item in inputs:
@@ -240,7 +244,9 @@ class Detector:
             else:
                 array = np.asarray(item)
                 if array.ndim != 3 or array.shape[-1] != 3:
-                    raise KdetectError(f"expected an [H, W, 3] image, got shape {array.shape}")
+                    raise InputShapeError(
+                        f"image {len(names)}: expected an [H, W, 3] image, got shape {array.shape}"
+                    )
                 check_size(array.shape[1], array.shape[0], f"image {len(names)}")
                 names.append(None)
                 arrays.append(array)

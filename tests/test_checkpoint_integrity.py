@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -17,8 +18,8 @@ from test_cli_train_support import SHAPES, TINY, interrupt_after, kdetect, tiny_
 
 from kdetect.errors import CheckpointError
 from kdetect.recipes import callbacks as cb
-from kdetect.recipes import train
-from kdetect.recipes.runs import inspect_run
+from kdetect.recipes import runs, train
+from kdetect.recipes.runs import inspect_run, pack, write_classes
 
 
 def small_manager(folder: Path):
@@ -178,3 +179,71 @@ def test_incomplete_checkpoints_are_skipped_and_reported(
     assert error.startswith(f"error: {bad}: cannot load model (") and reason in error
     if case == "truncated model.keras":  # predict on the run falls back to the checkpoint
         assert kdetect("predict", run, sample, "--min-score", "0") == 0
+
+
+def _declare_size(packed: Path, member: str, size: int) -> None:
+    """Make the zip lie: ``member``'s uncompressed size is declared as ``size`` in both headers."""
+    data = bytearray(packed.read_bytes())
+    with zipfile.ZipFile(packed) as zf:
+        info, start = zf.getinfo(member), zf.start_dir
+    data[info.header_offset + 22 : info.header_offset + 26] = size.to_bytes(4, "little")
+    at = start
+    while data[at : at + 4] == b"PK\x01\x02":
+        name_len, extra, comment = (int.from_bytes(data[at + k : at + k + 2], "little")
+                                    for k in (28, 30, 32))  # fmt: skip
+        if data[at + 46 : at + 46 + name_len].decode() == member:
+            data[at + 24 : at + 28] = size.to_bytes(4, "little")
+        at += 46 + name_len + extra + comment
+    packed.write_bytes(bytes(data))
+
+
+def _add_member(name: str, size: int, compression: int = zipfile.ZIP_DEFLATED):
+    def change(packed: Path) -> None:
+        with zipfile.ZipFile(packed, "a", compression) as zf:
+            zf.writestr(name, b"\0" * size)
+
+    return change
+
+
+# case -> (how the packed run is spoiled, limit overrides, the message after "PATH: " (a regex))
+ZIP_BOMBS = {
+    "over the total limit": (
+        _add_member("history.csv", 3 * 2**20, zipfile.ZIP_STORED),
+        {"MAX_PACK_BYTES": 2**20},
+        r"would expand to 3\.0 MiB, over the limit of 1 MiB",
+    ),
+    "member ratio": (
+        _add_member("history.csv", 16 * 2**20),
+        {},
+        r"history\.csv would expand 10\d\d times \(limit 100\); refusing a possible zip bomb",
+    ),
+    "declared size lies": (
+        lambda packed: _declare_size(packed, "model.keras", 10),
+        {},
+        r"corrupt packed run \(Bad CRC-32 for file 'model\.keras'\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["checkpoint unpack {packed} {dest}", "predict {packed} {img}"])
+@pytest.mark.parametrize("case", ZIP_BOMBS, ids=list(ZIP_BOMBS))
+def test_packed_runs_are_expanded_within_limits(case, command, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_classes(run / "classes.json", ["circle"])
+    with zipfile.ZipFile(run / "model.keras", "w") as zf:
+        zf.writestr("config.json", "{}" + " " * 100)
+    packed = pack(run, tmp_path / "run.kdet")
+    spoil, limits, message = ZIP_BOMBS[case]
+    spoil(packed)
+    for name, value in limits.items():
+        monkeypatch.setattr(runs, name, value)
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")
+    dest = tmp_path / "unpacked"
+    before = sorted(tmp_path.rglob("*"))
+    args = command.format(packed=packed, dest=dest, img=img).split()
+    assert kdetect(*args) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(f"error: {re.escape(str(packed))}: {message}", line), line
+    assert sorted(tmp_path.rglob("*")) == before  # nothing extracted, nothing left behind

@@ -262,6 +262,72 @@ def test_coco_unknown_category(tmp_path):
         read_annotations("coco", root, "train")
 
 
+def _drop(key: str, where: str = "annotations", index: int = 1):
+    return lambda doc: doc[where][index].pop(key)
+
+
+def _set(key: str, value, where: str = "annotations", index: int = 1):
+    return lambda doc: doc[where][index].update({key: value})
+
+
+# case -> (change to a valid COCO document, the message after "instances_train.json: ")
+BAD_COCO = {
+    "no bbox": (_drop("bbox"), "annotation id 2: missing 'bbox'"),
+    "no category_id": (_drop("category_id"), "annotation id 2: missing 'category_id'"),
+    "no image_id": (_drop("image_id"), "annotation id 2: missing 'image_id'"),
+    "no annotation id": (
+        lambda doc: [doc["annotations"][1].pop("id"), doc["annotations"][1].pop("bbox")],
+        "annotations[1]: missing 'bbox'",
+    ),
+    "no file_name": (
+        _drop("file_name", "images", 0),
+        "images[0] (id 1): missing 'file_name' (the image file, a string)",
+    ),
+    "file_name a number": (
+        _set("file_name", 7, "images", 0),
+        "images[0] (id 1): bad 7 for 'file_name' (the image file, a string)",
+    ),
+    "bbox as strings": (
+        _set("bbox", ["1", "2", "10", "10"]),
+        "annotation id 2: 'bbox'[0] must be a number, got '1'",
+    ),
+    "bbox with a boolean": (
+        _set("bbox", [1, True, 10, 10]),
+        "annotation id 2: 'bbox'[1] must be a number, got True",
+    ),
+    "bbox of 3": (
+        _set("bbox", [1, 2, 10]),
+        "annotation id 2: 'bbox' must be [x, y, width, height], got [1, 2, 10]",
+    ),
+    "category_id a string": (
+        _set("category_id", "10"),
+        "annotation id 2: 'category_id' must be an integer, got '10'",
+    ),
+    "category_id a boolean": (
+        _set("category_id", True),
+        "annotation id 2: 'category_id' must be an integer, got True",
+    ),
+    "width a string": (
+        _set("width", "64", "images", 0),
+        "images[0] (id 1): 'width' must be a number, got '64'",
+    ),
+    "height missing": (_drop("height", "images", 0), "images[0] (id 1): missing 'height'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COCO, ids=list(BAD_COCO))
+def test_coco_bad_annotations_name_the_annotation_and_key(case, tmp_path):
+    root = write_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    change, message = BAD_COCO[case]
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError) as info:
+        read_annotations("coco", root, "train")
+    assert str(info.value) == f"{path}: {message}"
+
+
 @pytest.mark.parametrize(
     "row, message",
     [

@@ -109,6 +109,8 @@ def test_cli_voc_metrics_on_csv_dataset(tmp_path, capsys):
         ("bad_metric", "unknown metric 'map'"),
         ("no_ground_truth", "ground truth not found"),
         ("nothing", "nothing to evaluate"),
+        ("no_objects", "pred.jsonl:2: missing 'objects' (use [] for an image with no detections)"),
+        ("missing_run", "nowhere: no such run directory or model file"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case, expected):
@@ -123,6 +125,7 @@ def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case, expected):
         ],
         "unknown_file": [prediction("zzz.jpg")],
         "no_score": [prediction("a.jpg", {"bbox": [1, 1, 5, 5], "label": "cat"})],
+        "no_objects": [good, '{"file": "b.jpg"}'],
     }
     if case != "missing":
         dets.write_text("\n".join(lines.get(case, [good])) + "\n")
@@ -133,6 +136,8 @@ def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, capsys, case, expected):
         args[2] = str(tmp_path / "nowhere")
     if case == "nothing":
         args = ["evaluate"]
+    if case == "missing_run":  # not "give the dataset with --data"
+        args = ["evaluate", str(tmp_path / "nowhere")]
     rc = main(args)
     err = capsys.readouterr().err.strip()
     assert rc == 1

@@ -4,6 +4,7 @@ ONNX conversions either run and match, or exit 1 naming the op that stops them."
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -126,6 +127,41 @@ def test_onnx_converts_and_matches_or_names_the_op(
         return
     err = " ".join(capsys.readouterr().err.split())
     assert "onnx: tf2onnx" in err and "CombinedNonMaxSuppression" in err
+    assert not target.exists()
+
+
+def test_onnx_failure_is_one_clean_line_in_a_subprocess(exported, tmp_path):
+    """tf2onnx logs each node's traceback itself: none of it reaches the console."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("tf2onnx")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KDETECT_DEBUG", None)
+    target = tmp_path / "m.onnx"
+    args = [
+        sys.executable,
+        "-m",
+        "kdetect",
+        "export",
+        str(exported),
+        "-f",
+        "onnx",
+        "-o",
+        str(target),
+    ]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        pytest.skip("this tf2onnx converts the model")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "ERROR:tf2onnx" not in done.stderr, done.stderr
+    # TensorFlow's C++ start-up logging (absl) is not ours; everything else is the one line
+    native = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not native.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error: onnx: tf2onnx"), done.stderr
     assert not target.exists()
 
 

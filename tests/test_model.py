@@ -237,6 +237,53 @@ def test_freeze_reduces_trainable_weights():
     assert any("stage3_" in n for n in names)
 
 
+# case -> (the array given to predict, words of the error after "got shape (...)")
+BAD_BATCHES = {
+    "empty batch": (np.zeros((0, 50, 70, 3), "uint8"), r"\(0, 50, 70, 3\) \(an empty batch\)"),
+    "zero-size image": (np.zeros((1, 0, 70, 3), "uint8"), r"\(1, 0, 70, 3\) \(a zero-size image\)"),
+    "2-D": (np.zeros((50, 70), "uint8"), r"\(50, 70\)$"),
+    "1 channel": (
+        np.zeros((1, 50, 70, 1), "uint8"),
+        r"\(1, 50, 70, 1\): 1 channel\(s\) \(grayscale",
+    ),
+    "4 channels": (np.zeros((1, 50, 70, 4), "uint8"), r"\(1, 50, 70, 4\): 4 channel\(s\) \(RGBA"),
+    "no batch axis": (np.zeros((50, 70, 3), "uint8"), r"\(50, 70, 3\); add a batch axis"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES, ids=list(BAD_BATCHES))
+def test_bad_batches_are_refused_and_the_model_stays_usable(model, case):
+    images, words = BAD_BATCHES[case]
+    for entry in (model.predict, model.predict_on_batch):
+        with pytest.raises(
+            ValueError, match=r"expected \[batch, height, width, 3\] images.*, got shape " + words
+        ):
+            entry(images)
+    good = np.full((1, 50, 70, 3), 127, "uint8")
+    assert model.predict_on_batch(good)["boxes"].shape == (1, 20, 4)
+    assert model.predict(good, verbose=0)["boxes"].shape == (1, 20, 4)
+    dataset = tf.data.Dataset.from_tensor_slices(np.repeat(good, 2, 0)).batch(1)
+    assert model.predict(dataset, verbose=0)["boxes"].shape == (2, 20, 4)  # tf.data still works
+
+
+def test_float_images_in_0_1_warn_once_at_the_caller(model):
+    with pytest.warns(UserWarning, match=r"at most 1\.0.*0\.\.255") as record:
+        model.predict_on_batch(np.full((1, 50, 70, 3), 0.5, "float32"))
+    assert len(record) == 1 and record[0].filename == __file__
+
+
+@pytest.mark.parametrize(
+    "argument, value, error",
+    [("num_classes", "3", TypeError), ("num_classes", 2.5, TypeError),
+     ("num_classes", True, TypeError), ("num_classes", 0, ValueError),
+     ("image_size", 128, TypeError), ("image_size", "128", TypeError),
+     ("image_size", (64, 64, 3), TypeError), ("image_size", (64.0, 96), TypeError)],
+)  # fmt: skip
+def test_bad_constructor_arguments_name_the_argument(argument, value, error):
+    with pytest.raises(error, match=f"^{argument} must be"):
+        FasterRCNN(**{**TINY, argument: value})
+
+
 def test_bad_arguments_are_reported():
     with pytest.raises(ValueError, match="multiples of 32"):
         FasterRCNN(**{**TINY, "image_size": (100, 100)})

@@ -127,6 +127,47 @@ REFUSED = {
         "export {run} --format onnx -o {tmp}/old.onnx",
         "--output {tmp}/old.onnx: file exists; use --overwrite to replace it",
     ),
+    # a folder where a file goes (it would be swapped out whole), a file where a folder goes
+    "predict --output a folder": (
+        "predict {run} {images}/a.png --output {exported}",
+        "--output {exported}: is a folder; give a file path",
+    ),
+    "predict --output below a file": (
+        "predict {run} {images}/a.png --output {dets}/out.jsonl",
+        "--output {dets}/out.jsonl: {dets} is a file, not a folder",
+    ),
+    "predict --save-images a file": (
+        "predict {run} {images}/a.png --save-images {dets}",
+        "--save-images {dets}: is a file; give a folder",
+    ),
+    "evaluate --output a folder": (
+        "evaluate --ground-truth {gt} --detections {dets} --output {exported}",
+        "--output {exported}: is a folder; give a file path",
+    ),
+    "evaluate --plots a file": (
+        "evaluate --ground-truth {gt} --detections {dets} --plots {tmp}/old.onnx",
+        "--plots {tmp}/old.onnx: is a file; give a folder",
+    ),
+    "unpack into a file": (
+        "checkpoint unpack {packed} {dets}",
+        "DEST {dets}: is a file; give a folder",
+    ),
+    "unpack below a file": (
+        "checkpoint unpack {packed} {dets}/run",
+        "DEST {dets}/run: {dets} is a file, not a folder",
+    ),
+    "pack below a file": (
+        "checkpoint pack {run} -o {dets}/run.kdet",
+        "--output {dets}/run.kdet: {dets} is a file, not a folder",
+    ),
+    "export onnx --overwrite a folder": (
+        "export {run} --format onnx -o {exported} --overwrite",
+        "--output {exported}: is a folder; give a file path",
+    ),
+    "export saved_model onto a file": (
+        "export {run} -o {dets} --overwrite",
+        "--output {dets}: is a file; give a folder",
+    ),
 }
 
 
@@ -137,6 +178,18 @@ def test_outputs_never_replace_inputs(case, world, capsys):
     assert kdetect(*args.split()) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert snapshot(world["tmp"]) == before  # nothing written, nothing lost
+
+
+def test_outputs_in_missing_folders_are_created(tmp_path_factory, tmp_path, capsys):
+    run = tiny_run(tmp_path_factory)
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    out = tmp_path / "new" / "dir" / "out.jsonl"
+    assert kdetect("predict", run, sample, "--output", out) == 0
+    assert json.loads(out.read_text())["file"] == str(sample)
+    assert kdetect("checkpoint", "pack", run, "-o", tmp_path / "a" / "b" / "run.kdet") == 0
+    dest = tmp_path / "c" / "d" / "run"
+    assert kdetect("checkpoint", "unpack", tmp_path / "a" / "b" / "run.kdet", dest) == 0
+    assert (dest / "model.keras").is_file() and leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("kind", ["file", "folder", "keras"])

@@ -168,6 +168,16 @@ def test_detector_api(detector, run):
     assert len(batch) == 2 and batch[0]["objects"] == batch[1]["objects"]
     with pytest.raises(DataError):
         detector.predict(sample.with_name("missing.png"))
+    for bad in (np.zeros((64, 64), "uint8"), np.zeros((1, 1, 64, 64, 3), "uint8")):
+        with pytest.raises(ValueError, match=r"expected an \[H, W, 3\] image or a \[B, H, W, 3\]"):
+            detector.predict(bad)
+    with pytest.raises(ValueError, match=r"image 0: expected an \[H, W, 3\] image, got shape"):
+        detector.predict([image[..., :1]])
+    assert detector.predict(np.zeros((0, 64, 64, 3), "uint8")) == []
+    with pytest.warns(UserWarning, match="at most 1.0") as record:
+        detector.predict(image / 255.0)
+    assert len(record) == 1 and record[0].filename == __file__  # points here, not at kdetect
+    assert detector.predict(image)[0]["objects"] == from_array["objects"]  # still usable
     with pytest.raises(KdetectError, match="min-score"):
         Detector(detector.model, detector.classes, min_score=2)
     assert detector.draw(image, from_path["objects"]).size == (64, 64)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from kdetect.cli import app
 from kdetect.errors import KdetectError
-from kdetect.paths import check_not_input
+from kdetect.paths import check_kind, check_not_input
 
 console = Console()
 
@@ -84,9 +84,10 @@ def evaluate(
     """
     from kdetect.evaluation import evaluate_offline, print_metrics, write_metrics
 
-    for path, option in ((output, "--output"), (plots, "--plots")):
+    for path, option, kind in ((output, "--output", "file"), (plots, "--plots", "folder")):
         if path is not None:
             check_not_input(path, [model, data, ground_truth, detections], option)
+            check_kind(path, kind, option)
     if watch:
         from kdetect.evaluation.api import headline
         from kdetect.evaluation.watch import watch_run
@@ -115,7 +116,9 @@ def evaluate(
         )
     elif model is not None:
         from kdetect.evaluation.saved import evaluate_saved_model
+        from kdetect.recipes.runs import inspect_run
 
+        inspect_run(model)  # a missing run is named as such, before any --data hint
         if dataset is None and not Path(model).is_dir():
             raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
         metrics = evaluate_saved_model(

@@ -62,7 +62,7 @@ def predict(
     """
     from kdetect.data.images import load_image
     from kdetect.errors import KdetectError
-    from kdetect.paths import atomic_path, input_guard
+    from kdetect.paths import atomic_path, check_kind, input_guard
     from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
     from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE
 
@@ -72,8 +72,10 @@ def predict(
         inputs += [model / MODEL_FILE, model / CLASSES_FILE]
     if output is not None:
         input_guard(inputs)(output)
+        check_kind(output, "file")
     check_drawn = input_guard(inputs, "--save-images")
     if save_images is not None:
+        check_kind(save_images, "folder", "--save-images")
         for item in items:
             if not item.video:
                 check_drawn(_drawn_path(save_images, item.relative))

@@ -304,6 +304,17 @@ def _number(text: str | None, what: str, where: str) -> float:
         raise DataError(f"{where}: {what} {str(text).strip()!r} is not a number") from None
 
 
+def _json_number(info: dict, key: str, where: str, index: int | None = None) -> float:
+    """A JSON number (never a string, boolean or null): COCO files hold numbers, not text."""
+    value = info.get(key) if index is None else info[key][index]
+    name = f"{key!r}" if index is None else f"{key!r}[{index}]"
+    if index is None and key not in info:
+        raise DataError(f"{where}: missing {name}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
 def _size(width: float, height: float, where: str) -> tuple[int, int]:
     if width != int(width) or height != int(height) or width <= 0 or height <= 0:
         raise DataError(f"{where}: image size {width:g}x{height:g} is not positive whole pixels")
@@ -463,11 +474,17 @@ def _read_coco(
     images: dict[int, _RawImage] = {}
     for k, info in enumerate(data["images"]):
         img_where = f"{where}: images[{k}]"
-        if not isinstance(info, dict) or "id" not in info or "file_name" not in info:
-            raise DataError(f"{img_where}: needs 'id' and 'file_name'")
-        w = _number(info.get("width"), "'width'", img_where)
-        h = _number(info.get("height"), "'height'", img_where)
+        if not isinstance(info, dict):
+            raise DataError(f"{img_where}: expected a JSON object, got {type(info).__name__}")
+        if "id" not in info:
+            raise DataError(f"{img_where}: missing 'id'")
         image_id = info["id"]
+        img_where = f"{img_where} (id {image_id!r})"
+        if not isinstance(info.get("file_name"), str) or not info["file_name"].strip():
+            what = "missing" if "file_name" not in info else f"bad {info['file_name']!r} for"
+            raise DataError(f"{img_where}: {what} 'file_name' (the image file, a string)")
+        w = _json_number(info, "width", img_where)
+        h = _json_number(info, "height", img_where)
         if image_id in images:
             ids = [i.get("id") for i in data["images"] if isinstance(i, dict)]
             _refuse_duplicates(where, "image id", ids)
@@ -479,22 +496,28 @@ def _read_coco(
             image_id=image_id,
         )
     for k, ann in enumerate(data["annotations"]):
-        ann_where = f"{where}: annotation id {ann.get('id', k) if isinstance(ann, dict) else k}"
+        if isinstance(ann, dict) and "id" in ann:
+            ann_where = f"{where}: annotation id {ann['id']!r}"
+        else:
+            ann_where = f"{where}: annotations[{k}]"
         if not isinstance(ann, dict):
-            raise DataError(f"{ann_where}: not an object")
+            raise DataError(f"{ann_where}: expected a JSON object, got {type(ann).__name__}")
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise DataError(f"{ann_where}: missing {key!r}")
         image = images.get(ann.get("image_id"))
         if image is None:
             raise DataError(f"{ann_where}: unknown image_id {ann.get('image_id')!r}")
-        try:
-            class_name = category_names[int(ann.get("category_id"))]
-        except (KeyError, TypeError, ValueError):
-            raise DataError(
-                f"{ann_where}: unknown category_id {ann.get('category_id')!r}"
-            ) from None
-        bbox = ann.get("bbox")
+        category = ann["category_id"]
+        if isinstance(category, bool) or not isinstance(category, int):
+            raise DataError(f"{ann_where}: 'category_id' must be an integer, got {category!r}")
+        if category not in category_names:
+            raise DataError(f"{ann_where}: unknown category_id {category!r}")
+        class_name = category_names[category]
+        bbox = ann["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"{ann_where}: 'bbox' must be [x, y, width, height]")
-        x, y, bw, bh = (_number(v, "bbox value", ann_where) for v in bbox)
+            raise DataError(f"{ann_where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+        x, y, bw, bh = (_json_number(ann, "bbox", ann_where, i) for i in range(4))
         image.objects.append(
             _RawObject(class_name, (x, y, x + bw, y + bh), bool(ann.get("iscrowd", 0)), ann_where)
         )

@@ -114,7 +114,9 @@ def _check_prediction_row(row, where: str) -> None:
         raise DataError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
     if not isinstance(row.get("file"), str):
         raise DataError(f"{where}: missing 'file' (the image file name)")
-    objects = row.get("objects", [])
+    if "objects" not in row:  # an empty list means "nothing found"; a missing key is a mistake
+        raise DataError(f"{where}: missing 'objects' (use [] for an image with no detections)")
+    objects = row["objects"]
     if not isinstance(objects, list):
         raise DataError(f"{where}: 'objects' must be a list")
     for j, obj in enumerate(objects):
@@ -166,7 +168,7 @@ def detections_from_predictions(
         if name not in by_name:
             unknown.append(name)
             continue
-        for obj in row.get("objects", []):
+        for obj in row["objects"]:
             if "label" in obj and obj["label"] is not None:
                 if obj["label"] not in class_index:
                     raise DataError(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import build_backbone, preprocess_images, resnet_stage5_head
 from kdetect.boxes import BoxCoder, clip_boxes
+from kdetect.errors import InputShapeError
 from kdetect.layers import (
     BoxPredictor,
     ConvFCBoxHead,
@@ -29,6 +33,66 @@ from kdetect.pretrained.torchvision import load_torchvision
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 RESIZE_MODES = ("fit", "min_max")
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside kdetect: warnings point at user code."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_images(images, where: str = "predict"):
+    """Validate a batch of raw images given to ``predict`` before it reaches a traced function.
+
+    ``images`` (an array, a tensor or ``{"images": array}``) must be ``[B, H, W, 3]`` with
+    ``B, H, W >= 1``; otherwise :class:`~kdetect.errors.InputShapeError` (a ``ValueError``)
+    names the expected and the received shape. A float batch whose largest value is at most 1.0
+    gets one warning (pixels are expected in 0..255), pointing at the caller's line. Datasets,
+    generators and symbolic tensors pass through unchanged. Returns ``images``.
+    """
+    data = images["images"] if isinstance(images, dict) and "images" in images else images
+    if isinstance(data, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
+        return images
+    if not isinstance(data, (np.ndarray, tf.Tensor, tf.Variable, list)):
+        return images  # tf.data.Dataset, generators, PyDataset: checked by their own shapes
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise InputShapeError(
+            f"{where}: expected images as one [B, H, W, 3] array; got a ragged list "
+            "(give same-size images, or one call per size)"
+        ) from None
+    shape = tuple(array.shape)
+    expected = "[batch, height, width, 3] images (uint8 or float pixels 0..255)"
+    if array.ndim == 3 and shape[-1] in (1, 3, 4):
+        hint = f"; add a batch axis (images[None]) for one {shape[0]}x{shape[1]} image"
+        raise InputShapeError(f"{where}: expected {expected}, got shape {shape}{hint}")
+    if array.ndim != 4:
+        raise InputShapeError(f"{where}: expected {expected}, got shape {shape}")
+    if shape[-1] != 3:
+        hint = {1: " (grayscale: repeat it to 3 channels)", 4: " (RGBA: drop the alpha channel)"}
+        raise InputShapeError(
+            f"{where}: expected {expected}, got shape {shape}: {shape[-1]} channel(s)"
+            f"{hint.get(shape[-1], '')}"
+        )
+    if 0 in shape[:3]:
+        what = "an empty batch" if shape[0] == 0 else "a zero-size image"
+        raise InputShapeError(f"{where}: expected {expected}, got shape {shape} ({what})")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputShapeError(f"{where}: expected numeric pixels, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and float(np.max(array)) <= 1.0:
+        warnings.warn(
+            f"{where}: float images with values at most 1.0; the detector expects pixels in "
+            "0..255 (scale by 255), so it will likely find nothing",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+    return images
 
 
 def smooth_l1(diff, beta: float):
@@ -137,13 +201,23 @@ class FasterRCNN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+            raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
+        if (
+            isinstance(image_size, (str, bytes))
+            or not isinstance(image_size, Sequence | np.ndarray)
+            or len(image_size) != 2
+            or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in image_size)
+        ):
+            raise TypeError(f"image_size must be (height, width), two integers; got {image_size!r}")
         image_size = tuple(int(s) for s in image_size)
-        if len(image_size) != 2 or any(s <= 0 or s % 32 for s in image_size):
+        if any(s <= 0 or s % 32 for s in image_size):
             raise ValueError(
                 f"image_size must be (height, width), multiples of 32; got {image_size}"
             )
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        num_classes = int(num_classes)
         if box_head_type not in BOX_HEAD_TYPES:
             raise ValueError(
                 f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}"
@@ -366,6 +440,11 @@ class FasterRCNN(keras.Model):
 
     def call(self, images, training=False):
         """Detections for raw images already at ``image_size`` (pixels of that padded frame)."""
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[-1] not in (None, 3):
+            raise InputShapeError(
+                f"FasterRCNN: expected [batch, height, width, 3] images, got shape {shape}"
+            )
         inputs = preprocess_images(images, self.backbone_name)
         return self.detect(inputs, ops.shape(images)[1:3], training=training)
 
@@ -557,6 +636,14 @@ class FasterRCNN(keras.Model):
         ratio_w = ops.cast(shape[2], "float32") / ops.cast(new_w, "float32")
         ratios = ops.stack([ratio_w, ratio_h, ratio_w, ratio_h])
         return detections, detections["boxes"] * ratios
+
+    def predict(self, x, *args, **kwargs):
+        """``keras.Model.predict`` on raw images, validated first (see :func:`check_images`)."""
+        return super().predict(check_images(x, "predict"), *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        """``keras.Model.predict_on_batch``, validated first (see :func:`check_images`)."""
+        return super().predict_on_batch(check_images(x, "predict_on_batch"))
 
     def predict_step(self, data):
         if isinstance(data, (tuple, list)):

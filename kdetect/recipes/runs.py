@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kdetect.errors import CheckpointError
-from kdetect.paths import atomic_path, check_not_input, is_temporary, write_text
+from kdetect.paths import atomic_path, check_kind, check_not_input, is_temporary, write_text
 
 PACK_SUFFIX = ".kdet"
 PACK_META = "kdetect.json"
@@ -41,6 +40,15 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINTS_DIR = "checkpoints"
+
+# What a packed run may expand to (checked from the zip's declared sizes before anything is
+# read, and again byte by byte while extracting, since declared sizes can lie): at most
+# MAX_PACK_BYTES in all, at most MAX_PACK_RATIO times its compressed size for a member of more
+# than RATIO_FREE_BYTES, and MAX_META_BYTES for the small files read into memory.
+MAX_PACK_BYTES = 8 * 2**30
+MAX_PACK_RATIO = 100
+RATIO_FREE_BYTES = 2**20
+MAX_META_BYTES = 64 * 2**20
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +221,49 @@ def _is_pack(path: Path) -> bool:
         return False
 
 
+def check_pack_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a packed run whose declared sizes pass the limits above (a zip bomb)."""
+    total = 0
+    for info in zf.infolist():
+        total += info.file_size
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FREE_BYTES and ratio > MAX_PACK_RATIO:
+            raise CheckpointError(
+                f"{path}: {info.filename} would expand {ratio:.0f} times "
+                f"(limit {MAX_PACK_RATIO}); refusing a possible zip bomb"
+            )
+    if total > MAX_PACK_BYTES:
+        raise CheckpointError(
+            f"{path}: would expand to {total / 2**20:.1f} MiB, over the limit of "
+            f"{MAX_PACK_BYTES / 2**20:g} MiB"
+        )
+
+
+def _copy_member(zf: zipfile.ZipFile, name: str, dst, limit: int, path: Path) -> int:
+    """Stream one member into ``dst``; at most its declared size and ``limit`` bytes."""
+    info = zf.getinfo(name)
+    limit = min(limit, info.file_size)
+    written = 0
+    with zf.open(info) as src:
+        while chunk := src.read(2**20):
+            written += len(chunk)
+            if written > limit:
+                raise CheckpointError(
+                    f"{path}: {name} expands past its declared size or the limit "
+                    f"({limit} bytes); refusing a possible zip bomb"
+                )
+            dst.write(chunk)
+    return written
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    _copy_member(zf, name, buffer, MAX_META_BYTES, path)
+    return buffer.getvalue()
+
+
 def _inspect_pack(path: Path) -> RunInfo:
     import yaml
 
@@ -221,10 +272,15 @@ def _inspect_pack(path: Path) -> RunInfo:
             names = set(zf.namelist())
             if PACK_META not in names or MODEL_FILE not in names:
                 raise CheckpointError(f"{path}: not a kdetect packed run (no {PACK_META})")
-            meta = json.loads(zf.read(PACK_META))
-            classes = json.loads(zf.read(CLASSES_FILE)) if CLASSES_FILE in names else None
-            recipe = yaml.safe_load(zf.read(RECIPE_FILE)) if RECIPE_FILE in names else None
-            metrics = json.loads(zf.read(METRICS_FILE)) if METRICS_FILE in names else None
+            check_pack_sizes(zf, path)
+
+            def read(name: str) -> bytes | None:
+                return _read_member(zf, name, path) if name in names else None
+
+            meta = json.loads(read(PACK_META))
+            classes = json.loads(read(CLASSES_FILE) or "null")
+            recipe = yaml.safe_load(read(RECIPE_FILE) or b"") or None
+            metrics = json.loads(read(METRICS_FILE) or "null")
     except (zipfile.BadZipFile, ValueError, yaml.YAMLError, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt packed run ({exc})") from None
     if isinstance(classes, dict):
@@ -249,9 +305,17 @@ def model_file(path: str | os.PathLike) -> tuple[Path, RunInfo, tempfile.Tempora
     info = inspect_run(path)
     if info.kind == "packed":
         tmp = tempfile.TemporaryDirectory(prefix="kdetect-")
-        with zipfile.ZipFile(info.path) as zf:
-            zf.extract(MODEL_FILE, tmp.name)
-        return Path(tmp.name) / MODEL_FILE, info, tmp
+        target = Path(tmp.name) / MODEL_FILE
+        try:
+            with zipfile.ZipFile(info.path) as zf, target.open("wb") as dst:
+                _copy_member(zf, MODEL_FILE, dst, MAX_PACK_BYTES, info.path)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            tmp.cleanup()
+            raise CheckpointError(f"{info.path}: corrupt packed run ({exc})") from None
+        except BaseException:
+            tmp.cleanup()
+            raise
+        return target, info, tmp
     if info.model_path is None or not Path(info.model_path).is_file():
         raise CheckpointError(
             f"{info.path}: no model.keras or checkpoint in this run (did training save one?)"
@@ -344,6 +408,7 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
     )
     members = {path: name for path, name in members.items() if path.is_file()}
     check_not_input(output, members)
+    check_kind(output, "file")
     best = best_metric(info)
     from kdetect import __version__
 
@@ -371,13 +436,18 @@ def unpack(packed: str | os.PathLike, dest: str | os.PathLike | None = None) -> 
         raise CheckpointError(f"{info.path}: not a packed run ({PACK_SUFFIX})")
     dest = Path(dest) if dest else info.path.with_name(info.name)
     check_not_input(dest, [info.path], option="DEST")
+    check_kind(dest, "folder", "DEST")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CheckpointError(f"{dest}: already exists and is not empty")
-    with zipfile.ZipFile(info.path) as zf, atomic_path(dest) as tmp:
-        tmp.mkdir()
-        for name in zf.namelist():
-            if name != Path(name).name:  # flat archive: refuse paths with folders
-                raise CheckpointError(f"{info.path}: unexpected entry {name!r}")
-            with zf.open(name) as src, (tmp / name).open("wb") as dst:
-                shutil.copyfileobj(src, dst)
+    budget = MAX_PACK_BYTES
+    try:
+        with zipfile.ZipFile(info.path) as zf, atomic_path(dest) as tmp:
+            tmp.mkdir()
+            for name in zf.namelist():
+                if name != Path(name).name:  # flat archive: refuse paths with folders
+                    raise CheckpointError(f"{info.path}: unexpected entry {name!r}")
+                with (tmp / name).open("wb") as dst:
+                    budget -= _copy_member(zf, name, dst, budget, info.path)
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{info.path}: corrupt packed run ({exc})") from None
     return dest
