@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -68,6 +69,40 @@ def test_a_cut_short_state_save_leaves_the_previous_state(failure, tmp_path, mon
     manager.save_state(epoch=2, step_in_epoch=0)  # the next save takes over and tidies up
     assert cb.read_state(folder)["epoch"] == 2
     assert len(list((folder / "state").glob("*.weights.h5"))) == 1
+
+
+def _disk_full(self, path, *args, **kwargs):
+    Path(path).write_bytes(b"the first blocks")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _disk_full_manifest(path, text):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [(keras.Sequential, "save_weights", _disk_full), (cb, "write_text", _disk_full_manifest)],
+)
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_state(target, tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    model, manager = small_manager(folder)
+    manager.save_state(epoch=1, step_in_epoch=0)
+    before = sorted(p.name for p in (folder / "state").iterdir())
+    with monkeypatch.context() as patch, pytest.raises(CheckpointError) as caught:
+        patch.setattr(*target)
+        manager.save_state(epoch=2, step_in_epoch=0)
+    message = str(caught.value)
+    assert "No space left on device" in message and "\n" not in message
+    assert "the previous one is kept" in message
+    if target[1] == "save_weights":  # no partial weights file is left behind
+        assert sorted(p.name for p in (folder / "state").iterdir()) == before
+    assert cb.read_state(folder)["epoch"] == 1
+    with monkeypatch.context() as patch, pytest.raises(CheckpointError, match="best.keras"):
+        patch.setattr(keras.Sequential, "save", _disk_full)
+        runs.save_keras(model, folder / "best.keras")
+    assert not (folder / "best.keras").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp")]
 
 
 @pytest.mark.parametrize(

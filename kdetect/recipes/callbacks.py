@@ -20,7 +20,7 @@ import numpy as np
 
 from kdetect.errors import CheckpointError
 from kdetect.paths import write_text
-from kdetect.recipes.runs import checkpoint_files, save_keras
+from kdetect.recipes.runs import checkpoint_files, save_keras, write_errors
 
 STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
@@ -188,7 +188,12 @@ class CheckpointManager(keras.callbacks.Callback):
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         name = f"state-{self.state.global_step:07d}-{secrets.token_hex(3)}.weights.h5"
-        self.model.save_weights(self.state_dir / name)
+        with write_errors(self.state_dir / name, "training state"):
+            try:
+                self.model.save_weights(self.state_dir / name)
+            except OSError:
+                (self.state_dir / name).unlink(missing_ok=True)  # a partial file
+                raise
         info = {
             "weights_file": name,
             "epoch": epoch,
@@ -199,7 +204,8 @@ class CheckpointManager(keras.callbacks.Callback):
             "interrupted": interrupted,
             "time": time.time(),
         }
-        write_text(self.state_dir / STATE_FILE, json.dumps(info, indent=2))
+        with write_errors(self.state_dir / STATE_FILE, "training state"):
+            write_text(self.state_dir / STATE_FILE, json.dumps(info, indent=2))
         for old in self.state_dir.glob("*.weights.h5"):
             if old.name != name:
                 old.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ A *packed* run (``.kdet``) is a zip of ``model.keras``, ``classes.json``, ``reci
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -323,9 +324,22 @@ def model_file(path: str | os.PathLike) -> tuple[Path, RunInfo, tempfile.Tempora
     return Path(info.model_path), info, None
 
 
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike, what: str):
+    """An ``OSError`` while writing ``path`` (a full disk, a lost mount) as one
+    :class:`CheckpointError` line; the writer leaves the previous file in place."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CheckpointError(
+            f"{path}: could not write the {what} ({reason}); the previous one is kept"
+        ) from None
+
+
 def save_keras(model, path: str | os.PathLike) -> Path:
     """``model.save`` under a temporary name in the same folder, then renamed onto ``path``."""
-    with atomic_path(path) as tmp:
+    with write_errors(path, "model"), atomic_path(path) as tmp:
         model.save(tmp)
     return Path(path)
 
