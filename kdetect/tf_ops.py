@@ -34,6 +34,14 @@ def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_
     boxes = tf.convert_to_tensor(boxes)
     scores = tf.cast(tf.convert_to_tensor(scores), tf.float32)
     yxyx = tf.cast(xyxy_to_yxyx(boxes), tf.float32)
+    count = boxes.shape[1]
+    if count is not None and count < max_output_size:
+        # The kernel's XLA lowering needs at least max_output_size candidates: pad with boxes
+        # that can never be selected (score -inf).
+        yxyx = tf.pad(yxyx, [[0, 0], [0, max_output_size - count], [0, 0]])
+        scores = tf.pad(
+            scores, [[0, 0], [0, max_output_size - count]], constant_values=-float("inf")
+        )
 
     def one_image(args):
         image_boxes, image_scores = args
