@@ -17,20 +17,11 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
+from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
 from kdetect.errors import CheckpointError
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 
-BACKBONES = (
-    "resnet50",
-    "resnet101",
-    "vgg16",
-    "mobilenet_v2",
-    "torchvision_resnet50",
-    "torchvision_mobilenet_v3_large",
-    "tiny",
-)
 STRIDES = (4, 8, 16, 32)
-FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
 @dataclass(frozen=True)

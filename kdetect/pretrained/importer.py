@@ -3,21 +3,22 @@
 The run holds ``model.keras``, ``classes.json``, a ``recipe.yaml`` that rebuilds the
 architecture (so ``train --set train.init_from=RUN_DIR`` and ``evaluate --data`` work) and
 ``kdetect.json`` saying where the weights came from. It is written in a temporary sibling folder
-and renamed into place, so a failed import leaves nothing at ``output``.
+and renamed into place (:func:`kdetect.paths.atomic_path`), so a failed import leaves nothing
+at ``output``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from kdetect.errors import CheckpointError
 from kdetect.models.faster_rcnn import FasterRCNN
+from kdetect.paths import atomic_path, check_kind
 from kdetect.pretrained.coco import coco_class_names
-from kdetect.pretrained.torchvision import _read_class_names, architecture_recipe
+from kdetect.pretrained.torchvision import architecture_recipe, read_class_names
 from kdetect.recipes import dump, load
 from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE, PACK_META, RECIPE_FILE, write_classes
 
@@ -44,17 +45,13 @@ def import_checkpoint(
     Class names: ``classes`` (a ``classes.json`` or one name per line) when given, else COCO's
     names for a 90-class (COCO) checkpoint; any other class count needs ``classes``.
     """
-    import json
-
     if source not in SOURCES:
         raise CheckpointError(f"--from: unknown source {source!r}; supported: {', '.join(SOURCES)}")
     weights, output = Path(weights), Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    check_kind(output, "folder", "--output")  # not a file, nor below one
+    if output.is_dir() and any(output.iterdir()):
         raise CheckpointError(f"--output: {output} already exists; choose a new run directory")
-    ancestor = next((p for p in output.absolute().parents if p.exists()), None)
-    if ancestor is not None and not ancestor.is_dir():
-        raise CheckpointError(f"--output: {ancestor} is a file, not a folder to create {output} in")
-    names = _read_class_names(classes) if classes is not None else None
+    names = read_class_names(classes) if classes is not None else None
     model = FasterRCNN.from_torchvision(weights, arch=arch)
     if names is None:
         if model.num_classes != len(coco_class_names()):
@@ -69,29 +66,20 @@ def import_checkpoint(
             f"{model.num_classes}"
         )
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.importing-", dir=output.parent))
+        with atomic_path(output) as staging:  # renamed onto output only once complete
+            staging.mkdir()
+            model.save(staging / MODEL_FILE)
+            write_classes(staging / CLASSES_FILE, names)
+            recipe = load(architecture_recipe(arch, output.name), check_paths=False)
+            dump(recipe, staging / RECIPE_FILE)
+            meta = {
+                "status": "imported",
+                "source": source,
+                "arch": arch,
+                "weights": str(weights),
+                "weights_sha256": _sha256(weights),
+            }
+            (staging / PACK_META).write_text(json.dumps(meta, indent=2) + "\n")
     except OSError as exc:
-        raise CheckpointError(f"--output: cannot create {output} ({exc.strerror or exc})") from None
-    try:
-        model.save(staging / MODEL_FILE)
-        write_classes(staging / CLASSES_FILE, names)
-        dump(load(architecture_recipe(arch, output.name), check_paths=False), staging / RECIPE_FILE)
-        meta = {
-            "status": "imported",
-            "source": source,
-            "arch": arch,
-            "weights": str(weights),
-            "weights_sha256": _sha256(weights),
-        }
-        (staging / PACK_META).write_text(json.dumps(meta, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private
-        if output.exists():
-            output.rmdir()  # an empty folder the user made
-        os.rename(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise CheckpointError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     return output

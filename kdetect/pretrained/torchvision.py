@@ -287,7 +287,7 @@ def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
     }
 
 
-def _read_class_names(path: str | os.PathLike) -> list[str]:
+def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from ``classes.json`` or a text file with one name per line."""
     from kdetect.recipes.runs import read_classes
 

@@ -21,18 +21,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
 from kdetect.errors import RecipeError
 
-BACKBONES = (
-    "resnet50",
-    "resnet101",
-    "vgg16",
-    "mobilenet_v2",
-    "torchvision_resnet50",
-    "torchvision_mobilenet_v3_large",
-    "tiny",
-)
-FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
 FORMATS = ("shapes", "voc", "coco", "csv", "tfrecord")
 
 
@@ -112,7 +103,7 @@ class ModelConfig:
     backbone_weights: str | None = _f(
         None, "`imagenet` (downloaded by Keras), a local weights file, or null for random"
     )
-    freeze: Literal["stem", "stage1", "stage2", "stage3", "stage4"] | None = _f(
+    freeze: Literal[FREEZE_STAGES] | None = _f(
         None, "freeze the backbone up to and including this stage; null trains everything"
     )
     anchor_sizes: list[list[float]] | None = _f(
