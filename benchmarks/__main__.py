@@ -3,7 +3,7 @@
     python -m benchmarks [--configs tiny resnet50_fpn imported_resnet50_fpn] [--repeats 3]
                          [--peer torchvision] [--peer-python /path/to/python-with-torchvision]
                          [--jit] [--mixed-precision mixed_float16|mixed_bfloat16] [--skip-data]
-                         [--malloc retain|system]
+                         [--skip-export] [--malloc retain|system]
 
 For each configuration (``tiny``: 128x128; ``resnet50_fpn``: 600x1000 inputs, network frame
 608x1024, torchvision's ``min_size=600, max_size=1000``; ``imported_resnet50_fpn``, below):
@@ -12,7 +12,9 @@ throughput at batch 8 (``predict_on_batch`` on raw images), the training step at
 batch already at the network frame) and its images/s, and the peak resident memory of the process
 that ran them (each configuration runs in its own process, so the peaks do not mix). One more row
 gives the input pipeline's images/s (benchmarks/data_pipeline.py, BCCD from ../shared/data in
-training mode at the ResNet50 frame; the synthetic shapes when BCCD is absent).
+training mode at the ResNet50 frame; the synthetic shapes when BCCD is absent). A second table
+gives each built-in configuration's exported-model latency, onnxruntime and LiteRT beside Keras
+``predict`` at batch 1 (benchmarks/exported.py).
 
 ``--peer torchvision`` adds torchvision's ``fasterrcnn_resnet50_fpn`` on identical work
 (benchmarks/peer_torchvision.py, random weights), measured in the same run, and the ratios
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help="train step batch")
     parser.add_argument("--skip-data", action="store_true", help="no input-pipeline row")
     parser.add_argument(
+        "--skip-export", action="store_true", help="no exported-model (ONNX, TFLite) table"
+    )
+    parser.add_argument(
         "--malloc",
         choices=["retain", "system"],
         default="retain",
@@ -298,6 +303,14 @@ def main(argv: list[str] | None = None) -> None:
         ],
         rows,
     )
+    exportable = [c for c in args.configs if "model" in CONFIGS[c]]
+    if exportable and not args.skip_export:
+        import exported
+
+        print("measuring the exported models ...", file=sys.stderr, flush=True)
+        argv = [sys.executable, str(HERE / "exported.py"), "--configs", *exportable, "--json"]
+        results["exported"] = _child([*argv, f"--repeats={max(args.repeats, 3)}"])
+        exported.print_results(results["exported"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -13,7 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
+from kdetect import keras_registration  # noqa: E402
 from kdetect.errors import KdetectError  # noqa: E402
+
+keras_registration.install()
 
 # Imported lazily so that light-weight users (offline evaluation, dataset readers, the CLI's
 # --help) do not pay for importing TensorFlow.

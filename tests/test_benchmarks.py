@@ -135,6 +135,9 @@ def test_python_m_benchmarks_prints_the_table_for_the_tiny_config(tmp_path):
     numbers = json.loads(out.read_text())["tiny"]
     assert numbers["train"] > 0 and numbers["infer_b1"] > 0 and numbers["infer_b8"] > 0
     assert "ratio" not in numbers  # no peer asked for
+    exported = json.loads(out.read_text())["exported"]["tiny"]
+    assert all(exported["latency_s"][key] > 0 for key in ("keras", "onnx", "tflite"))
+    assert "onnxruntime" in proc.stdout and "LiteRT" in proc.stdout
 
 
 def test_imported_config_without_a_torch_interpreter_says_what_it_needs(tmp_path):

@@ -4,34 +4,14 @@ This is the test that proves the model learns: recipe -> tf.data -> FasterRCNN.f
 -> evaluation with the project's VOC evaluator, cross-checked with pycocotools' AP at IoU 0.5.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# About 400 Adam steps of 4 images at 128x128: ~2 minutes on 2 CPU cores.
-OVERRIDES = [
-    "data.shapes.num_train=512",
-    "data.shapes.num_val=64",
-    "data.batch_size=4",
-    "train.epochs=1",
-    "train.steps_per_epoch=400",
-    "train.optimizer.lr=0.002",
-    "train.schedule.warmup_steps=30",
-    "eval.every=0",
-    "train.checkpoint.best=val_loss",
-    "eval.samples=0",
-]
+from test_cli_train_support import trained_shapes_run
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from kdetect.recipes import train
-
-    run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    return train(ROOT / "recipes" / "shapes.yaml", run_dir=run_dir, overrides=OVERRIDES)
+    return trained_shapes_run(tmp_path_factory)
 
 
 def test_tiny_detector_learns_shapes(trained_run):

@@ -9,33 +9,12 @@ every intermediate stage of the first one. kdetect imports the file and must agr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from kdetect.boxes import pairwise_iou
 from kdetect.models.faster_rcnn import FasterRCNN
-from tests.torch_peer import REPO_ROOT, run_torch
-
-RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
-REFERENCE = Path(__file__).with_name("torchvision_reference.py")
-ARCHS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-)
-
-# (name, photo, resize to (width, height) or None): small, tall, wide, wide enough that the
-# max_size rule decides the scale, and larger than 1333 px.
-PHOTOS = [
-    ("small", "raccoon-102.jpg", None),  # 259x194
-    ("tall", "raccoon-103.jpg", None),  # 480x640
-    ("wide", "raccoon-104.jpg", None),  # 600x304
-    ("max_size", "raccoon-14.jpg", None),  # 900x484: 1333 / 900 < 800 / 484
-    ("large", "raccoon-105.jpg", (1440, 1920)),  # 720x960 upscaled past 1333
-]
+from tests.pretrained_support import ARCHS, PHOTOS, checkpoint, run_reference
 
 # Tolerances of the parity claim (see docs/pretrained.md).
 MIN_IOU = 0.99
@@ -47,32 +26,14 @@ NMS_THRESH = 0.5
 MAX_TIE_SHARE = 0.03
 
 
-def _run_reference(*args) -> None:
-    run_torch(REFERENCE.read_text(), *args, timeout=900)
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def parity(request, tmp_path_factory):
     """(images, reference outputs, imported model, architecture name)."""
     arch = request.param
-    if not RACCOON.is_dir():
-        pytest.skip("../shared/data/raccoon not available")
-    folder = tmp_path_factory.mktemp(arch)
-    images, files = [], []
-    for name, photo, size in PHOTOS:
-        image = Image.open(RACCOON / photo).convert("RGB")
-        if size is not None:
-            image = image.resize(size, Image.BILINEAR)
-        array = np.asarray(image)
-        np.save(folder / f"{name}.npy", array)
-        images.append(array)
-        files.append(folder / f"{name}.npy")
-    weights = folder / "checkpoint.pth"
-    # v1's COCO_V1 file predates torchvision 0.13 and has its old module names; v2's does not.
-    names = ["--legacy-names"] if arch == "fasterrcnn_resnet50_fpn" else []
-    _run_reference("make", arch, weights, *names, "--calibrate", files[1], files[3])
-    _run_reference("run", arch, weights, folder / "reference.npz", *files)
-    reference = dict(np.load(folder / "reference.npz"))
+    weights, images, files = checkpoint(tmp_path_factory, arch)
+    reference_file = weights.with_name("reference.npz")
+    run_reference("run", arch, weights, reference_file, *files)
+    reference = dict(np.load(reference_file))
     model = FasterRCNN.from_torchvision(weights, arch=arch)
     return images, reference, model, arch
 

@@ -1,4 +1,4 @@
-"""``kdetect export``: SavedModel for TF Serving, TFLite and ONNX (see kdetect.export)."""
+"""``kdetect export``: SavedModel for TF Serving, ONNX and TFLite (see kdetect.export)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ def export(
     model: Annotated[
         Path,
         typer.Argument(
-            help="Run directory, .keras file or packed .kdet run (or, for tflite/onnx, a "
-            "SavedModel written by kdetect export).",
+            help="Run directory, .keras file or packed .kdet run.",
             show_default=False,
         ),
     ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="saved_model, tflite or onnx.")
+        str, typer.Option("--format", "-f", help="saved_model, onnx or tflite.")
     ] = "saved_model",
     output: Annotated[
         Path | None,
@@ -39,10 +38,13 @@ def export(
             "(uint8 [B,H,W,3]). Both signatures are always written."
         ),
     ] = "encoded_image_string_tensor",
-    select_tf_ops: Annotated[
-        bool,
-        typer.Option(help="TFLite: embed ops TFLite lacks as TensorFlow (Flex) ops."),
-    ] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="TFLite: float16 (half-size weights) or dynamic (int8 weights).",
+            show_default=False,
+        ),
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.", min=11)] = 17,
     overwrite: Annotated[
         bool,
@@ -52,12 +54,11 @@ def export(
         ),
     ] = False,
 ) -> None:
-    """Export a trained detector for serving (TF Object Detection API signature names)."""
-    from kdetect.export import FORMATS, ExportError
+    """Export a trained detector for serving (TF Object Detection API output names)."""
+    from kdetect.export import check_options
     from kdetect.export import export as run_export
 
-    if format not in FORMATS:
-        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    check_options(format, quantize)
     if output is None:
         name = model.name.removesuffix(".kdet").removesuffix(".keras") or "model"
         suffix = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}[format]
@@ -67,7 +68,7 @@ def export(
         output,
         format=format,
         input_type=input_type,
-        select_tf_ops=select_tf_ops,
+        quantize=quantize,
         opset=opset,
         overwrite=overwrite,
     )

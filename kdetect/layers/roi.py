@@ -303,8 +303,11 @@ class MultiLevelRoIAlign:
                 weight = ops.expand_dims(y_w, -1) * ops.expand_dims(x_w, -2)
                 values = ops.take(flat, index, axis=0)  # [B, R, S, S, C]
                 pooled = pooled + values * ops.cast(ops.expand_dims(weight, -1), values.dtype)
-        pooled = ops.reshape(pooled, (batch, num_rois, n, sr, n, sr, channels))
-        return ops.mean(pooled, axis=(3, 5))
+        # Average the sr x sr samples of each bin, one axis at a time on rank-3 tensors (a
+        # rank-7 reduction does not prepare in TFLite's XNNPACK delegate).
+        pooled = ops.mean(ops.reshape(pooled, (-1, sr, n * sr * channels)), axis=1)
+        pooled = ops.mean(ops.reshape(pooled, (-1, sr, channels)), axis=1)
+        return ops.reshape(pooled, (batch, num_rois, n, n, channels))
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

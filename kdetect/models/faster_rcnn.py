@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from kdetect import export as exporting
 from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import build_backbone, preprocess_images, resnet_stage5_head
 from kdetect.boxes import BoxCoder, clip_boxes
@@ -32,6 +34,8 @@ from kdetect.pretrained.torchvision import load_torchvision
 
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 RESIZE_MODES = ("fit", "min_max")
+# Sides up to this many pixels get float64's exact ``min_max`` rounding in exported graphs.
+_MIN_MAX_TABLE_SIZE = 16384
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
 
 
@@ -414,9 +418,11 @@ class FasterRCNN(keras.Model):
 
     def _box_branch(self, roi_features, rois, training):
         """Class logits [B, R, C + 1] and deltas [B, R, C, 4] for RoIs [B, R, 4]."""
-        # RoIAlign's fused crop_and_resize kernel has no XLA kernel: inside an XLA-compiled
-        # train/test step use the gather implementation (same values).
-        method = "gather" if getattr(self, "_xla_step", False) else None
+        # RoIAlign's fused crop_and_resize kernel has no XLA kernel and no TFLite builtin: inside
+        # an XLA-compiled step, or while tracing for export, use the gather implementation (same
+        # values).
+        portable = getattr(self, "_xla_step", False) or getattr(self, "_portable_ops", False)
+        method = "gather" if portable else None
         pooled = self.roi_align(roi_features, rois, method=method)
         if isinstance(self.box_head, MLPBoxHead):
             x = self.box_head(pooled)
@@ -559,6 +565,17 @@ class FasterRCNN(keras.Model):
         xla = xla or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
         object.__setattr__(self, "_xla_step", bool(xla))
 
+    @contextlib.contextmanager
+    def portable_ops(self):
+        """Graphs traced inside this block use only ops that the TFLite and ONNX converters
+        turn into builtins (RoIAlign by gathers instead of ``crop_and_resize``); same values."""
+        previous = getattr(self, "_portable_ops", False)
+        object.__setattr__(self, "_portable_ops", True)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "_portable_ops", previous)
+
     def make_predict_function(self, force=False):
         """The predict function is never XLA-compiled, even after ``compile(jit_compile=True)``.
 
@@ -622,15 +639,55 @@ class FasterRCNN(keras.Model):
         )
         return ops.cast(ops.floor(h * scale), "int32"), ops.cast(ops.floor(w * scale), "int32")
 
+    def min_max_size_int32(self, height, width):
+        """:meth:`min_max_size` without float64, for exported graphs (TFLite has no float64
+        kernels).
+
+        Which limit decides is an exact integer comparison (``min_size * long <= max_size *
+        short``). The deciding side ``d`` becomes ``floor(d * (n / d))`` in float64, ``n`` or
+        ``n - 1``: read from a table computed here in float64 for ``d`` below 16384 (the
+        limit itself above). The other side ``v`` is ``floor(v * n / d)`` in integers, which is
+        float64's answer unless ``v * n / d`` is itself an integer that float64 lands just below
+        (15 of 200,000 random size pairs up to 5000 px).
+        """
+        h = ops.cast(height, "int32")
+        w = ops.cast(width, "int32")
+        short, long = ops.minimum(h, w), ops.maximum(h, w)
+        by_min = self.min_size * long <= self.max_size * short
+        side = ops.where(by_min, short, long)
+        limit = ops.where(by_min, self.min_size, self.max_size)
+        sides = np.arange(_MIN_MAX_TABLE_SIZE, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tables = [
+                np.nan_to_num(np.floor(sides * (n / sides))) for n in (self.min_size, self.max_size)
+            ]
+        index = ops.minimum(side, _MIN_MAX_TABLE_SIZE - 1)
+        looked_up = ops.where(
+            by_min,
+            ops.take(tables[0].astype("int32"), index),
+            ops.take(tables[1].astype("int32"), index),
+        )
+        deciding = ops.where(side < _MIN_MAX_TABLE_SIZE, looked_up, limit)
+
+        def resized(v):
+            return ops.where(v == side, deciding, (v * limit) // side)
+
+        return resized(h), resized(w)
+
     def _predict_min_max(self, images):
         """``min_max`` transform: normalise, resize, pad to 32 with zeros, detect, map back."""
         shape = ops.shape(images)
         inputs = preprocess_images(images, self.backbone_name)
-        new_h, new_w = self.min_max_size(shape[1], shape[2])
+        if getattr(self, "_portable_ops", False):
+            new_h, new_w = self.min_max_size_int32(shape[1], shape[2])
+        else:
+            new_h, new_w = self.min_max_size(shape[1], shape[2])
         inputs = tf.image.resize(inputs, ops.stack([new_h, new_w]), method="bilinear")
         frame_h = (new_h + 31) // 32 * 32
         frame_w = (new_w + 31) // 32 * 32
         inputs = tf.pad(inputs, [[0, 0], [0, frame_h - new_h], [0, frame_w - new_w], [0, 0]])
+        # Padding by computed amounts hides the channel count from the TFLite converter.
+        inputs = ops.reshape(inputs, (-1, frame_h, frame_w, 3))
         detections = self.detect(inputs, (new_h, new_w))
         ratio_h = ops.cast(shape[1], "float32") / ops.cast(new_h, "float32")
         ratio_w = ops.cast(shape[2], "float32") / ops.cast(new_w, "float32")
@@ -662,6 +719,45 @@ class FasterRCNN(keras.Model):
         valid = ops.expand_dims(detections["labels"] >= 0, -1)
         detections["boxes"] = ops.where(valid, boxes, 0.0)
         return detections
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        classes: Sequence[str] | None = None,
+        **kwargs,
+    ):
+        """Keras' ``Model.export`` for a detector: ``format`` is ``tf_saved_model``, ``onnx`` or
+        ``litert``, each taking raw uint8 RGB images and returning the TF OD API detection
+        outputs (see :mod:`kdetect.export`; ONNX and LiteRT files take one image of any size).
+
+        ``classes``: class names stored with the export (default ``class_0``...). Keyword
+        options: ``input_type`` (SavedModel's ``serving_default``), ``opset_version`` (ONNX),
+        ``quantize`` (LiteRT: ``float16`` or ``dynamic``). ``input_signature`` cannot be
+        changed (the signature is uint8 ``[batch, height, width, 3]``). Returns the path.
+        """
+        del verbose  # the exporters keep their logging off the console either way
+        if format not in exporting.KERAS_FORMATS:
+            raise exporting.ExportError(
+                f"format: expected one of {', '.join(exporting.KERAS_FORMATS)}, got {format!r}"
+            )
+        if input_signature is not None:
+            raise exporting.ExportError(
+                "input_signature: a FasterRCNN export always takes uint8 [batch, height, width, 3]"
+                " images (any size); leave it unset"
+            )
+        options = {
+            "input_type": kwargs.pop("input_type", "encoded_image_string_tensor"),
+            "opset": kwargs.pop("opset_version", None) or exporting.DEFAULT_OPSET,
+            "quantize": kwargs.pop("quantize", None),
+        }
+        if kwargs:
+            raise exporting.ExportError(f"export: unknown option(s) {', '.join(sorted(kwargs))}")
+        return exporting.export_model(
+            self, filepath, exporting.KERAS_FORMATS[format], classes=classes, **options
+        )
 
     # --- Serialisation --------------------------------------------------------------------
     def get_config(self):
