@@ -687,7 +687,8 @@ class FasterRCNN(keras.Model):
         frame_w = (new_w + 31) // 32 * 32
         inputs = tf.pad(inputs, [[0, 0], [0, frame_h - new_h], [0, frame_w - new_w], [0, 0]])
         # Padding by computed amounts hides the channel count from the TFLite converter.
-        inputs = ops.reshape(inputs, (-1, frame_h, frame_w, 3))
+        batch = images.shape[0] if images.shape[0] is not None else -1
+        inputs = ops.reshape(inputs, (batch, frame_h, frame_w, 3))
         detections = self.detect(inputs, (new_h, new_w))
         ratio_h = ops.cast(shape[1], "float32") / ops.cast(new_h, "float32")
         ratio_w = ops.cast(shape[2], "float32") / ops.cast(new_w, "float32")
