@@ -30,9 +30,11 @@ unrolled ``NonMaxSuppressionV4`` calls: no loops), and each file is run once in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -206,6 +208,27 @@ def save_single_image_model(model, output: str | os.PathLike) -> Path:
     return Path(output)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Hold back what native (C++) code writes to stderr: the TFLite converter's and LiteRT's
+    log lines ("Created TensorFlow Lite XNNPACK delegate"). Their errors still arrive as Python
+    exceptions. ``KDETECT_DEBUG=1`` lets everything through."""
+    if os.environ.get("KDETECT_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 # --- Running exported files ----------------------------------------------------------------
 class ExportedModel:
     """A kdetect ``.onnx`` or ``.tflite`` file in its own runtime (onnxruntime on the CPU, the
@@ -240,6 +263,7 @@ class ExportedModel:
             threads = num_threads or os.cpu_count() or 1
             interpreter = Interpreter(**source, num_threads=threads)
             self._run = interpreter.get_signature_runner(_SINGLE_IMAGE)
+            self._quiet_first_call = True
         else:
             import onnxruntime
 
@@ -264,7 +288,12 @@ class ExportedModel:
         import numpy as np
 
         image = np.asarray(image, dtype=np.uint8)
-        return dict(self._run(images=image[None] if image.ndim == 3 else image))
+        images = image[None] if image.ndim == 3 else image
+        if getattr(self, "_quiet_first_call", False):  # LiteRT logs its delegate once, here
+            self._quiet_first_call = False
+            with native_stderr_silenced():
+                return dict(self._run(images=images))
+        return dict(self._run(images=images))
 
     def predict(self, images, verbose=None) -> dict:
         """Detections of each image of ``images`` (uint8 ``[B, H, W, 3]``), one call each."""
@@ -319,7 +348,8 @@ def convert_tflite(
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     try:
-        flat = converter.convert()
+        with native_stderr_silenced():
+            flat = converter.convert()
     except Exception as exc:  # ConverterError and friends: report the ops, not the MLIR dump
         message = str(exc)
         missing = sorted(set(_UNSUPPORTED_OP.findall(message)))

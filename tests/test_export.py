@@ -52,6 +52,7 @@ def assert_same_detections(ours: dict, reference: dict, k: int = 0) -> int:
     ref_boxes, ref_scores, ref_labels = _detections(reference, k)
     assert len(scores) == len(ref_scores)
     free = np.ones(len(ref_scores), bool)
+    box_diff = score_diff = 0.0
     for box, score, label in zip(boxes, scores, labels, strict=True):
         close = (
             free
@@ -60,7 +61,11 @@ def assert_same_detections(ours: dict, reference: dict, k: int = 0) -> int:
             & np.all(np.abs(ref_boxes - box) <= BOX_TOL, axis=-1)
         )
         assert close.any(), f"no predict detection matches label {label} {score:.4f} {box}"
-        free[np.flatnonzero(close)[0]] = False
+        pair = np.flatnonzero(close)[0]
+        free[pair] = False
+        box_diff = max(box_diff, float(np.abs(ref_boxes[pair] - box).max()))
+        score_diff = max(score_diff, float(abs(ref_scores[pair] - score)))
+    print(f"{len(scores)} detections, largest box diff {box_diff:.2e} px, score {score_diff:.2e}")
     return len(scores)
 
 
