@@ -40,3 +40,7 @@ class CheckpointError(KdetectError):
 
 class OutputError(KdetectError):
     """An output path that would overwrite an input, or existing results without --overwrite."""
+
+
+class TrainingDiverged(KdetectError):
+    """A loss term became NaN or infinite: training stopped, the last good checkpoint kept."""

@@ -30,17 +30,16 @@ unrolled ``NonMaxSuppressionV4`` calls: no loops), and each file is run once in 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kdetect.errors import KdetectError
+from kdetect.native_logs import native_stderr_silenced
 from kdetect.paths import atomic_path, check_free, check_kind, check_not_input
 
 FORMATS = ("saved_model", "onnx", "tflite")
@@ -206,27 +205,6 @@ def save_single_image_model(model, output: str | os.PathLike) -> Path:
     archive.add_endpoint(_SINGLE_IMAGE, function)
     archive.write_out(str(output), verbose=False)
     return Path(output)
-
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Hold back what native (C++) code writes to stderr: the TFLite converter's and LiteRT's
-    log lines ("Created TensorFlow Lite XNNPACK delegate"). Their errors still arrive as Python
-    exceptions. ``KDETECT_DEBUG=1`` lets everything through."""
-    if os.environ.get("KDETECT_DEBUG"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 # --- Running exported files ----------------------------------------------------------------

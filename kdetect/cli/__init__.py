@@ -3,19 +3,21 @@
 Each sub-app lives in its own module and is joined here with ``add_typer``. Expected failures
 (``KdetectError``) print one red line and exit 1 (:class:`~kdetect.errors.DataErrors`: one line
 per problem, then the summary); ``KDETECT_DEBUG=1`` shows the traceback. Messages are printed
-escaped (:func:`print_error`), so rich markup never eats a ``[...]`` in a path.
+escaped (:func:`print_error`), so rich markup never eats a ``[...]`` in a path. TensorFlow's native
+log lines and dependencies' deprecation warnings stay off the console unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kdetect import __version__
+from kdetect import __version__, native_logs
 from kdetect.errors import DataErrors, KdetectError
 
 app = typer.Typer(
@@ -43,8 +45,29 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Show the version."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Show TensorFlow's own log lines and Python warnings from libraries "
+        "(kdetect hides them; KDETECT_DEBUG=1 also shows them, with tracebacks).",
+    ),
 ) -> None:
     """Object detection for Keras 3: train, evaluate, predict, serve and export detectors."""
+    if verbose:
+        native_logs.allow_native_logs()
+        for category in _LIBRARY_WARNINGS:
+            warnings.simplefilter("default", category)  # ahead of _quiet_libraries' filters
+
+
+_LIBRARY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def _quiet_libraries() -> None:
+    """Keep deprecation warnings raised inside dependencies (any module but kdetect's, which
+    users cannot act on) off the console."""
+    if not native_logs.verbose():
+        for category in _LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", category=category, module=r"^(?!kdetect)")
 
 
 def _register_commands() -> None:
@@ -61,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdetect`` script.
 
     Run as the program (``argv`` None, arguments from the command line) it first makes glibc keep
-    freed memory for reuse (:mod:`kdetect.allocator`; ``KDETECT_MALLOC=system`` opts out).
+    freed memory for reuse (:mod:`kdetect.allocator`; ``KDETECT_MALLOC=system`` opts out) and
+    keeps TensorFlow's native log lines off stderr (:mod:`kdetect.native_logs`).
     """
     if argv is None:
         from kdetect.allocator import retain_freed_memory
 
         retain_freed_memory()
+        native_logs.filter_native_stderr()
+    _quiet_libraries()
     _register_commands()
     try:
         app(args=argv, standalone_mode=False)

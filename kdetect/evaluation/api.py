@@ -178,9 +178,14 @@ def _load_record_image(record: Record) -> np.ndarray:
 def _call_predict(model, batch: np.ndarray) -> dict:
     predict = model.predict
     try:
-        takes_verbose = "verbose" in inspect.signature(predict).parameters
+        parameters = inspect.signature(predict).parameters.values()
     except (TypeError, ValueError):
-        takes_verbose = False
+        parameters = []
+    # Keras' predict (and FasterRCNN's, which passes **kwargs on) prints a progress bar unless
+    # verbose=0.
+    takes_verbose = any(
+        p.name == "verbose" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
     out = predict(batch, verbose=0) if takes_verbose else predict(batch)
     return {key: np.asarray(value) for key, value in out.items()}
 

@@ -18,9 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdetect.errors import CheckpointError
+from kdetect.errors import CheckpointError, TrainingDiverged
 from kdetect.paths import write_text
-from kdetect.recipes.runs import checkpoint_files, save_keras, write_errors
+from kdetect.recipes.runs import CHECKPOINTS_DIR, checkpoint_files, save_keras, write_errors
 
 STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
@@ -67,6 +67,36 @@ class TrainingState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch + 1
         self.epoch_done = True
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss terms are not all finite.
+
+    Raises :class:`~kdetect.errors.TrainingDiverged` naming the term, the epoch and step and the
+    likely causes. It must come before the checkpoint callbacks in the list, so that the
+    diverged weights are never saved: the last good checkpoint stays the newest.
+    """
+
+    def __init__(self, state: TrainingState, run_dir: str | Path):
+        super().__init__()
+        self.state = state
+        self.run_dir = Path(run_dir)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for key in LOSS_KEYS:
+            value = (logs or {}).get(key)
+            if value is None:
+                continue
+            value = float(keras.ops.convert_to_numpy(value))
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training stopped: {key} is {value} at epoch {self.state.epoch + 1}, step "
+                    f"{batch + 1} (optimizer step {self.state.global_step}); the last good "
+                    f"checkpoint in {self.run_dir / CHECKPOINTS_DIR} is kept. Likely causes: a "
+                    "learning rate too high for this batch size (lower train.optimizer.lr or "
+                    "lengthen train.schedule.warmup_steps), or degenerate boxes (kdetect "
+                    "dataset inspect)"
+                )
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import CheckpointError, KdetectError, RecipeError
+from kdetect.errors import CheckpointError, KdetectError, RecipeError, TrainingDiverged
 from kdetect.paths import write_text
 from kdetect.recipes import runs
 from kdetect.recipes.loader import dump, load
@@ -412,7 +412,8 @@ def _fit(
         callback_list.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
         if samples:
             callback_list.append(cb.ImageSummary(run_dir / "logs" / "images", samples[:4], classes))
-    callback_list += [manager, cb.HistoryWriter(run_dir / runs.HISTORY_FILE), progress]
+    callback_list += [cb.StopOnNonFiniteLoss(state, run_dir), manager]
+    callback_list += [cb.HistoryWriter(run_dir / runs.HISTORY_FILE), progress]
     callback_list += list(extra_callbacks)
 
     def fit(epochs: int, first_epoch: int, steps: int | None) -> None:
@@ -438,6 +439,9 @@ def _fit(
                 initial_epoch += 1
             if initial_epoch < tcfg.epochs:
                 fit(tcfg.epochs, initial_epoch, steps_per_epoch)
+    except TrainingDiverged:
+        progress.close()
+        raise
     except KeyboardInterrupt:
         progress.close()
         manager.save_state(epoch=state.epoch, step_in_epoch=state.step_in_epoch, interrupted=True)

@@ -1,0 +1,55 @@
+"""What a user sees on stderr: kdetect's own lines, not TensorFlow's native start-up logging
+(oneDNN, CUDA probes, absl) nor dependencies' deprecation warnings; ``--verbose`` shows them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_cli_train_support import tiny_run
+
+from kdetect.native_logs import NATIVE_LINE
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISE = ("oneDNN", "cuda", "cuInit", "absl", "DeprecationWarning", "FutureWarning")
+
+
+def _kdetect(*args) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it: a fresh process, no logging settings of ours in the env."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key in ("KDETECT_DEBUG", "KDETECT_VERBOSE", "TF_CPP_MIN_LOG_LEVEL"):
+        env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, "-m", "kdetect", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _noise(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if NATIVE_LINE.match(line) or any(word in line for word in NOISE)
+    ]
+
+
+def test_commands_that_load_tensorflow_print_only_their_own_lines(tmp_path_factory, tmp_path):
+    run = tiny_run(tmp_path_factory)
+    image = sorted((run / "samples").glob("*.png"))[0]
+    done = _kdetect("predict", run, image, "--output", tmp_path / "out.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert _noise(done.stderr) == [], done.stderr
+    assert (tmp_path / "out.jsonl").is_file()
+
+
+def test_verbose_brings_tensorflow_logs_back(tmp_path_factory, tmp_path):
+    run = tiny_run(tmp_path_factory)
+    image = sorted((run / "samples").glob("*.png"))[0]
+    done = _kdetect("--verbose", "predict", run, image, "--output", tmp_path / "out.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert any(NATIVE_LINE.match(line) for line in done.stderr.splitlines()), done.stderr
