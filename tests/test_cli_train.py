@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 from test_cli_train_support import (
     BCCD,
     SHAPES,
@@ -31,6 +32,9 @@ def run(tmp_path_factory):
 def test_train_writes_the_run_directory(run):
     for name in ("recipe.yaml", "classes.json", "model.keras", "history.csv", "kdetect.json"):
         assert (run / name).is_file(), name
+    for name in ("results.png", "labels.png"):  # the pictures every run gets
+        with Image.open(run / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 600, name
     assert (run / "logs").is_dir()
     assert (run / "checkpoints" / "epoch-0001.keras").is_file()
     assert (run / "checkpoints" / "best.keras").is_file()

@@ -20,7 +20,14 @@ import numpy as np
 
 from kdetect.errors import CheckpointError, TrainingDiverged
 from kdetect.paths import write_text
-from kdetect.recipes.runs import CHECKPOINTS_DIR, checkpoint_files, save_keras, write_errors
+from kdetect.plots import plot_results, read_history
+from kdetect.recipes.runs import (
+    CHECKPOINTS_DIR,
+    RESULTS_PLOT,
+    checkpoint_files,
+    save_keras,
+    write_errors,
+)
 
 STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
@@ -263,7 +270,8 @@ def read_state(folder: str | Path) -> dict[str, Any] | None:
 
 
 class HistoryWriter(keras.callbacks.Callback):
-    """Appends one row per epoch to ``history.csv`` (rewriting the header when keys appear)."""
+    """Appends one row per epoch to ``history.csv`` (rewriting the header when keys appear) and
+    redraws ``results.png`` beside it from the whole history."""
 
     def __init__(self, path: str | Path):
         super().__init__()
@@ -285,6 +293,7 @@ class HistoryWriter(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(rows)
         write_text(self.path, text.getvalue())
+        plot_results(read_history(self.path), self.path.with_name(RESULTS_PLOT))
 
 
 def _scalar(value: Any) -> Any:

@@ -40,6 +40,8 @@ CLASSES_FILE = "classes.json"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
+RESULTS_PLOT = "results.png"
+LABELS_PLOT = "labels.png"
 CHECKPOINTS_DIR = "checkpoints"
 
 # What a packed run may expand to (checked from the zip's declared sizes before anything is

@@ -306,6 +306,26 @@ def _train_in(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _plot_labels(annotations, frame: tuple[int, int], run_dir: Path) -> Path:
+    """``labels.png`` of the training boxes, scaled into the network frame as training's resize
+    scales them (each axis to the frame)."""
+    from kdetect.plots import plot_labels
+
+    height, width = frame
+    boxes, labels = [], []
+    for record in annotations.records:
+        scale = np.array([width / record.width, height / record.height] * 2, np.float32)
+        boxes.append(np.asarray(record.boxes, np.float32).reshape(-1, 4) * scale)
+        labels.append(np.asarray(record.labels, np.int64).reshape(-1))
+    return plot_labels(
+        np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+        np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+        annotations.classes,
+        frame,
+        run_dir / runs.LABELS_PLOT,
+    )
+
+
 def _fit(
     recipe: Recipe,
     run_dir: Path,
@@ -328,6 +348,8 @@ def _fit(
             raise CheckpointError(f"{run_dir}: the data's classes differ from classes.json")
     runs.write_classes(run_dir / runs.CLASSES_FILE, classes)
     samples = _write_samples(run_dir / "samples", data.val_annotations, recipe.eval.samples)
+    if data.train_annotations is not None:
+        _plot_labels(data.train_annotations, tuple(recipe.data.image_size), run_dir)
 
     steps_per_epoch = _steps(data.train, tcfg.steps_per_epoch)
     train_ds = data.train.repeat() if steps_per_epoch is not None else data.train

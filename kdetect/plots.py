@@ -1,0 +1,145 @@
+"""The pictures every run directory gets, drawn with matplotlib (no display needed).
+
+* :func:`plot_results` -> ``results.png``: each loss term (training and validation), the
+  validation mAP and the learning rate, per epoch, from ``history.csv``.
+* :func:`plot_labels` -> ``labels.png``: what the training boxes look like in the network's
+  frame: boxes per class, width against height, aspect ratios, where box centres fall.
+
+Both write through :func:`kdetect.paths.atomic_path`, so a crash leaves the old picture or the
+new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
+
+from kdetect.paths import atomic_path
+
+LOSS_TERMS = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
+DPI = 100
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """``history.csv`` rows as floats (empty cells left out)."""
+    with open(path, newline="") as f:
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _save(figure, output: str | os.PathLike) -> Path:
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI)  # a bare Figure: Agg, no GUI, no pyplot
+    return output
+
+
+def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) -> Path:
+    """``results.png``: one panel per loss term (training and validation curves), then the
+    validation mAP and the learning rate, against the epoch. Returns ``output``."""
+    panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in LOSS_TERMS]
+    panels += [("val_map", "validation mAP"), ("lr", "learning rate")]
+    figure = Figure(figsize=(16, 7), layout="constrained")
+    axes = figure.subplots(2, 4)
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(rows)]
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+        for name, label, style in ((key, "train", "o-"), (f"val_{key}", "validation", "s--")):
+            if key in ("val_map", "lr") and name != key:
+                continue
+            points = [(e, row[name]) for e, row in zip(epochs, rows, strict=True) if name in row]
+            if points:
+                x, y = zip(*points, strict=True)
+                shown = label if key not in ("val_map", "lr") else None
+                ax.plot(x, y, style, markersize=4, label=shown)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if key == "val_map":
+            ax.set_ylim(0, 1)
+        elif key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        elif ax.lines:
+            ax.legend(fontsize=8)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    axes.flat[-1].axis("off")
+    figure.suptitle("training results", fontsize=14)
+    return _save(figure, output)
+
+
+def plot_labels(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    frame: tuple[int, int],
+    output: str | os.PathLike,
+) -> Path:
+    """``labels.png`` of ``boxes`` [N, 4] ``xyxy`` already in the network's ``frame`` (height,
+    width) and their ``labels`` [N]: boxes per class, width vs height (log axes, coloured by
+    class), the aspect-ratio histogram and a heat map of box centres. Returns ``output``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    height, width = frame
+    box_w = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
+    box_h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    colours = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    figure = Figure(figsize=(12, 9), layout="constrained")
+    axes = figure.subplots(2, 2)
+
+    counts = np.bincount(labels, minlength=len(classes))[: len(classes)]
+    ax = axes[0, 0]
+    ax.bar(range(len(classes)), counts, color=[colours(i % colours.N) for i in range(len(classes))])
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0, ha="right")
+    ax.set_title(f"boxes per class ({len(labels)} boxes)")
+    ax.set_ylabel("boxes")
+
+    ax = axes[0, 1]
+    for i, name in enumerate(classes):
+        mine = labels == i
+        if mine.any():
+            ax.scatter(
+                box_w[mine], box_h[mine], s=6, alpha=0.5, color=colours(i % colours.N), label=name
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain pixel numbers at 1, 2, 5, 10, 20, ...
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("width (pixels of the network frame)")
+    ax.set_ylabel("height (pixels)")
+    ax.set_title(f"box sizes in the {height}x{width} frame")
+    ax.grid(alpha=0.3, which="both")
+    if len(classes) <= 20 and len(labels):
+        ax.legend(fontsize=8, markerscale=2)
+
+    ax = axes[1, 0]
+    ratios = np.log2(box_h / box_w)
+    limit = max(2.0, math.ceil(float(np.abs(ratios).max())) if len(ratios) else 2.0)
+    ax.hist(ratios, bins=40, range=(-limit, limit), color="tab:blue")
+    ax.set_xlabel("log2(height / width): 0 = square, +1 = twice as tall")
+    ax.set_ylabel("boxes")
+    ax.set_title("aspect ratios")
+
+    ax = axes[1, 1]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    heat, _, _ = np.histogram2d(cy, cx, bins=(32, 32), range=((0, height), (0, width)))
+    image = ax.imshow(heat, extent=(0, width, height, 0), cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=ax, label="box centres")
+    ax.set_title("where box centres fall")
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    figure.suptitle("training labels", fontsize=14)
+    return _save(figure, output)
