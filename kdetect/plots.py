@@ -143,3 +143,59 @@ def plot_labels(
     ax.set_ylabel("y (pixels)")
     figure.suptitle("training labels", fontsize=14)
     return _save(figure, output)
+
+
+def plot_f1_curves(f1: dict, output: str | os.PathLike) -> Path:
+    """F1 against the score threshold, per class and averaged (``f1_curves``' result), with the
+    best threshold marked. Returns ``output``."""
+    figure = Figure(figsize=(8, 6), layout="constrained")
+    ax = figure.subplots()
+    thresholds = f1["thresholds"]
+    for name, curve in f1["per_class"].items():
+        ax.plot(thresholds, curve["f1"], linewidth=1, alpha=0.6, label=name)
+    best = f1["best"]
+    ax.plot(thresholds, f1["mean_f1"], color="black", linewidth=2.5, label="all classes")
+    ax.axvline(best["threshold"], color="tab:red", linestyle="--")
+    ax.annotate(
+        f"best {best['f1']:.2f} at {best['threshold']:.2f}",
+        (best["threshold"], best["f1"]),
+        xytext=(8, 8),
+        textcoords="offset points",
+        color="tab:red",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("score threshold")
+    ax.set_ylabel("F1 (IoU > 0.5)")
+    ax.set_title("F1 against the score threshold")
+    ax.grid(alpha=0.3)
+    if len(f1["per_class"]) <= 20:
+        ax.legend(fontsize=8, loc="lower left")
+    return _save(figure, output)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], threshold: float, output: str | os.PathLike
+) -> Path:
+    """The ``[C + 1, C + 1]`` confusion matrix (``thresholds.confusion_matrix``), each true
+    class's row normalised to fractions and the counts written in the cells. Returns ``output``."""
+    names = [*classes, "background"]
+    counts = np.asarray(matrix, np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.where(rows > 0, counts / np.maximum(rows, 1), 0.0)
+    side = max(5.0, 0.55 * len(names) + 2.5)
+    figure = Figure(figsize=(side + 1, side), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=ax, label="share of the true class's row")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (score >= {threshold:.2f}, IoU > 0.5)")
+    if len(names) <= 30:
+        for (i, j), count in np.ndenumerate(counts):
+            if count:
+                colour = "white" if shares[i, j] > 0.5 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
+    return _save(figure, output)

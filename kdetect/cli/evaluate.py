@@ -11,6 +11,7 @@ from rich.console import Console
 from kdetect.cli import app
 from kdetect.errors import KdetectError
 from kdetect.paths import check_kind, check_not_input
+from kdetect.recipes.runs import PLOTS_DIR
 
 console = Console()
 
@@ -54,7 +55,11 @@ def evaluate(
         typer.Option(help="Write metrics.json here (default for a run dir: RUN_DIR/metrics.json)."),
     ] = None,
     plots: Annotated[
-        Path | None, typer.Option(help="Write per-class precision-recall curves (PNG) here.")
+        Path | None,
+        typer.Option(
+            help="Write per-class precision-recall curves, the F1 curve and the confusion "
+            "matrix (PNG) here (default for a run dir: RUN_DIR/plots)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per predict call (model mode).")] = 1,
     on_invalid_box: Annotated[
@@ -121,6 +126,8 @@ def evaluate(
         inspect_run(model)  # a missing run is named as such, before any --data hint
         if dataset is None and not Path(model).is_dir():
             raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
+        if plots is None and Path(model).is_dir():  # a run directory keeps its own pictures
+            plots = Path(model) / PLOTS_DIR
         metrics = evaluate_saved_model(
             model, dataset, format, split, metric, batch_size, True, plots, on_invalid_box
         )
@@ -133,4 +140,4 @@ def evaluate(
     if output is not None:
         console.print(f"metrics written to {write_metrics(metrics, output)}")
     if plots is not None:
-        console.print(f"precision-recall curves written to {plots}")
+        console.print(f"plots (precision-recall, F1, confusion matrix) written to {plots}")

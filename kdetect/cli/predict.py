@@ -25,8 +25,15 @@ def predict(
         typer.Argument(help="Images, folders of images, or videos.", show_default=False),
     ],
     min_score: Annotated[
-        float, typer.Option(help="Drop detections scoring below this.", min=0.0, max=1.0)
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="Drop detections scoring below this (default: the run's best-F1 threshold "
+            "from kdetect evaluate's metrics.json, else 0.5).",
+            min=0.0,
+            max=1.0,
+            show_default=False,
+        ),
+    ] = None,
     max_detections: Annotated[
         int | None, typer.Option(help="Keep at most N detections per image.", min=1)
     ] = None,
@@ -64,7 +71,7 @@ def predict(
     from kdetect.errors import KdetectError
     from kdetect.paths import atomic_path, check_kind, input_guard
     from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
-    from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE
+    from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE, best_min_score, inspect_run
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
     inputs = [item.path for item in items] + [model]
@@ -79,6 +86,10 @@ def predict(
         for item in items:
             if not item.video:
                 check_drawn(_drawn_path(save_images, item.relative))
+    if min_score is None:
+        min_score, source = best_min_score(inspect_run(model))
+        if source != "default":
+            err_console.print(f"min score {min_score:.2f} ({source})", highlight=False)
     detector = Detector(
         model, min_score=min_score, max_detections=max_detections, only=only, ignore=ignore
     )

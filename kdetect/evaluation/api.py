@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from kdetect.evaluation.detections import (
     read_detections_file,
 )
 from kdetect.evaluation.groundtruth import GroundTruth, annotations_to_coco, load_ground_truth
+from kdetect.evaluation.thresholds import confusion_matrix, f1_curves
 from kdetect.evaluation.voc import VOC_METRICS, voc_evaluate
 
 METRICS = ("voc07", "voc", "coco")
@@ -57,20 +59,19 @@ def evaluate_detections(
 
     ``annotations`` may be a :class:`GroundTruth` holding the source COCO JSON; COCO metrics then
     use that JSON (its areas and crowd regions) instead of a conversion of the records.
-    With ``plots_dir``, one precision-recall PNG per class is written there.
+    ``metrics["f1"]`` is the best-F1 score threshold (:mod:`kdetect.evaluation.thresholds`). With
+    ``plots_dir``, one precision-recall PNG per class, ``f1_curve.png`` and
+    ``confusion_matrix.png`` (at that threshold) are written there.
     """
     check_metric(metric)
     gt = annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
     records = gt.annotations.records
     if len(detections) != len(records):
         raise ValueError(f"{len(detections)} detection sets for {len(records)} images")
+    truth = [(r.boxes, r.labels, r.difficult) for r in records]
+    found = [(d.boxes, d.scores, d.labels) for d in detections]
     if metric in VOC_METRICS:
-        metrics, voc_curves = voc_evaluate(
-            gt.annotations.classes,
-            [(r.boxes, r.labels, r.difficult) for r in records],
-            [(d.boxes, d.scores, d.labels) for d in detections],
-            metric,
-        )
+        metrics, voc_curves = voc_evaluate(gt.annotations.classes, truth, found, metric)
         curves = {n: (c.recall, c.precision) for n, c in voc_curves.items() if c.ap is not None}
     else:
         if gt.coco is not None:
@@ -80,10 +81,23 @@ def evaluate_detections(
         results = to_coco_results(detections, image_ids, category_ids)
         metrics, p50, _ = coco_evaluate(dataset, results)
         curves = _coco_curves(p50)
+    f1 = f1_curves(gt.annotations.classes, truth, found)
+    metrics["f1"] = f1["best"]
     if plots_dir is not None:
         from kdetect.evaluation.report import plot_pr_curves
+        from kdetect.plots import plot_confusion_matrix, plot_f1_curves
 
         plot_pr_curves(curves, metrics, plots_dir)
+        plot_f1_curves(f1, Path(plots_dir) / "f1_curve.png")
+        matrix = confusion_matrix(
+            len(gt.annotations.classes), truth, found, f1["best"]["threshold"]
+        )
+        plot_confusion_matrix(
+            matrix,
+            gt.annotations.classes,
+            f1["best"]["threshold"],
+            Path(plots_dir) / "confusion_matrix.png",
+        )
     return metrics
 
 

@@ -42,6 +42,9 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RESULTS_PLOT = "results.png"
 LABELS_PLOT = "labels.png"
+PLOTS_DIR = "plots"  # kdetect evaluate's pictures
+#: ``predict`` / ``serve``'s score threshold when the run has no best-F1 one (metrics.json).
+DEFAULT_MIN_SCORE = 0.5
 CHECKPOINTS_DIR = "checkpoints"
 
 # What a packed run may expand to (checked from the zip's declared sizes before anything is
@@ -175,6 +178,15 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         return periodic[-1]
     best = folder / "best.keras"
     return best if best.is_file() and _usable(best, warn=True) else None
+
+
+def best_min_score(info: RunInfo | None) -> tuple[float, str]:
+    """The score threshold to use for a run, and where it comes from: the best-F1 threshold of
+    its ``metrics.json`` (written by ``kdetect evaluate``), else :data:`DEFAULT_MIN_SCORE`."""
+    threshold = ((info.metrics or {}).get("f1") or {}).get("threshold") if info else None
+    if isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0:
+        return float(threshold), f"best F1 on {info.path.name}'s evaluation (metrics.json)"
+    return DEFAULT_MIN_SCORE, "default"
 
 
 def inspect_run(path: str | os.PathLike) -> RunInfo:

@@ -77,6 +77,9 @@ class ModelResponse(BaseModel):
     recipe: dict[str, Any] | None
     metric: list[Any] | None = Field(description="[name, value] of the run's best metric")
     limits: dict[str, int]
+    min_score: float = Field(
+        description="default score threshold: the run's best-F1 one (kdetect evaluate), else 0.5"
+    )
 
 
 ERRORS = {
@@ -168,7 +171,7 @@ def create_app(
 
     ``run`` names the run a loaded ``model`` came from (for ``/api/model``'s recipe summary).
     """
-    from kdetect.recipes.runs import inspect_run
+    from kdetect.recipes.runs import best_min_score, inspect_run
     from kdetect.visualize import class_color
 
     info = inspect_run(run) if run is not None else None
@@ -184,6 +187,7 @@ def create_app(
     summary["classes"] = predictor.classes
     summary["colors"] = [list(class_color(i)) for i in range(len(predictor.classes))]
     summary["limits"] = {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}
+    summary["min_score"] = best_min_score(info)[0]
     started = time.monotonic()
     counter = {"requests": 0}
 
@@ -255,8 +259,14 @@ def create_app(
     async def predict(
         image: Annotated[UploadFile, File(description="an encoded image (JPEG, PNG, ...)")],
         min_score: Annotated[
-            float, Form(ge=0.0, le=1.0, description="drop detections scoring below this")
-        ] = 0.5,
+            float | None,
+            Form(
+                ge=0.0,
+                le=1.0,
+                description="drop detections scoring below this (default: the run's best-F1 "
+                "threshold, /api/model's min_score)",
+            ),
+        ] = None,
         max_detections: Annotated[
             int | None,
             Form(ge=1, le=MAX_DETECTIONS_LIMIT, description="keep at most this many"),
@@ -269,6 +279,8 @@ def create_app(
             array = await run_in_threadpool(decode_upload, data, limits)
         except UploadError as exc:
             raise HTTPException(exc.status, exc.message) from None
+        if min_score is None:
+            min_score = summary["min_score"]
         objects = await run_in_threadpool(predictor.predict, array, min_score, max_detections)
         counter["requests"] += 1
         return {

@@ -79,6 +79,10 @@ async function loadModel() {
     return;
   }
   $("model-name").textContent = state.model.name;
+  if (typeof state.model.min_score === "number") {  // the run's best-F1 threshold
+    $("threshold").value = state.model.min_score;
+    $("threshold-value").textContent = state.model.min_score.toFixed(2);
+  }
   $("classes").replaceChildren(
     ...state.model.classes.map((name, i) => {
       const li = document.createElement("li");
