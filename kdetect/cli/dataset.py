@@ -121,6 +121,13 @@ def inspect(
     images_dir: Annotated[Path | None, typer.Option(help="Folder of the images.")] = None,
     show: Annotated[int, typer.Option(min=0, help="Draw the first N images.")] = 0,
     output: Annotated[Path | None, typer.Option(help="Folder for the drawn images.")] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also check the recipe's anchors against the boxes (as kdetect train does "
+            "before training), suggesting anchor_sizes / aspect_ratios when they fit badly."
+        ),
+    ] = None,
 ) -> None:
     """Print images, boxes per class and per image, sizes and invalid boxes; draw examples.
 
@@ -177,7 +184,38 @@ def inspect(
         console.print(f"... and {len(result.invalid) - 10} more invalid boxes")
     if result.drawn:
         console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
+    if recipe is not None and result.annotations is not None:
+        _print_anchor_check(recipe, result.annotations)
     if result.bad_images:
         from kdetect.data.images import bad_images_error
 
         raise bad_images_error(result.bad_images, summary["images"])
+
+
+def _print_anchor_check(recipe_path: Path, annotations) -> None:
+    """The anchor coverage of ``recipe_path``'s model over ``annotations`` (see
+    kdetect.recipes.checks), as a table per class and the warning line."""
+    from kdetect.recipes import builders
+    from kdetect.recipes.checks import anchor_report, anchor_warning
+    from kdetect.recipes.loader import load
+
+    recipe = load(recipe_path, ["model.backbone_weights=null"], check_paths=False)
+    model = builders.build_model(recipe, len(annotations.classes))
+    frame = tuple(recipe.data.image_size)
+    report = anchor_report(model, annotations, frame, recipe.model.rpn)
+    table = Table(title=f"anchor coverage in the {frame[0]}x{frame[1]} frame ({recipe_path})")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    table.add_column(f"best IoU >= {report['covered_iou']:g}", justify="right")
+    table.add_column(f"best IoU >= {report['fg_iou']:g}", justify="right")
+
+    def share(value):
+        return "-" if value is None else f"{value:.1%}"
+
+    for name, row in report["per_class"].items():
+        table.add_row(name, str(row["boxes"]), share(row["covered"]), share(row["fg"]))
+    table.add_row("all", str(report["boxes"]), share(report["covered"]), share(report["fg"]))
+    console.print(table)
+    warning = anchor_warning(report)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)

@@ -42,6 +42,7 @@ class Inspection:
     invalid: list[InvalidBox]
     drawn: list[str]
     bad_images: list[str] = field(default_factory=list)  # one error line per unusable image
+    annotations: Any = None  # the records read (kdetect.data.records.Annotations)
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -198,7 +199,7 @@ def inspect_dataset(
                 pixels = load_image(record.filename)
             draw_boxes(pixels, record, annotations.classes).save(target, quality=92)
             drawn.append(str(target))
-    return Inspection(kind, split, summary, invalid, drawn, list(bad.values()))
+    return Inspection(kind, split, summary, invalid, drawn, list(bad.values()), annotations)
 
 
 def draw_boxes(image: np.ndarray, record: Record, classes: Sequence[str]) -> Image.Image:

@@ -416,6 +416,13 @@ class FasterRCNN(keras.Model):
         sizes = [ops.shape(f)[1:3] for f in rpn_features]
         return feature_map_anchors(frame, sizes, self.anchor_sizes, self.aspect_ratios)
 
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(height, width) of each RPN level's feature map for a ``height`` x ``width`` frame
+        (one forward pass of the backbone and pyramid on zeros)."""
+        inputs = ops.zeros((1, int(height), int(width), 3), "float32")
+        rpn_features, _ = self._feature_maps(inputs, training=False)
+        return [tuple(int(v) for v in f.shape[1:3]) for f in rpn_features]
+
     def _box_branch(self, roi_features, rois, training):
         """Class logits [B, R, C + 1] and deltas [B, R, C, 4] for RoIs [B, R, 4]."""
         # RoIAlign's fused crop_and_resize kernel has no XLA kernel and no TFLite builtin: inside

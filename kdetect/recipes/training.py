@@ -307,23 +307,32 @@ def _train_in(
 
 
 def _plot_labels(annotations, frame: tuple[int, int], run_dir: Path) -> Path:
-    """``labels.png`` of the training boxes, scaled into the network frame as training's resize
-    scales them (each axis to the frame)."""
+    """``labels.png`` of the training boxes in the network frame."""
     from kdetect.plots import plot_labels
+    from kdetect.recipes.checks import boxes_in_frame
 
-    height, width = frame
-    boxes, labels = [], []
-    for record in annotations.records:
-        scale = np.array([width / record.width, height / record.height] * 2, np.float32)
-        boxes.append(np.asarray(record.boxes, np.float32).reshape(-1, 4) * scale)
-        labels.append(np.asarray(record.labels, np.int64).reshape(-1))
-    return plot_labels(
-        np.concatenate(boxes) if boxes else np.zeros((0, 4)),
-        np.concatenate(labels) if labels else np.zeros((0,), np.int64),
-        annotations.classes,
-        frame,
-        run_dir / runs.LABELS_PLOT,
-    )
+    boxes, labels = boxes_in_frame(annotations, frame)
+    return plot_labels(boxes, labels, annotations.classes, frame, run_dir / runs.LABELS_PLOT)
+
+
+def _check_anchors(model, annotations, recipe: Recipe, console) -> dict:
+    """Print how many training boxes the anchors cover; warn (one line) below 98 %."""
+    from rich.markup import escape
+
+    from kdetect.recipes.checks import anchor_report, anchor_warning
+
+    report = anchor_report(model, annotations, tuple(recipe.data.image_size), recipe.model.rpn)
+    if report["covered"] is not None:
+        console.print(
+            f"anchors: {report['covered']:.1%} of {report['boxes']} training boxes overlap an "
+            f"anchor by IoU >= {report['covered_iou']:g} ({report['fg']:.1%} by "
+            f">= {report['fg_iou']:g})",
+            highlight=False,
+        )
+    warning = anchor_warning(report)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    return report
 
 
 def _fit(
@@ -363,6 +372,9 @@ def _fit(
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         model.compile(optimizer=optimizer, jit_compile=tcfg.jit_compile)
         optimizer.build(model.trainable_variables)
+
+    if data.train_annotations is not None and state_info is None:
+        _check_anchors(model, data.train_annotations, recipe, console)
 
     initial_epoch, step_in_epoch, best_value = 0, 0, None
     if state_info is not None:

@@ -1,0 +1,74 @@
+"""Checks of a dataset against a recipe's model, run before training (and by ``kdetect dataset
+inspect --recipe``): do the anchors fit the boxes (:mod:`kdetect.data.anchor_fit`)?"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdetect.anchors import feature_map_anchors
+from kdetect.data.anchor_fit import MIN_COVERAGE, anchor_coverage, best_anchor_iou, suggest_anchors
+from kdetect.data.records import Annotations
+
+
+def boxes_in_frame(
+    annotations: Annotations, frame: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """All boxes [N, 4] scaled into the network ``frame`` (height, width) as training's resize
+    scales them (each axis to the frame), and their labels [N]."""
+    height, width = frame
+    boxes, labels = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)]
+    for record in annotations.records:
+        scale = np.array([width / record.width, height / record.height] * 2, np.float32)
+        boxes.append(np.asarray(record.boxes, np.float32).reshape(-1, 4) * scale)
+        labels.append(np.asarray(record.labels, np.int64).reshape(-1))
+    return np.concatenate(boxes), np.concatenate(labels)
+
+
+def anchor_report(model, annotations: Annotations, frame: tuple[int, int], rpn) -> dict:
+    """Coverage of the training boxes by ``model``'s anchors in ``frame`` at the recipe's RPN
+    thresholds (``rpn``: the recipe's ``model.rpn``; see :mod:`kdetect.data.anchor_fit`), and a
+    better setting when fewer than :data:`MIN_COVERAGE` are covered (``"suggestion"``:
+    ``anchor_sizes``, ``aspect_ratios`` and the share they cover, or None)."""
+    boxes, labels = boxes_in_frame(annotations, frame)
+    feature_sizes = model.feature_sizes(*frame)
+
+    def anchors_for(sizes, ratios):
+        return [np.asarray(a) for a in feature_map_anchors(frame, feature_sizes, sizes, ratios)]
+
+    current = (model.anchor_sizes, model.aspect_ratios)
+    best = best_anchor_iou(boxes, anchors_for(*current)) if len(boxes) else np.zeros(0)
+    thresholds = (rpn.fg_iou_thresh, rpn.bg_iou_thresh)
+    report = anchor_coverage(best, labels, annotations.classes, *thresholds)
+    report.update(fg_iou=rpn.fg_iou_thresh, covered_iou=rpn.bg_iou_thresh, suggestion=None)
+    if len(boxes) and report["covered"] < MIN_COVERAGE:
+        sizes, ratios, reached = suggest_anchors(boxes, anchors_for, current, *thresholds)
+        if reached > report["covered"]:
+            report["suggestion"] = {
+                "anchor_sizes": sizes,
+                "aspect_ratios": ratios,
+                "covered": reached,
+            }
+    return report
+
+
+def anchor_warning(report: dict) -> str | None:
+    """One line when the anchors cover too few boxes (None when they are fine)."""
+    if report["covered"] is None or report["covered"] >= MIN_COVERAGE:
+        return None
+    worst = sorted(
+        (v["covered"], k) for k, v in report["per_class"].items() if v["covered"] is not None
+    )[:3]
+    classes = ", ".join(f"{name} {share:.0%}" for share, name in worst)
+    line = (
+        f"only {report['covered']:.1%} of the training boxes have an anchor overlapping them by "
+        f"IoU >= {report['covered_iou']:g} (least covered: {classes})"
+    )
+    suggestion = report["suggestion"]
+    if suggestion:
+        sizes = str(suggestion["anchor_sizes"]).replace(" ", "")
+        ratios = str(suggestion["aspect_ratios"]).replace(" ", "")
+        line += (
+            f"; --set model.anchor_sizes={sizes} --set model.aspect_ratios={ratios} covers "
+            f"{suggestion['covered']:.1%}"
+        )
+    return line
