@@ -184,6 +184,8 @@ def inspect(
         console.print(f"... and {len(result.invalid) - 10} more invalid boxes")
     if result.drawn:
         console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
+    if result.annotations is not None:
+        _print_quality(result.annotations, recipe)
     if recipe is not None and result.annotations is not None:
         _print_anchor_check(recipe, result.annotations)
     if result.bad_images:
@@ -219,3 +221,29 @@ def _print_anchor_check(recipe_path: Path, annotations) -> None:
     warning = anchor_warning(report)
     if warning:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
+def _print_quality(annotations, recipe_path: Path | None) -> None:
+    """Box sizes and the checks of kdetect.data.quality (in the recipe's frame when given)."""
+    from kdetect.data.quality import describe, quality_report, quality_warnings
+
+    frame = None
+    if recipe_path is not None:
+        from kdetect.recipes.loader import load
+
+        frame = tuple(load(recipe_path, check_paths=False).data.image_size)
+    report = quality_report(annotations, frame)
+    where = f"in the {frame[0]}x{frame[1]} frame" if frame else "in image pixels"
+    table = Table(title=f"boxes {where} (min / p10 / median / p90 / max)", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("size sqrt(w*h)", describe(report["box_size"]))
+    table.add_row("aspect ratio h/w", describe(report["aspect_ratio"], 2))
+    table.add_row("tiny boxes (< 4 px)", str(len(report["tiny_boxes"])))
+    table.add_row("near-duplicate box pairs", str(len(report["near_duplicate_boxes"])))
+    table.add_row("groups of identical images", str(len(report["duplicate_images"])))
+    imbalance = report["class_imbalance"]
+    table.add_row("largest / smallest class", "-" if imbalance is None else f"{imbalance:.1f}")
+    console.print(table)
+    for line in quality_warnings(report):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)

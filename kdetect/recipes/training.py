@@ -315,6 +315,18 @@ def _plot_labels(annotations, frame: tuple[int, int], run_dir: Path) -> Path:
     return plot_labels(boxes, labels, annotations.classes, frame, run_dir / runs.LABELS_PLOT)
 
 
+def _check_data(annotations, frame: tuple[int, int], console) -> None:
+    """One warning line per problem of kdetect.data.quality (identical images are looked for in
+    datasets of up to 5000 images: the check reads every file)."""
+    from rich.markup import escape
+
+    from kdetect.data.quality import quality_report, quality_warnings
+
+    report = quality_report(annotations, frame, hash_images=len(annotations.records) <= 5000)
+    for line in quality_warnings(report):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+
+
 def _check_anchors(model, annotations, recipe: Recipe, console) -> dict:
     """Print how many training boxes the anchors cover; warn (one line) below 98 %."""
     from rich.markup import escape
@@ -374,6 +386,7 @@ def _fit(
         optimizer.build(model.trainable_variables)
 
     if data.train_annotations is not None and state_info is None:
+        _check_data(data.train_annotations, tuple(recipe.data.image_size), console)
         _check_anchors(model, data.train_annotations, recipe, console)
 
     initial_epoch, step_in_epoch, best_value = 0, 0, None
