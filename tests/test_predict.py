@@ -62,7 +62,13 @@ def test_predict_files_to_output(run, tmp_path, capsys):
     args = ["predict", run, sample, big, "--output", output, "--min-score", "0"]
     assert kdetect(*args, "--max-detections", "2", "--only", "circle", "--only", "triangle") == 0
     lines = _lines(output.read_text())
-    assert capsys.readouterr().out == ""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    # The closing summary: images, seconds per image, objects per class.
+    found = sum(len(line["objects"]) for line in lines)
+    summary = " ".join(captured.err.split())
+    assert "predicted 2 image(s) in " in summary and f": {found} object(s)" in summary
+    assert " s per image" in summary
     assert [line["file"] for line in lines] == [str(sample), str(big)]
     assert (lines[1]["width"], lines[1]["height"]) == (120, 90)  # boxes in the input's pixels
     for line in lines:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -98,6 +99,7 @@ def predict(
     if save_images is not None:
         save_images.mkdir(parents=True, exist_ok=True)
     failures, done = len(problems), 0
+    tally = _Tally(detector.classes)
     with ExitStack() as stack:
         out = sys.stdout
         if output is not None:
@@ -109,6 +111,7 @@ def predict(
                 check_drawn(target)
             out.write(json.dumps(line) + "\n")
             out.flush()
+            tally.add(line)
             if target is not None:
                 with atomic_path(target) as drawn:
                     detector.draw(image, line["objects"]).save(drawn)
@@ -153,9 +156,44 @@ def predict(
         flush()
     if output is not None:
         err_console.print(f"wrote {done} result(s) to {escape(str(output))}", highlight=False)
+    err_console.print(tally.summary(), highlight=False)
     if failures:
         total = len(items) + len(problems)
         raise KdetectError(f"{failures} of {total} input(s) could not be read")
+
+
+class _Tally:
+    """Counts what predict found, for its closing line: images (and video frames), objects per
+    class, seconds per image."""
+
+    def __init__(self, classes):
+        self.classes = list(classes or [])
+        self.images = self.frames = 0
+        self.per_class: dict[str, int] = {}
+        self.started = time.perf_counter()
+
+    def add(self, line: dict) -> None:
+        if "frame" in line:
+            self.frames += 1
+        else:
+            self.images += 1
+        for item in line["objects"]:
+            self.per_class[item["label"]] = self.per_class.get(item["label"], 0) + 1
+
+    def summary(self) -> str:
+        seen = self.images + self.frames
+        elapsed = time.perf_counter() - self.started
+        what = f"{self.images} image(s)" + (
+            f", {self.frames} video frame(s)" if self.frames else ""
+        )
+        per = f", {elapsed / seen:.2f} s per image" if seen else ""
+        found = sum(self.per_class.values())
+        order = [c for c in self.classes if c in self.per_class]
+        order += sorted(c for c in self.per_class if c not in order)
+        classes = ", ".join(f"{c} {self.per_class[c]}" for c in order)
+        return f"predicted {what} in {elapsed:.1f} s{per}: {found} object(s)" + (
+            f" ({escape(classes)})" if classes else ""
+        )
 
 
 def _drawn_path(folder: Path, relative: Path) -> Path:
