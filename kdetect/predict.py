@@ -1,6 +1,6 @@
 """Prediction on images, folders and videos: :class:`Detector` and the JSON-lines format.
 
-One JSON object per image (DESIGN.md)::
+One JSON object per image (docs/cli.md)::
 
     {"file": "a.jpg", "width": 640, "height": 480,
      "objects": [{"bbox": [x1, y1, x2, y2], "label": "dog", "label_id": 11, "score": 0.98}]}

@@ -1,7 +1,7 @@
 """Turn recipe sections into the objects ``fit()`` needs: datasets, the model, the optimizer.
 
-This is the one place where recipe values become keyword arguments (DESIGN.md, "Who may know
-whom"); the model and the pipeline never see a recipe.
+This is the one place where recipe values become keyword arguments; the model and the pipeline
+never see a recipe.
 """
 
 from __future__ import annotations
