@@ -199,3 +199,27 @@ def plot_confusion_matrix(
                 colour = "white" if shares[i, j] > 0.5 else "black"
                 ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
     return _save(figure, output)
+
+
+def plot_ground_truth_vs_predictions(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    titles: Sequence[str],
+    output: str | os.PathLike,
+) -> Path:
+    """A grid of validation images: each row one image, its ground truth drawn on the left and
+    the model's detections on the right (``pairs`` of already drawn uint8 images, as
+    :func:`kdetect.visualize.draw_detections` makes them). Returns ``output``."""
+    rows = max(1, len(pairs))
+    figure = Figure(figsize=(10, 4.2 * rows), layout="constrained")
+    axes = np.asarray(figure.subplots(rows, 2, squeeze=False))
+    for row, ((truth, found), title) in enumerate(zip(pairs, titles, strict=True)):
+        for ax, image, side in (
+            (axes[row, 0], truth, "ground truth"),
+            (axes[row, 1], found, "predictions"),
+        ):
+            ax.imshow(image)
+            ax.set_title(f"{title}: {side}", fontsize=10)
+            ax.axis("off")
+    for ax in axes.flat[2 * len(pairs) :]:
+        ax.axis("off")
+    return _save(figure, output)

@@ -74,7 +74,7 @@ def test_evaluate_writes_the_threshold_and_pictures_predict_uses_it(
     assert kdetect("evaluate", run) == 0
     best = json.loads((run / "metrics.json").read_text())["f1"]
     assert set(best) == {"threshold", "f1", "precision", "recall"} and 0 <= best["threshold"] <= 1
-    for name in ("f1_curve.png", "confusion_matrix.png"):
+    for name in ("f1_curve.png", "confusion_matrix.png", "val_examples.png"):
         with Image.open(run / "plots" / name) as image:
             assert image.format == "PNG" and min(image.size) >= 400
     capsys.readouterr()

@@ -140,4 +140,6 @@ def evaluate(
     if output is not None:
         console.print(f"metrics written to {write_metrics(metrics, output)}")
     if plots is not None:
-        console.print(f"plots (precision-recall, F1, confusion matrix) written to {plots}")
+        console.print(
+            f"plots (precision-recall, F1, confusion matrix, examples) written to {plots}"
+        )

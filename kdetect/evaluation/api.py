@@ -98,7 +98,39 @@ def evaluate_detections(
             f1["best"]["threshold"],
             Path(plots_dir) / "confusion_matrix.png",
         )
+        _plot_examples(gt.annotations, detections, f1["best"]["threshold"], Path(plots_dir))
     return metrics
+
+
+#: Validation images drawn side by side (ground truth | predictions) in ``val_examples.png``.
+EXAMPLES = 6
+
+
+def _plot_examples(annotations: Annotations, detections, threshold: float, folder: Path) -> None:
+    """``val_examples.png``: the first :data:`EXAMPLES` images with boxes, ground truth against
+    the detections scoring at least ``threshold``."""
+    from kdetect.plots import plot_ground_truth_vs_predictions
+    from kdetect.visualize import draw_detections
+
+    pairs, titles = [], []
+    for record, found in list(zip(annotations.records, detections, strict=True))[:EXAMPLES]:
+        try:
+            image = _load_record_image(record)
+        except (OSError, KdetectError):
+            continue
+        keep = np.asarray(found.scores) >= threshold
+        truth = draw_detections(image, record.boxes, record.labels, None, annotations.classes)
+        drawn = draw_detections(
+            image,
+            np.asarray(found.boxes)[keep],
+            np.asarray(found.labels)[keep],
+            np.asarray(found.scores)[keep],
+            annotations.classes,
+        )
+        pairs.append((np.asarray(truth), np.asarray(drawn)))
+        titles.append(os.path.basename(str(record.filename)))
+    if pairs:
+        plot_ground_truth_vs_predictions(pairs, titles, folder / "val_examples.png")
 
 
 def to_coco_results(
