@@ -236,9 +236,9 @@ def test_keras_model_export_formats(tmp_path_factory, tmp_path):
     run, model, classes = loaded_model(tmp_path_factory)
     image = sample_image(run)
     reference = model.predict_on_batch(image[None])
-    for format, name in (("onnx", "m.onnx"), ("litert", "m.tflite")):
-        path = model.export(str(tmp_path / name), format=format, classes=classes)
-        assert_same_detections(ExportedModel(path).predict(image[None]), reference)
+    # (format="onnx" goes through the same export_model as the CLI's ONNX tests)
+    path = model.export(str(tmp_path / "m.tflite"), format="litert", classes=classes)
+    assert_same_detections(ExportedModel(path).predict(image[None]), reference)
     model.export(str(tmp_path / "saved"), format="tf_saved_model")
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     served = loaded.serve(image[None])
