@@ -112,7 +112,8 @@ def test_a_bad_image_is_one_line_in_every_command(
         assert [json.loads(line)["file"] for line in captured.out.splitlines()] == [
             str(root / "JPEGImages" / name) for name in ("a.jpg", "b.jpg")
         ]
-        assert lines[1:] == ["error: 1 of 3 input(s) could not be read"]
+        assert lines[1].startswith("predicted 2 image(s) in ")  # the closing summary
+        assert lines[2:] == ["error: 1 of 3 input(s) could not be read"]
     else:
         assert lines[1:] == ["error: 1 of 3 images cannot be used"]
     assert not out.exists()  # no TFRecords, no run directory, no metrics

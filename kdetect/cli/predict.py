@@ -156,7 +156,7 @@ def predict(
         flush()
     if output is not None:
         err_console.print(f"wrote {done} result(s) to {escape(str(output))}", highlight=False)
-    err_console.print(tally.summary(), highlight=False)
+    err_console.print(tally.summary(), highlight=False, soft_wrap=True)
     if failures:
         total = len(items) + len(problems)
         raise KdetectError(f"{failures} of {total} input(s) could not be read")
