@@ -105,7 +105,13 @@ def test_cli_model_mode_matches_offline(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["per_class"] == {"cat": 1.0, "dog": 0.0}
     assert metrics["num_detections"] == 3
-    assert sorted(p.name for p in plots.iterdir()) == ["pr_cat.png", "pr_dog.png"]
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "confusion_matrix.png",
+        "f1_curve.png",
+        "pr_cat.png",
+        "pr_dog.png",
+        "val_examples.png",
+    ]
 
     # The same detections written as prediction lines give the same numbers offline.
     lines = [
