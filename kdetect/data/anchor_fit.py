@@ -28,21 +28,27 @@ MIN_COVERAGE = 0.98
 _CHUNK = 256
 
 
+def iou_matrix(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU of every ``xyxy`` box of ``boxes1`` [N, 4] with every box of ``boxes2`` [M, 4] in
+    NumPy (``kdetect.boxes.pairwise_iou`` is the model's, in Keras ops); [N, M]."""
+    a = np.asarray(boxes1, np.float32).reshape(-1, 1, 4)
+    b = np.asarray(boxes2, np.float32).reshape(1, -1, 4)
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
 def best_anchor_iou(boxes: np.ndarray, anchors: Sequence[np.ndarray]) -> np.ndarray:
     """The largest IoU of each box [N, 4] (``xyxy``) with any of ``anchors`` (per level
-    [A_l, 4]); float32 [N]."""
+    [A_l, 4]); float32 [N]. Boxes go in chunks, so memory stays at chunk x anchors."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     every = np.concatenate([np.asarray(a, np.float32).reshape(-1, 4) for a in anchors])
-    area_anchor = (every[:, 2] - every[:, 0]) * (every[:, 3] - every[:, 1])
     best = np.zeros(len(boxes), np.float32)
     for start in range(0, len(boxes), _CHUNK):
-        chunk = boxes[start : start + _CHUNK, None, :]
-        iw = np.minimum(chunk[..., 2], every[:, 2]) - np.maximum(chunk[..., 0], every[:, 0])
-        ih = np.minimum(chunk[..., 3], every[:, 3]) - np.maximum(chunk[..., 1], every[:, 1])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-        area_box = (chunk[..., 2] - chunk[..., 0]) * (chunk[..., 3] - chunk[..., 1])
-        iou = inter / np.maximum(area_box + area_anchor - inter, 1e-9)
-        best[start : start + _CHUNK] = iou.max(axis=1)
+        best[start : start + _CHUNK] = iou_matrix(boxes[start : start + _CHUNK], every).max(1)
     return best
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdetect.data.anchor_fit import iou_matrix
 from kdetect.data.records import Annotations, Record
 
 TINY_SIDE = 4.0
@@ -25,7 +26,9 @@ DUPLICATE_IOU = 0.9
 IMBALANCE = 10.0  # a largest / smallest class ratio above this is reported
 
 
-def _scaled_boxes(record: Record, frame: tuple[int, int] | None) -> np.ndarray:
+def scaled_boxes(record: Record, frame: tuple[int, int] | None) -> np.ndarray:
+    """``record``'s boxes [M, 4] scaled into the network ``frame`` (height, width) as training's
+    resize scales them (each axis to the frame); its own pixels when ``frame`` is None."""
     boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)
     if frame is None:
         return boxes
@@ -33,14 +36,14 @@ def _scaled_boxes(record: Record, frame: tuple[int, int] | None) -> np.ndarray:
     return boxes * np.array([width / record.width, height / record.height] * 2)
 
 
-def _pairwise_iou(boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+def boxes_in_frame(
+    annotations: Annotations, frame: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """All boxes [N, 4] of ``annotations`` in ``frame`` (:func:`scaled_boxes`) and their labels."""
+    boxes = [np.zeros((0, 4))] + [scaled_boxes(r, frame) for r in annotations.records]
+    labels = [np.zeros(0, np.int64)]
+    labels += [np.asarray(r.labels, np.int64).reshape(-1) for r in annotations.records]
+    return np.concatenate(boxes), np.concatenate(labels)
 
 
 def _content_hash(record: Record) -> str | None:
@@ -68,14 +71,14 @@ def quality_report(
     scales, ratios, tiny, duplicates = [], [], [], []
     hashes: dict[str, list[str]] = {}
     for record in annotations.records:
-        boxes = _scaled_boxes(record, frame)
+        boxes = scaled_boxes(record, frame)
         labels = np.asarray(record.labels).reshape(-1)
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         scales.append(np.sqrt(np.clip(w * h, 0, None)))
         ratios.append(h / np.maximum(w, 1e-9))
         tiny += [(str(record.filename), i) for i in np.flatnonzero(np.minimum(w, h) < TINY_SIDE)]
         if len(boxes) > 1:
-            iou = np.triu(_pairwise_iou(boxes), k=1)
+            iou = np.triu(iou_matrix(boxes, boxes), k=1)
             same = labels[:, None] == labels[None, :]
             for i, j in zip(*np.nonzero((iou > DUPLICATE_IOU) & same), strict=True):
                 duplicates.append((str(record.filename), int(i), int(j)))

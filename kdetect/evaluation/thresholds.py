@@ -19,31 +19,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kdetect.evaluation.voc import IOU_THRESHOLD, match_class, voc_iou
+from kdetect.evaluation.voc import IOU_THRESHOLD, class_inputs, match_class, voc_iou
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
 def _per_class(gt, detections, c: int):
-    gt_boxes, gt_difficult = [], []
-    for boxes, labels, difficult in gt:
-        keep = np.asarray(labels) == c
-        gt_boxes.append(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
-        gt_difficult.append(np.asarray(difficult, bool).reshape(-1)[keep])
-    det_image, det_boxes, det_scores = [], [], []
-    for i, (boxes, scores, labels) in enumerate(detections):
-        keep = np.asarray(labels) == c
-        det_image.append(np.full(int(keep.sum()), i, np.int64))
-        det_boxes.append(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
-        det_scores.append(np.asarray(scores, np.float64).reshape(-1)[keep])
-    scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
-    tp, fp = match_class(
-        gt_boxes,
-        gt_difficult,
-        np.concatenate(det_image) if det_image else np.zeros(0, np.int64),
-        np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4)),
-        scores,
-    )
+    """Class ``c``'s detection scores (descending), TP/FP flags in that order, and object count."""
+    gt_boxes, gt_difficult, det_image, det_boxes, scores = class_inputs(gt, detections, c)
+    tp, fp = match_class(gt_boxes, gt_difficult, det_image, det_boxes, scores)
     positives = int(sum(int((~d).sum()) for d in gt_difficult))
     return np.sort(scores)[::-1], tp, fp, positives
 

@@ -127,6 +127,33 @@ def match_class(
     return tp, fp
 
 
+def class_inputs(
+    gt: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    c: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Class ``c``'s share of a split, as :func:`match_class` takes it: per-image ground-truth
+    boxes and difficult flags, then the detections' image index, boxes and scores."""
+    gt_boxes, gt_diff = [], []
+    for boxes, labels, difficult in gt:
+        keep = np.asarray(labels) == c
+        gt_boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[keep])
+        gt_diff.append(np.asarray(difficult, dtype=bool).reshape(-1)[keep])
+    det_image, det_boxes, det_scores = [], [], []
+    for i, (boxes, scores, labels) in enumerate(detections):
+        keep = np.asarray(labels) == c
+        det_image.append(np.full(int(np.count_nonzero(keep)), i, dtype=np.int64))
+        det_boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[keep])
+        det_scores.append(np.asarray(scores, dtype=np.float64).reshape(-1)[keep])
+    return (
+        gt_boxes,
+        gt_diff,
+        np.concatenate(det_image) if det_image else np.zeros(0, np.int64),
+        np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4)),
+        np.concatenate(det_scores) if det_scores else np.zeros(0),
+    )
+
+
 def class_curve(
     gt_boxes: list[np.ndarray],
     gt_difficult: list[np.ndarray],
@@ -172,26 +199,7 @@ def voc_evaluate(
     use_07 = metric == "voc07"
     curves: dict[str, ClassCurve] = {}
     for c, name in enumerate(classes):
-        gt_boxes, gt_diff = [], []
-        for boxes, labels, difficult in gt:
-            keep = np.asarray(labels) == c
-            gt_boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[keep])
-            gt_diff.append(np.asarray(difficult, dtype=bool)[keep])
-        det_image, det_boxes, det_scores = [], [], []
-        for i, (boxes, scores, labels) in enumerate(detections):
-            keep = np.asarray(labels) == c
-            n = int(np.count_nonzero(keep))
-            det_image.append(np.full(n, i, dtype=np.int64))
-            det_boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[keep])
-            det_scores.append(np.asarray(scores, dtype=np.float64).reshape(-1)[keep])
-        curves[name] = class_curve(
-            gt_boxes,
-            gt_diff,
-            np.concatenate(det_image) if det_image else np.zeros(0, np.int64),
-            np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4)),
-            np.concatenate(det_scores) if det_scores else np.zeros(0),
-            use_07,
-        )
+        curves[name] = class_curve(*class_inputs(gt, detections, c), use_07)
     aps = [curve.ap for curve in curves.values() if curve.ap is not None]
     metrics = {
         "metric": metric,

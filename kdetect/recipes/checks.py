@@ -7,21 +7,8 @@ import numpy as np
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.data.anchor_fit import MIN_COVERAGE, anchor_coverage, best_anchor_iou, suggest_anchors
+from kdetect.data.quality import boxes_in_frame
 from kdetect.data.records import Annotations
-
-
-def boxes_in_frame(
-    annotations: Annotations, frame: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """All boxes [N, 4] scaled into the network ``frame`` (height, width) as training's resize
-    scales them (each axis to the frame), and their labels [N]."""
-    height, width = frame
-    boxes, labels = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)]
-    for record in annotations.records:
-        scale = np.array([width / record.width, height / record.height] * 2, np.float32)
-        boxes.append(np.asarray(record.boxes, np.float32).reshape(-1, 4) * scale)
-        labels.append(np.asarray(record.labels, np.int64).reshape(-1))
-    return np.concatenate(boxes), np.concatenate(labels)
 
 
 def anchor_report(model, annotations: Annotations, frame: tuple[int, int], rpn) -> dict:

@@ -308,8 +308,8 @@ def _train_in(
 
 def _plot_labels(annotations, frame: tuple[int, int], run_dir: Path) -> Path:
     """``labels.png`` of the training boxes in the network frame."""
+    from kdetect.data.quality import boxes_in_frame
     from kdetect.plots import plot_labels
-    from kdetect.recipes.checks import boxes_in_frame
 
     boxes, labels = boxes_in_frame(annotations, frame)
     return plot_labels(boxes, labels, annotations.classes, frame, run_dir / runs.LABELS_PLOT)
