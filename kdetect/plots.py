@@ -4,6 +4,8 @@
   validation mAP and the learning rate, per epoch, from ``history.csv``.
 * :func:`plot_labels` -> ``labels.png``: what the training boxes look like in the network's
   frame: boxes per class, width against height, aspect ratios, where box centres fall.
+* the evaluation's pictures (``plots/`` of a run): precision-recall curves per class and all
+  together, the F1 curve, the confusion matrix, ground truth against predictions.
 
 Both write through :func:`kdetect.paths.atomic_path`, so a crash leaves the old picture or the
 new one.
@@ -223,3 +225,50 @@ def plot_ground_truth_vs_predictions(
     for ax in axes.flat[2 * len(pairs) :]:
         ax.axis("off")
     return _save(figure, output)
+
+
+def plot_pr_curve(
+    recall: np.ndarray, precision: np.ndarray, title: str, output: str | os.PathLike
+) -> Path:
+    """One class's precision against recall (the curve the AP integrates). Returns ``output``."""
+    figure = Figure(figsize=(4.8, 4.0), layout="constrained")  # 480 x 400 px
+    ax = figure.subplots()
+    _draw_pr(ax, recall, precision, color="tab:blue", linewidth=2)
+    ax.set_title(title)
+    _pr_axes(ax)
+    return _save(figure, output)
+
+
+def plot_pr_curves_together(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    ap: dict[str, float | None],
+    title: str,
+    output: str | os.PathLike,
+) -> Path:
+    """Every class's precision-recall curve on one figure, the legend giving each class's AP."""
+    figure = Figure(figsize=(8, 6), layout="constrained")
+    ax = figure.subplots()
+    for name, (recall, precision) in curves.items():
+        value = ap.get(name)
+        label = f"{name} {value:.3f}" if isinstance(value, (int, float)) else name
+        _draw_pr(ax, recall, precision, linewidth=1.5, label=label)
+    ax.set_title(title)
+    _pr_axes(ax)
+    if 0 < len(curves) <= 20:
+        ax.legend(fontsize=8, loc="lower left")
+    return _save(figure, output)
+
+
+def _draw_pr(ax, recall, precision, **style) -> None:
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if len(recall):  # the curve starts at recall 0 with its first precision
+        ax.plot(np.r_[0.0, recall], np.r_[precision[0], precision], **style)
+
+
+def _pr_axes(ax) -> None:
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.grid(alpha=0.3)

@@ -110,6 +110,7 @@ def test_cli_model_mode_matches_offline(tmp_path, capsys):
         "f1_curve.png",
         "pr_cat.png",
         "pr_dog.png",
+        "precision_recall.png",
         "val_examples.png",
     ]
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import kdetect, tiny_run
+from test_cli_train_support import kdetect, tiny_run, trained_shapes_run
 
 from kdetect.evaluation.thresholds import THRESHOLDS, confusion_matrix, f1_curves
 
@@ -69,17 +69,34 @@ def test_confusion_matrix_by_hand():
 def test_evaluate_writes_the_threshold_and_pictures_predict_uses_it(
     tmp_path_factory, tmp_path, capsys
 ):
+    # The trained shapes run: its detections are right often enough for a positive best F1.
     run = tmp_path / "run"
-    shutil.copytree(tiny_run(tmp_path_factory), run)
+    shutil.copytree(trained_shapes_run(tmp_path_factory), run)
     assert kdetect("evaluate", run) == 0
     best = json.loads((run / "metrics.json").read_text())["f1"]
     assert set(best) == {"threshold", "f1", "precision", "recall"} and 0 <= best["threshold"] <= 1
+    assert best["f1"] > 0.5
     for name in ("f1_curve.png", "confusion_matrix.png", "val_examples.png"):
         with Image.open(run / "plots" / name) as image:
             assert image.format == "PNG" and min(image.size) >= 400
     capsys.readouterr()
-    image = sorted((run / "samples").glob("*.png"))[0]
+    image = sorted((tiny_run(tmp_path_factory) / "samples").glob("*.png"))[0]  # a shapes image
     assert kdetect("predict", run, image, "--output", tmp_path / "p.jsonl") == 0
     assert f"min score {best['threshold']:.2f} (best F1" in capsys.readouterr().err
     row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     assert all(o["score"] >= best["threshold"] for o in row["objects"])
+
+
+def test_a_model_that_finds_nothing_right_keeps_the_default_threshold(tmp_path_factory, tmp_path):
+    """F1 0 at every threshold (the best is then the highest, 1.0) says nothing about scores:
+    predict and serve keep the default instead of hiding every detection."""
+    from kdetect.recipes.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory), run)
+    best = {"threshold": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0}
+    (run / "metrics.json").write_text(json.dumps({"metric": "voc", "f1": best}))
+    assert best_min_score(inspect_run(run)) == (DEFAULT_MIN_SCORE, "default")
+    best.update(threshold=0.35, f1=0.6)
+    (run / "metrics.json").write_text(json.dumps({"metric": "voc", "f1": best}))
+    assert best_min_score(inspect_run(run))[0] == 0.35

@@ -76,56 +76,30 @@ def plot_pr_curves(
     curves: dict[str, tuple[np.ndarray, np.ndarray]],
     metrics: dict,
     out_dir: str | os.PathLike,
-    size: tuple[int, int] = (480, 400),
 ) -> list[Path]:
-    """Draw one precision-recall curve per class as ``<out_dir>/pr_<class>.png``.
+    """Draw one precision-recall curve per class as ``<out_dir>/pr_<class>.png``, and all of
+    them together as ``<out_dir>/precision_recall.png``.
 
-    ``curves`` maps a class name to ``(recall, precision)``; the title shows the class AP from
-    ``metrics["per_class"]``. Returns the written paths.
+    ``curves`` maps a class name to ``(recall, precision)``; titles and the legend show the class
+    AP from ``metrics["per_class"]``. Returns the per-class paths.
     """
-    from PIL import Image, ImageDraw
+    from kdetect.plots import plot_pr_curve, plot_pr_curves_together
 
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KdetectError(f"{out_dir}: cannot create plots folder ({exc})") from None
-    width, height = size
-    left, right, top, bottom = 50, 20, 30, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def xy(r: float, p: float) -> tuple[float, float]:
-        return left + r * plot_w, top + (1.0 - p) * plot_h
-
+    per_class = metrics.get("per_class", {})
     written = []
     for name, (recall, precision) in curves.items():
-        image = Image.new("RGB", size, "white")
-        draw = ImageDraw.Draw(image)
-        for k in range(11):  # grid and tick labels every 0.1
-            t = k / 10
-            gx, _ = xy(t, 0)
-            _, gy = xy(0, t)
-            draw.line([(gx, top), (gx, top + plot_h)], fill=(230, 230, 230))
-            draw.line([(left, gy), (left + plot_w, gy)], fill=(230, 230, 230))
-            if k % 2 == 0:
-                draw.text((gx - 8, top + plot_h + 4), f"{t:.1f}", fill="black")
-                draw.text((left - 28, gy - 6), f"{t:.1f}", fill="black")
-        draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-        recall = np.asarray(recall, dtype=np.float64)
-        precision = np.asarray(precision, dtype=np.float64)
-        if len(recall):
-            points = [xy(0.0, float(precision[0]))] + [
-                xy(float(r), float(p)) for r, p in zip(recall, precision, strict=True)
-            ]
-            draw.line(points, fill=(31, 119, 180), width=2)
-        ap = metrics.get("per_class", {}).get(name)
-        draw.text((left + 80, 8), f"{name}  AP={_fmt(ap)} ({metrics['metric']})", fill="black")
-        draw.text((left + plot_w // 2 - 15, height - 18), "recall", fill="black")
-        draw.text((4, top - 20), "precision", fill="black")
         stem = f"pr_{_safe_name(name)}"
         if out_dir / f"{stem}.png" in written:  # two class names that sanitise alike
             stem = f"{stem}_{len(written)}"
-        path = out_dir / f"{stem}.png"
-        image.save(path)
-        written.append(path)
+        title = f"{name}: AP {_fmt(per_class.get(name))} ({metrics['metric']})"
+        written.append(plot_pr_curve(recall, precision, title, out_dir / f"{stem}.png"))
+    if curves:
+        mean = metrics.get("mAP", metrics.get("AP"))
+        title = f"precision-recall per class (legend: AP); {metrics['metric']} {_fmt(mean)}"
+        plot_pr_curves_together(curves, per_class, title, out_dir / "precision_recall.png")
     return written

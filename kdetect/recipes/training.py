@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from kdetect import distribute
 from kdetect.errors import CheckpointError, KdetectError, RecipeError, TrainingDiverged
 from kdetect.paths import write_text
 from kdetect.recipes import runs
 from kdetect.recipes.loader import dump, load
+from kdetect.recipes.run_report import report_finished_run
 from kdetect.recipes.schema import Recipe
 
 DEFAULT_RUNS_DIR = "runs"
@@ -503,6 +505,18 @@ def _fit(
 
     _save_final(model, run_dir / runs.MODEL_FILE, tcfg.jit_compile)
     _summary_table(progress.rows, console)
+    chief = distribute.is_chief(tcfg.distribute)  # other workers train into a scratch folder
+    if chief and recipe.eval.every > 0 and data.val_annotations is not None:
+        tensorboard = tcfg.tensorboard and _tensorboard_available()
+        report_finished_run(
+            model,
+            data.val_annotations,
+            recipe.eval.metric,
+            recipe.data.batch_size,
+            run_dir,
+            console,
+            tcfg.epochs if tensorboard else None,
+        )
     best = None if manager.best_value is None else [manager.monitor, manager.best_value]
     _update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
     console.print(f"run directory: [bold]{escape(str(run_dir))}[/bold]", highlight=False)

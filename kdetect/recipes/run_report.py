@@ -1,0 +1,72 @@
+"""What a finished training run leaves beside its model, without extra flags.
+
+The validation split is evaluated once more with the final weights, exactly as
+``kdetect evaluate RUN`` would: ``metrics.json`` (with the best-F1 score threshold, which predict
+and serve then take as their default ``--min-score``) and the pictures of ``plots/``. Every
+picture of the run (``results.png``, ``labels.png`` and ``plots/*.png``) is also written to
+TensorBoard, under ``logs/plots``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdetect.errors import KdetectError
+from kdetect.evaluation.api import evaluate_model, headline
+from kdetect.evaluation.report import write_metrics
+from kdetect.recipes import runs
+
+
+def report_finished_run(
+    model,
+    val_annotations,
+    metric: str,
+    batch_size: int,
+    run_dir: Path,
+    console,
+    tensorboard_step: int | None,
+) -> dict | None:
+    """Evaluate ``model`` on the validation records, write ``metrics.json`` and ``plots/``, and
+    (with ``tensorboard_step``) log the run's pictures to TensorBoard at that step.
+
+    A failure here is reported as one warning line: the trained model is already saved.
+    """
+    try:
+        metrics = evaluate_model(
+            model, val_annotations, metric, batch_size, False, run_dir / runs.PLOTS_DIR
+        )
+        write_metrics(metrics, run_dir / runs.METRICS_FILE)
+    except (KdetectError, OSError) as exc:
+        console.print(f"[yellow]warning:[/yellow] final evaluation skipped: {exc}", highlight=False)
+        return None
+    best = metrics["f1"]
+    console.print(
+        f"validation {metric}: {headline(metrics):.4f}; best F1 {best['f1']:.3f} at score "
+        f"{best['threshold']:.2f} (the default --min-score of predict and serve); "
+        f"pictures in {run_dir / runs.PLOTS_DIR}",
+        highlight=False,
+    )
+    if tensorboard_step is not None:
+        log_pictures(run_pictures(run_dir), run_dir / "logs" / "plots", tensorboard_step)
+    return metrics
+
+
+def run_pictures(run_dir: Path) -> list[Path]:
+    """The pictures a run directory holds: its own, then those of ``plots/``."""
+    own = [run_dir / name for name in (runs.RESULTS_PLOT, runs.LABELS_PLOT)]
+    return [p for p in own if p.is_file()] + sorted((run_dir / runs.PLOTS_DIR).glob("*.png"))
+
+
+def log_pictures(paths: list[Path], log_dir: Path, step: int) -> None:
+    """Write each PNG as a TensorBoard image summary named after its file."""
+    import tensorflow as tf  # deferred like the rest of training's TensorFlow use
+
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for path in paths:
+            image = tf.io.decode_png(path.read_bytes(), channels=3)
+            tf.summary.image(path.stem, np.asarray(image)[None], step=step)
+    writer.flush()
+    writer.close()

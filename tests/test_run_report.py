@@ -1,0 +1,52 @@
+"""After `kdetect train`, without flags: metrics.json with the best-F1 threshold (the run's default
+--min-score), the evaluation pictures in plots/, and every picture of the run in TensorBoard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from test_cli_train_support import tiny_run
+
+from kdetect.recipes.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
+
+EVALUATION_PICTURES = ("f1_curve", "confusion_matrix", "val_examples", "precision_recall")
+
+
+def test_training_leaves_metrics_and_pictures(tmp_path_factory):
+    run = tiny_run(tmp_path_factory)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metric"] == "voc" and metrics["num_images"] == 4  # the recipe's eval.metric
+    assert 0.0 <= metrics["f1"]["threshold"] <= 1.0
+    # What predict and serve take as the run's default score threshold (test_thresholds.py
+    # follows it through `kdetect predict`).
+    best = metrics["f1"]
+    expected = best["threshold"] if best["f1"] > 0 else DEFAULT_MIN_SCORE
+    assert best_min_score(inspect_run(run))[0] == expected
+    names = {p.stem for p in (run / "plots").glob("*.png")}
+    assert set(EVALUATION_PICTURES) <= names
+    assert {p.stem for p in (run / "plots").glob("pr_*.png")}  # one curve per class seen
+    for stem in EVALUATION_PICTURES:
+        with Image.open(run / "plots" / f"{stem}.png") as image:
+            assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_pictures_reach_tensorboard(tmp_path_factory):
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorboard")
+    run = tiny_run(tmp_path_factory)
+    events = sorted((run / "logs" / "plots").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file for the pictures"
+    tags, shapes = set(), {}
+    for path in events:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.add(value.tag)
+                # An image summary holds [width, height, PNG bytes] as a string tensor.
+                width, height = (int(v) for v in value.tensor.string_val[:2])
+                shapes[value.tag] = (width, height)
+    expected = {"results", "labels", *EVALUATION_PICTURES}
+    assert expected <= tags, sorted(tags)
+    with Image.open(run / "results.png") as image:
+        assert shapes["results"] == image.size
