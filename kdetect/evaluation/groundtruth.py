@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kdetect.data.readers import FORMATS
 from kdetect.data.readers.coco import read_coco_json
 from kdetect.data.records import Annotations
 from kdetect.errors import DataError, KdetectError
-
-FORMATS = ("voc", "coco", "csv")
 
 
 @dataclass
