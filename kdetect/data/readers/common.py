@@ -82,14 +82,20 @@ def register_format(name: str, reader: Reader) -> None:
 # Reading a split
 
 
-def read_annotations(*args: Any, **kwargs: Any) -> Annotations:
-    """Read one split of a dataset: :func:`scan_annotations` without the list of invalid boxes.
-
-    Takes the same arguments (``format, path, split, classes=None, on_invalid_box="error",
-    images_dir=None, check_images=True``) and raises the same errors.
-    """
-    annotations, _ = scan_annotations(*args, **kwargs)
-    return annotations
+def read_annotations(
+    format: str,
+    path: str | os.PathLike,
+    split: str,
+    classes: Sequence[str] | str | None = None,
+    on_invalid_box: str = "error",
+    images_dir: str | os.PathLike | None = None,
+    check_images: bool = True,
+) -> Annotations:
+    """Read one split of a dataset: :func:`scan_annotations` (same arguments and errors) without
+    the list of invalid boxes."""
+    return scan_annotations(format, path, split, classes, on_invalid_box, images_dir, check_images)[
+        0
+    ]
 
 
 def scan_annotations(
