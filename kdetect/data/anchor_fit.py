@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Below this share of boxes at the foreground threshold, training warns.
+#: Below this share of boxes covered (best anchor IoU at least ``bg_iou_thresh``), training
+#: warns and suggests a setting.
 MIN_COVERAGE = 0.98
 _CHUNK = 256
 

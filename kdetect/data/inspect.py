@@ -7,6 +7,7 @@ Works on a source dataset (VOC, COCO or CSV) or on TFRecords written by
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kdetect.data.images import find_bad_images, load_image
-from kdetect.data.readers import FORMATS, InvalidBox, scan_annotations
+from kdetect.data.readers import FORMATS, InvalidBox, fallback_class_names, scan_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, dataset_summary
 from kdetect.errors import DataError
@@ -76,10 +77,11 @@ def read_tfrecord_annotations(
     """Read boxes and names back from TFRecords without decoding images.
 
     Returns the annotations, the boxes that are degenerate or outside [0, 1], and the encoded
-    bytes of the first ``keep_images`` images.
+    bytes of the first ``keep_images`` images. Class names come from ``classes.json`` next to
+    the files, else from the examples' class texts (``class_<i>`` for a label never named).
     """
-    import json
-
+    # TensorFlow loads only when TFRecords are read: inspecting a VOC/COCO/CSV source and the
+    # CLI's start-up stay without it.
     import tensorflow as tf
 
     classes_file = Path(files[0]).parent / "classes.json"
@@ -88,58 +90,64 @@ def read_tfrecord_annotations(
     for path in files:
         try:
             for raw in tf.data.TFRecordDataset(path):
-                example = tf.train.Example.FromString(raw.numpy())
-                feature = example.features.feature
-
-                def values(key, feature=feature):
-                    f = feature[key]
-                    return list(f.float_list.value or f.int64_list.value or f.bytes_list.value)
-
-                width = int(values(KEYS["width"])[0])
-                height = int(values(KEYS["height"])[0])
-                name = values(KEYS["filename"])[0].decode()
-                norm = np.stack(
-                    [
-                        np.asarray(values(KEYS[k]), np.float32)
-                        for k in ("xmin", "ymin", "xmax", "ymax")
-                    ],
-                    axis=-1,
-                ).reshape(-1, 4)
-                labels = np.asarray(values(KEYS["label"]), np.int64) - 1
-                texts = [t.decode() for t in values(KEYS["text"])]
-                for label, text in zip(labels, texts, strict=False):
-                    while len(classes) <= label:
-                        classes.append(f"class_{len(classes)}")
-                    if classes[label].startswith("class_"):
-                        classes[label] = text
-                difficult = np.asarray(values(KEYS["difficult"]) or [0] * len(labels), bool)
-                for k, box in enumerate(norm):
-                    problem = None
-                    if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-                        problem = "is degenerate"
-                    elif box.min() < 0 or box[2] > 1 or box[3] > 1:
-                        problem = "reaches outside the image"
-                    if problem:
-                        pixels = tuple(float(v) for v in box * [width, height, width, height])
-                        invalid.append(
-                            InvalidBox(f"{path}: {name} box {k + 1}", name,
-                                       texts[k] if k < len(texts) else "?", pixels, problem)
-                        )  # fmt: skip
-                records.append(
-                    Record(
-                        filename=name,
-                        width=width,
-                        height=height,
-                        boxes=norm * np.asarray([width, height, width, height], np.float32),
-                        labels=labels.astype(np.int32),
-                        difficult=difficult,
-                    )
-                )
+                feature = tf.train.Example.FromString(raw.numpy()).features.feature
+                record, bad_boxes = _example_record(feature, classes, str(path))
+                records.append(record)
+                invalid.extend(bad_boxes)
                 if len(encoded) < keep_images:
-                    encoded.append(values(KEYS["encoded"])[0])
+                    encoded.append(_feature_values(feature, KEYS["encoded"])[0])
         except tf.errors.OpError as exc:
             raise DataError(f"{path}: not a readable TFRecord file ({exc.message})") from None
     return Annotations(classes, records), invalid, encoded
+
+
+def _feature_values(feature: Any, key: str) -> list:
+    """The values of one ``tf.train.Feature``, whichever list type holds them."""
+    f = feature[key]
+    return list(f.float_list.value or f.int64_list.value or f.bytes_list.value)
+
+
+def _example_record(feature: Any, classes: list[str], path: str) -> tuple[Record, list[InvalidBox]]:
+    """One example as a record (boxes back in pixels) and its invalid boxes; names the classes
+    its labels use in ``classes`` (a fallback ``class_<i>`` gives way to the example's text)."""
+    width = int(_feature_values(feature, KEYS["width"])[0])
+    height = int(_feature_values(feature, KEYS["height"])[0])
+    name = _feature_values(feature, KEYS["filename"])[0].decode()
+    norm = np.stack(
+        [
+            np.asarray(_feature_values(feature, KEYS[k]), np.float32)
+            for k in ("xmin", "ymin", "xmax", "ymax")
+        ],
+        axis=-1,
+    ).reshape(-1, 4)
+    labels = np.asarray(_feature_values(feature, KEYS["label"]), np.int64) - 1
+    texts = [t.decode() for t in _feature_values(feature, KEYS["text"])]
+    for label, text in zip(labels, texts, strict=False):
+        if len(classes) <= label:
+            classes.extend(fallback_class_names(label + 1)[len(classes) :])
+        if classes[label].startswith("class_"):
+            classes[label] = text
+    difficult = _feature_values(feature, KEYS["difficult"]) or [0] * len(labels)
+    invalid = []
+    for k, box in enumerate(norm):
+        problem = None
+        if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+            problem = "is degenerate"
+        elif box.min() < 0 or box[2] > 1 or box[3] > 1:
+            problem = "reaches outside the image"
+        if problem:
+            pixels = tuple(float(v) for v in box * [width, height, width, height])
+            text = texts[k] if k < len(texts) else "?"
+            invalid.append(InvalidBox(f"{path}: {name} box {k + 1}", name, text, pixels, problem))
+    record = Record(
+        filename=name,
+        width=width,
+        height=height,
+        boxes=norm * np.asarray([width, height, width, height], np.float32),
+        labels=labels.astype(np.int32),
+        difficult=np.asarray(difficult, bool),
+    )
+    return record, invalid
 
 
 def inspect_dataset(
@@ -159,6 +167,7 @@ def inspect_dataset(
     limits, data); the bad ones are listed in ``bad_images`` and not drawn. TFRecords hold
     images checked by ``transform``.
     """
+    # The pipeline module imports TensorFlow; only TFRecord sources need it.
     from kdetect.data.pipeline import tfrecord_files
 
     kind = (format or detect_format(path)).lower()

@@ -41,9 +41,13 @@ def boxes_in_frame(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All boxes [N, 4] of ``annotations`` in ``frame`` (:func:`scaled_boxes`) and their labels."""
     boxes = [np.zeros((0, 4))] + [scaled_boxes(r, frame) for r in annotations.records]
-    labels = [np.zeros(0, np.int64)]
-    labels += [np.asarray(r.labels, np.int64).reshape(-1) for r in annotations.records]
-    return np.concatenate(boxes), np.concatenate(labels)
+    return np.concatenate(boxes), _all_labels(annotations)
+
+
+def _all_labels(annotations: Annotations) -> np.ndarray:
+    """The label of every box of ``annotations``, record after record; int64 [N]."""
+    labels = [np.asarray(r.labels, np.int64).reshape(-1) for r in annotations.records]
+    return np.concatenate([np.zeros(0, np.int64), *labels])
 
 
 def _content_hash(record: Record) -> str | None:
@@ -85,12 +89,7 @@ def quality_report(
         digest = _content_hash(record) if hash_images else None
         if digest is not None:
             hashes.setdefault(digest, []).append(str(record.filename))
-    counts = np.bincount(
-        np.concatenate([np.asarray(r.labels, np.int64).reshape(-1) for r in annotations.records])
-        if annotations.records
-        else np.zeros(0, np.int64),
-        minlength=len(annotations.classes),
-    )
+    counts = np.bincount(_all_labels(annotations), minlength=len(annotations.classes))
     present = counts[counts > 0]
     imbalance = float(present.max() / present.min()) if len(present) else None
     return {

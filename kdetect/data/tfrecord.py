@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from kdetect.data.images import encode_for_record, verify_images
 from kdetect.data.readers import scan_annotations
@@ -41,6 +42,8 @@ from kdetect.data.records import Annotations, Record
 from kdetect.errors import DataError
 from kdetect.paths import atomic_path, check_not_input
 
+# TensorFlow is imported inside the functions that need it: ``kdetect dataset inspect`` imports
+# this module (KEYS, dataset_summary) for VOC/COCO/CSV sources too, and must stay without it.
 KEYS = {
     "encoded": "image/encoded",
     "format": "image/format",
@@ -64,8 +67,6 @@ def record_to_example(record: Record, classes: Sequence[str]) -> bytes:
     import tensorflow as tf
 
     if record.image is not None:
-        from PIL import Image
-
         image = np.asarray(record.image, dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
@@ -272,26 +273,8 @@ def transform_dataset(
     if not splits:
         raise DataError("give at least one split to transform")
     output_dir = Path(output_dir)
-    check_not_input(output_dir, [data_dir, images_dir], "--output-dir", replaces=True)
-    if output_dir.exists():
-        if not output_dir.is_dir():
-            raise DataError(f"{output_dir}: output path exists and is not a folder")
-        if any(output_dir.iterdir()) and not (output_dir / "dataset.json").is_file():
-            raise DataError(
-                f"{output_dir}: output folder is not empty and holds no earlier transform "
-                "(dataset.json); choose a new folder"
-            )
-
-    loaded: dict[str, tuple[Annotations, int]] = {}
-    class_list = classes
-    for split in splits:
-        annotations, invalid = scan_annotations(
-            format, data_dir, split, class_list, on_invalid_box, images_dir, limit=limit
-        )
-        if class_list is None:
-            class_list = annotations.classes
-        loaded[split] = (annotations, len(invalid))
-    assert class_list is not None
+    _check_output_dir(output_dir, [data_dir, images_dir])
+    loaded = _read_splits(format, data_dir, splits, classes, limit, on_invalid_box, images_dir)
     verify_images([r.filename for a, _ in loaded.values() for r in a.records if r.image is None])
 
     with atomic_path(output_dir) as staging:
@@ -314,3 +297,38 @@ def transform_dataset(
         (staging / "classes.json").write_text(json.dumps(summary["classes"], indent=2) + "\n")
         (staging / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_output_dir(output_dir: Path, inputs: list) -> None:
+    """Refuse an output that is an input, a file, or a non-empty folder of something else."""
+    check_not_input(output_dir, inputs, "--output-dir", replaces=True)
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise DataError(f"{output_dir}: output path exists and is not a folder")
+        if any(output_dir.iterdir()) and not (output_dir / "dataset.json").is_file():
+            raise DataError(
+                f"{output_dir}: output folder is not empty and holds no earlier transform "
+                "(dataset.json); choose a new folder"
+            )
+
+
+def _read_splits(
+    format: str,
+    data_dir: str | os.PathLike,
+    splits: Sequence[str],
+    classes: Sequence[str] | str | None,
+    limit: int | None,
+    on_invalid_box: str,
+    images_dir: str | os.PathLike | None,
+) -> dict[str, tuple[Annotations, int]]:
+    """Split -> (annotations, number of invalid boxes); the first split's classes serve all."""
+    loaded: dict[str, tuple[Annotations, int]] = {}
+    class_list = classes
+    for split in splits:
+        annotations, invalid = scan_annotations(
+            format, data_dir, split, class_list, on_invalid_box, images_dir, limit=limit
+        )
+        if class_list is None:
+            class_list = annotations.classes
+        loaded[split] = (annotations, len(invalid))
+    return loaded

@@ -8,17 +8,16 @@ area), which the shared :class:`~kdetect.data.records.Record` does not carry.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kdetect.data.readers import FORMATS
+from kdetect.data.readers.coco import read_coco_json
 from kdetect.data.records import Annotations
 from kdetect.errors import DataError, KdetectError
-
-FORMATS = ("voc", "coco", "csv")
 
 
 @dataclass
@@ -81,23 +80,6 @@ def find_coco_json(path: str | os.PathLike, split: str) -> Path:
     if not found:
         raise DataError(f"{path}: no instances_{split}.json (looked in ., annotations/, coco/)")
     return found[0]
-
-
-def load_coco_json(path: str | os.PathLike) -> dict:
-    """Read a COCO instances JSON, checking the keys evaluation needs."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            dataset = json.load(handle)
-    except FileNotFoundError:
-        raise DataError(f"{path}: COCO annotation file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read COCO JSON ({exc})") from None
-    if not isinstance(dataset, dict):
-        raise DataError(f"{path}: a COCO instances file must hold a JSON object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset.get(key), list):
-            raise DataError(f"{path}: missing {key!r} list")
-    return dataset
 
 
 def annotations_to_coco(annotations: Annotations) -> tuple[dict, list[int], list[int]]:
@@ -194,5 +176,5 @@ def load_ground_truth(
         check_images=check_images,
     )
     if format == "coco":
-        return link_coco(annotations, load_coco_json(path), os.fspath(path))
+        return link_coco(annotations, read_coco_json(Path(path)), os.fspath(path))
     return GroundTruth(annotations)

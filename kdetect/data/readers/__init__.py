@@ -1,0 +1,68 @@
+"""Annotation readers: PASCAL VOC, COCO and CSV into one :class:`~kdetect.data.records.Annotations`.
+
+All formats end up in the same records (the same boxes give the same ``Record``), so the
+pipeline, ``kdetect dataset transform`` and evaluation never care where the data came from.
+One module per format (``voc``, ``coco``, ``csv``); what they share is in ``common``.
+
+Conventions (see ``docs/datasets.md``):
+
+* Boxes are ``xyxy`` absolute pixels, float32, exactly as written in the source: VOC's
+  ``<bndbox>`` values unchanged (VOC's 1-based pixel indices are not shifted; the VOC metric
+  applies the devkit's +1 convention itself), COCO ``[x, y, w, h]`` becomes
+  ``[x, y, x + w, y + h]``, CSV columns are taken as they are.
+* Classes: when a list is given, label id = index in that list and any other class name is an
+  error. Otherwise VOC and CSV use the sorted (case-sensitive) set of names found in the split;
+  COCO uses its ``categories`` ordered by category id (all of them, used or not).
+* A box is invalid when a coordinate is not finite, ``xmax <= xmin`` or ``ymax <= ymin``, or
+  it reaches outside ``[0, width] x [0, height]``. ``on_invalid_box`` decides: ``"error"``
+  (default) stops with the count and the first offender, ``"clip"`` clips to the image and
+  drops what has no area left, ``"drop"`` drops every invalid box.
+
+Adding a format (say ``yolo``):
+
+1. Write ``readers/yolo.py`` with one function
+   ``read_yolo(path: Path, split: str, images_dir: Path | None)
+   -> tuple[list[RawImage], list[str] | None]``: every image of the split as a
+   :class:`~kdetect.data.readers.common.RawImage` holding
+   :class:`~kdetect.data.readers.common.RawObject` s (class name, ``xyxy`` pixel box, difficult
+   flag, and ``where``: the file plus line, object or key, used in every message), and the
+   format's own class list in label order, or ``None`` to number the sorted names found.
+2. Raise :class:`~kdetect.errors.DataError` only, one line starting with ``where`` (the helpers
+   in ``common`` do: ``number``, ``json_number``, ``image_pixels``, ``find_annotation_file``,
+   ``read_json_file``, ``refuse_duplicates``). Leave boxes unchecked and image files unopened
+   unless the format needs a size from the image: validation, classes and the missing-image
+   check happen after the reader, the same for every format.
+3. Register it below with ``register_format("yolo", yolo.read_yolo)``; the registration order is
+   the order ``FORMATS`` lists (in messages and ``--type``).
+"""
+
+from kdetect.data.readers import coco, csv, voc
+from kdetect.data.readers.common import (
+    ON_INVALID_BOX,
+    READERS,
+    InvalidBox,
+    fallback_class_names,
+    parse_classes,
+    read_annotations,
+    register_format,
+    scan_annotations,
+)
+from kdetect.data.readers.csv import CSV_COLUMNS
+
+register_format("voc", voc.read_voc)
+register_format("coco", coco.read_coco)
+register_format("csv", csv.read_csv)
+
+FORMATS = tuple(READERS)
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMATS",
+    "ON_INVALID_BOX",
+    "InvalidBox",
+    "fallback_class_names",
+    "parse_classes",
+    "read_annotations",
+    "register_format",
+    "scan_annotations",
+]
