@@ -113,7 +113,7 @@ def test_interrupt_then_resume_continues_where_it_stopped(tmp_path):
 
 
 def test_init_from_a_run_with_another_class_count(run, tmp_path):
-    from kdetect.recipes.runs import load_model
+    from kdetect.runs import load_model
 
     new = tmp_path / "two-classes"
     overrides = TINY + [

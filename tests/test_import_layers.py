@@ -46,7 +46,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runs/recipes", ("kdetect.runs", "kdetect.recipes", "kdetect.distribute")),
     (
         "products",
-        ("kdetect.predict", "kdetect.serve", "kdetect.export", "kdetect.plots", "kdetect.visualize"),
+        (
+            "kdetect.predict",
+            "kdetect.serve",
+            "kdetect.export",
+            "kdetect.plots",
+            "kdetect.visualize",
+        ),
     ),
     ("cli", ("kdetect.cli", "kdetect.__main__")),
 ]
