@@ -57,7 +57,7 @@ def test_train_writes_the_run_directory(run):
         "rcnn_box_loss",
         "val_loss",
         "lr",
-        "val_map",
+        "val_mAP",
     ):
         assert np.isfinite(float(rows[0][key])), key
     meta = json.loads((run / "kdetect.json").read_text())

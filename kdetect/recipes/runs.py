@@ -1,4 +1,4 @@
-"""Deprecated alias of :mod:`kdetect.runs` (run directories moved there in kdetect 0.2); kept for
+"""Deprecated alias of :mod:`kdetect.runs` (run directories moved there); kept for
 one release so that ``from kdetect.recipes.runs import load_model`` keeps working."""
 
 import warnings

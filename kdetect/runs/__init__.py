@@ -20,7 +20,7 @@ Modules: :mod:`~kdetect.runs.files` (the file names, :class:`RunInfo`, the small
 :mod:`~kdetect.runs.checkpoints` (complete ``.keras`` files, saving and loading),
 :mod:`~kdetect.runs.packs` (reading ``.kdet`` zips within limits), :mod:`~kdetect.runs.catalog`
 (inspect, load, list, pack, unpack), :mod:`~kdetect.runs.metrics` (a run's headline number),
-:mod:`~kdetect.runs.directory` (a new run directory for training). Until kdetect 0.2 this
+:mod:`~kdetect.runs.directory` (a new run directory for training). Earlier this
 package was ``kdetect.recipes.runs``, which remains as an alias for one release.
 """
 

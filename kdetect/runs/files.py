@@ -36,7 +36,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.keras"
 STATE_DIR = "state"  # under checkpoints/: the resume state
 #: The validation mAP in the epoch logs and history.csv (EvaluationCallback's default name);
-#: runs written before kdetect 0.2 call it ``val_map``, which readers still accept.
+#: older runs call it ``val_map``, which readers still accept.
 VAL_MAP_KEY = "val_mAP"
 LEGACY_VAL_MAP_KEY = "val_map"
 #: ``predict`` / ``serve``'s score threshold when the run has no best-F1 one (metrics.json).

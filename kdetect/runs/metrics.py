@@ -6,8 +6,8 @@ from kdetect.runs.files import LEGACY_VAL_MAP_KEY, VAL_MAP_KEY, RunInfo
 
 
 def history_value(row: dict, key: str):
-    """``row[key]``, reading the validation mAP of runs written before it was named
-    ``val_mAP`` from their ``val_map`` column."""
+    """``row[key]``, reading the validation mAP of older runs, written before it was
+    named ``val_mAP``, from their ``val_map`` column."""
     value = row.get(key)
     if value in (None, "") and key == VAL_MAP_KEY:
         value = row.get(LEGACY_VAL_MAP_KEY)
