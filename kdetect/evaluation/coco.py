@@ -73,6 +73,8 @@ def coco_evaluate(
         no ground truth in that class or area range), the precision at IoU 0.5 over COCO's 101
         recall points per class (for plots), and the category id -> name map.
     """
+    # Deferred: pycocotools imports matplotlib (half a second), which VOC metrics and the
+    # offline readers never need.
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -11,6 +11,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
 
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import COCO_KEYS
@@ -23,8 +26,6 @@ def _fmt(value) -> str:
 
 def metrics_tables(metrics: dict) -> list:
     """The rich tables of a metrics dict: per-class AP, then the summary."""
-    from rich.table import Table
-
     coco = metrics["metric"] == "coco"
     per_class = Table(title=f"Per-class AP ({metrics['metric']})")
     per_class.add_column("class")
@@ -51,8 +52,6 @@ def metrics_tables(metrics: dict) -> list:
 
 def print_metrics(metrics: dict, console=None) -> None:
     """Print the per-class and summary tables."""
-    from rich.console import Console
-
     console = console or Console()
     for table in metrics_tables(metrics):
         console.print(table)
@@ -83,8 +82,6 @@ def plot_pr_curves(
     ``curves`` maps a class name to ``(recall, precision)``; the title shows the class AP from
     ``metrics["per_class"]``. Returns the written paths.
     """
-    from PIL import Image, ImageDraw
-
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
