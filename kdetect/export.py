@@ -514,7 +514,7 @@ def export(
     ``overwrite``, and only once the new export is complete; ``output`` may never be (or hold)
     ``model_path``.
     """
-    from kdetect.recipes.runs import load_model
+    from kdetect.runs import load_model
 
     check_options(format, quantize)
     output = Path(output)

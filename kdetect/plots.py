@@ -31,10 +31,15 @@ DPI = 100
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
-    """``history.csv`` rows as floats (empty cells left out)."""
+    """``history.csv`` rows as floats (empty cells left out; older runs'
+    ``val_map`` column read as ``val_mAP``)."""
     with open(path, newline="") as f:
         return [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            {
+                ("val_mAP" if k == "val_map" else k): float(v)
+                for k, v in row.items()
+                if v not in ("", None)
+            }
             for row in csv.DictReader(f)
         ]
 
@@ -50,24 +55,24 @@ def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) ->
     """``results.png``: one panel per loss term (training and validation curves), then the
     validation mAP and the learning rate, against the epoch. Returns ``output``."""
     panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in LOSS_TERMS]
-    panels += [("val_map", "validation mAP"), ("lr", "learning rate")]
+    panels += [("val_mAP", "validation mAP"), ("lr", "learning rate")]
     figure = Figure(figsize=(16, 7), layout="constrained")
     axes = figure.subplots(2, 4)
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(rows)]
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for name, label, style in ((key, "train", "o-"), (f"val_{key}", "validation", "s--")):
-            if key in ("val_map", "lr") and name != key:
+            if key in ("val_mAP", "lr") and name != key:
                 continue
             points = [(e, row[name]) for e, row in zip(epochs, rows, strict=True) if name in row]
             if points:
                 x, y = zip(*points, strict=True)
-                shown = label if key not in ("val_map", "lr") else None
+                shown = label if key not in ("val_mAP", "lr") else None
                 ax.plot(x, y, style, markersize=4, label=shown)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if key == "val_map":
+        if key == "val_mAP":
             ax.set_ylim(0, 1)
         elif key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

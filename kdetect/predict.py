@@ -32,7 +32,7 @@ def load_model(path: str | os.PathLike):
     Returns:
         ``(model, classes)``; ``classes`` is ``None`` when no ``classes.json`` goes with it.
     """
-    from kdetect.recipes.runs import load_model as _load
+    from kdetect.runs import load_model as _load
 
     return _load(path)
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from test_cli_train_support import SHAPES, TINY, interrupt_after, kdetect, tiny_run
 
+from kdetect import runs
 from kdetect.errors import CheckpointError
 from kdetect.recipes import callbacks as cb
-from kdetect.recipes import runs, train
-from kdetect.recipes.runs import inspect_run, pack, write_classes
+from kdetect.recipes import train
+from kdetect.runs import inspect_run, pack, packs, write_classes
 
 
 def small_manager(folder: Path):
@@ -196,7 +197,7 @@ def test_incomplete_checkpoints_are_skipped_and_reported(
     make(good, bad)
     os.utime(bad, (good.stat().st_mtime + 60,) * 2)  # newer than the good one
 
-    with caplog.at_level(logging.WARNING, logger="kdetect.recipes.runs"):
+    with caplog.at_level(logging.WARNING, logger="kdetect.runs.checkpoints"):
         assert inspect_run(run).model_path == good
         assert kdetect("checkpoint", "pack", run, "-o", tmp_path / "tiny.kdet") == 0
         assert kdetect("checkpoint", "list", run.parent) == 0
@@ -272,7 +273,7 @@ def test_packed_runs_are_expanded_within_limits(case, command, tmp_path, monkeyp
     spoil, limits, message = ZIP_BOMBS[case]
     spoil(packed)
     for name, value in limits.items():
-        monkeypatch.setattr(runs, name, value)
+        monkeypatch.setattr(packs, name, value)
     img = tmp_path / "a.png"
     img.write_bytes(b"")
     dest = tmp_path / "unpacked"

@@ -57,7 +57,7 @@ def test_train_writes_the_run_directory(run):
         "rcnn_box_loss",
         "val_loss",
         "lr",
-        "val_map",
+        "val_mAP",
     ):
         assert np.isfinite(float(rows[0][key])), key
     meta = json.loads((run / "kdetect.json").read_text())
@@ -113,7 +113,7 @@ def test_interrupt_then_resume_continues_where_it_stopped(tmp_path):
 
 
 def test_init_from_a_run_with_another_class_count(run, tmp_path):
-    from kdetect.recipes.runs import load_model
+    from kdetect.runs import load_model
 
     new = tmp_path / "two-classes"
     overrides = TINY + [

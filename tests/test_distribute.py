@@ -191,7 +191,7 @@ def test_multi_worker_two_processes_train_and_the_chief_checkpoint_loads(tmp_pat
     assert (run_dir / "checkpoints" / "state" / "state.json").is_file()
     state = json.loads((run_dir / "checkpoints" / "state" / "state.json").read_text())
     assert state["epoch"] == 1
-    from kdetect.recipes import runs
+    from kdetect import runs
 
     model, _ = runs.load_model(run_dir)
     assert model.num_classes == 3

@@ -143,7 +143,7 @@ def test_saved_model_signatures_match_predict(exported, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(run directory, model, classes) of the trained shapes run."""
-    from kdetect.recipes.runs import load_model
+    from kdetect.runs import load_model
 
     run = trained_shapes_run(tmp_path_factory)
     return (run, *load_model(run))

@@ -16,7 +16,7 @@ from kdetect import export as kdetect_export
 from kdetect.data.readers import read_annotations
 from kdetect.errors import CheckpointError, DataError
 from kdetect.paths import atomic_path, is_temporary
-from kdetect.recipes.runs import pack, save_keras, write_classes
+from kdetect.runs import pack, save_keras, write_classes
 
 
 def snapshot(root: Path) -> dict[str, str]:

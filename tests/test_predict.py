@@ -232,6 +232,6 @@ def test_checkpoint_errors(tmp_path, capsys):
     fake = tmp_path / "fake.kdet"
     fake.write_bytes(b"garbage")
     with pytest.raises(CheckpointError):
-        from kdetect.recipes.runs import inspect_run
+        from kdetect.runs import inspect_run
 
         inspect_run(fake)

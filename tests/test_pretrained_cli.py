@@ -144,7 +144,7 @@ def coco_run(inputs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def coco_model(coco_run):
     """``(model, classes)`` of the imported run, loaded once."""
-    from kdetect.recipes.runs import load_model
+    from kdetect.runs import load_model
 
     return load_model(coco_run)
 
@@ -516,8 +516,8 @@ FINETUNE_TINY = [
 
 
 def test_finetune_from_the_imported_run(coco_run, coco_model, tmp_path, capsys):
-    from kdetect.recipes.runs import load_model
     from kdetect.recipes.training import transfer_weights
+    from kdetect.runs import load_model
 
     run = tmp_path / "raccoon"
     overrides = [f"train.init_from={coco_run}", *FINETUNE_TINY]

@@ -19,7 +19,7 @@ _CACHE: dict = {}
 def loaded_model(tmp_path_factory):
     """``(run_dir, model, classes)`` of the tiny run, loaded once per session."""
     if "model" not in _CACHE:
-        from kdetect.recipes.runs import load_model
+        from kdetect.runs import load_model
 
         run = tiny_run(tmp_path_factory)
         model, classes = load_model(run)

@@ -90,7 +90,7 @@ def test_evaluate_writes_the_threshold_and_pictures_predict_uses_it(
 def test_a_model_that_finds_nothing_right_keeps_the_default_threshold(tmp_path_factory, tmp_path):
     """F1 0 at every threshold (the best is then the highest, 1.0) says nothing about scores:
     predict and serve keep the default instead of hiding every detection."""
-    from kdetect.recipes.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
+    from kdetect.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run(tmp_path_factory), run)

@@ -25,8 +25,8 @@ def list_runs(
     """List the runs (and packed .kdet files) under a folder, newest first."""
     from rich.table import Table
 
-    from kdetect.recipes.runs import best_metric
-    from kdetect.recipes.runs import list_runs as find_runs
+    from kdetect.runs import best_metric
+    from kdetect.runs import list_runs as find_runs
 
     runs = find_runs(root)
     if not runs:
@@ -56,7 +56,7 @@ def info(
     """Show a run's recipe, classes, training history and metrics."""
     from rich.table import Table
 
-    from kdetect.recipes.runs import best_metric, inspect_run
+    from kdetect.runs import best_metric, inspect_run
 
     found = inspect_run(run)
     best = best_metric(found)
@@ -119,7 +119,7 @@ def pack(
     ] = None,
 ) -> None:
     """Pack a run into one portable .kdet file (model, classes, recipe, metrics, metadata)."""
-    from kdetect.recipes.runs import pack as pack_run
+    from kdetect.runs import pack as pack_run
 
     path = pack_run(run, output)
     size = path.stat().st_size / 1e6
@@ -167,7 +167,7 @@ def unpack(
     ] = None,
 ) -> None:
     """Unpack a .kdet file into a run directory usable by predict, evaluate and serve."""
-    from kdetect.recipes.runs import unpack as unpack_run
+    from kdetect.runs import unpack as unpack_run
 
     path = unpack_run(packed, dest)
     console.print(f"unpacked {packed} -> {path}", highlight=False)

@@ -11,7 +11,7 @@ from rich.console import Console
 from kdetect.cli import app
 from kdetect.errors import KdetectError
 from kdetect.paths import check_kind, check_not_input
-from kdetect.recipes.runs import PLOTS_DIR
+from kdetect.runs import PLOTS_DIR
 
 console = Console()
 
@@ -95,7 +95,7 @@ def evaluate(
             check_kind(path, kind, option)
     if watch:
         from kdetect.evaluation.api import headline
-        from kdetect.evaluation.watch import watch_run
+        from kdetect.recipes.evaluate_run import watch_run
 
         if model is None or detections is not None or data is not None or ground_truth is not None:
             raise KdetectError("--watch takes a run directory as MODEL and no dataset options")
@@ -120,8 +120,8 @@ def evaluate(
             dataset, detections, metric, format, split or "val", plots, on_invalid_box
         )
     elif model is not None:
-        from kdetect.evaluation.saved import evaluate_saved_model
-        from kdetect.recipes.runs import inspect_run
+        from kdetect.recipes.evaluate_run import evaluate_saved_model
+        from kdetect.runs import inspect_run
 
         inspect_run(model)  # a missing run is named as such, before any --data hint
         if dataset is None and not Path(model).is_dir():

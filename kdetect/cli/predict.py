@@ -72,7 +72,7 @@ def predict(
     from kdetect.errors import KdetectError
     from kdetect.paths import atomic_path, check_kind, input_guard
     from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
-    from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE, best_min_score, inspect_run
+    from kdetect.runs import CLASSES_FILE, MODEL_FILE, best_min_score, inspect_run
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
     inputs = [item.path for item in items] + [model]

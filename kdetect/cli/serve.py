@@ -33,7 +33,7 @@ def serve(
 ) -> None:
     """Serve a page (upload an image, see boxes) and a JSON API (POST /api/predict)."""
     from kdetect.errors import KdetectError
-    from kdetect.recipes.runs import inspect_run
+    from kdetect.runs import inspect_run
 
     try:
         import fastapi  # noqa: F401

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
+from kdetect.data.images import load_image, verify_images
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import coco_evaluate, recall_thresholds
@@ -30,8 +32,10 @@ from kdetect.evaluation.detections import (
     read_detections_file,
 )
 from kdetect.evaluation.groundtruth import GroundTruth, annotations_to_coco, load_ground_truth
+from kdetect.evaluation.report import plot_pr_curves
 from kdetect.evaluation.thresholds import confusion_matrix, f1_curves
 from kdetect.evaluation.voc import VOC_METRICS, voc_evaluate
+from kdetect.visualize import draw_detections
 
 METRICS = ("voc07", "voc", "coco")
 
@@ -84,7 +88,7 @@ def evaluate_detections(
     f1 = f1_curves(gt.annotations.classes, truth, found)
     metrics["f1"] = f1["best"]
     if plots_dir is not None:
-        from kdetect.evaluation.report import plot_pr_curves
+        # Deferred: kdetect.plots imports matplotlib (half a second), paid only for pictures.
         from kdetect.plots import plot_confusion_matrix, plot_f1_curves
 
         plot_pr_curves(curves, metrics, plots_dir)
@@ -109,8 +113,7 @@ EXAMPLES = 6
 def _plot_examples(annotations: Annotations, detections, threshold: float, folder: Path) -> None:
     """``val_examples.png``: the first :data:`EXAMPLES` images with boxes, ground truth against
     the detections scoring at least ``threshold``."""
-    from kdetect.plots import plot_ground_truth_vs_predictions
-    from kdetect.visualize import draw_detections
+    from kdetect.plots import plot_ground_truth_vs_predictions  # deferred: as above, matplotlib
 
     pairs, titles = [], []
     for record, found in list(zip(annotations.records, detections, strict=True))[:EXAMPLES]:
@@ -197,8 +200,6 @@ def evaluate_offline(
                 # exactly what COCOeval(gt, gt.loadRes(results), "bbox") sees.
                 metrics, p50, _ = coco_evaluate(gt.coco, parsed.rows)
                 if plots_dir is not None:
-                    from kdetect.evaluation.report import plot_pr_curves
-
                     plot_pr_curves(_coco_curves(p50), metrics, plots_dir)
                 return metrics
         else:
@@ -211,13 +212,6 @@ def evaluate_offline(
 def _load_record_image(record: Record) -> np.ndarray:
     if record.image is not None:
         return np.asarray(record.image)
-    try:
-        from kdetect.data.images import load_image
-    except ImportError:  # pragma: no cover - the image helpers ship with kdetect.data
-        from PIL import Image, ImageOps
-
-        with Image.open(record.filename) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
     return load_image(record.filename)
 
 
@@ -268,8 +262,6 @@ def predict_detections(
 
     indices = range(len(records))
     if progress:
-        from rich.progress import track
-
         indices = track(indices, description="Evaluating", transient=True)
     for i in indices:
         image = _load_record_image(records[i])
@@ -294,8 +286,6 @@ def evaluate_model(
     model's class list to make sure). Returns the same dict as :func:`evaluate_offline`.
     Every image is verified first; :class:`~kdetect.errors.DataErrors` names all bad ones.
     """
-    from kdetect.data.images import verify_images
-
     check_metric(metric)
     gt = annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
     verify_images([r.filename for r in gt.annotations.records if r.image is None])

@@ -73,6 +73,8 @@ def coco_evaluate(
         no ground truth in that class or area range), the precision at IoU 0.5 over COCO's 101
         recall points per class (for plots), and the category id -> name map.
     """
+    # Deferred: pycocotools imports matplotlib (half a second), which VOC metrics and the
+    # offline readers never need.
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -95,12 +97,20 @@ def coco_evaluate(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = evaluator.stats
     metrics: dict = {"metric": "coco"}
-    for key, value in zip(COCO_KEYS, stats, strict=True):
+    for key, value in zip(COCO_KEYS, evaluator.stats, strict=True):
         metrics[key] = None if value < 0 else float(value)
-
     names = {cat["id"]: cat.get("name", str(cat["id"])) for cat in gt.dataset["categories"]}
+    metrics["per_class"], curves = _per_class(evaluator, names)
+    metrics["num_images"] = len(evaluator.params.imgIds)
+    metrics["num_detections"] = len(results)
+    return metrics, curves, names
+
+
+def _per_class(evaluator, names: dict) -> tuple[dict, dict]:
+    """Per category (by name): AP over all IoU thresholds and recall points (None when
+    undefined), and the precision at IoU 0.5 over the recall points (for plots), all areas and
+    the most detections."""
     precision = evaluator.eval["precision"]  # [T, R, K, A, M]
     area_all = list(evaluator.params.areaRngLbl).index("all")
     max_dets = len(evaluator.params.maxDets) - 1
@@ -113,10 +123,7 @@ def coco_evaluate(
         per_class[name] = float(np.mean(defined)) if defined.size else None
         p50 = precision[0, :, k, area_all, max_dets]
         curves[name] = None if np.all(p50 < 0) else np.where(p50 < 0, 0.0, p50)
-    metrics["per_class"] = per_class
-    metrics["num_images"] = len(evaluator.params.imgIds)
-    metrics["num_detections"] = len(results)
-    return metrics, curves, names
+    return per_class, curves
 
 
 def recall_thresholds() -> np.ndarray:

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import COCO_KEYS
@@ -23,8 +25,6 @@ def _fmt(value) -> str:
 
 def metrics_tables(metrics: dict) -> list:
     """The rich tables of a metrics dict: per-class AP, then the summary."""
-    from rich.table import Table
-
     coco = metrics["metric"] == "coco"
     per_class = Table(title=f"Per-class AP ({metrics['metric']})")
     per_class.add_column("class")
@@ -51,8 +51,6 @@ def metrics_tables(metrics: dict) -> list:
 
 def print_metrics(metrics: dict, console=None) -> None:
     """Print the per-class and summary tables."""
-    from rich.console import Console
-
     console = console or Console()
     for table in metrics_tables(metrics):
         console.print(table)
@@ -83,6 +81,7 @@ def plot_pr_curves(
     ``curves`` maps a class name to ``(recall, precision)``; titles and the legend show the class
     AP from ``metrics["per_class"]``. Returns the per-class paths.
     """
+    # Deferred: kdetect.plots imports matplotlib, which metric-only callers never need.
     from kdetect.plots import plot_pr_curve, plot_pr_curves_together
 
     out_dir = Path(out_dir)

@@ -26,10 +26,9 @@ THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 def _per_class(gt, detections, c: int):
     """Class ``c``'s detection scores (descending), TP/FP flags in that order, and object count."""
-    gt_boxes, gt_difficult, det_image, det_boxes, scores = class_inputs(gt, detections, c)
-    tp, fp = match_class(gt_boxes, gt_difficult, det_image, det_boxes, scores)
-    positives = int(sum(int((~d).sum()) for d in gt_difficult))
-    return np.sort(scores)[::-1], tp, fp, positives
+    inputs = class_inputs(gt, detections, c)
+    tp, fp = match_class(inputs)
+    return np.sort(inputs.det_scores)[::-1], tp, fp, inputs.num_positives
 
 
 def f1_curves(

@@ -27,6 +27,7 @@ class without any has no AP (``None``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,26 +83,31 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def match_class(
-    gt_boxes: list[np.ndarray],
-    gt_difficult: list[np.ndarray],
-    det_image: np.ndarray,
-    det_boxes: np.ndarray,
-    det_scores: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy devkit matching of one class's detections; returns per-detection TP and FP flags.
+class ClassInputs(NamedTuple):
+    """One class's share of a split (:func:`class_inputs`)."""
 
-    Args:
-        gt_boxes: per image, the [M_i, 4] ground-truth boxes of the class.
-        gt_difficult: per image, the [M_i] difficult flags.
-        det_image: [N] image index of each detection.
-        det_boxes: [N, 4] detection boxes.
-        det_scores: [N] scores.
+    gt_boxes: list[np.ndarray]  # per image, the [M_i, 4] ground-truth boxes of the class
+    gt_difficult: list[np.ndarray]  # per image, the [M_i] difficult flags
+    det_image: np.ndarray  # [N] image index of each detection
+    det_boxes: np.ndarray  # [N, 4] detection boxes
+    det_scores: np.ndarray  # [N] scores
+
+    @property
+    def num_positives(self) -> int:
+        """Ground-truth objects that count (the non-difficult ones)."""
+        return int(
+            sum(int(np.count_nonzero(~np.asarray(d, dtype=bool))) for d in self.gt_difficult)
+        )
+
+
+def match_class(inputs: ClassInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy devkit matching of one class's detections; returns per-detection TP and FP flags.
 
     Returns:
         ``(tp, fp)``, two float arrays of length N **in descending score order** (stable sort).
         A detection matched to a difficult object has 0 in both.
     """
+    gt_boxes, gt_difficult, det_image, det_boxes, det_scores = inputs
     order = np.argsort(-np.asarray(det_scores, dtype=np.float64), kind="stable")
     tp = np.zeros(len(order))
     fp = np.zeros(len(order))
@@ -131,7 +137,7 @@ def class_inputs(
     gt: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     c: int,
-) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+) -> ClassInputs:
     """Class ``c``'s share of a split, as :func:`match_class` takes it: per-image ground-truth
     boxes and difficult flags, then the detections' image index, boxes and scores."""
     gt_boxes, gt_diff = [], []
@@ -145,7 +151,7 @@ def class_inputs(
         det_image.append(np.full(int(np.count_nonzero(keep)), i, dtype=np.int64))
         det_boxes.append(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[keep])
         det_scores.append(np.asarray(scores, dtype=np.float64).reshape(-1)[keep])
-    return (
+    return ClassInputs(
         gt_boxes,
         gt_diff,
         np.concatenate(det_image) if det_image else np.zeros(0, np.int64),
@@ -154,17 +160,10 @@ def class_inputs(
     )
 
 
-def class_curve(
-    gt_boxes: list[np.ndarray],
-    gt_difficult: list[np.ndarray],
-    det_image: np.ndarray,
-    det_boxes: np.ndarray,
-    det_scores: np.ndarray,
-    use_07_metric: bool,
-) -> ClassCurve:
-    """Precision/recall curve and AP of one class (see :func:`match_class` for the inputs)."""
-    npos = int(sum(int(np.count_nonzero(~np.asarray(d, dtype=bool))) for d in gt_difficult))
-    tp, fp = match_class(gt_boxes, gt_difficult, det_image, det_boxes, det_scores)
+def class_curve(inputs: ClassInputs, use_07_metric: bool) -> ClassCurve:
+    """Precision/recall curve and AP of one class."""
+    npos = inputs.num_positives
+    tp, fp = match_class(inputs)
     tp = np.cumsum(tp)
     fp = np.cumsum(fp)
     precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
@@ -199,7 +198,7 @@ def voc_evaluate(
     use_07 = metric == "voc07"
     curves: dict[str, ClassCurve] = {}
     for c, name in enumerate(classes):
-        curves[name] = class_curve(*class_inputs(gt, detections, c), use_07)
+        curves[name] = class_curve(class_inputs(gt, detections, c), use_07)
     aps = [curve.ap for curve in curves.values() if curve.ap is not None]
     metrics = {
         "metric": metric,

@@ -20,7 +20,7 @@ from kdetect.paths import atomic_path, check_kind
 from kdetect.pretrained.coco import coco_class_names
 from kdetect.pretrained.torchvision import architecture_recipe, read_class_names
 from kdetect.recipes import dump, load
-from kdetect.recipes.runs import CLASSES_FILE, MODEL_FILE, PACK_META, RECIPE_FILE, write_classes
+from kdetect.runs import CLASSES_FILE, MODEL_FILE, PACK_META, RECIPE_FILE, write_classes
 
 SOURCES = ("torchvision",)
 

@@ -289,7 +289,7 @@ def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from ``classes.json`` or a text file with one name per line."""
-    from kdetect.recipes.runs import read_classes
+    from kdetect.runs import read_classes
 
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -294,7 +294,7 @@ def run_ground_truth(run_dir: str | Path, split: str | None = None) -> Annotatio
     instead), including the synthetic shapes, which are generated again from their seed.
     """
     from kdetect.recipes.loader import load
-    from kdetect.recipes.runs import CLASSES_FILE, read_classes
+    from kdetect.runs import CLASSES_FILE, read_classes
 
     run_dir = Path(run_dir)
     recipe = load(run_dir, check_paths=False)

@@ -1,7 +1,8 @@
 """Keras callbacks used by :func:`kdetect.recipes.train`.
 
-Order matters: callbacks that add values to the epoch ``logs`` (learning rate, validation mAP)
-come before those that record them (checkpoints, history.csv, TensorBoard, progress).
+Order matters: callbacks that add values to the epoch ``logs`` (learning rate, validation mAP:
+:class:`kdetect.evaluation.EvaluationCallback`) come before those that record them (checkpoints,
+history.csv, TensorBoard, progress: :mod:`kdetect.recipes.progress`).
 """
 
 from __future__ import annotations
@@ -17,17 +18,23 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kdetect.errors import CheckpointError, TrainingDiverged
 from kdetect.paths import write_text
 from kdetect.plots import plot_results, read_history
-from kdetect.recipes.runs import (
+from kdetect.runs import (
+    BEST_CHECKPOINT,
     CHECKPOINTS_DIR,
+    LEGACY_VAL_MAP_KEY,
     RESULTS_PLOT,
+    STATE_DIR,
+    VAL_MAP_KEY,
     checkpoint_files,
     save_keras,
     write_errors,
 )
+from kdetect.visualize import draw_detections
 
 STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
@@ -114,43 +121,6 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["lr"] = current_lr(self.model)
 
 
-class MeanAPEvaluator(keras.callbacks.Callback):
-    """Computes validation mAP every ``every`` epochs and adds it to the logs as ``val_map``."""
-
-    def __init__(
-        self,
-        annotations,
-        metric: str,
-        every: int,
-        batch_size: int = 1,
-        max_images: int | None = None,
-    ):
-        super().__init__()
-        self.annotations = annotations
-        if max_images is not None and len(annotations) > max_images:
-            from kdetect.data.records import Annotations
-
-            self.annotations = Annotations(annotations.classes, annotations.records[:max_images])
-        self.metric = metric
-        self.every = every
-        self.batch_size = batch_size
-        self.last: dict[str, Any] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.every <= 0 or (epoch + 1) % self.every != 0 or logs is None:
-            return
-        from kdetect.evaluation.api import evaluate_model, headline
-
-        self.last = evaluate_model(
-            self.model,
-            self.annotations,
-            metric=self.metric,
-            batch_size=self.batch_size,
-            progress=False,
-        )
-        logs["val_map"] = headline(self.last)
-
-
 class CheckpointManager(keras.callbacks.Callback):
     """Periodic checkpoints (keep the last ``keep``), the best one, and the resume state.
 
@@ -179,7 +149,7 @@ class CheckpointManager(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.keep = keep
         self.monitor = monitor
-        self.mode = "max" if monitor and monitor.endswith("map") else "min"
+        self.mode = "max" if monitor and monitor.lower().endswith("map") else "min"
         self.best_value = best_value
         self.best_epoch: int | None = None
 
@@ -207,13 +177,13 @@ class CheckpointManager(keras.callbacks.Callback):
             if better:
                 self.best_value = value
                 self.best_epoch = epoch + 1
-                save_keras(self.model, self.folder / "best.keras")
+                save_keras(self.model, self.folder / BEST_CHECKPOINT)
         self.save_state(epoch=epoch + 1, step_in_epoch=0)
 
     # -- resume state ----------------------------------------------------------------------
     @property
     def state_dir(self) -> Path:
-        return self.folder / "state"
+        return self.folder / STATE_DIR
 
     def save_state(self, epoch: int, step_in_epoch: int, interrupted: bool = False) -> None:
         """Write model + optimizer variables and the position in training as one atomic unit.
@@ -254,7 +224,7 @@ def read_state(folder: str | Path) -> dict[str, Any] | None:
     Only what ``state.json`` names is trusted; weights written after it (a save cut short) are
     ignored.
     """
-    state_dir = Path(folder) / "state"
+    state_dir = Path(folder) / STATE_DIR
     path = state_dir / STATE_FILE
     if not path.is_file():
         return None
@@ -279,11 +249,11 @@ class HistoryWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1}
-        row.update({k: _scalar(v) for k, v in (logs or {}).items()})
+        row.update({k: scalar(v) for k, v in (logs or {}).items()})
         rows = []
         if self.path.is_file():
             with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch + 1]
+                rows = [_renamed(r) for r in csv.DictReader(f) if int(r["epoch"]) < epoch + 1]
         rows.append(row)
         keys: list[str] = []
         for r in rows:
@@ -296,7 +266,13 @@ class HistoryWriter(keras.callbacks.Callback):
         plot_results(read_history(self.path), self.path.with_name(RESULTS_PLOT))
 
 
-def _scalar(value: Any) -> Any:
+def _renamed(row: dict) -> dict:
+    """A history row of a run written before the validation mAP was named ``val_mAP``, with
+    its ``val_map`` column under the new name (a resumed run keeps one column)."""
+    return {(VAL_MAP_KEY if key == LEGACY_VAL_MAP_KEY else key): v for key, v in row.items()}
+
+
+def scalar(value: Any) -> Any:
     try:
         return float(np.asarray(value))
     except (TypeError, ValueError):
@@ -323,10 +299,6 @@ class ImageSummary(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.images:
             return
-        import tensorflow as tf
-
-        from kdetect.visualize import draw_detections
-
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         drawn = []
@@ -345,114 +317,3 @@ class ImageSummary(keras.callbacks.Callback):
         with self._writer.as_default():
             tf.summary.image("predictions", np.stack(drawn), step=epoch + 1, max_outputs=len(drawn))
         self._writer.flush()
-
-
-class RichProgress(keras.callbacks.Callback):
-    """Rich progress: epoch/step, per-term losses, learning rate, images/s and ETA.
-
-    On a terminal a live bar is shown; elsewhere (logs, CI) one line per epoch is printed.
-    """
-
-    def __init__(
-        self,
-        epochs: int,
-        steps_per_epoch: int | None,
-        batch_size: int,
-        console=None,
-        state: TrainingState | None = None,
-    ):
-        super().__init__()
-        from rich.console import Console
-
-        self.epochs = epochs
-        self.steps = steps_per_epoch
-        self.batch_size = batch_size
-        self.console = console or Console(stderr=True)
-        self.state = state
-        self._progress = None
-        self._task = None
-        self._epoch_start = 0.0
-        self._seen = 0
-        self._first_step_end = 0.0
-        self.rows: list[dict[str, Any]] = []
-
-    def _make_progress(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-            disable=not self.console.is_terminal,
-        )
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._progress = self._make_progress()
-        self._progress.start()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_start = time.perf_counter()
-        self._seen = 0
-        if self._progress is not None:
-            if self._task is not None:
-                self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(
-                "train", total=self.steps, epoch=epoch + 1, epochs=self.epochs, stats=""
-            )
-
-    def _rate(self) -> float:
-        """Images per second, leaving out the first step (tracing and compilation)."""
-        if self._seen > 1:
-            elapsed = max(time.perf_counter() - self._first_step_end, 1e-9)
-            return (self._seen - 1) * self.batch_size / elapsed
-        elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-        return self._seen * self.batch_size / elapsed
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._seen += 1
-        if self._seen == 1:
-            self._first_step_end = time.perf_counter()
-        if self._progress is None or self._task is None:
-            return
-        logs = logs or {}
-        parts = [
-            f"{k.removesuffix('_loss')} {_scalar(logs[k]):.3f}" for k in LOSS_KEYS if k in logs
-        ]
-        parts.append(f"lr {current_lr(self.model):.2e}")
-        parts.append(f"{self._rate():.1f} img/s")
-        self._progress.update(self._task, completed=batch + 1, stats="  ".join(parts))
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = dict(logs or {})
-        elapsed = time.perf_counter() - self._epoch_start
-        row = {"epoch": epoch + 1, "time": elapsed, "images_per_s": self._rate(), **logs}
-        self.rows.append(row)
-        parts = [f"loss {_scalar(logs.get('loss', float('nan'))):.4f}"]
-        for key in ("val_loss", "val_map"):
-            if key in logs:
-                parts.append(f"{key} {_scalar(logs[key]):.4f}")
-        if "lr" in logs:
-            parts.append(f"lr {logs['lr']:.2e}")
-        parts.append(f"{row['images_per_s']:.1f} img/s")
-        parts.append(f"{elapsed:.1f}s")
-        self.console.print(
-            f"[bold]epoch {epoch + 1}/{self.epochs}[/bold]  " + "  ".join(parts), highlight=False
-        )

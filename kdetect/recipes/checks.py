@@ -1,14 +1,20 @@
 """Checks of a dataset against a recipe's model, run before training (and by ``kdetect dataset
-inspect --recipe``): do the anchors fit the boxes (:mod:`kdetect.data.anchor_fit`)?"""
+inspect --recipe``): is the data sound (:mod:`kdetect.data.quality`), do the anchors fit the boxes
+(:mod:`kdetect.data.anchor_fit`)?"""
 
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.data.anchor_fit import MIN_COVERAGE, anchor_coverage, best_anchor_iou, suggest_anchors
-from kdetect.data.quality import boxes_in_frame
+from kdetect.data.quality import boxes_in_frame, quality_report, quality_warnings
 from kdetect.data.records import Annotations
+
+#: Identical images are looked for in training sets of up to this many images (the check reads
+#: every file).
+MAX_HASHED_IMAGES = 5000
 
 
 def anchor_report(model, annotations: Annotations, frame: tuple[int, int], rpn) -> dict:
@@ -59,3 +65,27 @@ def anchor_warning(report: dict) -> str | None:
             f"{suggestion['covered']:.1%}"
         )
     return line
+
+
+def print_data_checks(model, annotations: Annotations, recipe, console) -> dict:
+    """Before training: one warning line per problem of :mod:`kdetect.data.quality`, then how
+    many training boxes the anchors cover (a warning below :data:`MIN_COVERAGE`). Returns the
+    anchor report."""
+    frame = tuple(recipe.data.image_size)
+    quality = quality_report(
+        annotations, frame, hash_images=len(annotations.records) <= MAX_HASHED_IMAGES
+    )
+    for line in quality_warnings(quality):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+    report = anchor_report(model, annotations, frame, recipe.model.rpn)
+    if report["covered"] is not None:
+        console.print(
+            f"anchors: {report['covered']:.1%} of {report['boxes']} training boxes overlap an "
+            f"anchor by IoU >= {report['covered_iou']:g} ({report['fg']:.1%} by "
+            f">= {report['fg_iou']:g})",
+            highlight=False,
+        )
+    warning = anchor_warning(report)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    return report

@@ -128,7 +128,7 @@ def _check_anchors(model) -> None:
 
 
 def _check_init_from(value: str) -> None:
-    from kdetect.recipes.runs import model_file
+    from kdetect.runs import model_file
 
     try:
         _, _, tmp = model_file(value)

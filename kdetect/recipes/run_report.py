@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from kdetect.errors import KdetectError
 from kdetect.evaluation.api import evaluate_model, headline
 from kdetect.evaluation.report import write_metrics
-from kdetect.recipes import runs
+from kdetect.runs import LABELS_PLOT, LOGS_DIR, METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
 
 
 def report_finished_run(
@@ -35,9 +36,9 @@ def report_finished_run(
     """
     try:
         metrics = evaluate_model(
-            model, val_annotations, metric, batch_size, False, run_dir / runs.PLOTS_DIR
+            model, val_annotations, metric, batch_size, False, run_dir / PLOTS_DIR
         )
-        write_metrics(metrics, run_dir / runs.METRICS_FILE)
+        write_metrics(metrics, run_dir / METRICS_FILE)
     except (KdetectError, OSError) as exc:
         console.print(f"[yellow]warning:[/yellow] final evaluation skipped: {exc}", highlight=False)
         return None
@@ -45,24 +46,22 @@ def report_finished_run(
     console.print(
         f"validation {metric}: {headline(metrics):.4f}; best F1 {best['f1']:.3f} at score "
         f"{best['threshold']:.2f} (the default --min-score of predict and serve); "
-        f"pictures in {run_dir / runs.PLOTS_DIR}",
+        f"pictures in {run_dir / PLOTS_DIR}",
         highlight=False,
     )
     if tensorboard_step is not None:
-        log_pictures(run_pictures(run_dir), run_dir / "logs" / "plots", tensorboard_step)
+        log_pictures(run_pictures(run_dir), run_dir / LOGS_DIR / "plots", tensorboard_step)
     return metrics
 
 
 def run_pictures(run_dir: Path) -> list[Path]:
     """The pictures a run directory holds: its own, then those of ``plots/``."""
-    own = [run_dir / name for name in (runs.RESULTS_PLOT, runs.LABELS_PLOT)]
-    return [p for p in own if p.is_file()] + sorted((run_dir / runs.PLOTS_DIR).glob("*.png"))
+    own = [run_dir / name for name in (RESULTS_PLOT, LABELS_PLOT)]
+    return [p for p in own if p.is_file()] + sorted((run_dir / PLOTS_DIR).glob("*.png"))
 
 
 def log_pictures(paths: list[Path], log_dir: Path, step: int) -> None:
     """Write each PNG as a TensorBoard image summary named after its file."""
-    import tensorflow as tf  # deferred like the rest of training's TensorFlow use
-
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
         for path in paths:

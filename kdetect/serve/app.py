@@ -133,7 +133,7 @@ class Predictor:
 
 
 def _model_summary(model, info) -> dict[str, Any]:
-    from kdetect.recipes.runs import best_metric
+    from kdetect.runs import best_metric
 
     config = model.get_config() if hasattr(model, "get_config") else {}
     recipe = None
@@ -171,12 +171,12 @@ def create_app(
 
     ``run`` names the run a loaded ``model`` came from (for ``/api/model``'s recipe summary).
     """
-    from kdetect.recipes.runs import best_min_score, inspect_run
+    from kdetect.runs import best_min_score, inspect_run
     from kdetect.visualize import class_color
 
     info = inspect_run(run) if run is not None else None
     if isinstance(model, (str, os.PathLike)):
-        from kdetect.recipes.runs import load_model
+        from kdetect.runs import load_model
 
         info = inspect_run(model)
         model, loaded = load_model(model)

@@ -1,0 +1,412 @@
+"""One training run, in the order it happens: open the run directory, write the run's files,
+build and compile the model, check the data, restore or initialise the weights, assemble the
+callbacks, call ``model.fit`` and save the final detector.
+
+:func:`run_training` is what :func:`kdetect.recipes.train` calls once the recipe and the run
+directory have been checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from rich.markup import escape
+
+from kdetect import __version__, distribute
+from kdetect.data.images import load_image
+from kdetect.data.quality import boxes_in_frame
+from kdetect.errors import CheckpointError, RecipeError, TrainingDiverged
+from kdetect.evaluation.callback import EvaluationCallback
+from kdetect.plots import plot_labels
+from kdetect.recipes import builders
+from kdetect.recipes import callbacks as cb
+from kdetect.recipes.checks import print_data_checks
+from kdetect.recipes.loader import dump
+from kdetect.recipes.progress import RichProgress, summary_table
+from kdetect.recipes.run_report import report_finished_run
+from kdetect.recipes.schema import Recipe, TrainConfig
+from kdetect.recipes.transfer import transfer_weights
+from kdetect.runs import (
+    CHECKPOINTS_DIR,
+    CLASSES_FILE,
+    HISTORY_FILE,
+    LABELS_PLOT,
+    LOGS_DIR,
+    MODEL_FILE,
+    RECIPE_FILE,
+    SAMPLES_DIR,
+    VAL_MAP_KEY,
+    load_model,
+    read_classes,
+    save_keras,
+    write_classes,
+)
+from kdetect.runs.files import read_meta, update_meta
+
+#: ``train.checkpoint.best`` -> the log value ``best.keras`` is chosen by.
+MONITORS = {"val_loss": "val_loss", "loss": "loss", "map": VAL_MAP_KEY, "none": None}
+
+
+@dataclass
+class FitData:
+    """The datasets ``fit`` reads, repeated when a fixed number of steps is asked for."""
+
+    train: Any
+    val: Any
+    steps_per_epoch: int | None
+
+
+@dataclass
+class Start:
+    """Where training starts: epoch, step inside it (a resumed interrupted epoch), best value."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_value: float | None = None
+
+
+@dataclass
+class TrainingCallbacks:
+    state: cb.TrainingState
+    manager: cb.CheckpointManager
+    progress: RichProgress
+    callbacks: list = field(default_factory=list)
+
+
+def read_resume_state(run_dir: Path) -> dict:
+    """The saved training state of the run to resume (see :func:`callbacks.read_state`)."""
+    state_info = cb.read_state(run_dir / CHECKPOINTS_DIR)
+    if state_info is None:
+        raise CheckpointError(f"{run_dir}: no saved training state in checkpoints/state")
+    return state_info
+
+
+def run_training(
+    recipe: Recipe, run_dir: Path, state_info, callbacks, console, resume: bool = False
+) -> Path:
+    """Read the data, open ``run_dir`` and train; the run's status in ``kdetect.json`` ends as
+    ``finished``, ``interrupted`` or ``failed``, never ``running``."""
+    tcfg = recipe.train
+    if tcfg.seed is not None:
+        keras.utils.set_random_seed(tcfg.seed)
+    # Read the data (and verify every image) before the run directory exists: a bad dataset
+    # leaves nothing behind.
+    strategy = builders.build_strategy(tcfg)
+    with strategy.scope():
+        data = builders.build_datasets(recipe, seed=tcfg.seed)
+    _open_run_dir(recipe, run_dir, resume)
+    previous_policy = keras.mixed_precision.global_policy().name
+    if tcfg.mixed_precision:
+        keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
+    try:
+        return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
+    except BaseException as exc:
+        if read_meta(run_dir).get("status") == "running":
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            update_meta(run_dir, status="interrupted" if interrupted else "failed")
+        lost = _worker_lost(exc, tcfg)
+        if lost is not None:
+            raise lost from exc
+        raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _open_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
+    dump(recipe, run_dir / RECIPE_FILE)
+    if not resume:
+        update_meta(
+            run_dir,
+            name=recipe.name,
+            kdetect_version=__version__,
+            created=dt.datetime.now().isoformat(timespec="seconds"),
+        )
+    update_meta(run_dir, status="running")
+
+
+def _worker_lost(exc: BaseException, tcfg: TrainConfig) -> Exception | None:
+    """The one-line error for a multi-worker job that lost a worker (None for anything else)."""
+    if not isinstance(exc, Exception) or tcfg.distribute != "multi_worker":
+        return None
+    if not distribute.is_worker_loss(exc):
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return distribute.WorkerLostError(
+        f"multi_worker: lost contact with another worker ({first}); restart every "
+        f"worker with --resume to continue from the last checkpoint"
+    )
+
+
+def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, strategy, data):
+    """The steps of one run, in order."""
+    tcfg = recipe.train
+    samples = _write_run_files(recipe, run_dir, data, state_info)
+    fit_data = _fit_data(tcfg, data)
+    model = _compile_model(recipe, strategy, len(data.classes), fit_data.steps_per_epoch)
+    if data.train_annotations is not None and state_info is None:
+        print_data_checks(model, data.train_annotations, recipe, console)
+    start = _restore(model, tcfg, state_info, run_dir, console)
+    if start.epoch >= tcfg.epochs:
+        console.print(
+            f"{escape(str(run_dir))}: already trained for {start.epoch} epochs", highlight=False
+        )
+    run = _make_callbacks(recipe, run_dir, data, samples, fit_data, start, console)
+    run.callbacks += list(extra_callbacks)
+    _run_epochs(model, tcfg, fit_data, start, run, run_dir, console)
+
+    _save_final(model, run_dir / MODEL_FILE, tcfg.jit_compile)
+    summary_table(run.progress.rows, console)
+    _report(model, recipe, data, run_dir, console)
+    manager = run.manager
+    best = None if manager.best_value is None else [manager.monitor, manager.best_value]
+    update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
+    console.print(f"run directory: [bold]{escape(str(run_dir))}[/bold]", highlight=False)
+    return run_dir
+
+
+def _report(model, recipe: Recipe, data, run_dir: Path, console) -> None:
+    """The final evaluation, pictures and TensorBoard images (:mod:`kdetect.recipes.run_report`),
+    by the chief only (other workers train into a scratch folder), when there is a validation
+    split and the recipe evaluates at all."""
+    tcfg = recipe.train
+    if not distribute.is_chief(tcfg.distribute):
+        return
+    if recipe.eval.every > 0 and data.val_annotations is not None:
+        tensorboard = tcfg.tensorboard and importlib.util.find_spec("tensorboard") is not None
+        report_finished_run(
+            model,
+            data.val_annotations,
+            recipe.eval.metric,
+            recipe.data.batch_size,
+            run_dir,
+            console,
+            tcfg.epochs if tensorboard else None,
+        )
+
+
+def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np.ndarray]:
+    """``classes.json`` (a resumed run must keep its classes), ``samples/`` and ``labels.png``;
+    returns the sample images."""
+    classes = data.classes
+    if (run_dir / CLASSES_FILE).is_file() and state_info is not None:
+        if read_classes(run_dir / CLASSES_FILE) != classes:
+            raise CheckpointError(f"{run_dir}: the data's classes differ from classes.json")
+    write_classes(run_dir / CLASSES_FILE, classes)
+    samples = _write_samples(run_dir / SAMPLES_DIR, data.val_annotations, recipe.eval.samples)
+    if data.train_annotations is not None:
+        frame = tuple(recipe.data.image_size)
+        boxes, labels = boxes_in_frame(data.train_annotations, frame)
+        classes = data.train_annotations.classes
+        plot_labels(boxes, labels, classes, frame, run_dir / LABELS_PLOT)
+    return samples
+
+
+def _write_samples(folder: Path, annotations, count: int) -> list[np.ndarray]:
+    """Save the first ``count`` validation images as PNG; return them as arrays."""
+    images = []
+    if annotations is None or count <= 0:
+        return images
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in annotations.records[:count]:
+        image = record.image if record.image is not None else load_image(record.filename)
+        image = np.asarray(image, dtype=np.uint8)
+        Image.fromarray(image).save(folder / (Path(record.filename).stem + ".png"))
+        images.append(image)
+    return images
+
+
+def _fit_data(tcfg: TrainConfig, data) -> FitData:
+    steps = _steps(data.train, tcfg.steps_per_epoch)
+    train = data.train.repeat() if steps is not None else data.train
+    val = data.val
+    if val is not None and tcfg.validation_steps is not None:
+        val = val.repeat()
+    return FitData(train, val, steps)
+
+
+def _steps(dataset, requested: int | None) -> int | None:
+    """Steps of one epoch: the recipe's value, else the dataset's cardinality when known."""
+    if requested is not None:
+        return requested
+    cardinality = int(dataset.cardinality())
+    if cardinality in (tf.data.INFINITE_CARDINALITY, tf.data.UNKNOWN_CARDINALITY):
+        return None
+    if cardinality == 0:
+        raise RecipeError("data.batch_size: larger than the training set (no full batch)")
+    return cardinality
+
+
+def _compile_model(recipe: Recipe, strategy, num_classes: int, steps_per_epoch: int | None):
+    """The detector and its optimizer, built under the distribution strategy; weight decay
+    leaves biases and normalisation parameters alone."""
+    with strategy.scope():
+        model = builders.build_model(recipe, num_classes)
+        optimizer = builders.build_optimizer(recipe.train, steps_per_epoch)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        model.compile(optimizer=optimizer, jit_compile=recipe.train.jit_compile)
+        optimizer.build(model.trainable_variables)
+    return model
+
+
+def _restore(model, tcfg: TrainConfig, state_info, run_dir: Path, console) -> Start:
+    """A resumed run's saved weights and position; else epoch 0, with ``train.init_from``'s
+    weights copied in where names and shapes agree."""
+    if state_info is not None:
+        try:
+            model.load_weights(state_info["weights"])
+        except (ValueError, OSError) as exc:
+            raise CheckpointError(
+                f"{state_info['weights']}: cannot restore state ({exc})"
+            ) from None
+        start = Start(
+            int(state_info["epoch"]),
+            int(state_info.get("step_in_epoch", 0)),
+            state_info.get("best_value"),
+        )
+        console.print(
+            f"resuming {escape(str(run_dir))} at epoch {start.epoch + 1}"
+            + (f", step {start.step_in_epoch}" if start.step_in_epoch else ""),
+            highlight=False,
+        )
+        return start
+    if tcfg.init_from:
+        source, _ = load_model(tcfg.init_from)
+        copied, skipped = transfer_weights(source, model)
+        del source
+        console.print(
+            f"initialised {copied} of {copied + len(skipped)} variables from "
+            f"{escape(tcfg.init_from)}" + (f" ({len(skipped)} re-initialised)" if skipped else ""),
+            highlight=False,
+        )
+    return Start()
+
+
+def _make_callbacks(
+    recipe: Recipe, run_dir: Path, data, samples, fit_data: FitData, start: Start, console
+) -> TrainingCallbacks:
+    """kdetect's callbacks in the order they must run: those that add to the epoch logs
+    (position, learning rate, validation mAP) before those that record them."""
+    tcfg = recipe.train
+    state = cb.TrainingState(start.epoch)
+    monitor = MONITORS[tcfg.checkpoint.best]
+    if monitor == "val_loss" and fit_data.val is None:
+        monitor = "loss"
+    manager = cb.CheckpointManager(
+        run_dir / CHECKPOINTS_DIR,
+        state,
+        every_epochs=tcfg.checkpoint.every_epochs,
+        every_steps=tcfg.checkpoint.every_steps,
+        keep=tcfg.checkpoint.keep,
+        monitor=monitor,
+        best_value=start.best_value,
+    )
+    progress = RichProgress(
+        tcfg.epochs, fit_data.steps_per_epoch, recipe.data.batch_size, console=console, state=state
+    )
+    callbacks: list = [state, cb.LearningRateLogger()]
+    if recipe.eval.every > 0 and data.val_annotations is not None:
+        evaluation = EvaluationCallback(
+            data.val_annotations,
+            recipe.eval.metric,
+            recipe.eval.every,
+            recipe.data.batch_size,
+            log_name=VAL_MAP_KEY,
+            max_images=recipe.eval.max_images,
+            last_epoch=False,  # eval.every is exact: a run ending between evaluations skips it
+        )
+        callbacks.append(evaluation)
+    callbacks += _tensorboard_callbacks(tcfg, run_dir / LOGS_DIR, samples, data.classes, console)
+    callbacks += [cb.StopOnNonFiniteLoss(state, run_dir), manager]
+    callbacks += [cb.HistoryWriter(run_dir / HISTORY_FILE), progress]
+    return TrainingCallbacks(state, manager, progress, callbacks)
+
+
+def _tensorboard_callbacks(tcfg: TrainConfig, logs: Path, samples, classes, console) -> list:
+    """TensorBoard logs and sample predictions, when asked for and the package is there
+    (``tf.summary`` writes nothing without tensorboard, which TF does not depend on)."""
+    logs.mkdir(exist_ok=True)
+    if not tcfg.tensorboard:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        console.print(
+            "[yellow]note:[/yellow] the tensorboard package is not installed; no TensorBoard "
+            "logs (pip install tensorboard, or set train.tensorboard=false)",
+            highlight=False,
+        )
+        return []
+    found = [keras.callbacks.TensorBoard(str(logs), write_graph=False)]
+    if samples:
+        found.append(cb.ImageSummary(logs / "images", samples[:4], classes))
+    return found
+
+
+def _run_epochs(
+    model,
+    tcfg: TrainConfig,
+    fit_data: FitData,
+    start: Start,
+    run: TrainingCallbacks,
+    run_dir,
+    console,
+) -> None:
+    """``model.fit`` from where the run stands: the rest of an interrupted epoch (unless only its
+    validation was left), then whole epochs. Ctrl-C saves the state before it propagates."""
+
+    def fit(epochs: int, first_epoch: int, steps: int | None) -> None:
+        model.fit(
+            fit_data.train,
+            validation_data=fit_data.val,
+            epochs=epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            validation_steps=tcfg.validation_steps,
+            callbacks=run.callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=0,
+        )
+
+    epoch, steps_per_epoch = start.epoch, fit_data.steps_per_epoch
+    try:
+        if epoch < tcfg.epochs and start.step_in_epoch and steps_per_epoch:
+            if start.step_in_epoch < steps_per_epoch:
+                fit(epoch + 1, epoch, steps_per_epoch - start.step_in_epoch)
+            epoch += 1
+        if epoch < tcfg.epochs:
+            fit(tcfg.epochs, epoch, steps_per_epoch)
+    except TrainingDiverged:
+        run.progress.close()
+        raise
+    except KeyboardInterrupt:
+        run.progress.close()
+        state = run.state
+        run.manager.save_state(
+            epoch=state.epoch, step_in_epoch=state.step_in_epoch, interrupted=True
+        )
+        update_meta(run_dir, status="interrupted")
+        console.print(
+            f"[yellow]interrupted[/yellow] at epoch {state.epoch + 1}, step "
+            f"{state.step_in_epoch}; state saved. Continue with: kdetect train "
+            f"{escape(str(run_dir))} --resume",
+            highlight=False,
+        )
+        raise
+
+
+def _save_final(model, path: Path, jit_compile: bool) -> None:
+    """Save the trained detector without its training optimizer.
+
+    The optimizer state lives in ``checkpoints/``; ``model.keras`` is the deliverable and must load
+    with plain ``keras.saving.load_model`` (no kdetect learning-rate schedule inside).
+    """
+    model.compile(optimizer=keras.optimizers.SGD(), jit_compile=jit_compile)
+    save_keras(model, path)
