@@ -1,6 +1,7 @@
 """The packages of kdetect form a stack: a module imports only from its own layer or below.
 
-Bottom to top: plumbing <- core <- data <- evaluation <- runs/recipes <- products <- cli. Every
+Bottom to top: plumbing <- core <- data <- drawing <- evaluation <- runs/recipes <- products <-
+cli. Every
 module under ``kdetect/`` is read with ``ast`` (nothing is imported); each ``import x`` and
 ``from x import y`` counts, at module level or inside a function, with relative imports
 resolved. ``from pkg import name`` counts as importing ``pkg.name`` when that is a module. The
@@ -42,6 +43,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("data", ("kdetect.data",)),
+    # Pictures: numpy, Pillow and matplotlib only, drawn for evaluation, training and products.
+    ("drawing", ("kdetect.plots", "kdetect.visualize")),
     ("evaluation", ("kdetect.evaluation",)),
     ("runs/recipes", ("kdetect.runs", "kdetect.recipes", "kdetect.distribute")),
     (
@@ -50,8 +53,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kdetect.predict",
             "kdetect.serve",
             "kdetect.export",
-            "kdetect.plots",
-            "kdetect.visualize",
         ),
     ),
     ("cli", ("kdetect.cli", "kdetect.__main__")),
