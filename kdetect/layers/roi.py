@@ -9,11 +9,12 @@ import keras
 from keras import ops
 
 from kdetect.boxes import BoxCoder, box_area, pairwise_iou
+from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization
-from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
 
 
-class RoISampler:
+@keras.saving.register_keras_serializable(package="kdetect")
+class RoISampler(MatchAndSample):
     """Chooses the RoIs the box head trains on, and their targets.
 
     The ground-truth boxes are appended to the proposals (so every object has at least one
@@ -28,20 +29,22 @@ class RoISampler:
     (1 for sampled rows).
     """
 
+    DEFAULT_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
     def __init__(
         self,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.5,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
-        box_coder: BoxCoder | None = None,
+        box_coder: BoxCoder | dict | None = None,
+        **kwargs,
     ):
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
-        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self.batch_size_per_image = int(batch_size_per_image)
-        self.box_coder = box_coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
+        super().__init__(
+            fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction, box_coder, **kwargs
+        )
 
-    def __call__(self, proposals, proposals_valid, gt_boxes, gt_labels, seed=None):
+    def call(self, proposals, proposals_valid, gt_boxes, gt_labels, seed=None):
         gt_valid = gt_labels >= 0
         candidates = ops.concatenate([proposals, ops.cast(gt_boxes, proposals.dtype)], axis=1)
         candidates_valid = ops.concatenate([proposals_valid, gt_valid], axis=1)
@@ -84,7 +87,8 @@ class RoISampler:
         }
 
 
-class MultiLevelRoIAlign:
+@keras.saving.register_keras_serializable(package="kdetect")
+class MultiLevelRoIAlign(PipelineLayer):
     """RoIAlign (He et al., 2017) over one or several feature maps.
 
     Each RoI is pooled from one level: with a single map (C4 models) that map; with a pyramid the
@@ -133,11 +137,13 @@ class MultiLevelRoIAlign:
         min_level: int = 2,
         method: str = "auto",
         aligned: bool = True,
+        **kwargs,
     ):
+        super().__init__(**kwargs)
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         self.method = method
-        self.strides = [int(s) for s in strides]
+        self.strides = tuple(int(s) for s in strides)
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.canonical_size = float(canonical_size)
@@ -189,7 +195,7 @@ class MultiLevelRoIAlign:
             method = "crop_and_resize" if keras.backend.backend() == "tensorflow" else "gather"
         return method
 
-    def __call__(self, features, boxes, method: str | None = None):
+    def call(self, features, boxes, method: str | None = None):
         """``features``: list of [B, H_l, W_l, C]; ``boxes`` [B, R, 4] image pixels.
 
         ``method`` overrides the layer's implementation for this call (``gather`` inside XLA).
@@ -261,6 +267,19 @@ class MultiLevelRoIAlign:
             samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
         pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
         return tf.cast(pooled, dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "strides": list(self.strides),
+            "output_size": self.output_size,
+            "sampling_ratio": self.sampling_ratio,
+            "canonical_size": self.canonical_size,
+            "canonical_level": self.canonical_level,
+            "min_level": self.min_level,
+            "method": self.method,
+            "aligned": self.aligned,
+        }
 
     def _gather(self, features, boxes):
         boxes = ops.cast(ops.stop_gradient(boxes), "float32")
