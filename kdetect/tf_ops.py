@@ -1,9 +1,12 @@
-"""The few TensorFlow-only operations the model needs, kept in one place.
+"""The TensorFlow-only operations the model and its layers need, kept in one place.
 
-Everything else in the model is written with ``keras.ops``. These are the exceptions, where
-TensorFlow's fused kernels are much faster than a portable formulation: greedy non-maximum
-suppression with a padded (static-size) output, used for the RPN's per-level NMS and the final
-per-class NMS.
+Everything else in the model is written with ``keras.ops``. These are the exceptions: greedy
+non-maximum suppression with a padded (static-size) output (the RPN's per-level NMS and the
+final per-class NMS) and RoIAlign by ``crop_and_resize`` (:mod:`kdetect.tf_roi_align`), where
+TensorFlow's fused kernels are much faster than a portable formulation; and the training step's
+gradient tape and ``tf.distribute`` queries (replica count, cross-replica means), which Keras
+leaves to each backend. (The resize of ``FasterRCNN.predict_step`` still calls ``tf.image``
+itself.) So the model needs the TensorFlow backend.
 
 Both are built from the single-image ``NonMaxSuppressionV4`` kernel, which every converter
 knows (TFLite's builtin ``NON_MAX_SUPPRESSION_V4``, ONNX's ``NonMaxSuppression``). A batch whose
@@ -128,3 +131,46 @@ def multiclass_nms(
     out_scores = tf.where(valid, tf.gather(flat_scores, indices, batch_dims=1), 0.0)
     out_classes = tf.where(valid, indices % num_classes, 0)
     return out_boxes, out_scores, out_classes, num_valid
+
+
+def loss_and_gradients(compute_loss, variables):
+    """``(loss, aux) = compute_loss()`` under a gradient tape; returns ``(aux, gradients)`` of
+    ``loss`` with respect to ``variables``."""
+    with tf.GradientTape() as tape:
+        loss, aux = compute_loss()
+    return aux, tape.gradient(loss, variables)
+
+
+def num_replicas_in_sync() -> int:
+    """Replicas of the current ``tf.distribute`` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_mean(value):
+    """``value`` averaged over the replicas of a ``tf.distribute`` strategy (itself without
+    one); called inside a replica's step."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+def is_multi_worker() -> bool:
+    """Whether the current strategy is ``MultiWorkerMirroredStrategy``."""
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_tpu() -> bool:
+    """Whether the current strategy is a ``TPUStrategy`` (which compiles every step with XLA)."""
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
+def is_graph_tensor(value) -> bool:
+    """Whether ``value`` is a TensorFlow tensor or variable seen while tracing a graph (its
+    values are not known yet)."""
+    return isinstance(value, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly()
+
+
+def is_tensor(value) -> bool:
+    """Whether ``value`` is a TensorFlow tensor or variable."""
+    return isinstance(value, (tf.Tensor, tf.Variable))

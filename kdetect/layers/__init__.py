@@ -1,7 +1,7 @@
 """Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
 
-from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 from kdetect.layers.base import MatchAndSample, PipelineLayer
+from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.roi import (

@@ -27,6 +27,10 @@ class PipelineLayer(keras.layers.Layer):
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
 
+    def get_build_config(self):
+        """None: without weights there is nothing to build, so configs hold no input shapes."""
+        return None
+
 
 class MatchAndSample(PipelineLayer):
     """Match candidates to ground truth, then sample a balanced batch: the shared core of the

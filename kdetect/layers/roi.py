@@ -41,7 +41,12 @@ class RoISampler(MatchAndSample):
         **kwargs,
     ):
         super().__init__(
-            fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction, box_coder, **kwargs
+            fg_iou_thresh,
+            bg_iou_thresh,
+            batch_size_per_image,
+            positive_fraction,
+            box_coder,
+            **kwargs,
         )
 
     def call(self, proposals, proposals_valid, gt_boxes, gt_labels, seed=None):

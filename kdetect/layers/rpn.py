@@ -115,7 +115,12 @@ class RPNTargetAssigner(MatchAndSample):
         **kwargs,
     ):
         super().__init__(
-            fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction, box_coder, **kwargs
+            fg_iou_thresh,
+            bg_iou_thresh,
+            batch_size_per_image,
+            positive_fraction,
+            box_coder,
+            **kwargs,
         )
 
     def call(self, anchors, gt_boxes, gt_valid, seed=None):
