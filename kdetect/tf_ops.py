@@ -174,3 +174,83 @@ def is_graph_tensor(value) -> bool:
 def is_tensor(value) -> bool:
     """Whether ``value`` is a TensorFlow tensor or variable."""
     return isinstance(value, (tf.Tensor, tf.Variable))
+
+
+def _stack_levels(features):
+    """The feature maps stacked vertically into one image per batch element.
+
+    Each level gets a one-pixel edge-replicated border (RoIAlign's clamp for samples in
+    [-1, 0) and (H - 1, H]) and zeros on the right up to the widest level. Stacking vertically
+    rather than as [B * L, Hmax, Wmax, C] keeps the copy at ~1.4x the finest level, not 4x.
+    Returns ``(image, heights, widths, row_offsets, total_rows, padded_width)``; a level's row 0
+    is stacked row ``row_offsets[level]``.
+    """
+    dtype = features[0].dtype
+    heights = [tf.shape(f)[1] for f in features]
+    widths = [tf.shape(f)[2] for f in features]
+    padded_width = tf.reduce_max(tf.stack(widths)) + 2
+    blocks, row_offsets, total = [], [], 0
+    for f, w in zip(features, widths, strict=True):
+        if dtype not in (tf.float16, tf.float32, tf.float64):
+            f = tf.cast(f, tf.float32)  # no bfloat16 gradient kernel
+        f = tf.concat([f[:, :1], f, f[:, -1:]], axis=1)
+        f = tf.concat([f[:, :, :1], f, f[:, :, -1:]], axis=2)
+        f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
+        blocks.append(f)
+        row_offsets.append(total + 1)
+        total = total + tf.shape(f)[1]
+    image = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    return image, heights, widths, row_offsets, total, padded_width
+
+
+def crop_and_resize_roi_align(
+    features, boxes, level, strides, roi_grid, output_size: int, sampling_ratio: int
+):
+    """RoIAlign by TensorFlow's fused ``crop_and_resize`` kernel (and its gradient kernel).
+
+    The levels are stacked into one image (:func:`_stack_levels`); each RoI's
+    ``output_size * sampling_ratio`` samples per side become one crop box of it, samples outside
+    [-1, H] are masked to 0, and an ``sr`` x ``sr`` average pool gives the bins.
+
+    Args:
+        features: list of [B, H_l, W_l, C].
+        boxes: float32 [B, R, 4] image pixels; ``level``: int32 [B, R], each box's map.
+        strides: stride of each map; ``roi_grid(boxes, scale)``: ``(y0, bin_h, x0, bin_w)`` of
+            the boxes scaled to their maps (the layer's aligned / unaligned convention).
+
+    Returns [B, R, output_size, output_size, C] in the features' dtype.
+    """
+    features = [tf.convert_to_tensor(f) for f in features]
+    dtype, channels = features[0].dtype, features[0].shape[-1]
+    batch, num_rois = tf.shape(boxes)[0], boxes.shape[1]
+    image, heights, widths, row_offsets, total, padded_width = _stack_levels(features)
+
+    def pick(values):
+        return tf.gather(tf.cast(tf.stack(values), tf.float32), level)
+
+    n, sr = output_size, sampling_ratio
+    count = n * sr
+    steps = (tf.range(count, dtype=tf.float32) + 0.5) / sr
+
+    def axis(start, bin_size, limit, offset, extent):
+        pos = start[..., None] + bin_size[..., None] * steps  # [B, R, count]
+        valid = (pos >= -1.0) & (pos <= limit[..., None])
+        first = (start + bin_size * steps[0] + offset) / (extent - 1.0)
+        last = (start + bin_size * steps[-1] + offset) / (extent - 1.0)
+        return valid, first, last
+
+    y0, bin_h, x0, bin_w = roi_grid(boxes, pick([1.0 / s for s in strides]))
+    total = tf.cast(total, tf.float32)
+    y_valid, ny1, ny2 = axis(y0, bin_h, pick(heights), pick(row_offsets), total)
+    x_valid, nx1, nx2 = axis(x0, bin_w, pick(widths), 1.0, tf.cast(padded_width, tf.float32))
+    crop_boxes = tf.reshape(tf.stack([ny1, nx1, ny2, nx2], axis=-1), (-1, 4))
+    box_indices = tf.repeat(tf.range(batch), num_rois)
+    samples = tf.image.crop_and_resize(
+        image, crop_boxes, box_indices, (count, count), extrapolation_value=0.0
+    )  # [B * R, count, count, C] float32
+    mask = tf.cast(y_valid[..., :, None] & x_valid[..., None, :], tf.float32)
+    samples = samples * tf.reshape(mask, (-1, count, count, 1))
+    if sr > 1:
+        samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
+    pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
+    return tf.cast(pooled, dtype)

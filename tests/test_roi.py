@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdetect.layers.roi import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
+from kdetect.layers import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
 
 # --------------------------------------------------------------------------------------------
 # RoIAlign reference. For one RoI it builds the dense matrix M [out*out, H*W] of the level it

@@ -2,15 +2,10 @@
 
 from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
+from kdetect.layers.box_head import BoxPredictor, ConvFCBoxHead, MLPBoxHead
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
-from kdetect.layers.roi import (
-    BoxPredictor,
-    ConvFCBoxHead,
-    MLPBoxHead,
-    MultiLevelRoIAlign,
-    RoISampler,
-)
+from kdetect.layers.roi import MultiLevelRoIAlign, RoISampler
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
 
 __all__ = [

@@ -39,34 +39,45 @@ class MatchAndSample(PipelineLayer):
     A candidate whose best IoU is ``>= fg_iou_thresh`` is foreground, ``< bg_iou_thresh``
     background, otherwise ignored; ``batch_size_per_image`` are sampled with at most
     ``positive_fraction`` foreground; matched boxes are encoded by ``box_coder`` (a
-    ``BoxCoder``, its config dict, or None for the subclass' default weights). Subclasses set
-    whether every ground truth also claims its best candidates (``allow_low_quality_matches``).
+    ``BoxCoder``, its config dict, or None for the subclass' default weights). An argument left
+    None takes the subclass' ``DEFAULTS``. Subclasses also set whether every ground truth claims
+    its best candidates whatever their IoU (``ALLOW_LOW_QUALITY_MATCHES``).
     """
 
     ALLOW_LOW_QUALITY_MATCHES = False
     DEFAULT_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+    DEFAULTS: dict = {}
 
     def __init__(
         self,
-        fg_iou_thresh: float,
-        bg_iou_thresh: float,
-        batch_size_per_image: int,
-        positive_fraction: float,
+        fg_iou_thresh: float | None = None,
+        bg_iou_thresh: float | None = None,
+        batch_size_per_image: int | None = None,
+        positive_fraction: float | None = None,
         box_coder: BoxCoder | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.fg_iou_thresh = float(fg_iou_thresh)
-        self.bg_iou_thresh = float(bg_iou_thresh)
-        self.batch_size_per_image = int(batch_size_per_image)
-        self.positive_fraction = float(positive_fraction)
+        given = {
+            "fg_iou_thresh": fg_iou_thresh,
+            "bg_iou_thresh": bg_iou_thresh,
+            "batch_size_per_image": batch_size_per_image,
+            "positive_fraction": positive_fraction,
+        }
+        settings = {k: self.DEFAULTS[k] if v is None else v for k, v in given.items()}
+        self.fg_iou_thresh = float(settings["fg_iou_thresh"])
+        self.bg_iou_thresh = float(settings["bg_iou_thresh"])
+        self.batch_size_per_image = int(settings["batch_size_per_image"])
+        self.positive_fraction = float(settings["positive_fraction"])
         self.box_coder = BoxCoder.from_value(box_coder, self.DEFAULT_CODER_WEIGHTS)
         self.matcher = Matcher(
-            fg_iou_thresh,
-            bg_iou_thresh,
+            self.fg_iou_thresh,
+            self.bg_iou_thresh,
             allow_low_quality_matches=self.ALLOW_LOW_QUALITY_MATCHES,
         )
-        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.sampler = BalancedPositiveNegativeSampler(
+            self.batch_size_per_image, self.positive_fraction
+        )
 
     def get_config(self):
         return {

@@ -105,23 +105,12 @@ class RPNTargetAssigner(MatchAndSample):
 
     ALLOW_LOW_QUALITY_MATCHES = True  # every object gets at least its best anchors
 
-    def __init__(
-        self,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        box_coder: BoxCoder | dict | None = None,
-        **kwargs,
-    ):
-        super().__init__(
-            fg_iou_thresh,
-            bg_iou_thresh,
-            batch_size_per_image,
-            positive_fraction,
-            box_coder,
-            **kwargs,
-        )
+    DEFAULTS = {
+        "fg_iou_thresh": 0.7,
+        "bg_iou_thresh": 0.3,
+        "batch_size_per_image": 256,
+        "positive_fraction": 0.5,
+    }
 
     def call(self, anchors, gt_boxes, gt_valid, seed=None):
         """``anchors`` [A, 4]; ``gt_boxes`` [B, M, 4]; ``gt_valid`` bool [B, M]."""
