@@ -2,7 +2,7 @@
 
 Everything else in the model is written with ``keras.ops``. These are the exceptions: greedy
 non-maximum suppression with a padded (static-size) output (the RPN's per-level NMS and the
-final per-class NMS) and RoIAlign by ``crop_and_resize`` (:mod:`kdetect.tf_roi_align`), where
+final per-class NMS), RoIAlign by ``crop_and_resize`` and training-mode batch norm, where
 TensorFlow's fused kernels are much faster than a portable formulation; and the training step's
 gradient tape and ``tf.distribute`` queries (replica count, cross-replica means), which Keras
 leaves to each backend. (The resize of ``FasterRCNN.predict_step`` still calls ``tf.image``
@@ -254,3 +254,25 @@ def crop_and_resize_roi_align(
         samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
     pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
     return tf.cast(pooled, dtype)
+
+
+def fused_batch_norm_training(inputs, gamma, beta, epsilon: float):
+    """Training-mode batch norm of NHWC ``inputs`` by the ``FusedBatchNormV3`` kernel.
+
+    ``gamma`` / ``beta`` None stand for ones / zeros. Returns ``(outputs, mean, variance)``
+    with the batch's biased variance (what Keras' moving statistics use; the kernel reports the
+    unbiased one, which is rescaled here).
+    """
+    channels = inputs.shape[-1]
+    gamma = tf.ones((channels,), "float32") if gamma is None else gamma
+    beta = tf.zeros((channels,), "float32") if beta is None else beta
+    outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs,
+        tf.cast(gamma, "float32"),
+        tf.cast(beta, "float32"),
+        epsilon=epsilon,
+        is_training=True,
+    )
+    shape = tf.shape(inputs)
+    count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
+    return outputs, mean, unbiased_variance * (count - 1.0) / count

