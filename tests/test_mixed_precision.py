@@ -11,10 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-# The same tiny configuration and batch as the model tests.
-from test_model import TINY, _batch  # noqa: E402
-
 from kdetect import FasterRCNN
+from tests.helpers import TINY
+from tests.helpers import tiny_batch as _batch
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from kdetect.layers import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
+from tests.helpers import ref_iou
 
 # --------------------------------------------------------------------------------------------
 # RoIAlign reference. For one RoI it builds the dense matrix M [out*out, H*W] of the level it
@@ -212,14 +213,6 @@ def test_roi_align_gradients_match_reference():
 
 # --------------------------------------------------------------------------------------------
 # RoISampler
-
-
-def ref_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def ref_decode(d, ref, weights=(10.0, 10.0, 5.0, 5.0)):
