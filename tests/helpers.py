@@ -3,6 +3,8 @@ that a layer survives its config (``assert_layer_round_trip``)."""
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -72,10 +74,14 @@ def _outputs_equal(first, second) -> None:
 
 
 def assert_layer_round_trip(layer, inputs=None, **call_kwargs):
-    """``layer`` survives its config: ``from_config(get_config())`` and Keras' serialisation
-    give a layer of the same config, and (given ``inputs``, a tuple of positional arguments)
-    one with the same weights computes the same outputs. Returns the rebuilt layer."""
+    """``layer`` survives its config: the config names every constructor argument,
+    ``from_config(get_config())`` and Keras' serialisation give a layer of the same config, and
+    (given ``inputs``, a tuple of positional arguments) the rebuilt layer with the same weights
+    computes the same outputs. Returns the rebuilt layer."""
     config = layer.get_config()
+    parameters = inspect.signature(type(layer).__init__).parameters.values()
+    named = [p.name for p in parameters if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert not [name for name in named if name not in config], "get_config misses arguments"
     rebuilt = type(layer).from_config(config)
     assert rebuilt.get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
