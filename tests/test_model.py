@@ -301,3 +301,11 @@ def test_loaded_model_keeps_its_optimizer(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, keras.optimizers.Adam)
     assert float(loaded.optimizer.learning_rate) == pytest.approx(3e-4)
+
+
+def test_backbone_names_are_the_backbones_built():
+    # kdetect.backbone_names is the one list (the recipe schema reads it without Keras).
+    from kdetect import backbones
+    from kdetect.backbone_names import BACKBONES
+
+    assert set(backbones._SPECS) == set(BACKBONES)

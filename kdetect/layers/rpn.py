@@ -165,8 +165,12 @@ class ProposalGenerator(PipelineLayer):
         self.min_size = float(min_size)
         self.score_thresh = float(score_thresh)
         self.box_coder = BoxCoder.from_value(box_coder, (1.0, 1.0, 1.0, 1.0))
-        self.pre_nms_top_n_train = int(pre_nms_top_n_train or pre_nms_top_n)
-        self.post_nms_top_n_train = int(post_nms_top_n_train or post_nms_top_n)
+        self.pre_nms_top_n_train = int(
+            pre_nms_top_n if pre_nms_top_n_train is None else pre_nms_top_n_train
+        )
+        self.post_nms_top_n_train = int(
+            post_nms_top_n if post_nms_top_n_train is None else post_nms_top_n_train
+        )
 
     def call(self, logits, deltas, anchors_per_level, image_size, training=False):
         """``anchors_per_level``: list of [A_l, 4]; ``image_size``: (height, width) to clip to,
