@@ -36,19 +36,20 @@ class _Spec:
     pyramid_inputs: tuple[str, ...] | None = None
 
 
+def _keras_resnet(builder: str, stage4_blocks: int) -> _Spec:
+    """A ``keras.applications`` ResNet: the ends of its stages 2..5 (stage 4's depth varies)."""
+    endpoints = (
+        "conv2_block3_out",
+        "conv3_block4_out",
+        f"conv4_block{stage4_blocks}_out",
+        "conv5_block3_out",
+    )
+    return _Spec(builder, endpoints, "pool1_pool", "caffe")
+
+
 _SPECS = {
-    "resnet50": _Spec(
-        "ResNet50",
-        ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
-        "pool1_pool",
-        "caffe",
-    ),
-    "resnet101": _Spec(
-        "ResNet101",
-        ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
-        "pool1_pool",
-        "caffe",
-    ),
+    "resnet50": _keras_resnet("ResNet50", 6),
+    "resnet101": _keras_resnet("ResNet101", 23),
     "vgg16": _Spec(
         "VGG16",
         ("block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"),
@@ -315,7 +316,19 @@ def build_backbone(
     spec = _SPECS[name]
     if min(input_shape[:2]) < 32:
         raise ValueError(f"backbone '{name}' needs images of at least 32x32, got {input_shape[:2]}")
-    input_shape = (None, None, input_shape[-1])
+    full = _build_network(name, (None, None, input_shape[-1]), weights, batch_norm_epsilon)
+    outputs = spec.pyramid_inputs or spec.endpoints
+    features = keras.Model(
+        full.inputs, [full.get_layer(e).output for e in outputs], name=f"{name}_features"
+    )
+    _freeze(full, spec, freeze, frozen_batch_norm)
+    return features, full
+
+
+def _build_network(name: str, input_shape, weights, batch_norm_epsilon) -> keras.Model:
+    """The whole network ``name`` for any image size, its batch norms at ``batch_norm_epsilon``
+    (None: the network's own)."""
+    spec = _SPECS[name]
     if spec.builder is None:
         if weights is not None:
             raise ValueError(
@@ -335,10 +348,12 @@ def build_backbone(
         for layer in full.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.epsilon = float(batch_norm_epsilon)
-    outputs = spec.pyramid_inputs or spec.endpoints
-    features = keras.Model(
-        full.inputs, [full.get_layer(e).output for e in outputs], name=f"{name}_features"
-    )
+    return full
+
+
+def _freeze(full: keras.Model, spec: _Spec, freeze: str | None, frozen_batch_norm: bool) -> None:
+    """Make every layer up to the end of stage ``freeze`` untrainable (``stem``: the stem's
+    end), and with ``frozen_batch_norm`` every batch norm too."""
     if freeze is not None:
         boundary = spec.stem_end if freeze == "stem" else spec.endpoints[int(freeze[-1]) - 1]
         for layer in full.layers:
@@ -349,7 +364,6 @@ def build_backbone(
         for layer in full.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.trainable = False
-    return features, full
 
 
 def resnet_stage5_head(full: keras.Model, name: str) -> keras.Model:

@@ -107,6 +107,19 @@ class BoxCoder:
         self.weights = tuple(float(w) for w in weights)
         self.scale_clip = float(scale_clip)
 
+    def get_config(self) -> dict:
+        """The constructor arguments, as plain values (layers keep them in their configs)."""
+        return {"weights": self.weights, "scale_clip": self.scale_clip}
+
+    @classmethod
+    def from_value(cls, value, default_weights) -> BoxCoder:
+        """A coder from a ``BoxCoder``, its ``get_config()`` dict, or None (``default_weights``)."""
+        if value is None:
+            return cls(default_weights)
+        if isinstance(value, dict):
+            return cls(**value)
+        return value
+
     def encode(self, boxes, reference_boxes):
         """Deltas [..., 4] that move ``reference_boxes`` onto ``boxes`` (both ``xyxy``)."""
         wx, wy, ww, wh = self.weights

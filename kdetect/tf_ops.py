@@ -1,9 +1,12 @@
-"""The few TensorFlow-only operations the model needs, kept in one place.
+"""The TensorFlow-only operations the model and its layers need, kept in one place.
 
-Everything else in the model is written with ``keras.ops``. These are the exceptions, where
-TensorFlow's fused kernels are much faster than a portable formulation: greedy non-maximum
-suppression with a padded (static-size) output, used for the RPN's per-level NMS and the final
-per-class NMS.
+Everything else in the model is written with ``keras.ops``. These are the exceptions: greedy
+non-maximum suppression with a padded (static-size) output (the RPN's per-level NMS and the
+final per-class NMS), RoIAlign by ``crop_and_resize`` and training-mode batch norm, where
+TensorFlow's fused kernels are much faster than a portable formulation; and the training step's
+gradient tape and ``tf.distribute`` queries (replica count, cross-replica means), which Keras
+leaves to each backend. (The resize of ``FasterRCNN.predict_step`` still calls ``tf.image``
+itself.) So the model needs the TensorFlow backend.
 
 Both are built from the single-image ``NonMaxSuppressionV4`` kernel, which every converter
 knows (TFLite's builtin ``NON_MAX_SUPPRESSION_V4``, ONNX's ``NonMaxSuppression``). A batch whose
@@ -128,3 +131,148 @@ def multiclass_nms(
     out_scores = tf.where(valid, tf.gather(flat_scores, indices, batch_dims=1), 0.0)
     out_classes = tf.where(valid, indices % num_classes, 0)
     return out_boxes, out_scores, out_classes, num_valid
+
+
+def loss_and_gradients(compute_loss, variables):
+    """``(loss, aux) = compute_loss()`` under a gradient tape; returns ``(aux, gradients)`` of
+    ``loss`` with respect to ``variables``."""
+    with tf.GradientTape() as tape:
+        loss, aux = compute_loss()
+    return aux, tape.gradient(loss, variables)
+
+
+def num_replicas_in_sync() -> int:
+    """Replicas of the current ``tf.distribute`` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_mean(value):
+    """``value`` averaged over the replicas of a ``tf.distribute`` strategy (itself without
+    one); called inside a replica's step."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+def is_multi_worker() -> bool:
+    """Whether the current strategy is ``MultiWorkerMirroredStrategy``."""
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_tpu() -> bool:
+    """Whether the current strategy is a ``TPUStrategy`` (which compiles every step with XLA)."""
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
+def is_graph_tensor(value) -> bool:
+    """Whether ``value`` is a TensorFlow tensor or variable seen while tracing a graph (its
+    values are not known yet)."""
+    return isinstance(value, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly()
+
+
+def is_tensor(value) -> bool:
+    """Whether ``value`` is a TensorFlow tensor or variable."""
+    return isinstance(value, (tf.Tensor, tf.Variable))
+
+
+def _stack_levels(features):
+    """The feature maps stacked vertically into one image per batch element.
+
+    Each level gets a one-pixel edge-replicated border (RoIAlign's clamp for samples in
+    [-1, 0) and (H - 1, H]) and zeros on the right up to the widest level. Stacking vertically
+    rather than as [B * L, Hmax, Wmax, C] keeps the copy at ~1.4x the finest level, not 4x.
+    Returns ``(image, heights, widths, row_offsets, total_rows, padded_width)``; a level's row 0
+    is stacked row ``row_offsets[level]``.
+    """
+    dtype = features[0].dtype
+    heights = [tf.shape(f)[1] for f in features]
+    widths = [tf.shape(f)[2] for f in features]
+    padded_width = tf.reduce_max(tf.stack(widths)) + 2
+    blocks, row_offsets, total = [], [], 0
+    for f, w in zip(features, widths, strict=True):
+        if dtype not in (tf.float16, tf.float32, tf.float64):
+            f = tf.cast(f, tf.float32)  # no bfloat16 gradient kernel
+        f = tf.concat([f[:, :1], f, f[:, -1:]], axis=1)
+        f = tf.concat([f[:, :, :1], f, f[:, :, -1:]], axis=2)
+        f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
+        blocks.append(f)
+        row_offsets.append(total + 1)
+        total = total + tf.shape(f)[1]
+    image = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    return image, heights, widths, row_offsets, total, padded_width
+
+
+def crop_and_resize_roi_align(
+    features, boxes, level, strides, roi_grid, output_size: int, sampling_ratio: int
+):
+    """RoIAlign by TensorFlow's fused ``crop_and_resize`` kernel (and its gradient kernel).
+
+    The levels are stacked into one image (:func:`_stack_levels`); each RoI's
+    ``output_size * sampling_ratio`` samples per side become one crop box of it, samples outside
+    [-1, H] are masked to 0, and an ``sr`` x ``sr`` average pool gives the bins.
+
+    Args:
+        features: list of [B, H_l, W_l, C].
+        boxes: float32 [B, R, 4] image pixels; ``level``: int32 [B, R], each box's map.
+        strides: stride of each map; ``roi_grid(boxes, scale)``: ``(y0, bin_h, x0, bin_w)`` of
+            the boxes scaled to their maps (the layer's aligned / unaligned convention).
+
+    Returns [B, R, output_size, output_size, C] in the features' dtype.
+    """
+    features = [tf.convert_to_tensor(f) for f in features]
+    dtype, channels = features[0].dtype, features[0].shape[-1]
+    batch, num_rois = tf.shape(boxes)[0], boxes.shape[1]
+    image, heights, widths, row_offsets, total, padded_width = _stack_levels(features)
+
+    def pick(values):
+        return tf.gather(tf.cast(tf.stack(values), tf.float32), level)
+
+    n, sr = output_size, sampling_ratio
+    count = n * sr
+    steps = (tf.range(count, dtype=tf.float32) + 0.5) / sr
+
+    def axis(start, bin_size, limit, offset, extent):
+        pos = start[..., None] + bin_size[..., None] * steps  # [B, R, count]
+        valid = (pos >= -1.0) & (pos <= limit[..., None])
+        first = (start + bin_size * steps[0] + offset) / (extent - 1.0)
+        last = (start + bin_size * steps[-1] + offset) / (extent - 1.0)
+        return valid, first, last
+
+    y0, bin_h, x0, bin_w = roi_grid(boxes, pick([1.0 / s for s in strides]))
+    total = tf.cast(total, tf.float32)
+    y_valid, ny1, ny2 = axis(y0, bin_h, pick(heights), pick(row_offsets), total)
+    x_valid, nx1, nx2 = axis(x0, bin_w, pick(widths), 1.0, tf.cast(padded_width, tf.float32))
+    crop_boxes = tf.reshape(tf.stack([ny1, nx1, ny2, nx2], axis=-1), (-1, 4))
+    box_indices = tf.repeat(tf.range(batch), num_rois)
+    samples = tf.image.crop_and_resize(
+        image, crop_boxes, box_indices, (count, count), extrapolation_value=0.0
+    )  # [B * R, count, count, C] float32
+    mask = tf.cast(y_valid[..., :, None] & x_valid[..., None, :], tf.float32)
+    samples = samples * tf.reshape(mask, (-1, count, count, 1))
+    if sr > 1:
+        samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
+    pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
+    return tf.cast(pooled, dtype)
+
+
+def fused_batch_norm_training(inputs, gamma, beta, epsilon: float):
+    """Training-mode batch norm of NHWC ``inputs`` by the ``FusedBatchNormV3`` kernel.
+
+    ``gamma`` / ``beta`` None stand for ones / zeros. Returns ``(outputs, mean, variance)``
+    with the batch's biased variance (what Keras' moving statistics use; the kernel reports the
+    unbiased one, which is rescaled here).
+    """
+    channels = inputs.shape[-1]
+    gamma = tf.ones((channels,), "float32") if gamma is None else gamma
+    beta = tf.zeros((channels,), "float32") if beta is None else beta
+    outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs,
+        tf.cast(gamma, "float32"),
+        tf.cast(beta, "float32"),
+        epsilon=epsilon,
+        is_training=True,
+    )
+    shape = tf.shape(inputs)
+    count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
+    return outputs, mean, unbiased_variance * (count - 1.0) / count

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from test_cli_train_support import SHAPES, TINY, kdetect, set_args, tiny_run
-from test_data_readers import _jpeg, write_voc
 
 from kdetect.errors import DataError
 from kdetect.recipes import builders
 from kdetect.recipes.schema import Recipe
 from kdetect.recipes.training import default_run_dir, safe_run_name
+from tests.data_support import _jpeg, write_voc
 
 
 def png_header_only(width: int, height: int) -> bytes:

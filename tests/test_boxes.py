@@ -20,29 +20,12 @@ from kdetect.boxes import (
     xyxy_to_yxyx,
     yxyx_to_xyxy,
 )
+from tests.helpers import ref_iou, ref_iou_matrix
 
 SCALE_CLIP = math.log(1000.0 / 16)  # torchvision's bbox_xform_clip
 
 # --------------------------------------------------------------------------------------------
 # NumPy references (plain loops, continuous-coordinate convention: width = x2 - x1).
-
-
-def ref_iou_one(a, b):
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    area_a = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0)
-    area_b = max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
-
-
-def ref_pairwise_iou(b1, b2):
-    out = np.zeros((len(b1), len(b2)), np.float64)
-    for i in range(len(b1)):
-        for j in range(len(b2)):
-            out[i, j] = ref_iou_one(b1[i], b2[j])
-    return out
 
 
 def ref_encode(box, ref, weights):
@@ -116,10 +99,10 @@ def test_pairwise_iou_matches_numpy_random_and_degenerate():
     b2[1] = b1[3]
     b2[2] = [b1[4, 2], b1[4, 1], b1[4, 2] + 10, b1[4, 3]]  # touches b1[4] on its right edge
     got = np.asarray(pairwise_iou(b1, b2))
-    want = ref_pairwise_iou(b1.astype(np.float64), b2.astype(np.float64))
+    want = ref_iou_matrix(b1.astype(np.float64), b2.astype(np.float64))
     assert got.shape == (17, 11)
     np.testing.assert_allclose(got, want, atol=1e-5)
-    assert got[1, 1] == pytest.approx(ref_iou_one(b1[1], b1[3]))
+    assert got[1, 1] == pytest.approx(ref_iou(b1[1], b1[3]))
     assert got[3, 1] == pytest.approx(1.0, abs=1e-6)
     assert got[0, 0] == 0.0  # empty union -> 0, never NaN
     assert got[4, 2] == 0.0
@@ -137,7 +120,7 @@ def test_pairwise_iou_batched():
     got = np.asarray(pairwise_iou(b1, b2))
     assert got.shape == (3, 6, 4)
     for b in range(3):
-        np.testing.assert_allclose(got[b], ref_pairwise_iou(b1[b], b2[b]), atol=1e-5)
+        np.testing.assert_allclose(got[b], ref_iou_matrix(b1[b], b2[b]), atol=1e-5)
 
 
 def test_clip_boxes():

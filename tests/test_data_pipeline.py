@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,17 +15,9 @@ from kdetect.data.pipeline import make_dataset
 from kdetect.data.readers import read_annotations
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, transform_dataset
+from tests import data_support
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def tiny_helpers():
-    """The tiny-dataset writers of test_data_readers.py, loaded by path (no package needed)."""
-    path = Path(__file__).with_name("test_data_readers.py")
-    spec = importlib.util.spec_from_file_location("_kdetect_test_data_readers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rectangle_record(name="r.png", height=80, width=100, box=(20, 10, 50, 40), label=0):
@@ -166,7 +157,7 @@ def test_pad_boxes_and_keep_boxes_helpers():
 
 
 def test_tfrecord_round_trip_matches_annotations(tmp_path):
-    root = tiny_helpers().write_voc(tmp_path / "voc")
+    root = data_support.write_voc(tmp_path / "voc")
     out = tmp_path / "records"
     transform_dataset("voc", root, ["train"], out, shards=2)
     files = sorted(str(p) for p in out.glob("train-*.tfrecord"))

@@ -13,6 +13,7 @@ from PIL import Image
 from kdetect.data.images import encode_for_record, image_size, load_image
 from kdetect.data.readers import read_annotations, scan_annotations
 from kdetect.errors import DataError
+from tests.data_support import TINY, _jpeg, write_coco, write_csv, write_voc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,79 +26,7 @@ def needs(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# a tiny dataset in all three formats
-
-
-def _jpeg(path: Path, width: int = 64, height: int = 48, mode: str = "RGB") -> None:
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).convert(mode).save(path, quality=90)
-
-
-# image name -> (width, height, [(class, xmin, ymin, xmax, ymax, difficult)])
-TINY = {
-    "a.jpg": (64, 48, [("dog", 1, 2, 30, 40, 0), ("cat", 10, 10, 64, 48, 1)]),
-    "b.jpg": (40, 50, [("cat", 0, 0, 20, 25, 0)]),
-    "c.jpg": (32, 32, []),
-}
-
-
-def write_voc(root: Path, data=TINY, split: str = "train") -> Path:
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for name, (w, h, objects) in data.items():
-        _jpeg(root / "JPEGImages" / name, w, h)
-        objs = "".join(
-            f"<object><name>{c}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin>"
-            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for c, x1, y1, x2, y2, d in objects
-        )
-        xml = (
-            f"<annotation><filename>{name}</filename><size><width>{w}</width>"
-            f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>"
-        )
-        (root / "Annotations" / f"{Path(name).stem}.xml").write_text(xml)
-    ids = "\n".join(Path(n).stem for n in data)
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text(ids + "\n")
-    return root
-
-
-def write_coco(root: Path, data=TINY, split: str = "train") -> Path:
-    (root / "annotations").mkdir(parents=True)
-    (root / "images").mkdir(exist_ok=True)
-    names = sorted({o[0] for _, _, objs in data.values() for o in objs})
-    cats = [{"id": 10 + i, "name": n} for i, n in enumerate(names)]
-    images, anns = [], []
-    for i, (name, (w, h, objects)) in enumerate(data.items(), start=1):
-        _jpeg(root / "images" / name, w, h)
-        images.append({"id": i, "file_name": name, "width": w, "height": h})
-        for c, x1, y1, x2, y2, d in objects:
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i,
-                    "category_id": 10 + names.index(c),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "iscrowd": d,
-                }
-            )
-    doc = {"images": images, "annotations": anns, "categories": cats}
-    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
-    return root
-
-
-def write_csv(root: Path, data=TINY, split: str = "train") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
-    for name, (w, h, objects) in data.items():
-        _jpeg(root / name, w, h)
-        if not objects:
-            lines.append(f"{name},{w},{h},,,,,")
-        for c, x1, y1, x2, y2, _ in objects:
-            lines.append(f"{name},{w},{h},{c},{x1},{y1},{x2},{y2}")
-    (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
+# a tiny dataset in all three formats (written by tests/data_support.py)
 
 
 def by_name(annotations):

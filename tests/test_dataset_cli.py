@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from kdetect.cli import main
+from tests import data_support
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def helpers():
-    path = Path(__file__).with_name("test_data_readers.py")
-    spec = importlib.util.spec_from_file_location("_kdetect_test_data_readers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -27,7 +19,7 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def test_transform_then_inspect(tmp_path, capsys):
-    root = helpers().write_coco(tmp_path / "coco")
+    root = data_support.write_coco(tmp_path / "coco")
     out = tmp_path / "out"
     rc = main(["dataset", "transform", "--type", "coco", "--data-dir", str(root),
                "--split", "train", "--output-dir", str(out), "--shards", "2"])  # fmt: skip
@@ -61,7 +53,7 @@ def test_transform_then_inspect(tmp_path, capsys):
 
 
 def test_inspect_source_counts_invalid_boxes(tmp_path, capsys):
-    h = helpers()
+    h = data_support
     data = dict(h.TINY)
     data["b.jpg"] = (40, 50, [("cat", 0, 0, 20, 25, 0), ("dog", 30, 5, 30, 9, 0)])
     root = h.write_voc(tmp_path / "voc", data)
@@ -73,7 +65,7 @@ def test_inspect_source_counts_invalid_boxes(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "bad_box", "unknown_class", "empty"])
 def test_transform_bad_input_exits_1_and_leaves_nothing(tmp_path, capsys, case):
-    h = helpers()
+    h = data_support
     root = h.write_voc(tmp_path / "voc")
     extra = []
     if case == "truncated":
@@ -106,7 +98,7 @@ def test_transform_bad_input_exits_1_and_leaves_nothing(tmp_path, capsys, case):
 
 
 def test_transform_keeps_earlier_output_on_failure(tmp_path):
-    h = helpers()
+    h = data_support
     root = h.write_voc(tmp_path / "voc")
     out = tmp_path / "out"
     base = ["dataset", "transform", "--type", "voc", "--data-dir", str(root)]

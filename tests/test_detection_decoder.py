@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 
 from kdetect.layers.detection import DetectionDecoder
+from tests.helpers import ref_iou
 
 SCALE_CLIP = math.log(1000.0 / 16)  # torchvision's bbox_xform_clip
-
-
-def ref_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def ref_decode(d, ref, weights=(10.0, 10.0, 5.0, 5.0), clip=SCALE_CLIP):

@@ -11,10 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-# The same tiny configuration and batch as the model tests.
-from test_model import TINY, _batch  # noqa: E402
-
 from kdetect import FasterRCNN
+from tests.helpers import TINY
+from tests.helpers import tiny_batch as _batch
 
 
 @pytest.fixture
@@ -72,6 +71,6 @@ def test_xla_train_step_uses_gather_roi_align():
     model.compile(optimizer=keras.optimizers.SGD(0.001), jit_compile=True)
     logs = model.train_on_batch(_batch(), return_dict=True)
     assert np.isfinite(logs["loss"])
-    assert model._xla_step  # the XLA-compiled step was traced with the gather RoIAlign
+    assert model.xla_step  # the XLA-compiled step was traced with the gather RoIAlign
     out = model.predict(_batch()["images"], verbose=0)
     assert out["boxes"].shape == (2, 20, 4)

@@ -7,44 +7,13 @@ import tensorflow as tf
 
 from kdetect import FasterRCNN
 from kdetect.errors import CheckpointError
-
-TINY = dict(
-    num_classes=3,
-    backbone="tiny",
-    fpn=True,
-    image_size=(64, 96),
-    anchor_sizes=((8,), (16,), (32,), (64,), (128,)),
-    fpn_channels=32,
-    box_head_units=64,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=32,
-    box_detections_per_img=20,
-    # A random model scores every class near 1/4: keep detections so the contract is exercised.
-    box_score_thresh=0.0,
-    seed=1,
-)
-
-
-def _batch(batch_size=2, with_boxes=True):
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch_size, 64, 96, 3)).astype("float32")
-    boxes = np.zeros((batch_size, 4, 4), "float32")
-    labels = -np.ones((batch_size, 4), "int32")
-    if with_boxes:
-        boxes[:, 0] = [10, 8, 40, 30]
-        boxes[:, 1] = [50, 20, 90, 60]
-        labels[:, :2] = [0, 2]
-        images[:, 8:30, 10:40] = [255, 0, 0]
-        images[:, 20:60, 50:90] = [0, 0, 255]
-    return {"images": images, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+from tests.helpers import TINY
+from tests.helpers import tiny_batch as _batch
 
 
 @pytest.fixture(scope="module")
-def model():
-    return FasterRCNN(**TINY)
+def model(tiny_detector):
+    return tiny_detector
 
 
 def test_predict_contract_on_raw_images_of_any_size(model):
@@ -332,3 +301,11 @@ def test_loaded_model_keeps_its_optimizer(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(loaded.optimizer, keras.optimizers.Adam)
     assert float(loaded.optimizer.learning_rate) == pytest.approx(3e-4)
+
+
+def test_backbone_names_are_the_backbones_built():
+    # kdetect.backbone_names is the one list (the recipe schema reads it without Keras).
+    from kdetect import backbones
+    from kdetect.backbone_names import BACKBONES
+
+    assert set(backbones._SPECS) == set(BACKBONES)

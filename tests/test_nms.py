@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from kdetect.tf_ops import multiclass_nms, nms_padded
+from tests.helpers import ref_iou
 
 # --------------------------------------------------------------------------------------------
 # References (torchvision semantics: visit boxes by descending score, drop a box whose IoU with
 # an already kept box is > threshold).
-
-
-def ref_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def ref_nms(boxes, scores, iou_threshold, score_threshold=-np.inf, max_out=None):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from test_cli_train_support import kdetect, tiny_run
-from test_data_readers import write_coco
 
 from kdetect import export as kdetect_export
 from kdetect.data.readers import read_annotations
 from kdetect.errors import CheckpointError, DataError
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
+from tests.data_support import write_coco
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -165,7 +165,7 @@ def test_every_stage_equals_torchvision(parity):
     anchors = model._anchors(frame, features)
     np.testing.assert_array_equal(np.concatenate([np.asarray(a) for a in anchors]), ref["anchors"])
 
-    proposals, valid = model.test_proposals(
+    proposals, valid = model.proposal_generator(
         ref["rpn_logits"][None], ref["rpn_deltas"][None], anchors, (new_h, new_w)
     )
     ours = np.asarray(proposals[0])[np.asarray(valid[0])]

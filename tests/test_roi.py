@@ -10,84 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdetect.layers.roi import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
-
-# --------------------------------------------------------------------------------------------
-# RoIAlign reference. For one RoI it builds the dense matrix M [out*out, H*W] of the level it
-# reads, so that pooled = M @ F and d(sum(G * pooled))/dF = M^T @ G (RoIAlign is linear in F).
-
-
-def ref_bilinear_weights(height, width, y, x):
-    """{(row, col): weight} of one sample, torchvision/Detectron2 bilinear_interpolate."""
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return {}
-    y = max(y, 0.0)
-    x = max(x, 0.0)
-    y_low, x_low = int(math.floor(y)), int(math.floor(x))
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    out = {}
-    for key, w in (
-        ((y_low, x_low), hy * hx),
-        ((y_low, x_high), hy * lx),
-        ((y_high, x_low), ly * hx),
-        ((y_high, x_high), ly * lx),
-    ):
-        out[key] = out.get(key, 0.0) + w
-    return out
-
-
-def ref_roi_align_matrix(box, height, width, scale, out_size, sr):
-    x1, y1, x2, y2 = (float(v) * scale for v in box)
-    start_x, start_y = x1 - 0.5, y1 - 0.5  # aligned=True
-    bin_w, bin_h = (x2 - x1) / out_size, (y2 - y1) / out_size
-    m = np.zeros((out_size * out_size, height * width), np.float64)
-    for ph in range(out_size):
-        for pw in range(out_size):
-            for iy in range(sr):
-                y = start_y + ph * bin_h + (iy + 0.5) * bin_h / sr
-                for ix in range(sr):
-                    x = start_x + pw * bin_w + (ix + 0.5) * bin_w / sr
-                    for (r, c), w in ref_bilinear_weights(height, width, y, x).items():
-                        m[ph * out_size + pw, r * width + c] += w / (sr * sr)
-    return m
-
-
-def ref_level(box, min_level, max_level):
-    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-    level = math.floor(4 + math.log2(math.sqrt(area) / 224.0) + 1e-6)
-    return min(max(level, min_level), max_level)
-
-
-def ref_multilevel_roi_align(features, boxes, strides, out_size, sr, min_level=2):
-    """features: list of [B, H, W, C]; boxes [B, R, 4] -> ([B, R, S, S, C], levels [B, R])."""
-    b_count, r_count = boxes.shape[:2]
-    c = features[0].shape[-1]
-    out = np.zeros((b_count, r_count, out_size, out_size, c))
-    levels = np.zeros((b_count, r_count), np.int64)
-    for b in range(b_count):
-        for r in range(r_count):
-            if len(features) == 1:
-                li = 0
-            else:
-                li = ref_level(boxes[b, r], min_level, min_level + len(features) - 1) - min_level
-            levels[b, r] = li
-            _, h, w, _ = features[li].shape
-            m = ref_roi_align_matrix(boxes[b, r], h, w, 1.0 / strides[li], out_size, sr)
-            pooled = m @ features[li][b].reshape(h * w, c).astype(np.float64)
-            out[b, r] = pooled.reshape(out_size, out_size, c)
-    return out, levels
-
+from kdetect.layers import BoxPredictor, MLPBoxHead, MultiLevelRoIAlign, RoISampler
+from tests.helpers import ref_iou
+from tests.roi_reference import (
+    multilevel_boxes,
+    random_pyramid,
+    ref_multilevel_roi_align,
+    ref_roi_align_matrix,
+)
 
 # --------------------------------------------------------------------------------------------
 
@@ -128,31 +58,10 @@ def test_roi_align_single_level_vs_numpy(sr, out_size):
     assert np.abs(want[0, 2]).sum() > 0  # partly outside boxes still read the map
 
 
-def _pyramid(rng, batch=2, size=(128, 96), channels=3):
-    strides = [4, 8, 16, 32]
-    feats = [
-        rng.normal(size=(batch, size[0] // s, size[1] // s, channels)).astype(np.float32)
-        for s in strides
-    ]
-    return feats, strides
-
-
-def _multilevel_boxes(rng, batch, rois, size):
-    h, w = size
-    out = []
-    for _ in range(batch * rois):
-        side = math.exp(rng.uniform(math.log(8), math.log(700)))  # spans levels 2..5
-        aspect = math.exp(rng.uniform(-0.7, 0.7))
-        bw, bh = side * aspect, side / aspect
-        cx, cy = rng.uniform(-10, w + 10), rng.uniform(-10, h + 10)
-        out.append([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
-    return np.array(out, np.float32).reshape(batch, rois, 4)
-
-
 def test_roi_align_multilevel_vs_numpy():
     rng = np.random.default_rng(10)
-    feats, strides = _pyramid(rng)
-    boxes = _multilevel_boxes(rng, 2, 24, (128, 96))
+    feats, strides = random_pyramid(rng)
+    boxes = multilevel_boxes(rng, 2, 24, (128, 96))
     # Level boundaries: sqrt(area) = 112 -> level 3, 224 -> 4, 448 -> 5; just below: one less.
     boxes[0, :6] = [
         [0, 0, 112, 112],
@@ -186,8 +95,8 @@ def test_roi_align_batch_images_read_their_own_features():
 
 def test_roi_align_gradients_match_reference():
     rng = np.random.default_rng(12)
-    feats_np, strides = _pyramid(rng, batch=2, size=(64, 64), channels=2)
-    boxes = _multilevel_boxes(rng, 2, 6, (64, 64)) * 4.0  # big enough for coarse levels too
+    feats_np, strides = random_pyramid(rng, batch=2, size=(64, 64), channels=2)
+    boxes = multilevel_boxes(rng, 2, 6, (64, 64)) * 4.0  # big enough for coarse levels too
     layer = MultiLevelRoIAlign(strides, output_size=3, sampling_ratio=2)
     grad_out = rng.normal(size=(2, 6, 3, 3, 2)).astype(np.float32)
     feats = [tf.Variable(f) for f in feats_np]
@@ -212,14 +121,6 @@ def test_roi_align_gradients_match_reference():
 
 # --------------------------------------------------------------------------------------------
 # RoISampler
-
-
-def ref_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def ref_decode(d, ref, weights=(10.0, 10.0, 5.0, 5.0)):

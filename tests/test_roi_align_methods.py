@@ -1,19 +1,19 @@
 """Both RoIAlign implementations (gather and crop_and_resize) against the NumPy reference of
-tests/test_roi.py: values, every pyramid level, the clamp/zero boundaries, and gradients."""
+tests/roi_reference.py: values, every pyramid level, the clamp/zero boundaries, and gradients."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_roi import (
-    _multilevel_boxes,
-    _pyramid,
+
+from kdetect.layers.roi import MultiLevelRoIAlign
+from tests.roi_reference import (
+    multilevel_boxes,
+    random_pyramid,
     ref_multilevel_roi_align,
     ref_roi_align_matrix,
 )
-
-from kdetect.layers.roi import MultiLevelRoIAlign
 
 METHODS = ["gather", "crop_and_resize"]
 
@@ -48,8 +48,8 @@ def test_single_level_with_boundaries(method, sr, out_size):
 @pytest.mark.parametrize("method", METHODS)
 def test_multilevel(method):
     rng = np.random.default_rng(21)
-    feats, strides = _pyramid(rng)
-    boxes = _multilevel_boxes(rng, 2, 40, (128, 96))
+    feats, strides = random_pyramid(rng)
+    boxes = multilevel_boxes(rng, 2, 40, (128, 96))
     want, levels = ref_multilevel_roi_align(feats, boxes, strides, 7, 2)
     assert set(levels.ravel().tolist()) == {0, 1, 2, 3}
     layer = MultiLevelRoIAlign(strides, output_size=7, sampling_ratio=2, method=method)
@@ -59,8 +59,8 @@ def test_multilevel(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients(method):
     rng = np.random.default_rng(22)
-    feats_np, strides = _pyramid(rng, batch=2, size=(64, 64), channels=2)
-    boxes = _multilevel_boxes(rng, 2, 8, (64, 64)) * 4.0
+    feats_np, strides = random_pyramid(rng, batch=2, size=(64, 64), channels=2)
+    boxes = multilevel_boxes(rng, 2, 8, (64, 64)) * 4.0
     layer = MultiLevelRoIAlign(strides, output_size=3, sampling_ratio=2, method=method)
     grad_out = rng.normal(size=(2, 8, 3, 3, 2)).astype(np.float32)
     feats = [tf.Variable(f) for f in feats_np]
@@ -87,8 +87,8 @@ def test_gradients(method):
 
 def test_gather_compiles_with_xla_and_matches_crop_and_resize():
     rng = np.random.default_rng(23)
-    feats, strides = _pyramid(rng)
-    boxes = _multilevel_boxes(rng, 2, 16, (128, 96))
+    feats, strides = random_pyramid(rng)
+    boxes = multilevel_boxes(rng, 2, 16, (128, 96))
     layer = MultiLevelRoIAlign(strides, method="gather")
     xla = tf.function(lambda f, b: layer(f, b), jit_compile=True)
     got = np.asarray(xla(feats, boxes))

@@ -12,25 +12,12 @@ import pytest
 from kdetect.anchors import cell_anchors, grid_anchors
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
+from tests.helpers import ref_iou, ref_iou_matrix
 
 SCALE_CLIP = math.log(1000.0 / 16)  # torchvision's bbox_xform_clip
 
 # --------------------------------------------------------------------------------------------
 # References.
-
-
-def ref_iou(a, b):
-    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    inter = iw * ih
-    union = (
-        max(a[2] - a[0], 0) * max(a[3] - a[1], 0) + max(b[2] - b[0], 0) * max(b[3] - b[1], 0)
-    ) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def ref_iou_matrix(b1, b2):
-    return np.array([[ref_iou(a, b) for b in b2] for a in b1], np.float64).reshape(len(b1), len(b2))
 
 
 def ref_match_low_quality(iou, valid, high, low):

@@ -1,15 +1,11 @@
 """Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
 
+from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
+from kdetect.layers.box_head import BoxPredictor, ConvFCBoxHead, MLPBoxHead
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
-from kdetect.layers.roi import (
-    BoxPredictor,
-    ConvFCBoxHead,
-    MLPBoxHead,
-    MultiLevelRoIAlign,
-    RoISampler,
-)
+from kdetect.layers.roi import MultiLevelRoIAlign, RoISampler
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
 
 __all__ = [
@@ -19,7 +15,9 @@ __all__ = [
     "DetectionDecoder",
     "FeaturePyramid",
     "MLPBoxHead",
+    "MatchAndSample",
     "MultiLevelRoIAlign",
+    "PipelineLayer",
     "ProposalGenerator",
     "RPNHead",
     "RPNTargetAssigner",

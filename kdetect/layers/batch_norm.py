@@ -13,7 +13,9 @@ layer load into the other.
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
+
+from kdetect import tf_ops
 
 # FusedBatchNormV3 silently raises smaller epsilons to this value; such layers keep the Keras path.
 _MIN_FUSED_EPSILON = 1.001e-5
@@ -47,26 +49,17 @@ class BatchNormalization(layers.BatchNormalization):
             # Inference: Keras's two element-wise ops, which Grappler folds into the convolution
             # before them, measured 13 % faster on CPU than the fused kernel's inference mode.
             return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
-
-        channels = inputs.shape[-1]
-        gamma = self.gamma if self.scale else tf.ones((channels,), "float32")
-        beta = self.beta if self.center else tf.zeros((channels,), "float32")
-        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+        outputs, mean, variance = tf_ops.fused_batch_norm_training(
             inputs,
-            tf.cast(gamma, "float32"),
-            tf.cast(beta, "float32"),
-            epsilon=self.epsilon,
-            is_training=True,
+            self.gamma if self.scale else None,
+            self.beta if self.center else None,
+            self.epsilon,
         )
-        shape = tf.shape(inputs)
-        count = tf.cast(shape[0] * shape[1] * shape[2], "float32")
-        variance = unbiased_variance * (count - 1.0) / count
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
             self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
-        return tf.cast(outputs, self.compute_dtype)
+        return ops.cast(outputs, self.compute_dtype)
 
 
 def fuse_batch_norm(model: keras.Model) -> keras.Model:

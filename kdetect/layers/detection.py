@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from kdetect.boxes import BoxCoder, clip_boxes
+from kdetect.layers.base import PipelineLayer
+from kdetect.tf_ops import multiclass_nms
 
 
-class DetectionDecoder:
+@keras.saving.register_keras_serializable(package="kdetect")
+class DetectionDecoder(PipelineLayer):
     """Final detections from class logits and class-specific deltas of each proposal.
 
     Softmax over classes; every proposal is decoded once per foreground class and clipped to the
@@ -25,17 +29,17 @@ class DetectionDecoder:
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         min_size: float = 1e-2,
-        box_coder: BoxCoder | None = None,
+        box_coder: BoxCoder | dict | None = None,
+        **kwargs,
     ):
+        super().__init__(**kwargs)
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
         self.min_size = float(min_size)
-        self.box_coder = box_coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.box_coder = BoxCoder.from_value(box_coder, (10.0, 10.0, 5.0, 5.0))
 
-    def __call__(self, class_logits, box_deltas, proposals, proposals_valid, image_size):
-        from kdetect.tf_ops import multiclass_nms
-
+    def call(self, class_logits, box_deltas, proposals, proposals_valid, image_size):
         height, width = image_size
         class_logits = ops.cast(class_logits, "float32")
         box_deltas = ops.cast(box_deltas, "float32")
@@ -56,4 +60,14 @@ class DetectionDecoder:
             "confidence": confidence,
             "labels": ops.where(valid, labels, -1),
             "num_detections": num,
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "score_thresh": self.score_thresh,
+            "nms_thresh": self.nms_thresh,
+            "detections_per_img": self.detections_per_img,
+            "min_size": self.min_size,
+            "box_coder": self.box_coder.get_config(),
         }

@@ -1,4 +1,5 @@
-"""The RoI stage: sampling proposals for training, RoIAlign, the box head and the predictor."""
+"""The RoI stage: sampling proposals for training, and RoIAlign (the box head and predictor
+that follow are in :mod:`kdetect.layers.box_head`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from kdetect.boxes import BoxCoder, box_area, pairwise_iou
-from kdetect.layers.batch_norm import BatchNormalization
-from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
+from kdetect.boxes import box_area, pairwise_iou
+from kdetect.layers.base import MatchAndSample, PipelineLayer
+from kdetect.tf_ops import crop_and_resize_roi_align
 
 
-class RoISampler:
+@keras.saving.register_keras_serializable(package="kdetect")
+class RoISampler(MatchAndSample):
     """Chooses the RoIs the box head trains on, and their targets.
 
     The ground-truth boxes are appended to the proposals (so every object has at least one
@@ -28,20 +30,16 @@ class RoISampler:
     (1 for sampled rows).
     """
 
-    def __init__(
-        self,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.5,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
-        box_coder: BoxCoder | None = None,
-    ):
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
-        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self.batch_size_per_image = int(batch_size_per_image)
-        self.box_coder = box_coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
+    DEFAULT_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
-    def __call__(self, proposals, proposals_valid, gt_boxes, gt_labels, seed=None):
+    DEFAULTS = {
+        "fg_iou_thresh": 0.5,
+        "bg_iou_thresh": 0.5,
+        "batch_size_per_image": 512,
+        "positive_fraction": 0.25,
+    }
+
+    def call(self, proposals, proposals_valid, gt_boxes, gt_labels, seed=None):
         gt_valid = gt_labels >= 0
         candidates = ops.concatenate([proposals, ops.cast(gt_boxes, proposals.dtype)], axis=1)
         candidates_valid = ops.concatenate([proposals_valid, gt_valid], axis=1)
@@ -84,7 +82,8 @@ class RoISampler:
         }
 
 
-class MultiLevelRoIAlign:
+@keras.saving.register_keras_serializable(package="kdetect")
+class MultiLevelRoIAlign(PipelineLayer):
     """RoIAlign (He et al., 2017) over one or several feature maps.
 
     Each RoI is pooled from one level: with a single map (C4 models) that map; with a pyramid the
@@ -133,11 +132,13 @@ class MultiLevelRoIAlign:
         min_level: int = 2,
         method: str = "auto",
         aligned: bool = True,
+        **kwargs,
     ):
+        super().__init__(**kwargs)
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         self.method = method
-        self.strides = [int(s) for s in strides]
+        self.strides = tuple(int(s) for s in strides)
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.canonical_size = float(canonical_size)
@@ -189,7 +190,7 @@ class MultiLevelRoIAlign:
             method = "crop_and_resize" if keras.backend.backend() == "tensorflow" else "gather"
         return method
 
-    def __call__(self, features, boxes, method: str | None = None):
+    def call(self, features, boxes, method: str | None = None):
         """``features``: list of [B, H_l, W_l, C]; ``boxes`` [B, R, 4] image pixels.
 
         ``method`` overrides the layer's implementation for this call (``gather`` inside XLA).
@@ -200,67 +201,29 @@ class MultiLevelRoIAlign:
         return self._gather(features, boxes)
 
     def _crop_and_resize(self, features, boxes):
-        import tensorflow as tf
+        boxes = ops.cast(ops.stop_gradient(boxes), "float32")
+        return crop_and_resize_roi_align(
+            features,
+            boxes,
+            self.assign_levels(boxes),
+            self.strides,
+            self._roi_grid,
+            self.output_size,
+            self.sampling_ratio,
+        )
 
-        boxes = tf.cast(tf.stop_gradient(boxes), tf.float32)
-        batch = tf.shape(boxes)[0]
-        num_rois = boxes.shape[1]
-        features = [tf.convert_to_tensor(f) for f in features]
-        dtype = features[0].dtype
-        channels = features[0].shape[-1]
-        heights = [tf.shape(f)[1] for f in features]
-        widths = [tf.shape(f)[2] for f in features]
-        padded_width = tf.reduce_max(tf.stack(widths)) + 2
-        # Stack the levels vertically in one image per batch element: each level gets a
-        # one-pixel edge-replicated border (RoIAlign's clamp for samples in [-1, 0) and
-        # (H - 1, H]) and zeros on the right up to the widest level. Stacking vertically rather
-        # than as [B * L, Hmax, Wmax, C] keeps the copy at ~1.4x the finest level, not 4x.
-        blocks, row_offsets, total = [], [], 0
-        for f, w in zip(features, widths):
-            if dtype not in (tf.float16, tf.float32, tf.float64):
-                f = tf.cast(f, tf.float32)  # no bfloat16 gradient kernel
-            f = tf.concat([f[:, :1], f, f[:, -1:]], axis=1)
-            f = tf.concat([f[:, :, :1], f, f[:, :, -1:]], axis=2)
-            f = tf.pad(f, [[0, 0], [0, 0], [0, padded_width - w - 2], [0, 0]])
-            blocks.append(f)
-            row_offsets.append(total + 1)  # stacked row of the level's row 0
-            total = total + tf.shape(f)[1]
-        image = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-
-        level = self.assign_levels(boxes)
-        pick = lambda values: tf.gather(tf.cast(tf.stack(values), tf.float32), level)  # noqa: E731
-        scale = pick([1.0 / s for s in self.strides])
-        height = pick(heights)
-        width = pick(widths)
-        row_offset = pick(row_offsets)
-        total = tf.cast(total, tf.float32)
-        padded_width = tf.cast(padded_width, tf.float32)
-
-        n, sr = self.output_size, self.sampling_ratio
-        count = n * sr
-        steps = (tf.range(count, dtype=tf.float32) + 0.5) / sr
-
-        def axis(start, bin_size, limit, offset, extent):
-            pos = start[..., None] + bin_size[..., None] * steps  # [B, R, count]
-            valid = (pos >= -1.0) & (pos <= limit[..., None])
-            first = (start + bin_size * steps[0] + offset) / (extent - 1.0)
-            last = (start + bin_size * steps[-1] + offset) / (extent - 1.0)
-            return valid, first, last
-
-        y0, bin_h, x0, bin_w = self._roi_grid(boxes, scale)
-        y_valid, ny1, ny2 = axis(y0, bin_h, height, row_offset, total)
-        x_valid, nx1, nx2 = axis(x0, bin_w, width, 1.0, padded_width)
-        crop_boxes = tf.reshape(tf.stack([ny1, nx1, ny2, nx2], axis=-1), (-1, 4))
-        box_indices = tf.repeat(tf.range(batch), num_rois)
-        samples = tf.image.crop_and_resize(
-            image, crop_boxes, box_indices, (count, count), extrapolation_value=0.0
-        )  # [B * R, count, count, C] float32
-        mask = tf.cast(y_valid[..., :, None] & x_valid[..., None, :], tf.float32)
-        samples = samples * tf.reshape(mask, (-1, count, count, 1))
-        if sr > 1:
-            samples = tf.nn.avg_pool2d(samples, sr, sr, "VALID")
-        pooled = tf.reshape(samples, (batch, num_rois, n, n, channels))
-        return tf.cast(pooled, dtype)
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "strides": list(self.strides),
+            "output_size": self.output_size,
+            "sampling_ratio": self.sampling_ratio,
+            "canonical_size": self.canonical_size,
+            "canonical_level": self.canonical_level,
+            "min_level": self.min_level,
+            "method": self.method,
+            "aligned": self.aligned,
+        }
 
     def _gather(self, features, boxes):
         boxes = ops.cast(ops.stop_gradient(boxes), "float32")
@@ -308,139 +271,3 @@ class MultiLevelRoIAlign:
         pooled = ops.mean(ops.reshape(pooled, (-1, sr, n * sr * channels)), axis=1)
         pooled = ops.mean(ops.reshape(pooled, (-1, sr, channels)), axis=1)
         return ops.reshape(pooled, (batch, num_rois, n, n, channels))
-
-
-@keras.saving.register_keras_serializable(package="kdetect")
-class MLPBoxHead(keras.layers.Layer):
-    """FPN's box head: flatten the pooled RoI, then two fully connected layers with ReLU."""
-
-    def __init__(self, units: int = 1024, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.fc1 = keras.layers.Dense(units, activation="relu", name="fc1")
-        self.fc2 = keras.layers.Dense(units, activation="relu", name="fc2")
-
-    def build(self, input_shape):
-        # input_shape: [B, R, S, S, C]
-        flat = tuple(input_shape[:2]) + (math.prod(input_shape[2:]),)
-        self.fc1.build(flat)
-        self.fc2.build(tuple(input_shape[:2]) + (self.units,))
-
-    def call(self, pooled):
-        shape = ops.shape(pooled)
-        x = ops.reshape(pooled, (shape[0], shape[1], -1))
-        return self.fc2(self.fc1(x))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"units": self.units})
-        return config
-
-
-@keras.saving.register_keras_serializable(package="kdetect")
-class ConvFCBoxHead(keras.layers.Layer):
-    """A box head of 3x3 convs, then fully connected layers (torchvision's ``FastRCNNConvFCHead``
-    of ``fasterrcnn_resnet50_fpn_v2``): each conv is followed by batch norm and ReLU and runs on
-    every pooled RoI; the result is flattened and goes through the FC layers with ReLU.
-
-    Args:
-        conv_channels: width of each conv layer.
-        units: width of each fully connected layer.
-        batch_norm_epsilon: epsilon of the batch norms (torch's default 1e-5).
-    """
-
-    def __init__(
-        self,
-        conv_channels=(256, 256, 256, 256),
-        units=(1024,),
-        batch_norm_epsilon: float = 1e-5,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.conv_channels = tuple(int(c) for c in conv_channels)
-        self.units = tuple(int(u) for u in units)
-        self.batch_norm_epsilon = float(batch_norm_epsilon)
-        self.convs = [
-            keras.layers.Conv2D(c, 3, padding="same", use_bias=False, name=f"conv_{i}")
-            for i, c in enumerate(self.conv_channels)
-        ]
-        self.norms = [
-            BatchNormalization(epsilon=self.batch_norm_epsilon, name=f"conv_{i}_bn")
-            for i in range(len(self.conv_channels))
-        ]
-        self.fcs = [
-            keras.layers.Dense(u, activation="relu", name=f"fc_{i}")
-            for i, u in enumerate(self.units)
-        ]
-
-    @property
-    def output_units(self) -> int:
-        return self.units[-1]
-
-    def build(self, input_shape):
-        # input_shape: [B, R, S, S, C]
-        shape = (None,) + tuple(input_shape[2:])
-        for conv, norm in zip(self.convs, self.norms):
-            conv.build(shape)
-            shape = shape[:-1] + (conv.filters,)
-            norm.build(shape)
-        width = math.prod(shape[1:])
-        for fc in self.fcs:
-            fc.build((None, None, width))
-            width = fc.units
-
-    def call(self, pooled, training=False):
-        shape = ops.shape(pooled)
-        x = ops.reshape(pooled, (-1,) + tuple(pooled.shape[2:]))
-        for conv, norm in zip(self.convs, self.norms):
-            x = ops.relu(norm(conv(x), training=training))
-        x = ops.reshape(x, (shape[0], shape[1], -1))
-        for fc in self.fcs:
-            x = fc(x)
-        return x
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "conv_channels": self.conv_channels,
-                "units": self.units,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="kdetect")
-class BoxPredictor(keras.layers.Layer):
-    """Class logits (``num_classes + 1``, background first) and class-specific box deltas
-    (``num_classes * 4``) from the box head's features."""
-
-    def __init__(self, num_classes: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.cls_score = keras.layers.Dense(
-            num_classes + 1,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-            name="cls_score",
-        )
-        self.bbox_pred = keras.layers.Dense(
-            num_classes * 4,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            name="bbox_pred",
-        )
-
-    def build(self, input_shape):
-        self.cls_score.build(input_shape)
-        self.bbox_pred.build(input_shape)
-
-    def call(self, x):
-        logits = self.cls_score(x)
-        deltas = self.bbox_pred(x)
-        shape = ops.shape(deltas)
-        return logits, ops.reshape(deltas, (shape[0], shape[1], self.num_classes, 4))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"num_classes": self.num_classes})
-        return config

@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
-from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
+from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.tf_ops import nms_padded
 
 
@@ -90,7 +90,8 @@ class RPNHead(keras.layers.Layer):
         return config
 
 
-class RPNTargetAssigner:
+@keras.saving.register_keras_serializable(package="kdetect")
+class RPNTargetAssigner(MatchAndSample):
     """Training targets of the RPN: which anchors are objects, which background, and how to move
     the positive ones onto their object.
 
@@ -102,19 +103,16 @@ class RPNTargetAssigner:
     negative) or -1 (not sampled), and float [B, A, 4] deltas (meaningful where labels == 1).
     """
 
-    def __init__(
-        self,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        box_coder: BoxCoder | None = None,
-    ):
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
-        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
-        self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
+    ALLOW_LOW_QUALITY_MATCHES = True  # every object gets at least its best anchors
 
-    def __call__(self, anchors, gt_boxes, gt_valid, seed=None):
+    DEFAULTS = {
+        "fg_iou_thresh": 0.7,
+        "bg_iou_thresh": 0.3,
+        "batch_size_per_image": 256,
+        "positive_fraction": 0.5,
+    }
+
+    def call(self, anchors, gt_boxes, gt_valid, seed=None):
         """``anchors`` [A, 4]; ``gt_boxes`` [B, M, 4]; ``gt_valid`` bool [B, M]."""
         batch = ops.shape(gt_boxes)[0]
         anchors = ops.broadcast_to(ops.expand_dims(anchors, 0), (batch,) + tuple(anchors.shape))
@@ -131,7 +129,8 @@ class RPNTargetAssigner:
         return labels, box_targets
 
 
-class ProposalGenerator:
+@keras.saving.register_keras_serializable(package="kdetect")
+class ProposalGenerator(PipelineLayer):
     """Turns RPN outputs into a fixed number of object proposals per image.
 
     Per pyramid level: keep the ``pre_nms_top_n`` highest-scoring anchors, decode their deltas,
@@ -140,6 +139,8 @@ class ProposalGenerator:
     never suppress each other), and finally the ``post_nms_top_n`` best over all levels. This is
     torchvision's ``RegionProposalNetwork.filter_proposals``; each level runs its own NMS call
     rather than one call over boxes shifted apart per level, which would round coordinates.
+    Training uses ``pre_nms_top_n_train`` / ``post_nms_top_n_train`` when given (torchvision's
+    ``training`` / ``testing`` counts), inference the plain ones.
 
     Returns ``(proposals, valid)``: [B, post_nms_top_n, 4] ``xyxy`` and bool [B, post_nms_top_n]
     (False for padding rows when fewer boxes survive). Gradients do not flow into proposals.
@@ -152,22 +153,34 @@ class ProposalGenerator:
         nms_thresh: float = 0.7,
         min_size: float = 1e-3,
         score_thresh: float = 0.0,
-        box_coder: BoxCoder | None = None,
+        box_coder: BoxCoder | dict | None = None,
+        pre_nms_top_n_train: int | None = None,
+        post_nms_top_n_train: int | None = None,
+        **kwargs,
     ):
+        super().__init__(**kwargs)
         self.pre_nms_top_n = int(pre_nms_top_n)
         self.post_nms_top_n = int(post_nms_top_n)
         self.nms_thresh = float(nms_thresh)
         self.min_size = float(min_size)
         self.score_thresh = float(score_thresh)
-        self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.box_coder = BoxCoder.from_value(box_coder, (1.0, 1.0, 1.0, 1.0))
+        self.pre_nms_top_n_train = int(
+            pre_nms_top_n if pre_nms_top_n_train is None else pre_nms_top_n_train
+        )
+        self.post_nms_top_n_train = int(
+            post_nms_top_n if post_nms_top_n_train is None else post_nms_top_n_train
+        )
 
-    def __call__(self, logits, deltas, anchors_per_level, image_size):
+    def call(self, logits, deltas, anchors_per_level, image_size, training=False):
         """``anchors_per_level``: list of [A_l, 4]; ``image_size``: (height, width) to clip to,
-        ints or scalar tensors."""
+        ints or scalar tensors; ``training`` picks the training counts."""
         height, width = image_size
         logits = ops.stop_gradient(ops.cast(logits, "float32"))
         deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
-        per_level = min(self.pre_nms_top_n, self.post_nms_top_n)
+        pre_nms_top_n = self.pre_nms_top_n_train if training else self.pre_nms_top_n
+        post_nms_top_n = self.post_nms_top_n_train if training else self.post_nms_top_n
+        per_level = min(pre_nms_top_n, post_nms_top_n)
         level_boxes, level_scores = [], []
         start = 0
         for anchors in anchors_per_level:
@@ -177,9 +190,9 @@ class ProposalGenerator:
             level_deltas = deltas[:, start : start + count]
             start = start + count
             k = (
-                min(self.pre_nms_top_n, count)
+                min(pre_nms_top_n, count)
                 if isinstance(count, int)
-                else ops.minimum(self.pre_nms_top_n, count)
+                else ops.minimum(pre_nms_top_n, count)
             )
             top_logits, top_idx = ops.top_k(level_logits, k)
             top_deltas = ops.take_along_axis(level_deltas, ops.expand_dims(top_idx, -1), axis=1)
@@ -198,14 +211,27 @@ class ProposalGenerator:
             level_scores.append(ops.where(kept, ops.take_along_axis(scores, indices, axis=1), -1.0))
         boxes = ops.concatenate(level_boxes, axis=1)
         scores = ops.concatenate(level_scores, axis=1)
-        num_out = min(self.post_nms_top_n, boxes.shape[1])
+        num_out = min(post_nms_top_n, boxes.shape[1])
         top_scores, order = ops.top_k(scores, num_out)
         proposals = ops.take_along_axis(boxes, ops.expand_dims(order, -1), axis=1)
         valid = top_scores >= 0.0
-        if num_out < self.post_nms_top_n:  # fewer candidates than rows: pad with invalid rows
+        if num_out < post_nms_top_n:  # fewer candidates than rows: pad with invalid rows
             batch = ops.shape(proposals)[0]
-            short = self.post_nms_top_n - num_out
+            short = post_nms_top_n - num_out
             proposals = ops.concatenate([proposals, ops.zeros((batch, short, 4))], axis=1)
             valid = ops.concatenate([valid, ops.zeros((batch, short), "bool")], axis=1)
         proposals = ops.where(ops.expand_dims(valid, -1), proposals, 0.0)
         return proposals, valid
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pre_nms_top_n": self.pre_nms_top_n,
+            "post_nms_top_n": self.post_nms_top_n,
+            "nms_thresh": self.nms_thresh,
+            "min_size": self.min_size,
+            "score_thresh": self.score_thresh,
+            "box_coder": self.box_coder.get_config(),
+            "pre_nms_top_n_train": self.pre_nms_top_n_train,
+            "post_nms_top_n_train": self.post_nms_top_n_train,
+        }

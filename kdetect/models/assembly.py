@@ -1,0 +1,208 @@
+"""Assembling a Faster R-CNN from its settings: checks, the layers with weights, the defaults.
+
+``FasterRCNN.__init__`` reads as a list of parts; the work of turning plain settings into
+checked values and layers lives here, so that each rule is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from kdetect.backbones import build_backbone, resnet_stage5_head
+from kdetect.layers import ConvFCBoxHead, FeaturePyramid, MLPBoxHead
+
+RESIZE_MODES = ("fit", "min_max")
+BOX_HEAD_TYPES = ("mlp", "conv_fc")
+#: Anchor sizes (pixels) per RPN level when none are given: one size per pyramid level, or all
+#: five on the single C4 map.
+DEFAULT_ANCHOR_SIZES = {
+    True: ((32,), (64,), (128,), (256,), (512,)),
+    False: ((32, 64, 128, 256, 512),),
+}
+#: Config keys holding tuples, which a saved (JSON) config turns into lists.
+_TUPLE_KEYS = ("image_size", "aspect_ratios", "bbox_reg_weights")
+
+
+def checked_image_size(image_size) -> tuple[int, int]:
+    """``image_size`` as ``(height, width)`` ints, both positive multiples of 32."""
+    if (
+        isinstance(image_size, (str, bytes))
+        or not isinstance(image_size, Sequence | np.ndarray)
+        or len(image_size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in image_size)
+    ):
+        raise TypeError(f"image_size must be (height, width), two integers; got {image_size!r}")
+    image_size = tuple(int(s) for s in image_size)
+    if any(s <= 0 or s % 32 for s in image_size):
+        raise ValueError(f"image_size must be (height, width), multiples of 32; got {image_size}")
+    return image_size
+
+
+def check_settings(num_classes, box_head_type, resize_mode, min_size, max_size) -> None:
+    """Raise ``TypeError`` / ``ValueError`` for settings no detector can be built with."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if box_head_type not in BOX_HEAD_TYPES:
+        raise ValueError(f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+
+
+def checked_anchor_sizes(anchor_sizes, fpn: bool, rpn_levels: int) -> tuple:
+    """One tuple of float sizes per RPN level (the default when None), all of one length."""
+    if anchor_sizes is None:
+        anchor_sizes = DEFAULT_ANCHOR_SIZES[bool(fpn)]
+    anchor_sizes = tuple(tuple(float(s) for s in level) for level in anchor_sizes)
+    if len(anchor_sizes) != rpn_levels:
+        raise ValueError(
+            f"anchor_sizes needs {rpn_levels} tuples (one per RPN level), got {len(anchor_sizes)}"
+        )
+    if any(len(level) != len(anchor_sizes[0]) for level in anchor_sizes):
+        raise ValueError("every RPN level needs the same number of anchor sizes")
+    return anchor_sizes
+
+
+@dataclass
+class FeatureLayers:
+    """The backbone (+ pyramid) of a detector and what the later stages need to know of it."""
+
+    backbone: keras.Model  # normalised images -> C2..C5 (pyramid) or C4
+    full: keras.Model  # the whole backbone network (its stage 5 is a C4 ResNet's box head)
+    fpn: FeaturePyramid | None
+    rpn_channels: int
+    rpn_levels: int
+    roi_strides: tuple[int, ...]  # stride of each map RoIs are pooled from
+    roi_levels: list[int] | None  # which pyramid outputs those maps are
+
+
+def build_feature_layers(
+    backbone: str,
+    fpn: bool,
+    image_size: tuple[int, int],
+    fpn_channels: int,
+    fpn_batch_norm: bool,
+    **backbone_options,
+) -> FeatureLayers:
+    """The backbone cut for a pyramid (all of C2..C5) or for C4, and the pyramid itself.
+
+    ``backbone_options``: ``weights``, ``freeze``, ``frozen_batch_norm``, ``batch_norm_epsilon``
+    of :func:`kdetect.backbones.build_backbone`.
+    """
+    features, full = build_backbone(backbone, image_size + (3,), **backbone_options)
+    if fpn:
+        # Strides of the maps the pyramid is built on: C2..C5 (4..32) for most backbones;
+        # torchvision's MobileNetV3 detector uses two stride-32 maps.
+        spec = features.compute_output_spec(keras.KerasTensor((1,) + image_size + (3,)))
+        strides = tuple(image_size[0] // t.shape[1] for t in spec)
+        pyramid = FeaturePyramid(
+            fpn_channels, batch_norm=fpn_batch_norm, input_strides=strides, name="fpn"
+        )
+        # RoIs are pooled from the first map of each stride (torchvision's level mapper spans
+        # the distinct strides only); the RPN also sees the pyramid's subsampled top.
+        roi_strides = tuple(sorted(set(strides)))
+        roi_levels = [strides.index(stride) for stride in roi_strides]
+        return FeatureLayers(
+            features, full, pyramid, fpn_channels, len(strides) + 1, roi_strides, roi_levels
+        )
+    if len(features.outputs) < 4:
+        raise ValueError(f"backbone '{backbone}' needs fpn=True")
+    c4 = keras.Model(full.inputs, features.outputs[2], name=f"{backbone}_c4")
+    return FeatureLayers(c4, full, None, features.output_shape[2][-1], 1, (16,), None)
+
+
+def is_c4_resnet(backbone: str, fpn: bool) -> bool:
+    """A ResNet without pyramid pools 14x14 RoIs and runs its own stage 5 as the box head."""
+    return not fpn and backbone.startswith("resnet")
+
+
+def build_box_head(parts: FeatureLayers, backbone: str, box_head_type: str, units: int):
+    """The layers between RoIAlign and the predictor (C4 ResNets: their own stage 5)."""
+    if is_c4_resnet(backbone, parts.fpn is not None):
+        return resnet_stage5_head(parts.full, backbone)
+    if box_head_type == "conv_fc":
+        return ConvFCBoxHead(units=(units,), name="box_head")
+    return MLPBoxHead(units, name="box_head")
+
+
+def box_head_width(box_head) -> int:
+    """Width of the features the box head gives the predictor."""
+    if isinstance(box_head, MLPBoxHead):
+        return box_head.units
+    if isinstance(box_head, ConvFCBoxHead):
+        return box_head.output_units
+    return box_head.output_shape[-1]
+
+
+def check_roi_strides(roi_align, strides: tuple[int, ...]) -> None:
+    """An injected RoIAlign must pool from the maps the backbone gives."""
+    if tuple(roi_align.strides) != strides:
+        raise ValueError(
+            f"roi_align pools from strides {tuple(roi_align.strides)}; this backbone's RoI maps "
+            f"have strides {strides}"
+        )
+
+
+def stage_settings(model, c4_resnet: bool) -> dict:
+    """The plain ``rpn_*`` / ``box_*`` settings of a built detector, read from its layers (where
+    each lives once), under the names of ``FasterRCNN``'s arguments."""
+    targets, proposals = model.rpn_target_assigner, model.proposal_generator
+    align, sampler, decoder = model.roi_align, model.roi_sampler, model.detection_decoder
+    return {
+        "rpn_pre_nms_top_n_train": proposals.pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": proposals.pre_nms_top_n,
+        "rpn_post_nms_top_n_train": proposals.post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": proposals.post_nms_top_n,
+        "rpn_nms_thresh": proposals.nms_thresh,
+        "rpn_fg_iou_thresh": targets.fg_iou_thresh,
+        "rpn_bg_iou_thresh": targets.bg_iou_thresh,
+        "rpn_batch_size_per_image": targets.batch_size_per_image,
+        "rpn_positive_fraction": targets.positive_fraction,
+        "rpn_score_thresh": proposals.score_thresh,
+        "rpn_conv_depth": model.rpn_head.conv_depth,
+        "box_roi_pool_size": align.output_size // 2 if c4_resnet else align.output_size,
+        "box_sampling_ratio": align.sampling_ratio,
+        "box_head_units": model.box_head_units,
+        "box_head_type": model.box_head_type,
+        "box_score_thresh": decoder.score_thresh,
+        "box_nms_thresh": decoder.nms_thresh,
+        "box_detections_per_img": decoder.detections_per_img,
+        "box_fg_iou_thresh": sampler.fg_iou_thresh,
+        "box_bg_iou_thresh": sampler.bg_iou_thresh,
+        "box_batch_size_per_image": sampler.batch_size_per_image,
+        "box_positive_fraction": sampler.positive_fraction,
+        "bbox_reg_weights": decoder.box_coder.weights,
+        "roi_align_aligned": align.aligned,
+    }
+
+
+def normalised_config(config: dict) -> dict:
+    """A saved config's lists back to the tuples ``FasterRCNN`` keeps, its layers deserialised."""
+    config = dict(config)
+    for key in _TUPLE_KEYS:
+        if config.get(key) is not None:
+            config[key] = tuple(config[key])
+    if config.get("anchor_sizes") is not None:
+        config["anchor_sizes"] = tuple(tuple(level) for level in config["anchor_sizes"])
+    for key in STAGES:
+        if isinstance(config.get(key), dict):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
+#: The weightless stages a ``FasterRCNN`` can be given instead of building them from its plain
+#: settings (the constructor's keyword arguments and attribute names).
+STAGES = (
+    "rpn_target_assigner",
+    "proposal_generator",
+    "roi_align",
+    "roi_sampler",
+    "detection_decoder",
+)

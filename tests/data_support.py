@@ -1,0 +1,81 @@
+"""A tiny dataset (three images, two classes) written as VOC, COCO or CSV, for the data tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _jpeg(path: Path, width: int = 64, height: int = 48, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, quality=90)
+
+
+# image name -> (width, height, [(class, xmin, ymin, xmax, ymax, difficult)])
+TINY = {
+    "a.jpg": (64, 48, [("dog", 1, 2, 30, 40, 0), ("cat", 10, 10, 64, 48, 1)]),
+    "b.jpg": (40, 50, [("cat", 0, 0, 20, 25, 0)]),
+    "c.jpg": (32, 32, []),
+}
+
+
+def write_voc(root: Path, data=TINY, split: str = "train") -> Path:
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for name, (w, h, objects) in data.items():
+        _jpeg(root / "JPEGImages" / name, w, h)
+        objs = "".join(
+            f"<object><name>{c}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for c, x1, y1, x2, y2, d in objects
+        )
+        xml = (
+            f"<annotation><filename>{name}</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>"
+        )
+        (root / "Annotations" / f"{Path(name).stem}.xml").write_text(xml)
+    ids = "\n".join(Path(n).stem for n in data)
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text(ids + "\n")
+    return root
+
+
+def write_coco(root: Path, data=TINY, split: str = "train") -> Path:
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir(exist_ok=True)
+    names = sorted({o[0] for _, _, objs in data.values() for o in objs})
+    cats = [{"id": 10 + i, "name": n} for i, n in enumerate(names)]
+    images, anns = [], []
+    for i, (name, (w, h, objects)) in enumerate(data.items(), start=1):
+        _jpeg(root / "images" / name, w, h)
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
+        for c, x1, y1, x2, y2, d in objects:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 10 + names.index(c),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": d,
+                }
+            )
+    doc = {"images": images, "annotations": anns, "categories": cats}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+def write_csv(root: Path, data=TINY, split: str = "train") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    for name, (w, h, objects) in data.items():
+        _jpeg(root / name, w, h)
+        if not objects:
+            lines.append(f"{name},{w},{h},,,,,")
+        for c, x1, y1, x2, y2, _ in objects:
+            lines.append(f"{name},{w},{h},{c},{x1},{y1},{x2},{y2}")
+    (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
