@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdetect.data.batching import consecutive_batches
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import coco_evaluate, recall_thresholds
@@ -249,34 +250,20 @@ def predict_detections(
     ``{"boxes" [B, N, 4], "confidence" [B, N], "labels" [B, N] (-1 = padding),
     "num_detections" [B]}``.
     """
+    # Deferred: kdetect.models imports TensorFlow, which offline evaluation never needs.
+    from kdetect.models.outputs import split_detections
+
     records = annotations.records
-    out: list[ImageDetections] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        result = _call_predict(model, np.stack(pending))
-        boxes, scores, labels = result["boxes"], result["confidence"], result["labels"]
-        counts = result.get("num_detections")
-        for b in range(len(pending)):
-            n = labels.shape[1] if counts is None else int(counts[b])
-            lab = labels[b, :n]
-            keep = (lab >= 0) & (lab < len(annotations.classes))
-            out.append(ImageDetections(boxes[b, :n][keep], scores[b, :n][keep], lab[keep]))
-        pending.clear()
-
-    indices = range(len(records))
     if progress:
         from rich.progress import track
 
-        indices = track(indices, description="Evaluating", transient=True)
-    for i in indices:
-        image = _load_record_image(records[i])
-        if pending and (image.shape != pending[0].shape or len(pending) >= batch_size):
-            flush()
-        pending.append(image)
-    flush()
+        records = track(records, description="Evaluating", transient=True)
+    images = (_load_record_image(record) for record in records)
+    out: list[ImageDetections] = []
+    for batch in consecutive_batches(images, batch_size):
+        outputs = _call_predict(model, np.stack(batch))
+        for found in split_detections(outputs, len(annotations.classes)):
+            out.append(ImageDetections(found.boxes, found.confidence, found.labels))
     return out
 
 
