@@ -11,7 +11,6 @@ image as stored (EXIF orientation applied).
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kdetect.data.batching import consecutive_batches
-from kdetect.errors import DataError, InputShapeError, KdetectError
+from kdetect.errors import DataError, InputShapeError, KdetectError, did_you_mean
 from kdetect.models.outputs import Detections, split_detections
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -162,10 +161,9 @@ class Detector:
         ids = set()
         for name in names:
             if name not in self.classes:
-                close = difflib.get_close_matches(name, self.classes, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
                 raise KdetectError(
-                    f"{option}: unknown class {name!r}{hint}; classes: {', '.join(self.classes)}"
+                    f"{option}: unknown class {name!r}{did_you_mean(name, self.classes)}; "
+                    f"classes: {', '.join(self.classes)}"
                 )
             ids.add(self.classes.index(name))
         return ids

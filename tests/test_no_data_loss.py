@@ -12,9 +12,9 @@ from PIL import Image
 from test_cli_train_support import kdetect, tiny_run
 from test_data_readers import write_coco
 
-from kdetect import export as kdetect_export
 from kdetect.data.readers import read_annotations
 from kdetect.errors import CheckpointError, DataError
+from kdetect.models import export_formats as kdetect_export
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.recipes.runs import pack, save_keras, write_classes
 
