@@ -108,10 +108,10 @@ class ExportedModel:
             labels = out["detection_classes"][0].astype(np.int32) - 1
             labels[count:] = -1
             rows.append((boxes, out["detection_scores"][0], labels, count))
-        boxes, scores, labels, counts = zip(*rows, strict=True)
+        boxes, confidence, labels, counts = zip(*rows, strict=True)
         return {
             "boxes": np.stack(boxes).astype(np.float32),
-            "confidence": np.stack(scores),
+            "confidence": np.stack(confidence),
             "labels": np.stack(labels),
             "num_detections": np.asarray(counts, np.int32),
         }
