@@ -98,8 +98,9 @@ def predict(
         save_images.mkdir(parents=True, exist_ok=True)
     tally = _Tally(detector.classes, failures=len(problems))
     with _output_stream(output) as out:
-        writer = _Writer(detector, out, tally, save_images, check_drawn)
-        frames = _read_inputs(_with_progress(items, output is not None), frame_step, tally)
+        writer = _Writer(detector, out, tally)
+        inputs = _with_progress(items, output is not None)
+        frames = _read_inputs(inputs, frame_step, tally, _DrawnPaths(save_images, check_drawn))
         for batch in consecutive_batches(frames, batch_size, key=_Frame.batch_key):
             writer.write(batch)
     if output is not None:
@@ -153,20 +154,44 @@ def _output_stream(output: Path | None) -> Iterator[TextIO]:
 
 @dataclass
 class _Frame:
-    """One image to predict on: an image file, or one frame of a video (``index`` set)."""
+    """One image to predict on: an image file, or one frame of a video (``index`` set), and
+    where its drawn copy goes (``None`` without --save-images)."""
 
     item: Any  # kdetect.predict.InputItem
     image: np.ndarray
     index: int | None = None
+    drawn: Path | None = None
 
     def batch_key(self) -> Hashable:
         """Images of one size share a batch; each video frame is predicted alone."""
         return self.image.shape if self.index is None else (self.item.display, self.index)
 
 
-def _read_inputs(items: Iterable, frame_step: int, tally: _Tally) -> Iterator[_Frame]:
+class _DrawnPaths:
+    """Where --save-images puts the drawn copy of an image or video frame, checked against the
+    inputs."""
+
+    def __init__(self, folder: Path | None, check_drawn):
+        self.folder = folder
+        self.check_drawn = check_drawn
+
+    def __call__(self, item, index: int | None) -> Path | None:
+        if self.folder is None:
+            return None
+        if index is None:
+            target = _drawn_path(self.folder, item.relative)
+        else:
+            target = self.folder / f"{item.relative.with_suffix('')}_{index:06d}.jpg"
+        self.check_drawn(target)
+        return target
+
+
+def _read_inputs(
+    items: Iterable, frame_step: int, tally: _Tally, drawn: _DrawnPaths
+) -> Iterator[_Frame]:
     """Each image, and every ``frame_step``-th frame of each video, in order; an input that
-    cannot be read is reported (and counted in ``tally``) and skipped."""
+    cannot be read (or would be drawn over an input) is reported, counted in ``tally`` and
+    skipped from there on."""
     from kdetect.data.images import load_image
     from kdetect.predict import read_video_frames
 
@@ -174,9 +199,9 @@ def _read_inputs(items: Iterable, frame_step: int, tally: _Tally) -> Iterator[_F
         try:
             if item.video:
                 for index, frame in read_video_frames(item.path, frame_step):
-                    yield _Frame(item, frame, index)
+                    yield _Frame(item, frame, index, drawn(item, index))
             else:
-                yield _Frame(item, load_image(item.path))
+                yield _Frame(item, load_image(item.path), None, drawn(item, None))
             tally.done += 1
         except KdetectError as exc:
             tally.failures += 1
@@ -186,12 +211,10 @@ def _read_inputs(items: Iterable, frame_step: int, tally: _Tally) -> Iterator[_F
 class _Writer:
     """Predicts a batch of frames and writes their JSON lines (and drawn images)."""
 
-    def __init__(self, detector, out: TextIO, tally: _Tally, save_images, check_drawn):
+    def __init__(self, detector, out: TextIO, tally: _Tally):
         self.detector = detector
         self.out = out
         self.tally = tally
-        self.save_images = save_images
-        self.check_drawn = check_drawn
 
     def write(self, batch: list[_Frame]) -> None:
         from kdetect.predict import result_line
@@ -200,22 +223,12 @@ class _Writer:
         for frame, objects in zip(batch, results, strict=True):
             height, width = frame.image.shape[:2]
             line = result_line(frame.item.display, width, height, objects, frame=frame.index)
-            target = self._drawn_target(frame)
-            if target is not None:
-                self.check_drawn(target)
             self.out.write(json.dumps(line) + "\n")
             self.out.flush()
             self.tally.add(line)
-            if target is not None:
-                with atomic_path(target) as drawn:
+            if frame.drawn is not None:
+                with atomic_path(frame.drawn) as drawn:
                     self.detector.draw(frame.image, line["objects"]).save(drawn)
-
-    def _drawn_target(self, frame: _Frame) -> Path | None:
-        if self.save_images is None:
-            return None
-        if frame.index is None:
-            return _drawn_path(self.save_images, frame.item.relative)
-        return self.save_images / f"{frame.item.relative.with_suffix('')}_{frame.index:06d}.jpg"
 
 
 class _Tally:
