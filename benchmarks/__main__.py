@@ -171,7 +171,7 @@ def pipeline_rate(image_size: tuple[int, int], batch_size: int, images: int) -> 
     return label, images_per_second(dataset, batch_size, images)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
@@ -205,20 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.peer_python and not args.peer:
         args.peer = "torchvision"
 
-    from common import CONFIGS, machine, print_table
+    from common import CONFIGS
 
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
-    flags = [f"--repeats={args.repeats}", f"--train-batch={args.train_batch}"]
-    flags.append(f"--malloc={args.malloc}")
-    flags += ["--jit"] if args.jit else []
-    if args.mixed_precision:
-        flags.append(f"--mixed-precision={args.mixed_precision}")
     peer_python = _peer_python(args) if args.peer else None
     if args.peer and not peer_python:
         print("note: torch/torchvision not importable and no --peer-python; no peer column")
-
     imported = [c for c in args.configs if "imported" in CONFIGS[c]]
     torch_python = _torch_python(args) if imported else None
     if imported and not torch_python:
@@ -227,13 +226,50 @@ def main(argv: list[str] | None = None) -> None:
             "KDETECT_TORCH_PYTHON, or .venv-torch"
         )
 
-    results: dict[str, dict] = {}
     started = time.perf_counter()
+    results = _measure_configs(args, peer_python, torch_python, imported)
+    rows = _model_rows(args, results, imported)
+    if not args.skip_data:
+        print("measuring the input pipeline ...", file=sys.stderr, flush=True)
+        frame = CONFIGS["resnet50_fpn"]["model"]["image_size"]
+        label, rate = pipeline_rate(tuple(frame), THROUGHPUT_BATCH, 160)
+        frame_s = "x".join(str(s) for s in frame)
+        rows.append(
+            [f"input pipeline ({label}, train aug)", frame_s, "-", f"{rate:.1f}"] + ["-"] * 6
+        )
+        results["pipeline_images_per_s"] = rate
+    _print_main_table(args, rows, time.perf_counter() - started)
+    exportable = [c for c in args.configs if "model" in CONFIGS[c]]
+    if exportable and not args.skip_export:
+        import exported
+
+        print("measuring the exported models ...", file=sys.stderr, flush=True)
+        argv = [sys.executable, str(HERE / "exported.py"), "--configs", *exportable, "--json"]
+        results["exported"] = _child([*argv, f"--repeats={max(args.repeats, 3)}"])
+        exported.print_results(results["exported"])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _measure_configs(args, peer_python, torch_python, imported: list[str]) -> dict[str, dict]:
+    """Each configuration measured in its own worker process (so peak memory does not mix)."""
+    flags = [f"--repeats={args.repeats}", f"--train-batch={args.train_batch}"]
+    flags.append(f"--malloc={args.malloc}")
+    flags += ["--jit"] if args.jit else []
+    if args.mixed_precision:
+        flags.append(f"--mixed-precision={args.mixed_precision}")
+    results: dict[str, dict] = {}
     for name in args.configs:
         print(f"measuring kdetect {name} ...", file=sys.stderr, flush=True)
         extra = [f"--peer-python={peer_python}"] if name == "resnet50_fpn" and peer_python else []
         extra = [f"--peer-python={torch_python}"] if name in imported else extra
         results[name] = _child(_self_argv(sys.executable, f"--worker={name}", *flags, *extra))
+    return results
+
+
+def _model_rows(args, results: dict[str, dict], imported: list[str]) -> list[list[str]]:
+    """One table row per configuration, and one for its torchvision peer when measured."""
+    from common import CONFIGS
 
     def ratio(key: str, name: str) -> str:
         ratios = results[name].get("ratio")
@@ -274,21 +310,17 @@ def main(argv: list[str] | None = None) -> None:
                     "1.00x",
                 ]
             )
-    if not args.skip_data:
-        print("measuring the input pipeline ...", file=sys.stderr, flush=True)
-        frame = CONFIGS["resnet50_fpn"]["model"]["image_size"]
-        label, rate = pipeline_rate(tuple(frame), THROUGHPUT_BATCH, 160)
-        frame_s = "x".join(str(s) for s in frame)
-        rows.append(
-            [f"input pipeline ({label}, train aug)", frame_s, "-", f"{rate:.1f}"] + ["-"] * 6
-        )
-        results["pipeline_images_per_s"] = rate
+    return rows
+
+
+def _print_main_table(args, rows: list[list[str]], seconds: float) -> None:
+    from common import machine, print_table
+
     mode = " · XLA" if args.jit else ""
     mode += f" · {args.mixed_precision}" if args.mixed_precision else ""
     mode += f" · malloc {args.malloc}"
     print_table(
-        f"kdetect benchmarks{mode} · {machine()} · {time.strftime('%Y-%m-%d')} · "
-        f"{time.perf_counter() - started:.0f} s",
+        f"kdetect benchmarks{mode} · {machine()} · {time.strftime('%Y-%m-%d')} · {seconds:.0f} s",
         [
             "what",
             "input",
@@ -303,16 +335,6 @@ def main(argv: list[str] | None = None) -> None:
         ],
         rows,
     )
-    exportable = [c for c in args.configs if "model" in CONFIGS[c]]
-    if exportable and not args.skip_export:
-        import exported
-
-        print("measuring the exported models ...", file=sys.stderr, flush=True)
-        argv = [sys.executable, str(HERE / "exported.py"), "--configs", *exportable, "--json"]
-        results["exported"] = _child([*argv, f"--repeats={max(args.repeats, 3)}"])
-        exported.print_results(results["exported"])
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

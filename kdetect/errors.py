@@ -6,6 +6,9 @@ family at the command boundary, prints the message in red and exits with status 
 exception keeps its traceback.
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class KdetectError(Exception):
     """Base class of expected, user-fixable failures."""
@@ -44,3 +47,14 @@ class OutputError(KdetectError):
 
 class TrainingDiverged(KdetectError):
     """A loss term became NaN or infinite: training stopped, the last good checkpoint kept."""
+
+
+class ExportError(KdetectError):
+    """A model that cannot be exported in the requested format (names the op and the reason)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """The hint for a mistyped name: `` (did you mean X?)`` with the closest of ``choices``
+    (difflib's ratio), or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

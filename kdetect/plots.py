@@ -97,21 +97,29 @@ def plot_labels(
     class), the aspect-ratio histogram and a heat map of box centres. Returns ``output``."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    height, width = frame
     box_w = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
     box_h = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
     colours = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     figure = Figure(figsize=(12, 9), layout="constrained")
     axes = figure.subplots(2, 2)
+    _plot_class_counts(axes[0, 0], labels, classes, colours)
+    _plot_box_sizes(axes[0, 1], box_w, box_h, labels, classes, colours, frame)
+    _plot_aspect_ratios(axes[1, 0], box_w, box_h)
+    _plot_box_centres(figure, axes[1, 1], boxes, frame)
+    figure.suptitle("training labels", fontsize=14)
+    return _save(figure, output)
 
+
+def _plot_class_counts(ax, labels: np.ndarray, classes: Sequence[str], colours) -> None:
     counts = np.bincount(labels, minlength=len(classes))[: len(classes)]
-    ax = axes[0, 0]
     ax.bar(range(len(classes)), counts, color=[colours(i % colours.N) for i in range(len(classes))])
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0, ha="right")
     ax.set_title(f"boxes per class ({len(labels)} boxes)")
     ax.set_ylabel("boxes")
 
-    ax = axes[0, 1]
+
+def _plot_box_sizes(ax, box_w, box_h, labels, classes: Sequence[str], colours, frame) -> None:
+    """Width against height on log axes, one colour per class."""
     for i, name in enumerate(classes):
         mine = labels == i
         if mine.any():
@@ -126,12 +134,13 @@ def plot_labels(
         axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("width (pixels of the network frame)")
     ax.set_ylabel("height (pixels)")
-    ax.set_title(f"box sizes in the {height}x{width} frame")
+    ax.set_title(f"box sizes in the {frame[0]}x{frame[1]} frame")
     ax.grid(alpha=0.3, which="both")
     if len(classes) <= 20 and len(labels):
         ax.legend(fontsize=8, markerscale=2)
 
-    ax = axes[1, 0]
+
+def _plot_aspect_ratios(ax, box_w, box_h) -> None:
     ratios = np.log2(box_h / box_w)
     limit = max(2.0, math.ceil(float(np.abs(ratios).max())) if len(ratios) else 2.0)
     ax.hist(ratios, bins=40, range=(-limit, limit), color="tab:blue")
@@ -139,7 +148,10 @@ def plot_labels(
     ax.set_ylabel("boxes")
     ax.set_title("aspect ratios")
 
-    ax = axes[1, 1]
+
+def _plot_box_centres(figure, ax, boxes: np.ndarray, frame: tuple[int, int]) -> None:
+    """A 32x32 heat map of box centres over the frame."""
+    height, width = frame
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     heat, _, _ = np.histogram2d(cy, cx, bins=(32, 32), range=((0, height), (0, width)))
@@ -148,8 +160,6 @@ def plot_labels(
     ax.set_title("where box centres fall")
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
-    figure.suptitle("training labels", fontsize=14)
-    return _save(figure, output)
 
 
 def plot_f1_curves(f1: dict, output: str | os.PathLike) -> Path:

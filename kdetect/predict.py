@@ -11,7 +11,6 @@ image as stored (EXIF orientation applied).
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import DataError, InputShapeError, KdetectError
+from kdetect.data.batching import consecutive_batches
+from kdetect.errors import DataError, InputShapeError, KdetectError, did_you_mean
+from kdetect.models.outputs import Detections, split_detections
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -160,20 +161,22 @@ class Detector:
         ids = set()
         for name in names:
             if name not in self.classes:
-                close = difflib.get_close_matches(name, self.classes, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
                 raise KdetectError(
-                    f"{option}: unknown class {name!r}{hint}; classes: {', '.join(self.classes)}"
+                    f"{option}: unknown class {name!r}{did_you_mean(name, self.classes)}; "
+                    f"classes: {', '.join(self.classes)}"
                 )
             ids.add(self.classes.index(name))
         return ids
 
     # -- raw model output -> objects -----------------------------------------------------------
-    def _objects(self, boxes, scores, labels, count: int, width: int, height: int) -> list[dict]:
+    def _objects(self, detections: Detections, width: int, height: int) -> list[dict]:
+        """JSON-ready objects of one image: filtered by score and class, boxes clipped to it."""
         objects = []
-        for box, score, label in zip(boxes[:count], scores[:count], labels[:count], strict=True):
+        for box, confidence, label in zip(
+            detections.boxes, detections.confidence, detections.labels, strict=True
+        ):
             label = int(label)
-            if label < 0 or float(score) < self.min_score:
+            if float(confidence) < self.min_score:
                 continue
             if self.only is not None and label not in self.only:
                 continue
@@ -187,7 +190,7 @@ class Detector:
                     "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
                     "label": self.classes[label] if label < len(self.classes) else str(label),
                     "label_id": label,
-                    "score": round(float(score), 4),
+                    "score": round(float(confidence), 4),
                 }
             )
         objects.sort(key=lambda o: -o["score"])
@@ -197,24 +200,12 @@ class Detector:
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[list[dict]]:
         """Objects of each image (uint8 ``[H, W, 3]`` arrays); same-size images share a batch."""
-        results: list[list[dict]] = [[] for _ in images]
-        i = 0
-        while i < len(images):
-            j = i + 1
-            while j < len(images) and images[j].shape == images[i].shape:
-                j += 1
-            batch = np.stack([np.asarray(im) for im in images[i:j]])
-            out = self.model.predict_on_batch(batch)
-            boxes = np.asarray(out["boxes"])
-            scores = np.asarray(out["confidence"])
-            labels = np.asarray(out["labels"])
-            counts = np.asarray(out.get("num_detections", [labels.shape[1]] * len(batch)))
-            for k in range(j - i):
-                height, width = images[i + k].shape[:2]
-                results[i + k] = self._objects(
-                    boxes[k], scores[k], labels[k], int(counts[k]), width, height
-                )
-            i = j
+        results: list[list[dict]] = []
+        for batch in consecutive_batches(np.asarray(image) for image in images):
+            outputs = self.model.predict_on_batch(np.stack(batch))
+            for image, detections in zip(batch, split_detections(outputs), strict=True):
+                height, width = image.shape[:2]
+                results.append(self._objects(detections, width, height))
         return results
 
     def predict(

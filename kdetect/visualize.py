@@ -1,4 +1,4 @@
-"""Draw detections (boxes, labels, scores) on images with Pillow."""
+"""Draw detections (boxes, labels, confidences) on images with Pillow."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def draw_detections(
     image: np.ndarray | Image.Image,
     boxes: np.ndarray | Sequence[Sequence[float]],
     labels: np.ndarray | Sequence[int],
-    scores: np.ndarray | Sequence[float] | None = None,
+    confidence: np.ndarray | Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     line_width: int | None = None,
 ) -> Image.Image:
@@ -63,7 +63,7 @@ def draw_detections(
         image: uint8 ``[H, W, 3]`` array (or float 0..255) or a PIL image.
         boxes: ``[N, 4]`` ``xyxy`` in pixels of ``image``.
         labels: ``[N]`` class ids (index into ``classes``).
-        scores: ``[N]`` confidences, or ``None`` for ground truth.
+        confidence: ``[N]`` detection confidences, or ``None`` for ground truth.
         classes: class names; ids are shown when ``None`` or out of range.
         line_width: box outline width; by default scaled with the image size.
     """
@@ -82,16 +82,17 @@ def draw_detections(
     draw = ImageDraw.Draw(canvas)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
-    score_list = None if scores is None else np.asarray(scores, dtype=np.float32).reshape(-1)
-    # Draw low scores first so that the most confident boxes end up on top.
-    order = np.argsort(score_list) if score_list is not None else np.arange(len(boxes))
+    if confidence is not None:
+        confidence = np.asarray(confidence, dtype=np.float32).reshape(-1)
+    # Draw the least confident first so that the most confident boxes end up on top.
+    order = np.argsort(confidence) if confidence is not None else np.arange(len(boxes))
     for i in order:
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         label = int(labels[i])
         color = class_color(label)
         draw.rectangle([x1, y1, x2, y2], outline=color, width=line_width)
         name = classes[label] if classes is not None and 0 <= label < len(classes) else str(label)
-        text = name if score_list is None else f"{name} {score_list[i]:.2f}"
+        text = name if confidence is None else f"{name} {confidence[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         ty = y1 - th - 4 if y1 - th - 4 >= 0 else y1

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from test_cli_train_support import kdetect, tiny_run
 
-from kdetect import export as kdetect_export
 from kdetect.data.readers import read_annotations
 from kdetect.errors import CheckpointError, DataError
+from kdetect.models import export_formats as kdetect_export
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
 from tests.data_support import write_coco

@@ -1,4 +1,8 @@
-"""``kdetect dataset transform|inspect``: thin commands over ``kdetect.data``."""
+"""``kdetect dataset transform|inspect``: thin commands over ``kdetect.data``.
+
+``kdetect.data`` and ``kdetect.recipes`` are imported inside the functions: ``kdetect --help``
+imports every command module and must not load TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -145,8 +149,24 @@ def inspect(
         show=show,
         output=output,
     )
+    _print_summary(result, f"{path} ({result.kind}, split {split})")
+    if result.drawn:
+        console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
+    if result.annotations is not None:
+        _print_quality(result.annotations, recipe)
+    if recipe is not None and result.annotations is not None:
+        _print_anchor_check(recipe, result.annotations)
+    if result.bad_images:
+        from kdetect.data.images import bad_images_error
+
+        raise bad_images_error(result.bad_images, result.summary["images"])
+
+
+def _print_summary(result, title: str) -> None:
+    """The counts and sizes of ``inspect_dataset``'s summary, boxes per class, and the first
+    invalid boxes."""
     summary = result.summary
-    table = Table(title=f"{path} ({result.kind}, split {split})", show_header=False)
+    table = Table(title=title, show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
     per_image = summary["boxes_per_image"]
@@ -182,16 +202,6 @@ def inspect(
         console.print(f"[red]invalid:[/red] {escape(str(box))}", highlight=False)
     if len(result.invalid) > 10:
         console.print(f"... and {len(result.invalid) - 10} more invalid boxes")
-    if result.drawn:
-        console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
-    if result.annotations is not None:
-        _print_quality(result.annotations, recipe)
-    if recipe is not None and result.annotations is not None:
-        _print_anchor_check(recipe, result.annotations)
-    if result.bad_images:
-        from kdetect.data.images import bad_images_error
-
-        raise bad_images_error(result.bad_images, summary["images"])
 
 
 def _print_anchor_check(recipe_path: Path, annotations) -> None:

@@ -1,4 +1,8 @@
-"""``kdetect evaluate``: score a model on a dataset split, or a detections file offline."""
+"""``kdetect evaluate``: score a model on a dataset split, or a detections file offline.
+
+``kdetect.evaluation`` is imported inside the functions: ``kdetect --help`` imports every command
+module and must stay fast.
+"""
 
 from __future__ import annotations
 
@@ -87,26 +91,17 @@ def evaluate(
 
     Offline mode: kdetect evaluate --ground-truth PATH --detections FILE [--format coco]
     """
-    from kdetect.evaluation import evaluate_offline, print_metrics, write_metrics
+    # (Long only through Typer's option declarations above.)
+    from kdetect.evaluation import evaluate_offline
 
     for path, option, kind in ((output, "--output", "file"), (plots, "--plots", "folder")):
         if path is not None:
             check_not_input(path, [model, data, ground_truth, detections], option)
             check_kind(path, kind, option)
     if watch:
-        from kdetect.evaluation.api import headline
-        from kdetect.recipes.evaluate_run import watch_run
-
         if model is None or detections is not None or data is not None or ground_truth is not None:
             raise KdetectError("--watch takes a run directory as MODEL and no dataset options")
-
-        def report(path: Path, metrics: dict) -> None:
-            console.print(f"{path.name}: {metrics['metric']} {headline(metrics):.4f}")
-
-        console.print(f"watching {model} for checkpoints (timeout {timeout:g} s)")
-        results = watch_run(model, split, metric, timeout, batch_size=batch_size, on_result=report)
-        print_metrics(results[-1][1], console)
-        write_metrics(results[-1][1], output or Path(model) / "metrics.json")
+        _watch(model, split, metric, timeout, batch_size, output)
         return
     if data is not None and ground_truth is not None and data != ground_truth:
         raise KdetectError("give the dataset once: --data or --ground-truth")
@@ -120,21 +115,21 @@ def evaluate(
             dataset, detections, metric, format, split or "val", plots, on_invalid_box
         )
     elif model is not None:
-        from kdetect.recipes.evaluate_run import evaluate_saved_model
-        from kdetect.runs import inspect_run
-
-        inspect_run(model)  # a missing run is named as such, before any --data hint
-        if dataset is None and not Path(model).is_dir():
-            raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
         if plots is None and Path(model).is_dir():  # a run directory keeps its own pictures
             plots = Path(model) / PLOTS_DIR
-        metrics = evaluate_saved_model(
-            model, dataset, format, split, metric, batch_size, True, plots, on_invalid_box
+        metrics = _evaluate_run(
+            model, dataset, format, split, metric, batch_size, plots, on_invalid_box
         )
         if output is None and Path(model).is_dir():
             output = Path(model) / "metrics.json"
     else:
         raise KdetectError("nothing to evaluate: give MODEL (a run directory) or --detections FILE")
+    _report(metrics, output, plots)
+
+
+def _report(metrics: dict, output: Path | None, plots: Path | None) -> None:
+    """Print the metrics table, write metrics.json and say where everything went."""
+    from kdetect.evaluation import print_metrics, write_metrics
 
     print_metrics(metrics, console)
     if output is not None:
@@ -143,3 +138,32 @@ def evaluate(
         console.print(
             f"plots (precision-recall, F1, confusion matrix, examples) written to {plots}"
         )
+
+
+def _watch(model: str, split, metric, timeout: float, batch_size: int, output) -> None:
+    """``--watch``: evaluate each checkpoint of a run as it is written; the last one's metrics
+    are printed and written."""
+    from kdetect.evaluation import print_metrics, write_metrics
+    from kdetect.evaluation.api import headline
+    from kdetect.recipes.evaluate_run import watch_run
+
+    def report(path: Path, metrics: dict) -> None:
+        console.print(f"{path.name}: {metrics['metric']} {headline(metrics):.4f}")
+
+    console.print(f"watching {model} for checkpoints (timeout {timeout:g} s)")
+    results = watch_run(model, split, metric, timeout, batch_size=batch_size, on_result=report)
+    print_metrics(results[-1][1], console)
+    write_metrics(results[-1][1], output or Path(model) / "metrics.json")
+
+
+def _evaluate_run(model, dataset, format, split, metric, batch_size, plots, on_invalid_box) -> dict:
+    """Model mode: run the saved model over the split (the run's dataset when none is given)."""
+    from kdetect.recipes.evaluate_run import evaluate_saved_model
+    from kdetect.runs import inspect_run
+
+    inspect_run(model)  # a missing run is named as such, before any --data hint
+    if dataset is None and not Path(model).is_dir():
+        raise KdetectError(f"{model}: give the dataset to evaluate on with --data DATASET_DIR")
+    return evaluate_saved_model(
+        model, dataset, format, split, metric, batch_size, True, plots, on_invalid_box
+    )

@@ -1,4 +1,8 @@
-"""``kdetect export``: SavedModel for TF Serving, ONNX and TFLite (see kdetect.export)."""
+"""``kdetect export``: SavedModel for TF Serving, ONNX and TFLite (see kdetect.export).
+
+``kdetect.export`` is imported inside the command: ``kdetect --help`` imports every command
+module and must not load TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ def export(
     ] = False,
 ) -> None:
     """Export a trained detector for serving (TF Object Detection API output names)."""
+    # (Long only through Typer's option declarations above.)
     from kdetect.export import check_options
     from kdetect.export import export as run_export
 

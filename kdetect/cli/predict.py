@@ -1,18 +1,29 @@
-"""``kdetect predict``: detections on images, folders and videos as JSON lines."""
+"""``kdetect predict``: detections on images, folders and videos as JSON lines.
+
+kdetect's own heavier modules (``predict``, ``data``, ``recipes``) are imported inside the
+functions: ``kdetect --help`` imports every command module and must not load TensorFlow.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.markup import escape
 
 from kdetect.cli import app, err_console, print_error
+from kdetect.errors import KdetectError
+from kdetect.paths import atomic_path, check_kind, input_guard
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @app.command("predict")
@@ -68,13 +79,42 @@ def predict(
     anything failed. No output (--output, --save-images) may be one of the inputs; --output is
     written under a temporary name and renamed into place at the end.
     """
-    from kdetect.data.images import load_image
-    from kdetect.errors import KdetectError
-    from kdetect.paths import atomic_path, check_kind, input_guard
-    from kdetect.predict import Detector, collect_inputs, read_video_frames, result_line
-    from kdetect.runs import CLASSES_FILE, MODEL_FILE, best_min_score, inspect_run
+    # (Long only through Typer's option declarations above.)
+    from kdetect.data.batching import consecutive_batches
+    from kdetect.predict import Detector, collect_inputs
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
+    check_drawn = _check_outputs(model, items, output, save_images)
+    detector = Detector(
+        model,
+        min_score=_min_score(model, min_score),
+        max_detections=max_detections,
+        only=only,
+        ignore=ignore,
+    )
+    for problem in problems:
+        print_error(problem)
+    if save_images is not None:
+        save_images.mkdir(parents=True, exist_ok=True)
+    tally = _Tally(detector.classes, failures=len(problems))
+    with _output_stream(output) as out:
+        writer = _Writer(detector, out, tally)
+        inputs = _with_progress(items, output is not None)
+        frames = _read_inputs(inputs, frame_step, tally, _DrawnPaths(save_images, check_drawn))
+        for batch in consecutive_batches(frames, batch_size, key=_Frame.batch_key):
+            writer.write(batch)
+    if output is not None:
+        err_console.print(f"wrote {tally.done} result(s) to {escape(str(output))}", highlight=False)
+    err_console.print(tally.summary(), highlight=False, soft_wrap=True)
+    if tally.failures:
+        total = len(items) + len(problems)
+        raise KdetectError(f"{tally.failures} of {total} input(s) could not be read")
+
+
+def _check_outputs(model: Path, items: list, output: Path | None, save_images: Path | None):
+    """Refuse outputs that are (or hold) an input; returns the check for each drawn image."""
+    from kdetect.runs import CLASSES_FILE, MODEL_FILE
+
     inputs = [item.path for item in items] + [model]
     if model.is_dir():
         inputs += [model / MODEL_FILE, model / CLASSES_FILE]
@@ -87,88 +127,119 @@ def predict(
         for item in items:
             if not item.video:
                 check_drawn(_drawn_path(save_images, item.relative))
-    if min_score is None:
-        min_score, source = best_min_score(inspect_run(model))
-        if source != "default":
-            err_console.print(f"min score {min_score:.2f} ({source})", highlight=False)
-    detector = Detector(
-        model, min_score=min_score, max_detections=max_detections, only=only, ignore=ignore
-    )
-    for problem in problems:
-        print_error(problem)
-    if save_images is not None:
-        save_images.mkdir(parents=True, exist_ok=True)
-    failures, done = len(problems), 0
-    tally = _Tally(detector.classes)
-    with ExitStack() as stack:
-        out = sys.stdout
-        if output is not None:
-            tmp = stack.enter_context(atomic_path(output))
-            out = stack.enter_context(tmp.open("w", encoding="utf-8"))
+    return check_drawn
 
-        def emit(line: dict, image, target: Path | None) -> None:
-            if target is not None:
-                check_drawn(target)
-            out.write(json.dumps(line) + "\n")
-            out.flush()
-            tally.add(line)
-            if target is not None:
-                with atomic_path(target) as drawn:
-                    detector.draw(image, line["objects"]).save(drawn)
 
-        pending: list[tuple] = []
+def _min_score(model: Path, min_score: float | None) -> float:
+    """``--min-score``, else the run's best-F1 threshold (said on stderr), else the default."""
+    from kdetect.runs import best_min_score, inspect_run
 
-        def flush() -> None:
-            if not pending:
-                return
-            results = detector.predict_arrays([image for _, image in pending])
-            for (item, image), objects in zip(pending, results, strict=True):
-                line = result_line(item.display, image.shape[1], image.shape[0], objects)
-                target = _drawn_path(save_images, item.relative) if save_images else None
-                emit(line, image, target)
-            pending.clear()
+    if min_score is not None:
+        return min_score
+    min_score, source = best_min_score(inspect_run(model))
+    if source != "default":
+        err_console.print(f"min score {min_score:.2f} ({source})", highlight=False)
+    return min_score
 
-        for item in _with_progress(items, output is not None):
-            try:
-                if item.video:
-                    flush()
-                    for index, frame in read_video_frames(item.path, frame_step):
-                        objects = detector.predict_arrays([frame])[0]
-                        line = result_line(
-                            item.display, frame.shape[1], frame.shape[0], objects, frame=index
-                        )
-                        target = None
-                        if save_images is not None:
-                            name = f"{item.relative.with_suffix('')}_{index:06d}.jpg"
-                            target = save_images / name
-                        emit(line, frame, target)
-                else:
-                    image = load_image(item.path)
-                    if pending and (
-                        image.shape != pending[0][1].shape or len(pending) >= batch_size
-                    ):
-                        flush()
-                    pending.append((item, image))
-                done += 1
-            except KdetectError as exc:
-                failures += 1
-                print_error(exc)
-        flush()
-    if output is not None:
-        err_console.print(f"wrote {done} result(s) to {escape(str(output))}", highlight=False)
-    err_console.print(tally.summary(), highlight=False, soft_wrap=True)
-    if failures:
-        total = len(items) + len(problems)
-        raise KdetectError(f"{failures} of {total} input(s) could not be read")
+
+@contextmanager
+def _output_stream(output: Path | None) -> Iterator[TextIO]:
+    """stdout, or ``output`` written under a temporary name and renamed into place at the end."""
+    if output is None:
+        yield sys.stdout
+        return
+    with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as out:
+        yield out
+
+
+@dataclass
+class _Frame:
+    """One image to predict on: an image file, or one frame of a video (``index`` set), and
+    where its drawn copy goes (``None`` without --save-images)."""
+
+    item: Any  # kdetect.predict.InputItem
+    image: np.ndarray
+    index: int | None = None
+    drawn: Path | None = None
+
+    def batch_key(self) -> Hashable:
+        """Images of one size share a batch; each video frame is predicted alone."""
+        return self.image.shape if self.index is None else (self.item.display, self.index)
+
+
+class _DrawnPaths:
+    """Where --save-images puts the drawn copy of an image or video frame, checked against the
+    inputs."""
+
+    def __init__(self, folder: Path | None, check_drawn):
+        self.folder = folder
+        self.check_drawn = check_drawn
+
+    def __call__(self, item, index: int | None) -> Path | None:
+        if self.folder is None:
+            return None
+        if index is None:
+            target = _drawn_path(self.folder, item.relative)
+        else:
+            target = self.folder / f"{item.relative.with_suffix('')}_{index:06d}.jpg"
+        self.check_drawn(target)
+        return target
+
+
+def _read_inputs(
+    items: Iterable, frame_step: int, tally: _Tally, drawn: _DrawnPaths
+) -> Iterator[_Frame]:
+    """Each image, and every ``frame_step``-th frame of each video, in order; an input that
+    cannot be read (or would be drawn over an input) is reported, counted in ``tally`` and
+    skipped from there on."""
+    from kdetect.data.images import load_image
+    from kdetect.predict import read_video_frames
+
+    for item in items:
+        try:
+            if item.video:
+                for index, frame in read_video_frames(item.path, frame_step):
+                    yield _Frame(item, frame, index, drawn(item, index))
+            else:
+                yield _Frame(item, load_image(item.path), None, drawn(item, None))
+            tally.done += 1
+        except KdetectError as exc:
+            tally.failures += 1
+            print_error(exc)
+
+
+class _Writer:
+    """Predicts a batch of frames and writes their JSON lines (and drawn images)."""
+
+    def __init__(self, detector, out: TextIO, tally: _Tally):
+        self.detector = detector
+        self.out = out
+        self.tally = tally
+
+    def write(self, batch: list[_Frame]) -> None:
+        from kdetect.predict import result_line
+
+        results = self.detector.predict_arrays([frame.image for frame in batch])
+        for frame, objects in zip(batch, results, strict=True):
+            height, width = frame.image.shape[:2]
+            line = result_line(frame.item.display, width, height, objects, frame=frame.index)
+            self.out.write(json.dumps(line) + "\n")
+            self.out.flush()
+            self.tally.add(line)
+            if frame.drawn is not None:
+                with atomic_path(frame.drawn) as drawn:
+                    self.detector.draw(frame.image, line["objects"]).save(drawn)
 
 
 class _Tally:
-    """Counts what predict found, for its closing line: images (and video frames), objects per
-    class, seconds per image."""
+    """Counts what predict read and found, for its closing lines: inputs read and failed, images
+    (and video frames), objects per class, seconds per image."""
 
-    def __init__(self, classes):
+    def __init__(self, classes, failures: int = 0):
         self.classes = list(classes or [])
         self.images = self.frames = 0
+        self.done = 0  # inputs read (a video counts once)
+        self.failures = failures  # inputs that could not be read
         self.per_class: dict[str, int] = {}
         self.started = time.perf_counter()
 

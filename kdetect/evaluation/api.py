@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 
-from kdetect.data.images import load_image, verify_images
+from kdetect.data.batching import consecutive_batches
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import coco_evaluate, recall_thresholds
@@ -32,10 +31,8 @@ from kdetect.evaluation.detections import (
     read_detections_file,
 )
 from kdetect.evaluation.groundtruth import GroundTruth, annotations_to_coco, load_ground_truth
-from kdetect.evaluation.report import plot_pr_curves
 from kdetect.evaluation.thresholds import confusion_matrix, f1_curves
 from kdetect.evaluation.voc import VOC_METRICS, voc_evaluate
-from kdetect.visualize import draw_detections
 
 METRICS = ("voc07", "voc", "coco")
 
@@ -88,7 +85,7 @@ def evaluate_detections(
     f1 = f1_curves(gt.annotations.classes, truth, found)
     metrics["f1"] = f1["best"]
     if plots_dir is not None:
-        # Deferred: kdetect.plots imports matplotlib (half a second), paid only for pictures.
+        from kdetect.evaluation.report import plot_pr_curves
         from kdetect.plots import plot_confusion_matrix, plot_f1_curves
 
         plot_pr_curves(curves, metrics, plots_dir)
@@ -113,7 +110,8 @@ EXAMPLES = 6
 def _plot_examples(annotations: Annotations, detections, threshold: float, folder: Path) -> None:
     """``val_examples.png``: the first :data:`EXAMPLES` images with boxes, ground truth against
     the detections scoring at least ``threshold``."""
-    from kdetect.plots import plot_ground_truth_vs_predictions  # deferred: as above, matplotlib
+    from kdetect.plots import plot_ground_truth_vs_predictions
+    from kdetect.visualize import draw_detections
 
     pairs, titles = [], []
     for record, found in list(zip(annotations.records, detections, strict=True))[:EXAMPLES]:
@@ -200,6 +198,8 @@ def evaluate_offline(
                 # exactly what COCOeval(gt, gt.loadRes(results), "bbox") sees.
                 metrics, p50, _ = coco_evaluate(gt.coco, parsed.rows)
                 if plots_dir is not None:
+                    from kdetect.evaluation.report import plot_pr_curves
+
                     plot_pr_curves(_coco_curves(p50), metrics, plots_dir)
                 return metrics
         else:
@@ -212,6 +212,13 @@ def evaluate_offline(
 def _load_record_image(record: Record) -> np.ndarray:
     if record.image is not None:
         return np.asarray(record.image)
+    try:
+        from kdetect.data.images import load_image
+    except ImportError:  # pragma: no cover - the image helpers ship with kdetect.data
+        from PIL import Image, ImageOps
+
+        with Image.open(record.filename) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
     return load_image(record.filename)
 
 
@@ -243,32 +250,20 @@ def predict_detections(
     ``{"boxes" [B, N, 4], "confidence" [B, N], "labels" [B, N] (-1 = padding),
     "num_detections" [B]}``.
     """
+    # Deferred: kdetect.models imports TensorFlow, which offline evaluation never needs.
+    from kdetect.models.outputs import split_detections
+
     records = annotations.records
-    out: list[ImageDetections] = []
-    pending: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        result = _call_predict(model, np.stack(pending))
-        boxes, scores, labels = result["boxes"], result["confidence"], result["labels"]
-        counts = result.get("num_detections")
-        for b in range(len(pending)):
-            n = labels.shape[1] if counts is None else int(counts[b])
-            lab = labels[b, :n]
-            keep = (lab >= 0) & (lab < len(annotations.classes))
-            out.append(ImageDetections(boxes[b, :n][keep], scores[b, :n][keep], lab[keep]))
-        pending.clear()
-
-    indices = range(len(records))
     if progress:
-        indices = track(indices, description="Evaluating", transient=True)
-    for i in indices:
-        image = _load_record_image(records[i])
-        if pending and (image.shape != pending[0].shape or len(pending) >= batch_size):
-            flush()
-        pending.append(image)
-    flush()
+        from rich.progress import track
+
+        records = track(records, description="Evaluating", transient=True)
+    images = (_load_record_image(record) for record in records)
+    out: list[ImageDetections] = []
+    for batch in consecutive_batches(images, batch_size):
+        outputs = _call_predict(model, np.stack(batch))
+        for found in split_detections(outputs, len(annotations.classes)):
+            out.append(ImageDetections(found.boxes, found.confidence, found.labels))
     return out
 
 
@@ -286,6 +281,8 @@ def evaluate_model(
     model's class list to make sure). Returns the same dict as :func:`evaluate_offline`.
     Every image is verified first; :class:`~kdetect.errors.DataErrors` names all bad ones.
     """
+    from kdetect.data.images import verify_images
+
     check_metric(metric)
     gt = annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
     verify_images([r.filename for r in gt.annotations.records if r.image is None])

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from kdetect import export as exporting
 from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import preprocess_images
 from kdetect.boxes import BoxCoder
@@ -29,6 +28,7 @@ from kdetect.layers import (
     RPNTargetAssigner,
 )
 from kdetect.models import LOSS_NAMES, assembly
+from kdetect.models import export_formats as exporting
 from kdetect.models.assembly import STAGES
 from kdetect.models.prediction import RawImagePrediction
 from kdetect.models.training import DetectorTraining

@@ -133,81 +133,99 @@ def _same(w):
     return w
 
 
+class _WeightPlan(dict):
+    """torchvision key -> (kdetect variable, converter), filled one torch module at a time."""
+
+    def conv(self, prefix: str, layer) -> None:
+        self[prefix + "weight"] = (layer.kernel, _conv)
+        if layer.use_bias:
+            self[prefix + "bias"] = (layer.bias, _same)
+
+    def batch_norm(self, prefix: str, layer) -> None:
+        self[prefix + "weight"] = (layer.gamma, _same)
+        self[prefix + "bias"] = (layer.beta, _same)
+        self[prefix + "running_mean"] = (layer.moving_mean, _same)
+        self[prefix + "running_var"] = (layer.moving_variance, _same)
+
+    def linear(self, prefix: str, layer, weight=_linear, bias=_same) -> None:
+        self[prefix + "weight"] = (layer.kernel, weight)
+        self[prefix + "bias"] = (layer.bias, bias)
+
+
+def _flattened_chw(channels: int, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Converter of a linear layer reading a RoI flattened channel-major (torch) for one reading
+    it channel-last (kdetect)."""
+
+    def convert(w):  # [units, C * S * S] channel-major -> [S * S * C, units] channel-last
+        units = w.shape[0]
+        w = w.reshape(units, channels, size, size).transpose(2, 3, 1, 0)
+        return w.reshape(size * size * channels, units)
+
+    return convert
+
+
 def _weight_plan(model) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray]]]:
     """torchvision key -> (kdetect variable, converter) for every weight of ``model``."""
-    plan: dict[str, tuple[Any, Callable]] = {}
+    plan = _WeightPlan()
+    _plan_backbone(plan, model.backbone)
+    _plan_fpn_and_rpn(plan, model)
+    _plan_box_head(plan, model)
+    return plan
 
-    def conv(prefix, layer):
-        plan[prefix + "weight"] = (layer.kernel, _conv)
-        if layer.use_bias:
-            plan[prefix + "bias"] = (layer.bias, _same)
 
-    def batch_norm(prefix, layer):
-        plan[prefix + "weight"] = (layer.gamma, _same)
-        plan[prefix + "bias"] = (layer.beta, _same)
-        plan[prefix + "running_mean"] = (layer.moving_mean, _same)
-        plan[prefix + "running_var"] = (layer.moving_variance, _same)
-
-    def linear(prefix, layer, weight=_linear, bias=_same):
-        plan[prefix + "weight"] = (layer.kernel, weight)
-        plan[prefix + "bias"] = (layer.bias, bias)
-
-    def flattened_chw(channels, size):
-        def convert(w):  # [units, C * S * S] channel-major -> [S * S * C, units] channel-last
-            units = w.shape[0]
-            w = w.reshape(units, channels, size, size).transpose(2, 3, 1, 0)
-            return w.reshape(size * size * channels, units)
-
-        return convert
-
-    for layer in model.backbone.layers:
+def _plan_backbone(plan: _WeightPlan, backbone) -> None:
+    for layer in backbone.layers:
         # MobileNetV3's body is its ``features`` Sequential itself: body.4.block.0.0.weight
         path = layer.name.removeprefix("features_").replace("_", ".")
         prefix = f"backbone.body.{path}."
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             plan[prefix + "weight"] = (layer.kernel, _depthwise)
         elif isinstance(layer, keras.layers.Conv2D):
-            conv(prefix, layer)
+            plan.conv(prefix, layer)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            batch_norm(prefix, layer)
+            plan.batch_norm(prefix, layer)
+
+
+def _plan_fpn_and_rpn(plan: _WeightPlan, model) -> None:
     fpn = model.fpn
     for i in range(len(fpn.lateral_convs)):
         for kind, convs, norms in (
             ("inner_blocks", fpn.lateral_convs, fpn.lateral_norms),
             ("layer_blocks", fpn.output_convs, fpn.output_norms),
         ):
-            conv(f"backbone.fpn.{kind}.{i}.", convs[i])  # (pre-0.13 spelling of {i}.0.)
+            plan.conv(f"backbone.fpn.{kind}.{i}.", convs[i])  # (pre-0.13 spelling of {i}.0.)
             if norms[i] is not None:
-                batch_norm(f"backbone.fpn.{kind}.{i}.1.", norms[i])
-    conv("rpn.head.conv.", model.rpn_head.conv)
+                plan.batch_norm(f"backbone.fpn.{kind}.{i}.1.", norms[i])
+    plan.conv("rpn.head.conv.", model.rpn_head.conv)
     for depth, extra in enumerate(model.rpn_head.extra_convs, start=1):
-        conv(f"rpn.head.conv.{depth}.0.", extra)
-    conv("rpn.head.cls_logits.", model.rpn_head.objectness)
-    conv("rpn.head.bbox_pred.", model.rpn_head.box_deltas)
+        plan.conv(f"rpn.head.conv.{depth}.0.", extra)
+    plan.conv("rpn.head.cls_logits.", model.rpn_head.objectness)
+    plan.conv("rpn.head.bbox_pred.", model.rpn_head.box_deltas)
 
+
+def _plan_box_head(plan: _WeightPlan, model) -> None:
     size = model.roi_align.output_size
     head = model.box_head
     if isinstance(head, ConvFCBoxHead):  # Sequential: convs, Flatten, (Linear, ReLU) * n
         for index, (layer, norm) in enumerate(zip(head.convs, head.norms)):
-            conv(f"roi_heads.box_head.{index}.0.", layer)
-            batch_norm(f"roi_heads.box_head.{index}.1.", norm)
+            plan.conv(f"roi_heads.box_head.{index}.0.", layer)
+            plan.batch_norm(f"roi_heads.box_head.{index}.1.", norm)
         channels = head.conv_channels[-1]
         for j, fc in enumerate(head.fcs):
             index = len(head.convs) + 1 + 2 * j
-            weight = flattened_chw(channels, size) if j == 0 else _linear
-            linear(f"roi_heads.box_head.{index}.", fc, weight=weight)
+            weight = _flattened_chw(channels, size) if j == 0 else _linear
+            plan.linear(f"roi_heads.box_head.{index}.", fc, weight=weight)
     else:
-        fc6 = flattened_chw(model.fpn_channels, size)
-        linear("roi_heads.box_head.fc6.", head.fc1, weight=fc6)
-        linear("roi_heads.box_head.fc7.", head.fc2)
-    linear("roi_heads.box_predictor.cls_score.", model.box_predictor.cls_score)
-    linear(
+        fc6 = _flattened_chw(model.fpn_channels, size)
+        plan.linear("roi_heads.box_head.fc6.", head.fc1, weight=fc6)
+        plan.linear("roi_heads.box_head.fc7.", head.fc2)
+    plan.linear("roi_heads.box_predictor.cls_score.", model.box_predictor.cls_score)
+    plan.linear(
         "roi_heads.box_predictor.bbox_pred.",
         model.box_predictor.bbox_pred,
         weight=lambda w: np.transpose(w[4:]),  # drop the background's deltas
         bias=lambda b: b[4:],
     )
-    return plan
 
 
 def _state(source) -> tuple[str, dict[str, np.ndarray]]:
@@ -285,22 +303,3 @@ def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
         "model": options,
         "data": {"format": "coco", "image_size": image_size, "batch_size": 2},
     }
-
-
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names from ``classes.json`` or a text file with one name per line."""
-    from kdetect.runs import read_classes
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--classes: file not found: {path}")
-    if path.endswith(".json"):
-        return read_classes(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"--classes: cannot read {path} ({exc})") from None
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"--classes: {path} names a class twice")
-    return names

@@ -188,8 +188,6 @@ def create_app(
     summary["colors"] = [list(class_color(i)) for i in range(len(predictor.classes))]
     summary["limits"] = {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}
     summary["min_score"] = best_min_score(info)[0]
-    started = time.monotonic()
-    counter = {"requests": 0}
 
     app = FastAPI(
         title="kdetect",
@@ -198,8 +196,15 @@ def create_app(
     )
     app.state.predictor = predictor
     app.state.limits = limits
+    _add_error_handlers(app)
+    _add_body_limit(app, limits)
+    _add_routes(app, predictor, summary, limits)
+    return app
 
-    # -- errors: always JSON {"detail": "..."} ------------------------------------------------
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"detail": "..."}``: HTTP errors, invalid fields (422), bugs (500)."""
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -218,6 +223,10 @@ def create_app(
         log.exception("error while serving %s", request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
+
+def _add_body_limit(app: FastAPI, limits: Limits) -> None:
+    """Refuse a POST whose declared length is over the byte limit (413) before reading it."""
+
     @app.middleware("http")
     async def reject_large_bodies(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -233,7 +242,12 @@ def create_app(
                 )
         return await call_next(request)
 
-    # -- routes ---------------------------------------------------------------------------------
+
+def _add_routes(app: FastAPI, predictor: Predictor, summary: dict, limits: Limits) -> None:
+    """The page, ``/api/health``, ``/api/model`` and ``/api/predict``."""
+    started = time.monotonic()
+    counter = {"requests": 0}
+
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -254,6 +268,14 @@ def create_app(
     def model_info():
         """Classes (with drawing colours), input size and a summary of the run's recipe."""
         return summary
+
+    _add_predict_route(app, predictor, summary, limits, counter)
+
+
+def _add_predict_route(
+    app: FastAPI, predictor: Predictor, summary: dict, limits: Limits, counter: dict
+) -> None:
+    """``POST /api/predict``: decode the upload (within ``limits``), detect, count the request."""
 
     @app.post("/api/predict", response_model=PredictResponse, responses=ERRORS)
     async def predict(
@@ -289,8 +311,6 @@ def create_app(
             "height": int(array.shape[0]),
             "time_ms": round((time.perf_counter() - start) * 1000.0, 2),
         }
-
-    return app
 
 
 def _version() -> str:

@@ -5,6 +5,9 @@ architecture (so ``train --set train.init_from=RUN_DIR`` and ``evaluate --data``
 ``kdetect.json`` saying where the weights came from. It is written in a temporary sibling folder
 and renamed into place (:func:`kdetect.paths.atomic_path`), so a failed import leaves nothing
 at ``output``.
+
+It writes a run directory, so it sits with the products, above :mod:`kdetect.recipes`;
+:mod:`kdetect.pretrained` (which the model imports) only reads checkpoints.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from kdetect.errors import CheckpointError
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.paths import atomic_path, check_kind
 from kdetect.pretrained.coco import coco_class_names
-from kdetect.pretrained.torchvision import architecture_recipe, read_class_names
+from kdetect.pretrained.torchvision import architecture_recipe
 from kdetect.recipes import dump, load
-from kdetect.runs import CLASSES_FILE, MODEL_FILE, PACK_META, RECIPE_FILE, write_classes
+from kdetect.runs import (
+    CLASSES_FILE,
+    MODEL_FILE,
+    PACK_META,
+    RECIPE_FILE,
+    read_classes,
+    write_classes,
+)
 
 SOURCES = ("torchvision",)
 
@@ -83,3 +93,20 @@ def import_checkpoint(
     except OSError as exc:
         raise CheckpointError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     return output
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names from ``classes.json`` or a text file with one name per line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--classes: file not found: {path}")
+    if path.endswith(".json"):
+        return read_classes(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"--classes: cannot read {path} ({exc})") from None
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"--classes: {path} names a class twice")
+    return names
