@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kdetect.predict",
             "kdetect.serve",
             "kdetect.export",
+            "kdetect.checkpoint_import",
         ),
     ),
     ("cli", ("kdetect.cli", "kdetect.__main__")),
