@@ -170,13 +170,16 @@ class Detector:
 
     # -- raw model output -> objects -----------------------------------------------------------
     def _objects(self, detections: Detections, width: int, height: int) -> list[dict]:
-        """JSON-ready objects of one image: filtered by score and class, boxes clipped to it."""
+        """JSON-ready objects of one image: filtered by score and class, boxes clipped to it.
+
+        ``min_score`` applies to the score as reported (rounded to 4 decimals), so a threshold
+        copied from an output keeps that detection."""
         objects = []
         for box, confidence, label in zip(
             detections.boxes, detections.confidence, detections.labels, strict=True
         ):
-            label = int(label)
-            if float(confidence) < self.min_score:
+            label, score = int(label), round(float(confidence), 4)
+            if score < self.min_score:
                 continue
             if self.only is not None and label not in self.only:
                 continue
@@ -190,7 +193,7 @@ class Detector:
                     "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
                     "label": self.classes[label] if label < len(self.classes) else str(label),
                     "label_id": label,
-                    "score": round(float(confidence), 4),
+                    "score": score,
                 }
             )
         objects.sort(key=lambda o: -o["score"])

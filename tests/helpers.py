@@ -1,5 +1,6 @@
 """Plain functions shared by the tests: a NumPy IoU reference, the tiny detector, and a check
-that a layer survives its config (``assert_layer_round_trip``)."""
+that a layer survives its config (``assert_layer_round_trip``), and the tie check of the tests
+that compare two frameworks' detections (``perturbed_detections``, ``tie_decided``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy as np
 
 from kdetect.models.faster_rcnn import FasterRCNN
 
+# Noise (pixel values, 0..255) that moves an imported MobileNetV3 detector's boxes by up to
+# 0.02-0.07 px and its scores by ~3e-4: a little more than the most that two frameworks' (or two
+# runtimes') float32 rounding moved them on any CPU we measured (0.034 px, 2.8e-4).
+TIE_AMPLITUDE = 1e-3
+
 # A detector small enough for CPU tests: the tiny backbone at 64x96 with few proposals and RoIs.
+
 TINY = dict(
     num_classes=3,
     backbone="tiny",
@@ -95,3 +102,35 @@ def assert_layer_round_trip(layer, inputs=None, **call_kwargs):
             got = rebuilt(*inputs, **call_kwargs)
         _outputs_equal(expected, got)
     return rebuilt
+
+
+# --- Decisions that float rounding takes either way --------------------------------------------
+def perturbed_detections(predict, image, trials: int = 6, amplitude: float = TIE_AMPLITUDE):
+    """``predict`` (float pixels [H, W, 3] -> (boxes, scores, labels)) on ``trials`` copies of
+    ``image`` with uniform noise of +-``amplitude`` pixel values (0..255 scale): the decisions a
+    different framework's float rounding could take the other way show up as detections that
+    come and go between copies."""
+    rng = np.random.default_rng(0)
+    pixels = np.asarray(image, np.float32)
+    return [
+        predict(pixels + rng.uniform(-amplitude, amplitude, pixels.shape).astype(np.float32))
+        for _ in range(trials)
+    ]
+
+
+def has_detection(detections, box, score, label, box_tol: float, score_tol: float) -> bool:
+    """Whether (boxes, scores, labels) holds a detection of ``label`` within the tolerances."""
+    boxes, scores, labels = detections
+    return bool(
+        np.any(
+            (labels == label)
+            & (np.abs(scores - score) <= score_tol)
+            & np.all(np.abs(boxes - box) <= box_tol, axis=-1)
+        )
+    )
+
+
+def tie_decided(present: bool, detection, perturbed, box_tol: float, score_tol: float) -> bool:
+    """Whether a detection the model gives (``present``) or lacks (not ``present``) is given and
+    lacked by the model itself under :func:`perturbed_detections`, i.e. a tie."""
+    return any(has_detection(d, *detection, box_tol, score_tol) != present for d in perturbed)

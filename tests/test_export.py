@@ -5,6 +5,7 @@ conversion that fails says which op in one line and writes nothing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from test_cli_train_support import BCCD, kdetect, trained_shapes_run
 from test_serve_support import encode, loaded_model, sample_image
 
 from kdetect.export import OUTPUT_NAMES, ExportedModel, ExportError, label_map_pbtxt
+from tests.helpers import perturbed_detections, tie_decided
 from tests.pretrained_support import RACCOON, checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BOX_TOL = 0.5  # pixels
 SCORE_TOL = 1e-3
 RUNTIMES = ("onnx", "tflite")
+# Detections that a float-rounding tie decides differently in two runtimes (imported model only).
+MAX_TIE_SHARE = 0.03
 
 
 # --- Helpers ---------------------------------------------------------------------------------
@@ -43,15 +47,19 @@ def _detections(out: dict, k: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
-def assert_same_detections(ours: dict, reference: dict, k: int = 0) -> int:
+def assert_same_detections(ours: dict, reference: dict, k: int = 0, noisy=None) -> int:
     """Same number of detections, and each one paired one-to-one with a reference detection of
     the same label, box within BOX_TOL pixels and score within SCORE_TOL (pairing, not row
-    order, so two scores equal to float rounding may come in either order). Returns the count."""
+    order, so two scores equal to float rounding may come in either order). ``noisy``: a function
+    giving the reference model's detections on noisy copies of the image (``tests/helpers.py``); a
+    detection left unpaired is then allowed when the reference model itself gains or loses it
+    there (a tie that float rounding decides), at most MAX_TIE_SHARE of them. Returns the count."""
     boxes, scores, labels = _detections(ours, k)
     ref_boxes, ref_scores, ref_labels = _detections(reference, k)
     assert len(scores) == len(ref_scores)
     free = np.ones(len(ref_scores), bool)
     box_diff = score_diff = 0.0
+    unpaired = []
     for box, score, label in zip(boxes, scores, labels, strict=True):
         close = (
             free
@@ -59,12 +67,23 @@ def assert_same_detections(ours: dict, reference: dict, k: int = 0) -> int:
             & (np.abs(ref_scores - score) <= SCORE_TOL)
             & np.all(np.abs(ref_boxes - box) <= BOX_TOL, axis=-1)
         )
-        assert close.any(), f"no predict detection matches label {label} {score:.4f} {box}"
+        if not close.any():
+            unpaired.append((box, score, label))
+            continue
         pair = np.flatnonzero(close)[0]
         free[pair] = False
         box_diff = max(box_diff, float(np.abs(ref_boxes[pair] - box).max()))
         score_diff = max(score_diff, float(abs(ref_scores[pair] - score)))
     print(f"{len(scores)} detections, largest box diff {box_diff:.2e} px, score {score_diff:.2e}")
+    if unpaired and noisy is not None:
+        lost = [(ref_boxes[i], ref_scores[i], ref_labels[i]) for i in np.flatnonzero(free)]
+        print(f"  unpaired: {len(unpaired)} exported, {len(lost)} predict; checking for ties")
+        noisy = noisy()
+        assert len(unpaired) <= MAX_TIE_SHARE * len(scores)
+        assert all(tie_decided(True, d, noisy, BOX_TOL, SCORE_TOL) for d in lost)
+        unpaired = [d for d in unpaired if not tie_decided(False, d, noisy, BOX_TOL, SCORE_TOL)]
+    for box, score, label in unpaired:
+        raise AssertionError(f"no predict detection matches label {label} {score:.4f} {box}")
     return len(scores)
 
 
@@ -196,9 +215,14 @@ def test_imported_checkpoint_exports_match_predict(imported, runtime, tmp_path):
     model, images = imported
     path = export_model(model, tmp_path / f"mobilenet.{runtime}", runtime)
     exported = ExportedModel(path)
+    def predict(pixels):
+        return _detections(model.predict_on_batch(pixels[None]))
+
     for image in images:
         reference = model.predict_on_batch(image[None])
-        assert assert_same_detections(exported.predict(image[None]), reference) > 0
+        found = exported.predict(image[None])
+        noisy = functools.partial(perturbed_detections, predict, image)
+        assert assert_same_detections(found, reference, noisy=noisy) > 0
 
 
 # --- Quantised TFLite --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from kdetect.boxes import pairwise_iou
 from kdetect.models.faster_rcnn import FasterRCNN
+from tests.helpers import perturbed_detections, tie_decided
 from tests.pretrained_support import ARCHS, PHOTOS, checkpoint, run_reference
 
 # Tolerances of the parity claim (see docs/pretrained.md).
@@ -24,6 +25,9 @@ SCORE_TOL = 1e-3
 NMS_TIE = 1e-4
 NMS_THRESH = 0.5
 MAX_TIE_SHARE = 0.03
+# A tie decided elsewhere (an RPN score or NMS boundary) shows as a detection that comes and goes
+# when kdetect runs on copies of the photo with rounding-sized noise (tests/helpers.py).
+TIE_BOX_TOL = 0.5
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -84,6 +88,28 @@ def _unexplained(side: dict, index: int, other: dict, other_unpaired: list[int])
     return not (full and score <= other["scores"].min() + SCORE_TOL)
 
 
+def _not_flipping(model, image, theirs, lost, ours, gained) -> tuple[list[int], list[int]]:
+    """The torchvision-only (``lost``) and kdetect-only (``gained``) detections that kdetect
+    itself never gains or loses on noisy copies of ``image`` (not ties)."""
+
+    def predict(pixels):
+        found = _kdetect_detections(model, pixels)
+        return found["boxes"], found["scores"], found["labels"]
+
+    noisy = perturbed_detections(predict, image)
+
+    def detection(side, i):
+        return side["boxes"][i], side["scores"][i], side["labels"][i]
+
+    def flips(side, i, present):
+        return tie_decided(present, detection(side, i), noisy, TIE_BOX_TOL, SCORE_TOL)
+
+    return (
+        [i for i in lost if not flips(theirs, i, False)],
+        [j for j in gained if not flips(ours, j, True)],
+    )
+
+
 def _kdetect_detections(model, image) -> dict:
     out = model.predict_on_batch(image[None])
     count = int(out["num_detections"][0])
@@ -98,7 +124,9 @@ def _kdetect_detections(model, image) -> dict:
 def test_detections_equal_torchvision(parity, index):
     """Same count; every detection paired. The only differences allowed are final-NMS
     decisions at an IoU within NMS_TIE of the threshold (float32 rounding decides them), their
-    direct consequences and the top-100 cut, at most MAX_TIE_SHARE of the detections."""
+    direct consequences, the top-100 cut, and detections that kdetect itself gains or loses on
+    copies of the photo with rounding-sized noise (a tie at an earlier boundary), at most
+    MAX_TIE_SHARE of the detections."""
     images, reference, model, arch = parity
     theirs = {k: reference[f"{k}_{index}"] for k in ("boxes", "scores", "labels")}
     ours = _kdetect_detections(model, images[index])
@@ -112,8 +140,13 @@ def test_detections_equal_torchvision(parity, index):
     )
     assert len(ours["scores"]) == len(theirs["scores"])
     assert worst["iou"] >= MIN_IOU and worst["score"] <= SCORE_TOL
-    assert not [i for i in missing if _unexplained(theirs, i, ours, extra)], worst
-    assert not [j for j in extra if _unexplained(ours, j, theirs, missing)], worst
+    lost = [i for i in missing if _unexplained(theirs, i, ours, extra)]
+    gained = [j for j in extra if _unexplained(ours, j, theirs, missing)]
+    if lost or gained:
+        lost, gained = _not_flipping(model, images[index], theirs, lost, ours, gained)
+        print(f"  not final-NMS ties: {worst}; not flipping under noise: {lost} {gained}")
+    assert not lost, worst
+    assert not gained, worst
     assert len(missing) <= MAX_TIE_SHARE * len(theirs["scores"])
 
 
