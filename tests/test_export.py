@@ -215,6 +215,7 @@ def test_imported_checkpoint_exports_match_predict(imported, runtime, tmp_path):
     model, images = imported
     path = export_model(model, tmp_path / f"mobilenet.{runtime}", runtime)
     exported = ExportedModel(path)
+
     def predict(pixels):
         return _detections(model.predict_on_batch(pixels[None]))
 
