@@ -24,9 +24,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
+from kdetect.models import LOSS_NAMES
 from kdetect.paths import atomic_path
 
-LOSS_TERMS = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 DPI = 100
 
 
@@ -54,7 +54,7 @@ def _save(figure, output: str | os.PathLike) -> Path:
 def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) -> Path:
     """``results.png``: one panel per loss term (training and validation curves), then the
     validation mAP and the learning rate, against the epoch. Returns ``output``."""
-    panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in LOSS_TERMS]
+    panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in LOSS_NAMES]
     panels += [("val_mAP", "validation mAP"), ("lr", "learning rate")]
     figure = Figure(figsize=(16, 7), layout="constrained")
     axes = figure.subplots(2, 4)

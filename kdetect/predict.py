@@ -21,7 +21,7 @@ import numpy as np
 
 from kdetect.data.batching import consecutive_batches
 from kdetect.errors import DataError, InputShapeError, KdetectError, did_you_mean
-from kdetect.models.outputs import Detections, split_detections
+from kdetect.models.outputs import Detections, fallback_class_names, split_detections
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -143,8 +143,7 @@ class Detector:
             classes = classes if classes is not None else loaded
         self.model = model
         if classes is None:
-            num = int(getattr(model, "num_classes", 0))
-            classes = [f"class_{i}" for i in range(num)]
+            classes = fallback_class_names(getattr(model, "num_classes", 0))
         self.classes = list(classes)
         if not 0.0 <= min_score <= 1.0:
             raise KdetectError(f"--min-score: expected a value in [0, 1], got {min_score}")

@@ -1,8 +1,11 @@
-"""A tiny dataset (three images, two classes) written as VOC, COCO or CSV, for the data tests."""
+"""A tiny dataset (three images, two classes) written as VOC, COCO or CSV, and crafted bad image
+files, for the data and input tests."""
 
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,15 @@ def write_csv(root: Path, data=TINY, split: str = "train") -> Path:
             lines.append(f"{name},{w},{h},{c},{x1},{y1},{x2},{y2}")
     (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size: the header of a decompression bomb (a few bytes)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

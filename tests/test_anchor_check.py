@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import SHAPES, kdetect
 
 from kdetect.data.anchor_fit import anchor_coverage, best_anchor_iou, suggest_anchors
+from tests.train_support import SHAPES, kdetect
 
 
 def _thin_boxes_dataset(root, count=12, seed=0):

@@ -10,31 +10,17 @@ must not eat the ``[v2]`` of ``set[v2]``.
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_cli_train_support import SHAPES, TINY, kdetect, set_args, tiny_run
 
 from kdetect.errors import DataError
 from kdetect.recipes import builders
 from kdetect.recipes.schema import Recipe
 from kdetect.recipes.training import default_run_dir, safe_run_name
-from tests.data_support import _jpeg, write_voc
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a huge size: the header of a decompression bomb (a few bytes)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1000)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+from tests.data_support import _jpeg, png_header_only, write_voc
+from tests.train_support import SHAPES, TINY, kdetect, set_args, tiny_run
 
 
 def _sliver(width: int, height: int):

@@ -15,13 +15,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_cli_train_support import SHAPES, TINY, interrupt_after, kdetect, tiny_run
 
 from kdetect import runs
 from kdetect.errors import CheckpointError
 from kdetect.recipes import callbacks as cb
 from kdetect.recipes import train
 from kdetect.runs import inspect_run, pack, packs, write_classes
+from tests.train_support import SHAPES, TINY, interrupt_after, kdetect, tiny_run
 
 
 def small_manager(folder: Path):

@@ -9,7 +9,10 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import (
+
+from kdetect.recipes import load, train
+from kdetect.recipes.callbacks import read_state
+from tests.train_support import (
     BCCD,
     SHAPES,
     TINY,
@@ -19,9 +22,6 @@ from test_cli_train_support import (
     set_args,
     tiny_run,
 )
-
-from kdetect.recipes import load, train
-from kdetect.recipes.callbacks import read_state
 
 
 @pytest.fixture(scope="module")

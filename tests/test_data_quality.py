@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_cli_train_support import BCCD, has_bccd, kdetect
 
 from kdetect.data.quality import quality_report, quality_warnings
 from kdetect.data.records import Annotations, Record
+from tests.train_support import BCCD, has_bccd, kdetect
 
 
 def _record(name, boxes, labels, image):

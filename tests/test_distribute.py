@@ -243,7 +243,7 @@ def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
 
 
 def test_tpu_without_a_tpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    from test_cli_train_support import TINY, kdetect, set_args
+    from tests.train_support import TINY, kdetect, set_args
 
     monkeypatch.delenv("KDETECT_TPU", raising=False)
     run_dir = tmp_path / "run"

@@ -6,7 +6,8 @@ This is the test that proves the model learns: recipe -> tf.data -> FasterRCNN.f
 
 import numpy as np
 import pytest
-from test_cli_train_support import trained_shapes_run
+
+from tests.train_support import trained_shapes_run
 
 
 @pytest.fixture(scope="module")

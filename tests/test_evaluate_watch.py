@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from test_cli_train_support import kdetect, tiny_run
+from tests.train_support import kdetect, tiny_run
 
 
 def test_watch_evaluates_each_checkpoint_then_stops_at_the_final_model(tmp_path_factory, tmp_path):

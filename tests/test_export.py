@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import BCCD, kdetect, trained_shapes_run
-from test_serve_support import encode, loaded_model, sample_image
 
 from kdetect.export import OUTPUT_NAMES, ExportedModel, ExportError, label_map_pbtxt
 from tests.helpers import perturbed_detections, tie_decided
 from tests.pretrained_support import RACCOON, checkpoint
+from tests.serve_support import encode, loaded_model, sample_image
+from tests.train_support import BCCD, kdetect, trained_shapes_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # The claim of docs/deploy.md: an exported file's detections equal predict's to this much.

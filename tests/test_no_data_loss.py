@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_cli_train_support import kdetect, tiny_run
 
 from kdetect.data.readers import read_annotations
 from kdetect.errors import CheckpointError, DataError
@@ -17,6 +16,7 @@ from kdetect.models import export_formats as kdetect_export
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
 from tests.data_support import write_coco
+from tests.train_support import kdetect, tiny_run
 
 
 def snapshot(root: Path) -> dict[str, str]:

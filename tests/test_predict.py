@@ -8,10 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import kdetect, tiny_run
 
 from kdetect.errors import CheckpointError, DataError, KdetectError
 from kdetect.predict import Detector, collect_inputs
+from tests.train_support import kdetect, tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli_train_support import kdetect, set_args
 from torch_peer import REPO_ROOT, run_torch
 
 from kdetect.pretrained.coco import coco_class_names
+from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
 REFERENCE = Path(__file__).with_name("torchvision_reference.py")

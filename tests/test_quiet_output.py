@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cli_train_support import tiny_run
-
 from kdetect.native_logs import NATIVE_LINE
+from tests.train_support import tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("oneDNN", "cuda", "cuInit", "absl", "DeprecationWarning", "FutureWarning")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 from PIL import Image
-from test_cli_train_support import tiny_run
 
 from kdetect.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
+from tests.train_support import tiny_run
 
 EVALUATION_PICTURES = ("f1_curve", "confusion_matrix", "val_examples", "precision_recall")
 

@@ -11,10 +11,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from test_bad_input import png_header_only  # noqa: E402
-from test_serve_support import encode, loaded_model, sample_image, serve_app  # noqa: E402
 
 from kdetect.predict import Detector  # noqa: E402
+from tests.data_support import png_header_only  # noqa: E402
+from tests.serve_support import encode, loaded_model, sample_image, serve_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_wrong_method_and_unknown_path(client):
 
 
 def test_cli_serve_reports_bad_model(tmp_path, capsys):
-    from test_cli_train_support import kdetect
+    from tests.train_support import kdetect
 
     assert kdetect("serve", tmp_path / "missing") == 1
     assert "missing" in capsys.readouterr().err

@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from test_serve_support import LiveServer, encode, loaded_model, sample_image, serve_app  # noqa: E402
+from tests.serve_support import LiveServer, encode, loaded_model, sample_image, serve_app  # noqa: E402
 
 CHROMIUM = os.environ.get("KDETECT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_train_support import kdetect, tiny_run, trained_shapes_run
 
 from kdetect.evaluation.thresholds import THRESHOLDS, confusion_matrix, f1_curves
+from tests.train_support import kdetect, tiny_run, trained_shapes_run
 
 BOX_A = [0, 0, 10, 10]
 BOX_B = [20, 20, 30, 30]

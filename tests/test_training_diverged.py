@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from test_cli_train_support import SHAPES, TINY, kdetect, needs_shapes, set_args
+from tests.train_support import SHAPES, TINY, kdetect, needs_shapes, set_args
 
 
 def test_nan_loss_stops_training_with_one_line(tmp_path, capsys):

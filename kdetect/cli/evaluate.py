@@ -15,7 +15,7 @@ from rich.console import Console
 from kdetect.cli import app
 from kdetect.errors import KdetectError
 from kdetect.paths import check_kind, check_not_input
-from kdetect.runs import PLOTS_DIR
+from kdetect.runs import METRICS_FILE, PLOTS_DIR
 
 console = Console()
 
@@ -121,7 +121,7 @@ def evaluate(
             model, dataset, format, split, metric, batch_size, plots, on_invalid_box
         )
         if output is None and Path(model).is_dir():
-            output = Path(model) / "metrics.json"
+            output = Path(model) / METRICS_FILE
     else:
         raise KdetectError("nothing to evaluate: give MODEL (a run directory) or --detections FILE")
     _report(metrics, output, plots)
@@ -153,7 +153,7 @@ def _watch(model: str, split, metric, timeout: float, batch_size: int, output) -
     console.print(f"watching {model} for checkpoints (timeout {timeout:g} s)")
     results = watch_run(model, split, metric, timeout, batch_size=batch_size, on_result=report)
     print_metrics(results[-1][1], console)
-    write_metrics(results[-1][1], output or Path(model) / "metrics.json")
+    write_metrics(results[-1][1], output or Path(model) / METRICS_FILE)
 
 
 def _evaluate_run(model, dataset, format, split, metric, batch_size, plots, on_invalid_box) -> dict:

@@ -51,6 +51,7 @@ from kdetect.models.converters import (
     convert_onnx,
     convert_tflite,
 )
+from kdetect.models.outputs import fallback_class_names
 from kdetect.paths import atomic_path
 
 __all__ = [
@@ -176,7 +177,7 @@ def label_map_pbtxt(classes: Sequence[str]) -> str:
 
 def _class_names(model, classes: Sequence[str] | None) -> list[str]:
     if classes is None:
-        return [f"class_{i}" for i in range(int(getattr(model, "num_classes", 0)))]
+        return fallback_class_names(getattr(model, "num_classes", 0))
     return list(classes)
 
 

@@ -9,7 +9,8 @@ arrays, the same for every image of a batch::
     num_detections  [B]        rows of real detections
 
 :func:`split_detections` keeps, per image, the first ``num_detections`` rows (all ``N`` when the
-dict has no counts) whose label is a class id. It needs only NumPy.
+dict has no counts) whose label is a class id. It needs only NumPy. Classes without names are
+called :func:`fallback_class_names`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ import numpy as np
 
 #: The keys of the model's output dict.
 OUTPUT_KEYS = ("boxes", "confidence", "labels", "num_detections")
+
+
+def fallback_class_names(count: int) -> list[str]:
+    """``class_0``, ``class_1``, ...: the names of classes whose source gives none."""
+    return [f"class_{i}" for i in range(int(count))]
 
 
 @dataclass

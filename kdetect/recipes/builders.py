@@ -7,7 +7,6 @@ never see a recipe.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kdetect.data.records import Annotations
-from kdetect.errors import RecipeError
+from kdetect.errors import RecipeError, did_you_mean
 from kdetect.recipes.schema import DataConfig, ModelConfig, Recipe, TrainConfig
 
 
@@ -44,10 +43,9 @@ def select_classes(
     if strict:
         for name in classes:
             if name not in annotations.classes:
-                close = difflib.get_close_matches(name, annotations.classes, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
                 raise RecipeError(
-                    f"data.classes: {name!r} is not a class of the dataset{hint}; it has: "
+                    f"data.classes: {name!r} is not a class of the dataset"
+                    f"{did_you_mean(name, annotations.classes)}; it has: "
                     + ", ".join(annotations.classes)
                 )
     index = {name: i for i, name in enumerate(classes)}

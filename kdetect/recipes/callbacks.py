@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdetect.errors import CheckpointError, TrainingDiverged
+from kdetect.models import LOSS_NAMES
+from kdetect.models.outputs import split_detections
 from kdetect.paths import write_text
 from kdetect.plots import plot_results, read_history
 from kdetect.runs import (
@@ -38,7 +40,6 @@ from kdetect.visualize import draw_detections
 
 STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
-LOSS_KEYS = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 
 
 def current_lr(model: keras.Model) -> float:
@@ -97,7 +98,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        for key in LOSS_KEYS:
+        for key in LOSS_NAMES:
             value = (logs or {}).get(key)
             if value is None:
                 continue
@@ -303,17 +304,10 @@ class ImageSummary(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         drawn = []
         for image in self.images:
-            out = self.model.predict_on_batch(image[None])
-            n = int(np.asarray(out["num_detections"])[0])
-            boxes = np.asarray(out["boxes"])[0, :n]
-            scores = np.asarray(out["confidence"])[0, :n]
-            labels = np.asarray(out["labels"])[0, :n]
-            keep = (scores >= self.min_score) & (labels >= 0)
-            drawn.append(
-                np.asarray(
-                    draw_detections(image, boxes[keep], labels[keep], scores[keep], self.classes)
-                )
-            )
+            (found,) = split_detections(self.model.predict_on_batch(image[None]))
+            keep = found.confidence >= self.min_score
+            boxes, labels, scores = found.boxes[keep], found.labels[keep], found.confidence[keep]
+            drawn.append(np.asarray(draw_detections(image, boxes, labels, scores, self.classes)))
         with self._writer.as_default():
             tf.summary.image("predictions", np.stack(drawn), step=epoch + 1, max_outputs=len(drawn))
         self._writer.flush()

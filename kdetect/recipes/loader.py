@@ -15,6 +15,7 @@ import yaml
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.paths import write_text
 from kdetect.recipes.schema import Recipe, from_dict, path_fields, to_dict
+from kdetect.runs.files import RECIPE_FILE
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -229,9 +230,9 @@ def load(
     else:
         path = Path(path)
         if path.is_dir():
-            path = path / "recipe.yaml"
+            path = path / RECIPE_FILE
         data = read_yaml(path)
-        name = path.stem if path.name != "recipe.yaml" else path.parent.name
+        name = path.stem if path.name != RECIPE_FILE else path.parent.name
     data = apply_overrides(data, overrides)
     recipe = from_dict(Recipe, data)
     if recipe.name is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
-from kdetect.errors import RecipeError
+from kdetect.errors import RecipeError, did_you_mean
 
 FORMATS = ("shapes", "voc", "coco", "csv", "tfrecord")
 
@@ -421,11 +421,7 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if value in args and not isinstance(value, bool):
             return value
         choices = ", ".join(str(a) for a in args)
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(a) for a in args], n=1)
-            if close:
-                hint = f" (did you mean {close[0]}?)"
+        hint = did_you_mean(value, [str(a) for a in args]) if isinstance(value, str) else ""
         raise RecipeError(f"{key}: expected one of {choices}, got {_show(value)}{hint}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

@@ -41,13 +41,13 @@ from kdetect.data.readers.common import (
     ON_INVALID_BOX,
     READERS,
     InvalidBox,
-    fallback_class_names,
     parse_classes,
     read_annotations,
     register_format,
     scan_annotations,
 )
 from kdetect.data.readers.csv import CSV_COLUMNS
+from kdetect.models.outputs import fallback_class_names
 
 register_format("voc", voc.read_voc)
 register_format("coco", coco.read_coco)

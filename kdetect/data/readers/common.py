@@ -194,11 +194,6 @@ def resolve_classes(
     return given
 
 
-def fallback_class_names(count: int) -> list[str]:
-    """``class_0``, ``class_1``, ...: the names of classes whose source gives none."""
-    return [f"class_{i}" for i in range(int(count))]
-
-
 # --------------------------------------------------------------------------------------------
 # Boxes and records
 

@@ -1,6 +1,6 @@
 """Shared helpers of the serving tests: the tiny run's model loaded once, a live uvicorn server.
 
-The model comes from the session's tiny shapes run (``test_cli_train_support.tiny_run``).
+The model comes from the session's tiny shapes run (``tests.train_support.tiny_run``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import io
 
 import numpy as np
 from PIL import Image
-from test_cli_train_support import tiny_run
 
 from kdetect.serve.background import BackgroundServer
+from tests.train_support import tiny_run
 
 _CACHE: dict = {}
 
