@@ -337,7 +337,7 @@ def test_empty_and_missing_split(tmp_path):
 
 def test_unknown_format_and_path(tmp_path):
     with pytest.raises(DataError, match="unknown dataset format"):
-        read_annotations("yolo", tmp_path, "train")
+        read_annotations("kitti", tmp_path, "train")
     with pytest.raises(DataError, match="does not exist"):
         read_annotations("voc", tmp_path / "nope", "train")
 
