@@ -121,9 +121,7 @@ def _split_images(
     if images_dir is None and not entry.is_dir():
         raise DataError(f"{yaml_path}: {split!r} folder {entry} not found")
     folder = images_dir if images_dir is not None else entry
-    images = sorted(
-        p for p in folder.rglob("*") if p.suffix in IMAGE_EXTENSIONS and p.is_file()
-    )
+    images = sorted(p for p in folder.rglob("*") if p.suffix in IMAGE_EXTENSIONS and p.is_file())
     labels = label_path(entry / "x").parent
     pairs = [(image, labels / image.relative_to(folder).with_suffix(".txt")) for image in images]
     if labels != entry:  # labels beside the images: other .txt files may sit there too
@@ -161,7 +159,7 @@ def _parse_line(line: str, where: str, names: list[str], width: int, height: int
     """``class cx cy w h`` (normalised) -> an ``xyxy`` pixel box of class ``names[class]``."""
     fields = line.split()
     if len(fields) != 5:
-        hint = " (a 6th field is a score: a predictions file, not labels)" if len(fields) == 6 else ""
+        hint = " (a 6th field is a score: predictions, not labels)" if len(fields) == 6 else ""
         raise DataError(f"{where}: expected 5 fields 'class cx cy w h', found {len(fields)}{hint}")
     class_id = number(fields[0], "class id", where)
     if class_id != int(class_id) or not 0 <= class_id < len(names):

@@ -83,9 +83,7 @@ def convert_dataset(
     check_kind(output, "folder")
     check_free(output, overwrite)
     parts = {
-        split: read_annotations(
-            source_format, source, split, classes, on_invalid_box, images_dir
-        )
+        split: read_annotations(source_format, source, split, classes, on_invalid_box, images_dir)
         for split in dict.fromkeys(splits or ["train"])
     }
     parts = merge_classes(parts)

@@ -17,9 +17,9 @@ from kdetect.data.writers.common import ImageFiles
 def write_coco(parts: dict[str, Annotations], root: Path, images: ImageFiles) -> None:
     """One instances JSON per split."""
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    for split, annotations in parts.items():
-        names = [Path(images.place(r, f"images/{split}")).name for r in annotations.records]
-        doc = coco_document(annotations, names)
+    for split, part in parts.items():
+        names = [Path(images.place(r, f"images/{split}")).name for r in part.records]
+        doc = coco_document(part, names)
         path = root / "annotations" / f"instances_{split}.json"
         path.write_text(json.dumps(doc), encoding="utf-8")
 
@@ -45,11 +45,11 @@ def xywh(box) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1]
 
 
-def coco_document(annotations: Annotations, names: list[str]) -> dict:
+def coco_document(part: Annotations, names: list[str]) -> dict:
     """The instances JSON of one split; ``names`` are the image file names to write."""
     doc_images, doc_annotations = [], []
-    ids = image_ids(annotations.records)
-    for record, image_id, name in zip(annotations.records, ids, names, strict=True):
+    ids = image_ids(part.records)
+    for record, image_id, name in zip(part.records, ids, names, strict=True):
         doc_images.append(
             {"id": image_id, "file_name": name, "width": record.width, "height": record.height}
         )
@@ -68,5 +68,5 @@ def coco_document(annotations: Annotations, names: list[str]) -> dict:
     return {
         "images": doc_images,
         "annotations": doc_annotations,
-        "categories": coco_categories(annotations.classes),
+        "categories": coco_categories(part.classes),
     }

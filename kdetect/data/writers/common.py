@@ -82,12 +82,12 @@ def merge_classes(parts: dict[str, Annotations]) -> dict[str, Annotations]:
         merged = sorted(merged)
     index = {name: i for i, name in enumerate(merged)}
     result = {}
-    for split, annotations in parts.items():
-        remap = np.array([index[n] for n in annotations.classes], dtype=np.int32)
+    for split, part in parts.items():
+        remap = np.array([index[n] for n in part.classes], dtype=np.int32)
         records = [
             Record(r.filename, r.width, r.height, r.boxes, remap[r.labels], r.difficult,
                    image_id=r.image_id)
-            for r in annotations.records
+            for r in part.records
         ]  # fmt: skip
         result[split] = Annotations(classes=merged, records=records)
     return result

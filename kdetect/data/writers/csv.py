@@ -17,17 +17,17 @@ from kdetect.data.writers.common import ImageFiles, class_name, text_number
 
 def write_csv(parts: dict[str, Annotations], root: Path, images: ImageFiles) -> None:
     """One CSV per split."""
-    for split, annotations in parts.items():
+    for split, part in parts.items():
         with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(CSV_COLUMNS)
-            for record in annotations.records:
+            for record in part.records:
                 name = Path(images.place(record, "images")).name
                 size = [name, record.width, record.height]
                 if not len(record.labels):
                     writer.writerow(size + [""] * 5)
                 for box, label in zip(record.boxes, record.labels, strict=True):
-                    name_ = class_name(annotations.classes, label)
+                    name_ = class_name(part.classes, label)
                     writer.writerow(size + [name_] + [text_number(v) for v in box])
     classes = next(iter(parts.values())).classes
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")

@@ -20,11 +20,11 @@ from kdetect.data.writers.common import ImageFiles, class_name
 
 def write_labelstudio(parts: dict[str, Annotations], root: Path, images: ImageFiles) -> None:
     """One task list per split."""
-    for split, annotations in parts.items():
+    for split, part in parts.items():
         tasks = []
-        for k, record in enumerate(annotations.records, start=1):
+        for k, record in enumerate(part.records, start=1):
             relative = images.place(record, f"images/{split}")
-            regions = regions_of(record, annotations.classes)
+            regions = regions_of(record, part.classes)
             annotation = {"id": k, "result": regions, "was_cancelled": False}
             tasks.append({"id": k, "data": {"image": local_files_url(relative)},
                           "annotations": [annotation]})  # fmt: skip

@@ -21,13 +21,13 @@ def write_voc(parts: dict[str, Annotations], root: Path, images: ImageFiles) -> 
     """One XML per image, one id list per split, the images in ``JPEGImages/``."""
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
     (root / SPLIT_FOLDER).mkdir(parents=True, exist_ok=True)
-    for split, annotations in parts.items():
+    for split, part in parts.items():
         ids = []
-        for record in annotations.records:
+        for record in part.records:
             image_id = Path(record.filename).stem
             images.claim(f"Annotations/{image_id}.xml", record.filename)
             name = Path(images.place(record, "JPEGImages")).name
-            xml = voc_xml(record, annotations.classes, name)
+            xml = voc_xml(record, part.classes, name)
             (root / "Annotations" / f"{image_id}.xml").write_text(xml, encoding="utf-8")
             ids.append(image_id)
         (root / SPLIT_FOLDER / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))

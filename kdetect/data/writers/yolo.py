@@ -17,9 +17,9 @@ from kdetect.data.writers.common import ImageFiles, normalised
 
 def write_yolo(parts: dict[str, Annotations], root: Path, images: ImageFiles) -> None:
     """Images, one label file per image, and ``data.yaml``."""
-    for split, annotations in parts.items():
+    for split, part in parts.items():
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for record in annotations.records:
+        for record in part.records:
             name = Path(images.place(record, f"images/{split}")).name
             label = f"labels/{split}/{Path(name).stem}.txt"
             images.claim(label, record.filename)
