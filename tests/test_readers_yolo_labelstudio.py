@@ -193,8 +193,9 @@ def test_labelstudio_image_urls(tmp_path):
     assert local_image("/data/local-files/?d=other/root/x%20y.jpg", tmp_path, images / "sub") == (
         found
     )
-    assert local_image("/data/upload/12/1f2e3d4c-up.jpg", tmp_path, images) == str(images / "up.jpg")
-    assert local_image("https://host/a/up.jpg?sig=1", tmp_path, images) == str(images / "up.jpg")
+    up = str(images / "up.jpg")
+    assert local_image("/data/upload/12/1f2e3d4c-up.jpg", tmp_path, images) == up
+    assert local_image("https://host/a/up.jpg?sig=1", tmp_path, images) == up
     assert local_image(found, tmp_path, None) == found  # an absolute path
     assert local_image("imgs/up.jpg", tmp_path, None) == str(images / "up.jpg")  # beside the JSON
     with pytest.raises(DataError, match="local-files URL without"):

@@ -75,7 +75,8 @@ def convert_dataset(
     """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
 
     Refuses (before reading) an output that is or holds the source, and an existing non-empty
-    output unless ``overwrite``. Returns what was written, split by split.
+    output unless ``overwrite``; (after reading) one that holds an image of the source. Returns
+    what was written, split by split.
     """
     if format not in WRITERS:
         raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
@@ -86,6 +87,8 @@ def convert_dataset(
         split: read_annotations(source_format, source, split, classes, on_invalid_box, images_dir)
         for split in dict.fromkeys(splits or ["train"])
     }
+    images = [r.filename for part in parts.values() for r in part.records]
+    check_not_input(output, images, replaces=True)  # e.g. --output over the image folder
     parts = merge_classes(parts)
     write_dataset(format, parts, output, link=link)
     return parts
