@@ -141,9 +141,9 @@ def test_format_options_are_checked():
         parse_options("coco", ["save_conf=1"])
     with pytest.raises(KdetectError, match=r"\(none\)"):
         parse_options("voc", ["x"])
+    twins = [{"file": f"{d}/a.jpg", "width": 8, "height": 8, "objects": []} for d in "xy"]
     with pytest.raises(DataError, match="same file name as"):
-        write_predictions("voc", [{"file": f"{d}/a.jpg", "width": 8, "height": 8,
-                                   "objects": []} for d in "xy"], CLASSES, "unused", {})  # fmt: skip
+        write_predictions("voc", twins, CLASSES, "unused", {})
 
 
 # --------------------------------------------------------------------------------------------
