@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kdetect.cli import main
+from kdetect.data.inspect import detect_format
 from kdetect.data.readers import read_annotations
 from kdetect.data.readers.labelstudio import local_image
 from kdetect.errors import DataError
+from kdetect.evaluation.groundtruth import guess_format
 from tests.data_support import _jpeg, write_labelstudio, write_yolo
 
 # --------------------------------------------------------------------------------------------
@@ -200,3 +203,13 @@ def test_labelstudio_image_urls(tmp_path):
     assert local_image("imgs/up.jpg", tmp_path, None) == str(images / "up.jpg")  # beside the JSON
     with pytest.raises(DataError, match="local-files URL without"):
         local_image("/data/local-files/?x=1", tmp_path, images)
+
+
+def test_format_guessing_and_inspect_know_yolo(tmp_path, capsys):
+    root = write_yolo(tmp_path / "yolo")
+    assert detect_format(root) == detect_format(root / "data.yaml") == "yolo"
+    assert guess_format(root, "train") == guess_format(root / "data.yaml", "train") == "yolo"
+    assert main(["dataset", "inspect", str(root)]) == 0
+    assert "(yolo, split train)" in capsys.readouterr().out.replace("\n", "")
+    ls = write_labelstudio(tmp_path / "ls")
+    assert main(["dataset", "inspect", str(ls / "train.json"), "--type", "labelstudio"]) == 0
