@@ -94,3 +94,47 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1000)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write_yolo(root: Path, data=TINY, split: str = "train", names=("cat", "dog")) -> Path:
+    """Ultralytics layout: data.yaml (names as a list), images/<split>/, labels/<split>/ (no
+    label file for an image without boxes)."""
+    (root / "images" / split).mkdir(parents=True)
+    (root / "labels" / split).mkdir(parents=True)
+    for name, (w, h, objects) in data.items():
+        _jpeg(root / "images" / split / name, w, h)
+        lines = [
+            f"{names.index(c)} {(x1 + x2) / 2 / w!r} {(y1 + y2) / 2 / h!r} "
+            f"{(x2 - x1) / w!r} {(y2 - y1) / h!r}\n"
+            for c, x1, y1, x2, y2, _ in objects
+        ]
+        if lines:
+            (root / "labels" / split / f"{Path(name).stem}.txt").write_text("".join(lines))
+    listed = ", ".join(f"'{n}'" for n in names)
+    (root / "data.yaml").write_text(f"path: .\n{split}: images/{split}\nnames: [{listed}]\n")
+    return root
+
+
+def write_labelstudio(root: Path, data=TINY, split: str = "train") -> Path:
+    """Label Studio's JSON export: uploaded-file URLs (8 hex digits and a dash before the name),
+    percent regions, and an older cancelled annotation that must be ignored."""
+    (root / "images").mkdir(parents=True)
+    tasks = []
+    for k, (name, (w, h, objects)) in enumerate(data.items(), start=1):
+        _jpeg(root / "images" / name, w, h)
+        result = [
+            {"id": f"r{n}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+             "original_width": w, "original_height": h,
+             "value": {"x": 100 * x1 / w, "y": 100 * y1 / h, "width": 100 * (x2 - x1) / w,
+                       "height": 100 * (y2 - y1) / h, "rotation": 0, "rectanglelabels": [c]}}
+            for n, (c, x1, y1, x2, y2, _) in enumerate(objects)
+        ]  # fmt: skip
+        cancelled = {"id": 100 + k, "was_cancelled": True, "result": result[:1] * 3,
+                     "updated_at": "2030-01-01T00:00:00Z"}  # fmt: skip
+        done = {"id": k, "was_cancelled": False, "result": result,
+                "updated_at": "2024-05-01T10:00:00Z"}  # fmt: skip
+        stale = {"id": 50 + k, "result": [], "updated_at": "2024-04-01T10:00:00Z"}
+        tasks.append({"id": k, "data": {"image": f"/data/upload/3/0a1b2c3d-{name}"},
+                      "annotations": [stale, done, cancelled]})  # fmt: skip
+    (root / f"{split}.json").write_text(json.dumps(tasks))
+    return root

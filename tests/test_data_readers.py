@@ -13,7 +13,15 @@ from PIL import Image
 from kdetect.data.images import encode_for_record, image_size, load_image
 from kdetect.data.readers import read_annotations, scan_annotations
 from kdetect.errors import DataError
-from tests.data_support import TINY, _jpeg, write_coco, write_csv, write_voc
+from tests.data_support import (
+    TINY,
+    _jpeg,
+    write_coco,
+    write_csv,
+    write_labelstudio,
+    write_voc,
+    write_yolo,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -98,9 +106,14 @@ def test_tiny_formats_agree(tmp_path):
     voc = read_annotations("voc", write_voc(tmp_path / "voc"), "train")
     coco = read_annotations("coco", write_coco(tmp_path / "coco"), "train")
     csv_ = read_annotations("csv", write_csv(tmp_path / "csv"), "train")
+    yolo = read_annotations("yolo", write_yolo(tmp_path / "yolo"), "train")
+    studio = read_annotations("labelstudio", write_labelstudio(tmp_path / "ls"), "train")
     assert voc.classes == ["cat", "dog"]  # sorted names
     assert_same_records(voc, coco)
-    assert_same_records(voc, csv_, check_difficult=False)  # CSV has no difficult column
+    # CSV, YOLO and Label Studio have no difficult flag; YOLO and Label Studio boxes are
+    # normalised / percent values multiplied out, equal again once rounded to float32
+    for other in (csv_, yolo, studio):
+        assert_same_records(voc, other, check_difficult=False)
     a = by_name(voc)["a.jpg"]
     np.testing.assert_array_equal(a.boxes, [[1, 2, 30, 40], [10, 10, 64, 48]])
     np.testing.assert_array_equal(a.labels, [1, 0])
@@ -310,6 +323,8 @@ def test_unknown_class_with_class_list(tmp_path):
         ("voc", write_voc, r"a\.xml: object 2"),
         ("coco", write_coco, r"annotation id 2"),
         ("csv", write_csv, r"train\.csv:3"),
+        ("yolo", write_yolo, r"labels/train/a\.txt:2"),
+        ("labelstudio", write_labelstudio, r"train\.json: task 1: region r1"),
     ]:
         root = writer(tmp_path / fmt)
         with pytest.raises(DataError, match=rf"{where}: unknown class 'cat'"):
@@ -337,7 +352,7 @@ def test_empty_and_missing_split(tmp_path):
 
 def test_unknown_format_and_path(tmp_path):
     with pytest.raises(DataError, match="unknown dataset format"):
-        read_annotations("yolo", tmp_path, "train")
+        read_annotations("kitti", tmp_path, "train")
     with pytest.raises(DataError, match="does not exist"):
         read_annotations("voc", tmp_path / "nope", "train")
 

@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "products",
         (
             "kdetect.predict",
+            "kdetect.predict_formats",
             "kdetect.serve",
             "kdetect.export",
             "kdetect.checkpoint_import",

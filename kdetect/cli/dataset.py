@@ -1,4 +1,4 @@
-"""``kdetect dataset transform|inspect``: thin commands over ``kdetect.data``.
+"""``kdetect dataset transform|inspect|convert``: thin commands over ``kdetect.data``.
 
 ``kdetect.data`` and ``kdetect.recipes`` are imported inside the functions: ``kdetect --help``
 imports every command module and must not load TensorFlow.
@@ -30,13 +30,25 @@ class SourceType(str, Enum):
     voc = "voc"
     coco = "coco"
     csv = "csv"
+    yolo = "yolo"
+    labelstudio = "labelstudio"
 
 
 class InspectType(str, Enum):
     voc = "voc"
     coco = "coco"
     csv = "csv"
+    yolo = "yolo"
+    labelstudio = "labelstudio"
     tfrecord = "tfrecord"
+
+
+class TargetType(str, Enum):
+    voc = "voc"
+    coco = "coco"
+    csv = "csv"
+    yolo = "yolo"
+    labelstudio = "labelstudio"
 
 
 class InvalidBoxPolicy(str, Enum):
@@ -89,7 +101,8 @@ def transform(
         Path | None, typer.Option(help="Folder of the images, when not the usual place.")
     ] = None,
 ) -> None:
-    """Write sharded TFRecords, classes.json and dataset.json from a VOC, COCO or CSV dataset."""
+    """Write sharded TFRecords, classes.json and dataset.json from a VOC, COCO, CSV, YOLO or
+    Label Studio dataset."""
     from kdetect.data.tfrecord import transform_dataset
 
     splits = split or ["train"]
@@ -160,6 +173,58 @@ def inspect(
         from kdetect.data.images import bad_images_error
 
         raise bad_images_error(result.bad_images, result.summary["images"])
+
+
+@dataset_app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Dataset folder (or annotation file).")],
+    type: Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")],
+    to: Annotated[TargetType, typer.Option("--to", help="Format to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new).")],
+    split: Annotated[
+        list[str], typer.Option("--split", help="Split to convert; repeat for more.")
+    ] = None,  # noqa: B006 - typer needs None for a repeatable option
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names (label id = position).")
+    ] = None,
+    on_invalid_box: Annotated[
+        InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
+    ] = InvalidBoxPolicy.error,
+    images_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the images, when not the usual place.")
+    ] = None,
+    link: Annotated[
+        bool, typer.Option("--link", help="Hard-link the images instead of copying them.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing non-empty output folder.")
+    ] = False,
+) -> None:
+    """Rewrite a dataset in another format (the images copied into its layout).
+
+    Every split is read first; the output is written under a temporary name beside it and
+    renamed at the end, so on any error nothing is left behind.
+    """
+    from kdetect.data.writers import convert_dataset
+
+    parts = convert_dataset(
+        type.value,
+        source,
+        split or ["train"],
+        to.value,
+        output,
+        classes=classes,
+        on_invalid_box=on_invalid_box.value,
+        images_dir=images_dir,
+        overwrite=overwrite,
+        link=link,
+    )
+    for name, part in parts.items():
+        boxes = sum(len(r.labels) for r in part.records)
+        console.print(f"{name}: {len(part)} images, {boxes} boxes", highlight=False)
+    classes_ = next(iter(parts.values())).classes
+    console.print(f"classes ({len(classes_)}): {', '.join(classes_)}", highlight=False)
+    console.print(f"wrote {to.value} to {escape(str(output))}", highlight=False)
 
 
 def _print_summary(result, title: str) -> None:

@@ -1,4 +1,5 @@
-"""``kdetect predict``: detections on images, folders and videos as JSON lines.
+"""``kdetect predict``: detections on images, folders and videos as JSON lines, or (``--format``)
+as COCO results, VOC XML, YOLO labels or Label Studio tasks (:mod:`kdetect.predict_formats`).
 
 kdetect's own heavier modules (``predict``, ``data``, ``recipes``) are imported inside the
 functions: ``kdetect --help`` imports every command module and must not load TensorFlow.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
@@ -20,10 +22,18 @@ from rich.markup import escape
 
 from kdetect.cli import app, err_console, print_error
 from kdetect.errors import KdetectError
-from kdetect.paths import atomic_path, check_kind, input_guard
+from kdetect.paths import atomic_path, check_free, check_kind, input_guard
 
 if TYPE_CHECKING:
     import numpy as np
+
+
+class OutputFormat(str, Enum):
+    jsonl = "jsonl"
+    coco = "coco"
+    voc = "voc"
+    yolo = "yolo"
+    labelstudio = "labelstudio"
 
 
 @app.command("predict")
@@ -72,8 +82,23 @@ def predict(
         int, typer.Option(help="Images per model call (same-size images only).", min=1)
     ] = 1,
     frame_step: Annotated[int, typer.Option(help="Videos: predict every N-th frame.", min=1)] = 1,
+    format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="jsonl, or (with --output) coco, voc, yolo or labelstudio."),
+    ] = OutputFormat.jsonl,
+    format_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="coco: ground_truth=FILE; yolo: save_conf=true; labelstudio: image_root=DIR, "
+            "model_version=NAME (repeatable).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="voc/yolo: replace a non-empty --output folder.")
+    ] = False,
 ) -> None:
-    """Predict objects; one JSON line per image (or video frame).
+    """Predict objects; one JSON line per image (or video frame), or --format.
 
     A path that cannot be read is reported on stderr and skipped; the exit code is 1 when
     anything failed. No output (--output, --save-images) may be one of the inputs; --output is
@@ -84,7 +109,8 @@ def predict(
     from kdetect.predict import Detector, collect_inputs
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
-    check_drawn = _check_outputs(model, items, output, save_images)
+    options = _format_options(format.value, format_option, output, items)
+    check_drawn = _check_outputs(model, items, output, save_images, format.value, overwrite)
     detector = Detector(
         model,
         min_score=_min_score(model, min_score),
@@ -97,12 +123,16 @@ def predict(
     if save_images is not None:
         save_images.mkdir(parents=True, exist_ok=True)
     tally = _Tally(detector.classes, failures=len(problems))
-    with _output_stream(output) as out:
-        writer = _Writer(detector, out, tally)
+    collected: list[dict] = []
+    with _output_stream(output if format == OutputFormat.jsonl else None) as out:
+        emit = _json_lines(out) if format == OutputFormat.jsonl else collected.append
+        writer = _Writer(detector, emit, tally)
         inputs = _with_progress(items, output is not None)
         frames = _read_inputs(inputs, frame_step, tally, _DrawnPaths(save_images, check_drawn))
         for batch in consecutive_batches(frames, batch_size, key=_Frame.batch_key):
             writer.write(batch)
+    if format != OutputFormat.jsonl:
+        _write_format(format.value, collected, detector.classes, output, options, model)
     if output is not None:
         err_console.print(f"wrote {tally.done} result(s) to {escape(str(output))}", highlight=False)
     err_console.print(tally.summary(), highlight=False, soft_wrap=True)
@@ -111,16 +141,53 @@ def predict(
         raise KdetectError(f"{tally.failures} of {total} input(s) could not be read")
 
 
-def _check_outputs(model: Path, items: list, output: Path | None, save_images: Path | None):
+def _format_options(fmt: str, pairs: list[str] | None, output: Path | None, items: list) -> dict:
+    """The checked ``--format-option`` values; other formats than jsonl need ``--output`` and
+    images (no videos)."""
+    from kdetect.predict_formats import parse_options
+
+    options = parse_options(fmt, pairs)
+    if fmt != "jsonl":
+        if output is None:
+            raise KdetectError(f"--format {fmt}: needs --output PATH")
+        videos = [item.display for item in items if item.video]
+        if videos:
+            raise KdetectError(f"--format {fmt}: {videos[0]} is a video (use --format jsonl)")
+    return options
+
+
+def _write_format(fmt: str, lines: list, classes, output: Path, options: dict, model: Path):
+    """Write the collected result lines as ``fmt`` (see kdetect.predict_formats)."""
+    from kdetect.predict_formats import model_version, write_predictions
+    from kdetect.runs import inspect_run
+
+    version = model_version(inspect_run(model)) if fmt == "labelstudio" else "kdetect"
+    written = write_predictions(fmt, lines, list(classes), output, options, version)
+    for path in written[1:]:
+        err_console.print(f"wrote {escape(str(path))}", highlight=False)
+
+
+def _check_outputs(
+    model: Path,
+    items: list,
+    output: Path | None,
+    save_images: Path | None,
+    fmt: str = "jsonl",
+    overwrite: bool = False,
+):
     """Refuse outputs that are (or hold) an input; returns the check for each drawn image."""
+    from kdetect.predict_formats import FILE_FORMATS
     from kdetect.runs import CLASSES_FILE, MODEL_FILE
 
     inputs = [item.path for item in items] + [model]
     if model.is_dir():
         inputs += [model / MODEL_FILE, model / CLASSES_FILE]
     if output is not None:
-        input_guard(inputs)(output)
-        check_kind(output, "file")
+        folder = fmt not in FILE_FORMATS
+        input_guard(inputs, replaces=folder)(output)
+        check_kind(output, "folder" if folder else "file")
+        if folder:
+            check_free(output, overwrite)
     check_drawn = input_guard(inputs, "--save-images")
     if save_images is not None:
         check_kind(save_images, "folder", "--save-images")
@@ -208,12 +275,22 @@ def _read_inputs(
             print_error(exc)
 
 
-class _Writer:
-    """Predicts a batch of frames and writes their JSON lines (and drawn images)."""
+def _json_lines(out: TextIO) -> Callable[[dict], None]:
+    """Write each result as one JSON line, flushed (so a pipe sees it at once)."""
 
-    def __init__(self, detector, out: TextIO, tally: _Tally):
+    def emit(line: dict) -> None:
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+
+    return emit
+
+
+class _Writer:
+    """Predicts a batch of frames and hands on their result lines (and writes drawn images)."""
+
+    def __init__(self, detector, emit: Callable[[dict], None], tally: _Tally):
         self.detector = detector
-        self.out = out
+        self.emit = emit
         self.tally = tally
 
     def write(self, batch: list[_Frame]) -> None:
@@ -223,8 +300,7 @@ class _Writer:
         for frame, objects in zip(batch, results, strict=True):
             height, width = frame.image.shape[:2]
             line = result_line(frame.item.display, width, height, objects, frame=frame.index)
-            self.out.write(json.dumps(line) + "\n")
-            self.out.flush()
+            self.emit(line)
             self.tally.add(line)
             if frame.drawn is not None:
                 with atomic_path(frame.drawn) as drawn:

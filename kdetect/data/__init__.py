@@ -1,4 +1,5 @@
-"""Datasets: VOC/COCO/CSV readers, built-in synthetic shapes, TFRecords and the tf.data pipeline.
+"""Datasets: VOC/COCO/CSV/YOLO/Label Studio readers and writers, built-in synthetic shapes,
+TFRecords and the tf.data pipeline.
 
 Readers and records import no TensorFlow; the pipeline and TFRecord helpers are loaded on first
 use.
@@ -11,6 +12,7 @@ _LAZY = {
     "make_dataset": "kdetect.data.pipeline",
     "transform_dataset": "kdetect.data.tfrecord",
     "inspect_dataset": "kdetect.data.inspect",
+    "convert_dataset": "kdetect.data.writers",
     "load_image": "kdetect.data.images",
     "make_shapes": "kdetect.data.shapes",
 }

@@ -47,7 +47,8 @@ class Inspection:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Guess ``voc``, ``coco``, ``csv`` or ``tfrecord`` from what is at ``path``."""
+    """Guess ``voc``, ``coco``, ``csv``, ``yolo`` or ``tfrecord`` from what is at ``path`` (a
+    Label Studio export is a ``.json`` file too: pass ``--type labelstudio``)."""
     p = Path(path)
     if p.is_file():
         suffix = p.suffix.lower()
@@ -55,6 +56,8 @@ def detect_format(path: str | os.PathLike) -> str:
             return "coco"
         if suffix == ".csv":
             return "csv"
+        if suffix in (".yaml", ".yml"):
+            return "yolo"
         return "tfrecord"
     if not p.exists():
         if any(ch in str(path) for ch in "*?["):
@@ -64,6 +67,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "tfrecord"
     if (p / "Annotations").is_dir():
         return "voc"
+    if (p / "data.yaml").is_file():
+        return "yolo"
     if (p / "annotations").is_dir() and any((p / "annotations").glob("*.json")):
         return "coco"
     if any(p.glob("*.csv")):
@@ -186,7 +191,8 @@ def inspect_dataset(
         )
         bad = find_bad_images([r.filename for r in annotations.records if r.image is None])
     else:
-        raise DataError(f"unknown dataset type {format!r}; expected voc, coco, csv or tfrecord")
+        expected = ", ".join((*FORMATS, "tfrecord"))
+        raise DataError(f"unknown dataset type {format!r}; expected one of {expected}")
     summary = dataset_summary(annotations, len(invalid))
     summary["classes"] = list(annotations.classes)
     drawn: list[str] = []

@@ -42,23 +42,28 @@ class GroundTruth:
 
 def guess_format(path: str | os.PathLike, split: str) -> str:
     """The dataset format of ``path``: ``coco`` for a ``.json`` file or a folder holding
-    ``instances_<split>.json``, ``csv`` for a ``.csv`` file or ``<split>.csv``, else ``voc``."""
+    ``instances_<split>.json``, ``csv`` for a ``.csv`` file or ``<split>.csv``, ``yolo`` for a
+    ``.yaml`` file or a folder holding ``data.yaml``, else ``voc``."""
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() == ".json":
             return "coco"
         if path.suffix.lower() == ".csv":
             return "csv"
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return "yolo"
     if path.is_dir():
         if (path / "Annotations").is_dir() or (path / "ImageSets").is_dir():
             return "voc"
+        if (path / "data.yaml").is_file():
+            return "yolo"
         if _coco_candidates(path, split, existing=True):
             return "coco"
         if (path / f"{split}.csv").is_file() or (path / "csv" / f"{split}.csv").is_file():
             return "csv"
     if not path.exists():
         raise DataError(f"{path}: ground truth not found")
-    raise DataError(f"{path}: cannot tell the dataset format; pass --format voc|coco|csv")
+    raise DataError(f"{path}: cannot tell the dataset format; pass --format {'|'.join(FORMATS)}")
 
 
 def _coco_candidates(path: Path, split: str, existing: bool = False) -> list[Path]:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
 from kdetect.errors import RecipeError, did_you_mean
 
-FORMATS = ("shapes", "voc", "coco", "csv", "tfrecord")
+FORMATS = ("shapes", "voc", "coco", "csv", "yolo", "labelstudio", "tfrecord")
 
 
 def _f(default: Any = dataclasses.MISSING, doc: str = "", **meta: Any) -> Any:
@@ -182,8 +182,10 @@ class ShapesConfig:
 class DataConfig:
     """Where the images and boxes come from and how they are fed."""
 
-    format: Literal["shapes", "voc", "coco", "csv", "tfrecord"] = _f(
-        "shapes", "dataset layout: shapes (built in), voc, coco, csv or tfrecord"
+    format: Literal["shapes", "voc", "coco", "csv", "yolo", "labelstudio", "tfrecord"] = _f(
+        "shapes",
+        "dataset layout: shapes (built in), voc, coco, csv, yolo (data.yaml), labelstudio (JSON "
+        "export) or tfrecord",
     )
     root: str | None = _f(
         None,

@@ -1,27 +1,31 @@
-"""Annotation readers: PASCAL VOC, COCO and CSV into one :class:`~kdetect.data.records.Annotations`.
+"""Annotation readers: VOC, COCO, CSV, YOLO and Label Studio into one
+:class:`~kdetect.data.records.Annotations`.
 
 All formats end up in the same records (the same boxes give the same ``Record``), so the
 pipeline, ``kdetect dataset transform`` and evaluation never care where the data came from.
-One module per format (``voc``, ``coco``, ``csv``); what they share is in ``common``.
+One module per format (``voc``, ``coco``, ``csv``, ``yolo``, ``labelstudio``); what they share
+is in ``common``. ``kdetect.data.writers`` writes the same records back in each format.
 
 Conventions (see ``docs/datasets.md``):
 
 * Boxes are ``xyxy`` absolute pixels, float32, exactly as written in the source: VOC's
   ``<bndbox>`` values unchanged (VOC's 1-based pixel indices are not shifted; the VOC metric
   applies the devkit's +1 convention itself), COCO ``[x, y, w, h]`` becomes
-  ``[x, y, x + w, y + h]``, CSV columns are taken as they are.
+  ``[x, y, x + w, y + h]``, CSV columns are taken as they are, YOLO's normalised
+  ``cx cy w h`` and Label Studio's percentages are multiplied out by the image size.
 * Classes: when a list is given, label id = index in that list and any other class name is an
-  error. Otherwise VOC and CSV use the sorted (case-sensitive) set of names found in the split;
-  COCO uses its ``categories`` ordered by category id (all of them, used or not).
+  error. Otherwise VOC, CSV and Label Studio use the sorted (case-sensitive) set of names found
+  in the split; COCO uses its ``categories`` ordered by category id (all of them, used or not),
+  YOLO the ``names`` of its ``data.yaml``.
 * A box is invalid when a coordinate is not finite, ``xmax <= xmin`` or ``ymax <= ymin``, or
   it reaches outside ``[0, width] x [0, height]``. ``on_invalid_box`` decides: ``"error"``
   (default) stops with the count and the first offender, ``"clip"`` clips to the image and
   drops what has no area left, ``"drop"`` drops every invalid box.
 
-Adding a format (say ``yolo``):
+Adding a format (say ``kitti``):
 
-1. Write ``readers/yolo.py`` with one function
-   ``read_yolo(path: Path, split: str, images_dir: Path | None)
+1. Write ``readers/kitti.py`` with one function
+   ``read_kitti(path: Path, split: str, images_dir: Path | None)
    -> tuple[list[RawImage], list[str] | None]``: every image of the split as a
    :class:`~kdetect.data.readers.common.RawImage` holding
    :class:`~kdetect.data.readers.common.RawObject` s (class name, ``xyxy`` pixel box, difficult
@@ -32,11 +36,12 @@ Adding a format (say ``yolo``):
    ``read_json_file``, ``refuse_duplicates``). Leave boxes unchecked and image files unopened
    unless the format needs a size from the image: validation, classes and the missing-image
    check happen after the reader, the same for every format.
-3. Register it below with ``register_format("yolo", yolo.read_yolo)``; the registration order is
-   the order ``FORMATS`` lists (in messages and ``--type``).
+3. Register it below with ``register_format("kitti", kitti.read_kitti)``; the registration order
+   is the order ``FORMATS`` lists (in messages and ``--type``). A writer for ``kdetect dataset
+   convert --to`` goes in ``kdetect/data/writers/`` (see that package's docstring).
 """
 
-from kdetect.data.readers import coco, csv, voc
+from kdetect.data.readers import coco, csv, labelstudio, voc, yolo
 from kdetect.data.readers.common import (
     ON_INVALID_BOX,
     READERS,
@@ -52,6 +57,8 @@ from kdetect.models.outputs import fallback_class_names
 register_format("voc", voc.read_voc)
 register_format("coco", coco.read_coco)
 register_format("csv", csv.read_csv)
+register_format("yolo", yolo.read_yolo)
+register_format("labelstudio", labelstudio.read_labelstudio)
 
 FORMATS = tuple(READERS)
 

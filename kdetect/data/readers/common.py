@@ -355,6 +355,12 @@ def json_number(info: dict, key: str, where: str, index: int | None = None) -> f
     return float(value)
 
 
+def float32_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """``box`` rounded to float32 (as a record holds it): for boxes computed from normalised or
+    percent values, whose last float64 digits are rounding noise."""
+    return tuple(float(v) for v in np.asarray(box, dtype=np.float64).astype(np.float32))
+
+
 def image_pixels(width: float, height: float, where: str) -> tuple[int, int]:
     """``(width, height)`` as whole positive pixels, else a DataError."""
     if width != int(width) or height != int(height) or width <= 0 or height <= 0:

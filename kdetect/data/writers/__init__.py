@@ -1,0 +1,94 @@
+"""Annotation writers: :class:`~kdetect.data.records.Annotations` back into VOC, COCO, CSV, YOLO
+and Label Studio, and :func:`convert_dataset` (``kdetect dataset convert``).
+
+One module per format, each with one function ``write_<format>(parts, root, images)``: ``parts``
+maps split names to their records (one class list for all), ``root`` is the (temporary) output
+folder and ``images`` (:class:`~kdetect.data.writers.common.ImageFiles`) copies or links each
+image into the format's layout, refusing two sources for one output file. What a format cannot
+hold is lost and said in its module (VOC keeps everything; CSV, YOLO and Label Studio drop the
+difficult flag). A writer's per-image function (``voc_xml``, ``label_lines``, ``regions_of``,
+``coco_document``) is also what ``kdetect predict --format`` writes.
+
+:func:`convert_dataset` reads every split first (any error stops before a file is written),
+writes into a temporary folder beside the output and renames it into place at the end
+(:func:`kdetect.paths.atomic_path`), so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kdetect.data.readers import read_annotations
+from kdetect.data.records import Annotations
+from kdetect.data.writers.coco import write_coco
+from kdetect.data.writers.common import ImageFiles, merge_classes
+from kdetect.data.writers.csv import write_csv
+from kdetect.data.writers.labelstudio import write_labelstudio
+from kdetect.data.writers.voc import write_voc
+from kdetect.data.writers.yolo import write_yolo
+from kdetect.errors import DataError
+from kdetect.paths import atomic_path, check_free, check_kind, check_not_input
+
+Writer = Callable[[dict[str, Annotations], Path, ImageFiles], None]
+WRITERS: dict[str, Writer] = {
+    "voc": write_voc,
+    "coco": write_coco,
+    "csv": write_csv,
+    "yolo": write_yolo,
+    "labelstudio": write_labelstudio,
+}
+
+
+def write_dataset(
+    format: str,
+    parts: dict[str, Annotations],
+    output: str | os.PathLike,
+    link: bool = False,
+) -> Path:
+    """Write ``parts`` (split -> records) as ``format`` into ``output``, atomically."""
+    if format not in WRITERS:
+        raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
+    if not parts:
+        raise DataError("no split to write")
+    parts = merge_classes(parts)
+    with atomic_path(output) as tmp:
+        tmp.mkdir()
+        WRITERS[format](parts, tmp, ImageFiles(tmp, link))
+    return Path(output)
+
+
+def convert_dataset(
+    source_format: str,
+    source: str | os.PathLike,
+    splits: Sequence[str],
+    format: str,
+    output: str | os.PathLike,
+    *,
+    classes: Sequence[str] | str | None = None,
+    on_invalid_box: str = "error",
+    images_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    link: bool = False,
+) -> dict[str, Annotations]:
+    """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
+
+    Refuses (before reading) an output that is or holds the source, and an existing non-empty
+    output unless ``overwrite``; (after reading) one that holds an image of the source. Returns
+    what was written, split by split.
+    """
+    if format not in WRITERS:
+        raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
+    check_not_input(output, [source, images_dir], replaces=True)
+    check_kind(output, "folder")
+    check_free(output, overwrite)
+    parts = {
+        split: read_annotations(source_format, source, split, classes, on_invalid_box, images_dir)
+        for split in dict.fromkeys(splits or ["train"])
+    }
+    images = [r.filename for part in parts.values() for r in part.records]
+    check_not_input(output, images, replaces=True)  # e.g. --output over the image folder
+    parts = merge_classes(parts)
+    write_dataset(format, parts, output, link=link)
+    return parts

@@ -1,0 +1,166 @@
+"""``kdetect dataset convert`` and the writers: lossless round trips, atomic output, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdetect.cli import main
+from kdetect.data.readers import read_annotations
+from kdetect.data.writers import WRITERS, convert_dataset
+from kdetect.errors import DataError, OutputError
+from tests import data_support as ds
+from tests.test_data_readers import by_name
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = {
+    "voc": ds.write_voc,
+    "coco": ds.write_coco,
+    "csv": ds.write_csv,
+    "yolo": ds.write_yolo,
+    "labelstudio": ds.write_labelstudio,
+}
+KEEPS_DIFFICULT = {"voc", "coco"}
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") or "tmp" in p.name)
+
+
+def assert_same(a, b, difficult: bool, atol: float = 0.0):
+    """Same classes, images (by file name), sizes, labels, and boxes within ``atol`` pixels."""
+    assert a.classes == b.classes
+    ra, rb = by_name(a), by_name(b)
+    assert ra.keys() == rb.keys()
+    for name, x in ra.items():
+        y = rb[name]
+        assert (x.width, x.height) == (y.width, y.height), name
+        np.testing.assert_allclose(x.boxes, y.boxes, atol=atol, rtol=0, err_msg=name)
+        np.testing.assert_array_equal(x.labels, y.labels, err_msg=name)
+        if difficult:
+            np.testing.assert_array_equal(x.difficult, y.difficult, err_msg=name)
+
+
+@pytest.mark.parametrize("target", list(WRITERS))
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_every_format_round_trips(tmp_path, source, target):
+    root = SOURCES[source](tmp_path / "src")
+    before = read_annotations(source, root, "train")
+    out = tmp_path / "out"
+    convert_dataset(source, root, ["train"], target, out)
+    after = read_annotations(target, out, "train")
+    assert_same(before, after, source in KEEPS_DIFFICULT and target in KEEPS_DIFFICULT)
+    assert all(Path(r.filename).is_relative_to(out) for r in after.records)  # images copied
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("dataset", ["bccd", "raccoon"])
+def test_real_data_round_trips_through_every_format(tmp_path, dataset):
+    root = SHARED / dataset
+    if not (root / "Annotations").is_dir():
+        pytest.skip(f"shared data {root} is not available")
+    splits = ["train", "val"]
+    before = {s: read_annotations("voc", root, s, on_invalid_box="drop") for s in splits}
+    for target in WRITERS:
+        out = tmp_path / target
+        convert_dataset("voc", root, splits, target, out, on_invalid_box="drop", link=True)
+        for split in splits:
+            after = read_annotations(target, out, split)
+            # raccoon images are up to 2000 px wide: YOLO's normalised floats must hold 1e-3 px
+            assert_same(before[split], after, target in KEEPS_DIFFICULT, atol=1e-3)
+
+
+def test_splits_share_one_class_list(tmp_path):
+    data = {"a.jpg": ds.TINY["a.jpg"], "b.jpg": ds.TINY["b.jpg"]}
+    root = ds.write_voc(tmp_path / "voc", data)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("b\n")  # only cats: classes ['cat']
+    out = tmp_path / "yolo"
+    convert_dataset("voc", root, ["val", "train"], "yolo", out)
+    assert read_annotations("yolo", out, "val").classes == ["cat", "dog"]
+    np.testing.assert_array_equal(read_annotations("yolo", out, "val").records[0].labels, [0])
+    assert "names:\n  0: cat\n  1: dog\n" in (out / "data.yaml").read_text()
+
+
+def test_yolo_output_layout(tmp_path):
+    root = ds.write_voc(tmp_path / "voc")
+    out = tmp_path / "yolo"
+    convert_dataset("voc", root, ["train"], "yolo", out)
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == [
+        "a.jpg",
+        "b.jpg",
+        "c.jpg",
+    ]
+    assert (out / "labels" / "train" / "c.txt").read_text() == ""  # background image
+    assert (out / "labels" / "train" / "b.txt").read_text() == "0 0.25 0.25 0.5 0.5\n"
+
+
+def _convert(*argv) -> int:
+    return main(["dataset", "convert", *[str(a) for a in argv]])
+
+
+def test_cli_convert_and_overwrite(tmp_path, capsys):
+    root = ds.write_coco(tmp_path / "coco")
+    out = tmp_path / "out"
+    assert _convert(root, "--type", "coco", "--to", "labelstudio", "--output", out) == 0
+    assert "train: 3 images, 3 boxes" in capsys.readouterr().out
+    tasks = json.loads((out / "train.json").read_text())
+    assert tasks[0]["data"]["image"] == "/data/local-files/?d=images/train/a.jpg"
+    assert _convert(root, "--type", "coco", "--to", "voc", "--output", out) == 1
+    err = capsys.readouterr().err
+    assert "folder is not empty; use --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "train.json").is_file()  # untouched
+    assert _convert(root, "--type", "coco", "--to", "voc", "-o", out, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Annotations", "ImageSets", "JPEGImages", "classes.txt"
+    ]  # fmt: skip
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["bad_box", "collision", "missing_split", "into_source"])
+def test_cli_convert_failure_leaves_nothing(tmp_path, capsys, case):
+    root = ds.write_coco(tmp_path / "coco")
+    doc_path = root / "annotations" / "instances_train.json"
+    doc = json.loads(doc_path.read_text())
+    out, split = tmp_path / "out", "train"
+    if case == "bad_box":
+        doc["annotations"][0]["bbox"] = [1, 2, 300, 40]
+        expected = "annotation id 1 (dog) box [1, 2, 301, 42] reaches outside the 64x48 image"
+    elif case == "collision":  # two images named a.jpg in two folders: one output file
+        for sub in ("x", "y"):
+            (root / "images" / sub).mkdir()
+            ds._jpeg(root / "images" / sub / "a.jpg", 64, 48)
+        doc["images"][0]["file_name"] = "x/a.jpg"
+        doc["images"][1].update(file_name="y/a.jpg", width=64, height=48)
+        expected = "would be written as images/train/a.jpg, like"
+    elif case == "missing_split":
+        split = "val"
+        expected = "COCO annotation file for split 'val' not found"
+    else:
+        out = root / "images"
+        expected = "images: holds the input"
+    doc_path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    rc = _convert(root, "--type", "coco", "--to", "yolo", "--output", out, "--split", split,
+                  *(["--overwrite"] if case == "into_source" else []))  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert expected in err.replace("\n", "")
+    assert len(err.strip().splitlines()) <= 2  # one message (wrapped), no traceback
+    assert out.exists() == (case == "into_source") and leftovers(tmp_path) == []
+    assert leftovers(root) == [] and sorted(p.name for p in (root / "images").iterdir())[:3] == [
+        "a.jpg", "b.jpg", "c.jpg"
+    ]  # fmt: skip
+
+
+def test_unknown_target_and_images_dir(tmp_path):
+    root = ds.write_voc(tmp_path / "voc")
+    with pytest.raises(DataError, match="unknown output format 'kitti'"):
+        convert_dataset("voc", root, ["train"], "kitti", tmp_path / "out")
+    with pytest.raises(OutputError, match="holds the input"):
+        convert_dataset("voc", root / "Annotations", ["train"], "csv", root, overwrite=True)
+    out = tmp_path / "csv"
+    convert_dataset("voc", root, ["train"], "csv", out, images_dir=root / "JPEGImages")
+    assert (out / "images" / "a.jpg").is_file()
