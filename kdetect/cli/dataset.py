@@ -57,6 +57,22 @@ class InvalidBoxPolicy(str, Enum):
     drop = "drop"
 
 
+# Options that ``transform`` and ``convert`` share.
+SourceOption = Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")]
+SplitsOption = Annotated[
+    list[str], typer.Option("--split", help="Split to convert; repeat for more.")
+]
+ClassesOption = Annotated[
+    str | None, typer.Option(help="Comma-separated class names (label id = position).")
+]
+InvalidBoxOption = Annotated[
+    InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
+]
+ImagesDirOption = Annotated[
+    Path | None, typer.Option(help="Folder of the images, when not the usual place.")
+]
+
+
 @contextmanager
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -79,27 +95,19 @@ def _progress():
 
 @dataset_app.command()
 def transform(
-    type: Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")],
+    type: SourceOption,
     data_dir: Annotated[
         Path, typer.Option(help="Dataset folder (or, for coco/csv, the annotation file).")
     ],
     output_dir: Annotated[Path, typer.Option(help="Folder for the TFRecords (replaced).")],
-    split: Annotated[
-        list[str], typer.Option("--split", help="Split to convert; repeat for more.")
-    ] = None,  # noqa: B006 - typer needs None for a repeatable option
-    classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names (label id = position).")
-    ] = None,
+    split: SplitsOption = None,  # noqa: B006 - typer needs None for a repeatable option
+    classes: ClassesOption = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N images per split.")
     ] = None,
     shards: Annotated[int, typer.Option(min=1, help="TFRecord files per split.")] = 1,
-    on_invalid_box: Annotated[
-        InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
-    ] = InvalidBoxPolicy.error,
-    images_dir: Annotated[
-        Path | None, typer.Option(help="Folder of the images, when not the usual place.")
-    ] = None,
+    on_invalid_box: InvalidBoxOption = InvalidBoxPolicy.error,
+    images_dir: ImagesDirOption = None,
 ) -> None:
     """Write sharded TFRecords, classes.json and dataset.json from a VOC, COCO, CSV, YOLO or
     Label Studio dataset."""
@@ -178,21 +186,13 @@ def inspect(
 @dataset_app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="Dataset folder (or annotation file).")],
-    type: Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")],
+    type: SourceOption,
     to: Annotated[TargetType, typer.Option("--to", help="Format to write.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new).")],
-    split: Annotated[
-        list[str], typer.Option("--split", help="Split to convert; repeat for more.")
-    ] = None,  # noqa: B006 - typer needs None for a repeatable option
-    classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names (label id = position).")
-    ] = None,
-    on_invalid_box: Annotated[
-        InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
-    ] = InvalidBoxPolicy.error,
-    images_dir: Annotated[
-        Path | None, typer.Option(help="Folder of the images, when not the usual place.")
-    ] = None,
+    split: SplitsOption = None,  # noqa: B006 - typer needs None for a repeatable option
+    classes: ClassesOption = None,
+    on_invalid_box: InvalidBoxOption = InvalidBoxPolicy.error,
+    images_dir: ImagesDirOption = None,
     link: Annotated[
         bool, typer.Option("--link", help="Hard-link the images instead of copying them.")
     ] = False,
