@@ -24,7 +24,8 @@ def region_from_box(
     from_name: str = "label",
     to_name: str = "image",
 ) -> dict:
-    """One ``rectanglelabels`` region for an ``xyxy`` pixel box on a ``width`` x ``height`` image."""
+    """One ``rectanglelabels`` region for an ``xyxy`` pixel box on a ``width`` x ``height``
+    image."""
     xmin, ymin, xmax, ymax = (float(v) for v in box)
     region = {
         "from_name": from_name,
