@@ -56,7 +56,10 @@ class LabelStudio:
             **os.environ,
             "LABEL_STUDIO_BASE_DATA_DIR": str(folder / "data"),
             "DJANGO_DB": "sqlite",
-            "ML_BLOCK_LOCAL_IP": "false",  # kdetect's backend runs on 127.0.0.1
+            # kdetect's backend runs on 127.0.0.1: let Label Studio call it (ML requests) and
+            # register its /webhook (webhook URLs are checked separately).
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
             "LOCAL_FILES_SERVING_ENABLED": "true",
             "LOCAL_FILES_DOCUMENT_ROOT": str(folder),
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
