@@ -133,9 +133,9 @@ class Backend:
     def setup(self, body: SetupRequest) -> dict:
         project = project_id(body.project)
         config, labels = self.label_config(body.schema_, None)
+        min_score = _min_score(body.extra_params)
         if project is not None:
             self.projects[project] = body.schema_
-            min_score = _min_score(body.extra_params)
             if min_score is not None:
                 self.min_scores[project] = min_score
         level = logging.WARNING if labels.unknown else logging.INFO
