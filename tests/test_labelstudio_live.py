@@ -13,6 +13,7 @@ no Label Studio is installed (``KDETECT_LABEL_STUDIO`` unset and no binary found
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
 from PIL import Image
 from test_cli_train_support import tiny_run
+from test_serve_live import _launch_chromium
 
 from kdetect.data.labelstudio import box_from_region, region_from_box
 from kdetect.data.shapes import make_shapes
@@ -173,8 +175,6 @@ def test_prelabels_stored_by_label_studio_equal_detector(
 
 
 def test_screenshot_of_prelabels(label_studio, project):
-    from test_serve_live import _launch_chromium
-
     pid, _, tasks = project
     task = next(iter(tasks.values()))
     playwright, browser = _launch_chromium()
@@ -184,10 +184,12 @@ def test_screenshot_of_prelabels(label_studio, project):
         page.fill("input[name=email]", USER)
         page.fill("input[name=password]", PASSWORD)
         page.click("button[type=submit]")
-        page.wait_for_url("**/projects/**", timeout=60_000)
+        page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
         page.goto(f"{label_studio.url}/projects/{pid}/data?task={task['id']}")
+        # The editor lists kdetect's regions with their scores once the image is drawn.
         page.wait_for_selector("canvas", timeout=60_000)
-        page.wait_for_timeout(3000)
+        page.wait_for_selector("text=Regions", timeout=60_000)
+        page.wait_for_timeout(4000)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
     finally:
@@ -236,6 +238,9 @@ def test_annotate_train_from_label_studio_serves_new_version(label_studio, serve
     assert last["dataset"]["train"] + last["dataset"]["val"] == len(tasks)
     assert last["dataset"]["boxes"] == sum(len(r.boxes) for r in images.values())
     assert last["new_score"] >= last["served_score"]
+    # The API key is in neither the status nor the training log (kdetect train never gets it).
+    assert label_studio.key not in json.dumps(status)
+    assert label_studio.key not in Path(status["log"]).read_text(errors="replace")
     version = last["model_version"]
     assert version == "tiny-ls1" and Path(last["run"], "model.keras").is_file()
     assert httpx.get(server.url + "/health").json()["model_version"] == version
