@@ -120,6 +120,8 @@ class Backend:
     def label_config(self, xml: str | None, project: int | None) -> tuple[LabelConfig, LabelMap]:
         """The parsed config (cached by its text) and its label map; 400 when unusable."""
         xml = xml or self.projects.get(project)
+        if xml is not None and not isinstance(xml, str):
+            raise HTTPException(400, "label_config: expected the XML text")
         if not xml:
             raise HTTPException(400, "no label config: send label_config or POST /setup first")
         if xml not in self._parsed:

@@ -9,6 +9,7 @@ exchanged again when Label Studio answers 401. The key never appears in a log li
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -97,7 +98,7 @@ class LabelStudioClient:
             raise LabelStudioError(
                 f"Label Studio answered {exc.code} {exc.reason} {what} ({_path(full)})"
             ) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise LabelStudioError(f"cannot reach Label Studio at {self.url} ({reason})") from None
 

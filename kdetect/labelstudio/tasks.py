@@ -15,6 +15,7 @@ that says so.
 
 from __future__ import annotations
 
+import http.client
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -87,13 +88,16 @@ def read_bytes(source: ImageSource, client: LabelStudioClient | None, limits: Li
         try:
             with urllib.request.urlopen(source.location, timeout=TIMEOUT_S) as response:
                 return response.read(limits.max_bytes + 1)
-        except OSError as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             raise TaskError(f"{source.location}: cannot download ({exc})") from None
-    path = Path(source.location)
-    if not path.is_file():
-        raise TaskError(f"{path}: no such image file")
-    with open(path, "rb") as handle:
-        return handle.read(limits.max_bytes + 1)
+    try:
+        path = Path(source.location)
+        if not path.is_file():
+            raise TaskError(f"{path}: no such image file")
+        with open(path, "rb") as handle:
+            return handle.read(limits.max_bytes + 1)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission
+        raise TaskError(f"{source.location[:200]}: cannot read ({exc})") from None
 
 
 def load_task_image(
