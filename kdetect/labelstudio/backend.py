@@ -107,15 +107,20 @@ class Backend:
         self.projects: dict[int, str] = {}
         self.min_scores: dict[int, float] = {}
         self._parsed: dict[str, tuple[LabelConfig, LabelMap]] = {}
+        self._client: LabelStudioClient | None = None
 
     @property
     def model_version(self) -> str:
         return str(self.summary["name"])
 
     def client(self) -> LabelStudioClient | None:
-        if not (self.credentials.url and self.credentials.key):
-            return None
-        return LabelStudioClient(self.credentials)
+        """One client for every request (it keeps the access token), ``None`` without a key."""
+        if self._client is None and self.credentials.url and self.credentials.key:
+            try:
+                self._client = LabelStudioClient(self.credentials)
+            except LabelStudioError as exc:
+                raise HTTPException(400, str(exc)) from None
+        return self._client
 
     def label_config(self, xml: str | None, project: int | None) -> tuple[LabelConfig, LabelMap]:
         """The parsed config (cached by its text) and its label map; 400 when unusable."""
