@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
 from PIL import Image
-from test_cli_train_support import tiny_run
+from test_cli_train_support import kdetect, tiny_run
 from test_serve_live import _launch_chromium
 
 from kdetect.data.labelstudio import box_from_region, region_from_box
@@ -214,14 +214,27 @@ def _annotate(ls, tasks, images) -> None:
         )
 
 
-def _wait_for_training(url: str, timeout: float = 240) -> dict:
+def _wait_for_state(url: str, states, timeout: float = 240) -> dict:
     deadline, status = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         status = httpx.get(url + "/api/labelstudio/training").json()
-        if status["state"] in ("switched", "kept", "failed"):
+        if status["state"] in states:
             return status
-        time.sleep(1)
-    raise AssertionError(f"retraining did not finish: {status}")
+        time.sleep(0.5)
+    raise AssertionError(f"retraining never reached {states}: {status}")
+
+
+def _predict_while_training(url: str, task: dict) -> None:
+    """kdetect train runs in a subprocess: a pre-label request is answered meanwhile."""
+    _wait_for_state(url, ("training",))
+    start = time.monotonic()
+    answer = httpx.post(
+        url + "/predict", json={"tasks": [task], "label_config": CONFIG}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["model_version"] == "tiny"
+    assert httpx.get(url + "/api/labelstudio/training").json()["state"] == "training"
+    print(f"pre-label during training: {time.monotonic() - start:.2f} s")
 
 
 def test_annotate_train_from_label_studio_serves_new_version(label_studio, server, project, images):
@@ -229,9 +242,8 @@ def test_annotate_train_from_label_studio_serves_new_version(label_studio, serve
     _annotate(label_studio, tasks, images)
     started = time.monotonic()
     label_studio.api("POST", f"/api/ml/{ml_id}/train", {})
-    # Predictions keep coming while it trains.
-    assert httpx.get(server.url + "/health").json()["model_version"] == "tiny"
-    status = _wait_for_training(server.url)
+    _predict_while_training(server.url, next(iter(tasks.values())))
+    status = _wait_for_state(server.url, ("switched", "kept", "failed"))
     print("retraining", round(time.monotonic() - started, 1), "s:", status.get("last"))
     last = status["last"]
     assert status["state"] == "switched", status
@@ -250,3 +262,30 @@ def test_annotate_train_from_label_studio_serves_new_version(label_studio, serve
     versions = {p["model_version"] for p in _predictions(label_studio, first["id"])}
     assert version in versions, versions
     assert label_studio.api("GET", f"/api/ml/{ml_id}")["model_version"] == version
+
+
+def test_cli_retrains_from_label_studio(label_studio, project, tmp_path, tmp_path_factory, capsys):
+    """``kdetect labelstudio train``: the same retraining in the foreground, from the shell."""
+    pid = project[0]
+    run = tiny_run(tmp_path_factory)
+    code = kdetect(
+        "labelstudio",
+        "train",
+        run,
+        "--project",
+        str(pid),
+        "--label-studio-url",
+        label_studio.url,
+        "--label-studio-key",
+        label_studio.key,
+        "--training-dir",
+        tmp_path,
+        *[a for o in RETRAIN for a in ("--retrain-set", o)],
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out[out.index("{") :])
+    assert result["outcome"] in ("switched", "kept") and result["project"] == pid
+    assert result["run"] == str(tmp_path / "tiny-ls1")
+    assert (tmp_path / "tiny-ls1" / "model.keras").is_file()
+    assert "does not know 'Star'" in err and label_studio.key not in out + err
