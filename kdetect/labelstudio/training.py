@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ from kdetect.evaluation import METRICS, evaluate_model, headline, load_ground_tr
 from kdetect.labelstudio.client import ENV_KEY, Credentials, LabelStudioClient
 from kdetect.labelstudio.dataset import write_dataset
 from kdetect.labelstudio.labelconfig import LabelConfig, LabelMap
-from kdetect.runs import inspect_run, load_model
+from kdetect.runs import PACK_SUFFIX, inspect_run, load_model
 from kdetect.runs.files import read_history
 from kdetect.serve.images import Limits
 
@@ -57,6 +58,11 @@ class TrainingSettings:
         """The default: ``<run>-labelstudio/`` next to the served run."""
         run = Path(run)
         return TrainingSettings(run.parent / f"{run.name}-labelstudio", list(overrides or []))
+
+
+def run_version(run: Path) -> str:
+    """The ``model_version`` of a run: its name (a packed run's without ``.kdet``)."""
+    return Path(run).name.removesuffix(PACK_SUFFIX)
 
 
 def fine_tune_overrides(dataset: Path, classes: list[str], init_from: Path) -> list[str]:
@@ -104,7 +110,7 @@ class Retrainer:
         self.switch = switch
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._state: dict = {"state": "idle", "model_version": self.run.name, "last": None}
+        self._state: dict = {"state": "idle", "model_version": run_version(self.run), "last": None}
 
     def status(self) -> dict:
         """State, progress of the running training and the last finished result."""
@@ -147,13 +153,14 @@ class Retrainer:
             log.exception("retraining failed")
             result = {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
         result["finished"] = time.time()
-        self._update(state=result["outcome"], last=result, model_version=self.run.name)
+        self._update(state=result["outcome"], last=result, model_version=run_version(self.run))
         return result
 
     def _next_run_dir(self) -> Path:
+        """``<work_dir>/<base>-lsN``: the first free N, ``base`` the run's name without -lsN."""
         work = self.settings.work_dir
         work.mkdir(parents=True, exist_ok=True)
-        base = self.run.name.split("-ls")[0]
+        base = re.sub(r"-ls\d+$", "", run_version(self.run))
         number = 1
         while (work / f"{base}-ls{number}").exists():
             number += 1
@@ -193,10 +200,10 @@ class Retrainer:
             "served_score": old,
             "new_score": new,
             "dataset": info_dict,
-            "previous_version": self.run.name,
+            "previous_version": run_version(self.run),
         }
         if new < old:
-            return {**result, "outcome": "kept", "model_version": self.run.name}
+            return {**result, "outcome": "kept", "model_version": run_version(self.run)}
         if self.switch is not None:
             self.switch(new_run)
         self.run = new_run
