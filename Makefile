@@ -33,10 +33,12 @@ $(TORCH_STAMP): requirements-torch.txt
 
 torch-venv: $(TORCH_STAMP)
 
+# A failed install is a warning: the Label Studio tests then skip, saying why.
 $(LS_STAMP):
-	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION)
-	rm -f $(LS_VENV)/.installed-* && touch $@
+	(test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)) \
+	  && $(LS_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION) \
+	  && rm -f $(LS_VENV)/.installed-* && touch $@ \
+	  || echo "warning: could not install label-studio; the Label Studio tests will be skipped"
 
 labelstudio-venv: $(LS_STAMP)
 
