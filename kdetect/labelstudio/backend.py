@@ -38,6 +38,7 @@ from kdetect.serve.images import Limits
 
 log = logging.getLogger("kdetect.labelstudio")
 TRAIN_EVENTS = ("START_TRAINING",)
+MAX_CACHED_CONFIGS = 64
 ACKNOWLEDGED_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED")
 
 
@@ -130,6 +131,8 @@ class Backend:
         if not xml:
             raise HTTPException(400, "no label config: send label_config or POST /setup first")
         if xml not in self._parsed:
+            if len(self._parsed) >= MAX_CACHED_CONFIGS:  # a few projects; never unbounded
+                self._parsed.clear()
             try:
                 config = parse_label_config(xml)
             except LabelConfigError as exc:
