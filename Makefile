@@ -7,8 +7,12 @@ DEMO_DIR ?= runs/demo
 # torch + torchvision for the parity tests and the benchmarks' peer, in a virtualenv of their own.
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
+# Label Studio for the ML backend's end-to-end test, in a virtualenv of its own (tests/test_labelstudio_live.py).
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
 
-.PHONY: venv torch-venv demo test lint bench clean
+.PHONY: venv torch-venv labelstudio-venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +33,15 @@ $(TORCH_STAMP): requirements-torch.txt
 
 torch-venv: $(TORCH_STAMP)
 
+# A failed install is a warning: the Label Studio tests then skip, saying why.
+$(LS_STAMP):
+	(test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)) \
+	  && $(LS_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION) \
+	  && rm -f $(LS_VENV)/.installed-* && touch $@ \
+	  || echo "warning: could not install label-studio; the Label Studio tests will be skipped"
+
+labelstudio-venv: $(LS_STAMP)
+
 ## Train on the built-in shapes dataset, evaluate, predict and draw boxes.
 demo: venv
 	rm -rf $(DEMO_DIR)
@@ -36,9 +49,12 @@ demo: venv
 	$(BIN)/kdetect evaluate $(DEMO_DIR)
 	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_DIR)/predictions.jsonl --save-images $(DEMO_DIR)/drawn
 
-## Run the test suite (the torchvision parity tests use .venv-torch).
-test: venv torch-venv
-	KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python $(BIN)/python -m pytest -q
+## Run the test suite (the torchvision parity tests use .venv-torch, the Label Studio test
+## .venv-labelstudio).
+test: venv torch-venv labelstudio-venv
+	KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python \
+	KDETECT_LABEL_STUDIO=$(CURDIR)/$(LS_VENV)/bin/label-studio \
+	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check kdetect tests benchmarks
@@ -47,4 +63,4 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TORCH_VENV) $(LS_VENV) runs .pytest_cache

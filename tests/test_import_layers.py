@@ -53,6 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kdetect.predict",
             "kdetect.predict_formats",
             "kdetect.serve",
+            # The Label Studio ML backend and retraining, beside serve (whose app attaches it).
+            "kdetect.labelstudio",
             "kdetect.export",
             "kdetect.checkpoint_import",
         ),

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kdetect.cli import app, err_console
+from kdetect.cli.labelstudio import (
+    LABEL_STUDIO_KEY,
+    LABEL_STUDIO_URL,
+    RETRAIN_SET,
+    TRAINING_DIR,
+    label_studio_options,
+)
 
 
 @app.command("serve")
@@ -30,6 +38,10 @@ def serve(
         int, typer.Option(help="Largest accepted image in pixels (width x height).", min=1)
     ] = 40_000_000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    label_studio_url: Annotated[str | None, LABEL_STUDIO_URL] = None,
+    label_studio_key: Annotated[str | None, LABEL_STUDIO_KEY] = None,
+    retrain_set: Annotated[list[str] | None, RETRAIN_SET] = None,
+    training_dir: Annotated[Path | None, TRAINING_DIR] = None,
 ) -> None:
     """Serve a page (upload an image, see boxes) and a JSON API (POST /api/predict)."""
     from kdetect.errors import KdetectError
@@ -43,7 +55,12 @@ def serve(
     from kdetect.serve import Limits
     from kdetect.serve import serve as run_server
 
-    inspect_run(model)  # a missing or unknown path fails here, before TensorFlow starts
+    info = inspect_run(model)  # a missing or unknown path fails here, before TensorFlow starts
+    options = label_studio_options(
+        label_studio_url, label_studio_key, retrain_set, training_dir, Path(info.path)
+    )
+    if workers > 1:
+        os.environ.update(options.credentials.environment())
     err_console.print(f"serving {model} on http://{host}:{port}/", highlight=False)
     run_server(
         model,
@@ -52,4 +69,5 @@ def serve(
         workers=workers,
         limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
         log_level=log_level,
+        label_studio=options,
     )

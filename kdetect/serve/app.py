@@ -131,6 +131,12 @@ class Predictor:
         objects = [o for o in objects if o["score"] >= min_score]
         return objects[:max_detections] if max_detections else objects
 
+    def replace(self, model, classes: Sequence[str] | None = None) -> None:
+        """Serve ``model`` (a retrained one) from the next request on; traced before the swap."""
+        fresh = Predictor(model, classes if classes is not None else self.classes)
+        with self._lock:
+            self.model, self.detector, self.classes = fresh.model, fresh.detector, fresh.classes
+
 
 def _model_summary(model, info) -> dict[str, Any]:
     from kdetect.runs import best_metric
@@ -166,10 +172,13 @@ def create_app(
     limits: Limits | None = None,
     warmup: bool = True,
     run: str | os.PathLike | None = None,
+    label_studio=None,
 ) -> FastAPI:
     """The ASGI app serving ``model`` (a run directory, ``.keras``/``.kdet`` path or a model).
 
     ``run`` names the run a loaded ``model`` came from (for ``/api/model``'s recipe summary).
+    ``label_studio`` (:class:`kdetect.labelstudio.LabelStudioOptions`, default from the env)
+    configures the Label Studio ML backend routes (``/setup``, ``/predict``, ``/webhook``).
     """
     from kdetect.runs import best_min_score, inspect_run
     from kdetect.visualize import class_color
@@ -199,6 +208,10 @@ def create_app(
     _add_error_handlers(app)
     _add_body_limit(app, limits)
     _add_routes(app, predictor, summary, limits)
+    # Deferred: kdetect.labelstudio imports kdetect.serve.images (a cycle at module level).
+    from kdetect.labelstudio import attach
+
+    attach(app, predictor, summary, limits, info, label_studio)
     return app
 
 
@@ -330,8 +343,12 @@ def app_from_env() -> FastAPI:
     """App factory for uvicorn workers (``--workers N``): reads the settings ``serve`` left."""
     import json
 
+    from kdetect.labelstudio import LabelStudioOptions
+
     config = json.loads(os.environ[ENV_CONFIG])
-    return create_app(config["model"], limits=Limits(**config["limits"]))
+    # Several workers would each retrain and switch on their own: retraining needs --workers 1.
+    options = LabelStudioOptions(retrain=False)
+    return create_app(config["model"], limits=Limits(**config["limits"]), label_studio=options)
 
 
 def serve(
@@ -341,8 +358,13 @@ def serve(
     workers: int = 1,
     limits: Limits | None = None,
     log_level: str = "info",
+    label_studio=None,
 ) -> None:
-    """Serve ``model`` with uvicorn until interrupted (``workers`` processes, one model each)."""
+    """Serve ``model`` with uvicorn until interrupted (``workers`` processes, one model each).
+
+    ``label_studio``: :class:`kdetect.labelstudio.LabelStudioOptions` (one worker only; workers
+    read ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY`` from the environment and do not retrain).
+    """
     import json
 
     import uvicorn
@@ -364,5 +386,5 @@ def serve(
             log_level=log_level,
         )
         return
-    app = create_app(model, limits=limits)
+    app = create_app(model, limits=limits, label_studio=label_studio)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
