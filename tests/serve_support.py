@@ -6,8 +6,11 @@ The model comes from the session's tiny shapes run (``tests.train_support.tiny_r
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kdetect.serve.background import BackgroundServer
@@ -52,3 +55,30 @@ def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 LiveServer = BackgroundServer
+
+
+CHROMIUM = os.environ.get("KDETECT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def launch_chromium():
+    """(playwright, browser): Debian's headless chromium driven by playwright; skips the test when
+    either is missing or the browser cannot start."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    except Exception as exc:  # a broken browser install is a skip, not a failure
+        playwright.stop()
+        pytest.skip(f"cannot launch {CHROMIUM}: {str(exc).splitlines()[0]}")
+    return playwright, browser

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from tests.train_support import kdetect
-from tests.serve_support import loaded_model
 
 from kdetect.data.labelstudio import box_from_region, region_from_box
 from kdetect.labelstudio import Credentials, LabelStudioOptions
@@ -21,6 +19,8 @@ from kdetect.labelstudio.dataset import split_of, write_dataset
 from kdetect.labelstudio.labelconfig import LabelConfigError, map_labels, parse_label_config
 from kdetect.labelstudio.tasks import ImageSource, TaskError, read_bytes, resolve_image
 from kdetect.serve import Limits, create_app
+from tests.serve_support import loaded_model
+from tests.train_support import kdetect
 
 CONFIG = """<View><Image name="img" value="$picture"/>
 <rectanglelabels name="box" toName="img"><Label value="Circle"/><Label value="triangle"/>

@@ -24,10 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
 from PIL import Image
-from tests.train_support import kdetect, tiny_run
-from test_serve_live import _launch_chromium
 
 from kdetect.data.labelstudio import box_from_region, region_from_box
 from kdetect.data.shapes import make_shapes
@@ -35,6 +32,9 @@ from kdetect.labelstudio import Credentials, LabelStudioOptions, TrainingSetting
 from kdetect.predict import Detector
 from kdetect.serve import create_app
 from kdetect.serve.background import BackgroundServer
+from tests.labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
+from tests.serve_support import launch_chromium
+from tests.train_support import kdetect, tiny_run
 
 LABELS = {"circle": "Circle", "rectangle": "rectangle", "triangle": "triangle"}
 CONFIG = """<View>
@@ -181,7 +181,7 @@ def test_prelabels_stored_by_label_studio_equal_detector(
 def test_screenshot_of_prelabels(label_studio, project, tmp_path):
     pid, _, tasks = project
     task = next(iter(tasks.values()))
-    playwright, browser = _launch_chromium()
+    playwright, browser = launch_chromium()
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(label_studio.url + "/user/login/")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tests.train_support import kdetect, tiny_run
 
 from kdetect.data.readers import read_annotations
 from kdetect.data.readers.common import build_annotations
@@ -18,6 +17,7 @@ from kdetect.data.readers.labelstudio import read_tasks
 from kdetect.errors import DataError, KdetectError
 from kdetect.predict_formats import coco_results, parse_options, write_predictions
 from tests import data_support as ds
+from tests.train_support import kdetect, tiny_run
 
 CLASSES = ["cat", "dog"]
 

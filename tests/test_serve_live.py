@@ -7,9 +7,7 @@ schemathesis test skips when schemathesis is missing.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -17,18 +15,14 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from tests.serve_support import LiveServer, encode, loaded_model, sample_image, serve_app  # noqa: E402
-
-CHROMIUM = os.environ.get("KDETECT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.serve_support import (  # noqa: E402
+    LiveServer,
+    encode,
+    launch_chromium,
+    loaded_model,
+    sample_image,
+    serve_app,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +73,10 @@ def test_200_requests_from_8_concurrent_clients(server, run):
     assert httpx.get(server.url + "/api/health").json()["requests"] >= 204
 
 
-def _launch_chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    playwright = sync_api.sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    except Exception as exc:  # a broken browser install is a skip, not a failure
-        playwright.stop()
-        pytest.skip(f"cannot launch {CHROMIUM}: {str(exc).splitlines()[0]}")
-    return playwright, browser
-
-
 def test_page_uploads_and_draws_boxes(server, run, tmp_path):
     import numpy as np
 
-    playwright, browser = _launch_chromium()
+    playwright, browser = launch_chromium()
     try:
         page = browser.new_page()
         problems: list[str] = []

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from tests.train_support import SHAPES, TINY, kdetect, set_args
-
 from tests import data_support
+from tests.train_support import SHAPES, TINY, kdetect, set_args
 
 
 def test_tiny_recipe_trains_on_yolo_data(tmp_path):

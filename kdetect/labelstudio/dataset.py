@@ -1,6 +1,7 @@
 """A Label Studio export -> a kdetect CSV dataset (``train.csv``, ``val.csv``, ``images/``).
 
-Each annotated task contributes its latest annotation that was not skipped; its
+Each annotated task contributes its latest annotation that was not skipped (the rule of the
+Label Studio export reader, :func:`~kdetect.data.readers.labelstudio.latest_entry`); its
 ``rectanglelabels`` regions (:func:`~kdetect.data.labelstudio.rectangle_regions`, converted with
 :func:`~kdetect.data.labelstudio.box_from_region` at the downloaded image's own size) are renamed
 to the model's classes; regions of labels the model does not know are counted and left out. The
@@ -20,6 +21,7 @@ from PIL import Image
 
 from kdetect.data.labelstudio import box_from_region, rectangle_regions
 from kdetect.data.readers.csv import CSV_COLUMNS
+from kdetect.data.readers.labelstudio import latest_entry
 from kdetect.labelstudio.client import LabelStudioClient
 from kdetect.labelstudio.labelconfig import LabelConfig, LabelMap
 from kdetect.labelstudio.tasks import TaskError, load_task_image
@@ -37,17 +39,12 @@ class DatasetInfo:
     skipped_regions: dict[str, int] = field(default_factory=dict)
 
 
-def latest_annotation(task: dict) -> dict | None:
-    """The task's most recent annotation that was not cancelled (skipped), else ``None``."""
-    kept = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not kept:
-        return None
-    return max(kept, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
-
-
 def annotated_tasks(tasks: list[dict]) -> list[tuple[dict, dict]]:
     """``(task, annotation)`` for each task with a usable annotation, in task id order."""
-    pairs = [(task, latest_annotation(task)) for task in tasks]
+    pairs = [
+        (task, latest_entry(task.get("annotations"), f"task {task.get('id')}", "annotations"))
+        for task in tasks
+    ]
     return sorted(((t, a) for t, a in pairs if a is not None), key=lambda p: p[0].get("id", 0))
 
 
