@@ -131,11 +131,11 @@ def box_head_width(box_head) -> int:
     return box_head.output_shape[-1]
 
 
-def build_stages(settings: dict, given: dict, roi_strides: tuple[int, ...], c4_resnet: bool):
-    """The weightless stages (:data:`STAGES`): each one ``given`` (not None) is kept, the others
-    are built from ``settings``, the plain ``rpn_*`` / ``box_*`` / ``bbox_reg_weights`` /
-    ``roi_align_aligned`` arguments of ``FasterRCNN`` (:func:`stage_settings` reads them back).
-    An injected RoIAlign must pool from the maps the backbone gives (``roi_strides``)."""
+def build_stages(settings: dict, roi_strides: tuple[int, ...], c4_resnet: bool) -> dict:
+    """The weightless stages (:data:`STAGES`) from ``FasterRCNN``'s arguments ``settings``: a
+    stage given there (not None) is kept, the others are built from the plain ``rpn_*`` /
+    ``box_*`` / ``bbox_reg_weights`` / ``roi_align_aligned`` settings (:func:`stage_settings`
+    reads them back). An injected RoIAlign must pool from the backbone's ``roi_strides``."""
     rpn = {k.removeprefix("rpn_"): v for k, v in settings.items() if k.startswith("rpn_")}
     box = {k.removeprefix("box_"): v for k, v in settings.items() if k.startswith("box_")}
     rpn_coder, roi_coder = BoxCoder((1.0, 1.0, 1.0, 1.0)), BoxCoder(settings["bbox_reg_weights"])
@@ -163,7 +163,7 @@ def build_stages(settings: dict, given: dict, roi_strides: tuple[int, ...], c4_r
             box_coder=roi_coder, name="detection_decoder",
         ),
     }  # fmt: skip
-    stages = {name: given[name] or build() for name, build in builders.items()}
+    stages = {name: settings.get(name) or build() for name, build in builders.items()}
     if tuple(stages["roi_align"].strides) != roi_strides:
         raise ValueError(
             f"roi_align pools from strides {tuple(stages['roi_align'].strides)}; this "

@@ -182,12 +182,8 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         self.box_predictor = BoxPredictor(self.num_classes, name="box_predictor")
 
         # --- Weightless stages: given, or built from the plain settings ----------------------
-        stages = assembly.build_stages(
-            arguments,
-            {name: arguments[name] for name in STAGES},
-            parts.roi_strides,
-            assembly.is_c4_resnet(backbone, fpn),
-        )
+        c4_resnet = assembly.is_c4_resnet(backbone, fpn)
+        stages = assembly.build_stages(arguments, parts.roi_strides, c4_resnet)
         for name in STAGES:
             setattr(self, name, stages[name])
         self.seed_generator = keras.random.SeedGenerator(seed)
