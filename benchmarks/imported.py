@@ -13,7 +13,6 @@ already at the frame torchvision's transform makes of them (``train_batch``).
 from __future__ import annotations
 
 import subprocess
-import types
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +42,15 @@ def photos(count: int, size: tuple[int, int], folder: Path = PHOTOS) -> tuple[np
 
 def min_max_size(arch: str, size: tuple[int, int]) -> tuple[int, int]:
     """The size ``arch``'s ``min_max`` resize gives an image of ``size`` (kdetect's own rule,
-    ``FasterRCNN.min_max_size``, which reproduces torchvision's)."""
-    from kdetect import FasterRCNN
+    :meth:`ImageTransform.resized_size`, which reproduces torchvision's)."""
+    from kdetect.models.transform import ImageTransform
     from kdetect.pretrained.torchvision import ARCHITECTURES
 
     options = ARCHITECTURES[arch]
-    resize = types.SimpleNamespace(min_size=options["min_size"], max_size=options["max_size"])
-    height, width = FasterRCNN.min_max_size(resize, *size)
+    transform = ImageTransform(
+        options["image_size"], "min_max", options["min_size"], options["max_size"]
+    )
+    height, width = transform.resized_size(*size)
     return int(height), int(width)
 
 
@@ -83,7 +84,7 @@ def write_checkpoint(python: str, arch: str, folder: Path, images: np.ndarray) -
 def train_batch(model, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict:
     """kdetect's batch for torchvision's training transform of the same images and boxes.
 
-    Each image is resized (bilinear, as torchvision) to the model's ``min_max_size``, its boxes
+    Each image is resized (bilinear, as torchvision) by the model's ``min_max`` rule, its boxes
     scaled by the same per-axis ratios torchvision's ``resize_boxes`` uses, and padded bottom and
     right to ``model.image_size`` with the mean pixel, which normalises to the zeros torchvision
     pads with.
@@ -93,7 +94,7 @@ def train_batch(model, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray
     from kdetect.backbones import IMAGENET_MEAN_RGB
 
     height, width = images.shape[1:3]
-    new_h, new_w = (int(s) for s in model.min_max_size(height, width))
+    new_h, new_w = (int(s) for s in model.transform.resized_size(height, width))
     frame_h, frame_w = model.image_size
     if new_h > frame_h or new_w > frame_w:
         raise ValueError(f"{height}x{width} resizes to {new_h}x{new_w}, past the frame")

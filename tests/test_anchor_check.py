@@ -74,7 +74,7 @@ def test_dataset_inspect_with_a_recipe_warns_about_thin_boxes(tmp_path, capsys):
 
 def test_training_prints_the_coverage_and_no_warning_for_shapes(tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["data.shapes.num_train=8", "data.shapes.num_val=2", "data.image_size=[64,64]"]
+    args = ["data.shapes.num_train=8", "data.shapes.num_val=2", "model.image_size=[64,64]"]
     args += ["train.epochs=1", "train.steps_per_epoch=1", "eval.every=0", "eval.samples=0"]
     args += ["train.checkpoint.best=val_loss", "model.fpn_channels=16"]
     sets = [x for a in args for x in ("--set", a)]

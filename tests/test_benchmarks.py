@@ -67,11 +67,13 @@ def test_imported_training_batch_is_torchvisions_transform_of_the_same_inputs(tm
     assert boxes.shape == (2, 5, 4) and labels.shape == (2, 5)
     assert (boxes[..., 2] <= 64).all() and (boxes[..., 3] <= 48).all()
 
-    class Model:  # what train_batch reads of FasterRCNN: its min_max rule and frame
-        image_size = (96, 128)
+    class Transform:  # FasterRCNN.transform with min_size 80: 48x64 -> 80x106.67
+        def resized_size(self, height, width):
+            return 80, 106
 
-        def min_max_size(self, height, width):
-            return 80, 106  # min_size 80: 48x64 -> 80x106.67
+    class Model:  # what train_batch reads of FasterRCNN: its transform's rule and frame
+        image_size = (96, 128)
+        transform = Transform()
 
     batch = imported.train_batch(Model(), images[:2], boxes, labels)
     frame = batch["images"]

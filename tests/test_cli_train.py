@@ -44,7 +44,7 @@ def test_train_writes_the_run_directory(run):
     }
     assert len(list((run / "samples").glob("*.png"))) == 3
     resolved = load(run / "recipe.yaml")
-    assert resolved.data.image_size == [64, 64]  # overrides are part of the saved recipe
+    assert resolved.model.image_size == [64, 64]  # overrides are part of the saved recipe
     assert resolved.train.steps_per_epoch == 2
     with (run / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -166,12 +166,12 @@ def test_bad_paths_exit_1(tmp_path, capsys):
 @pytest.mark.skipif(not has_bccd(), reason="../shared/data/bccd not available")
 def test_bccd_recipe_trains_a_step(tmp_path):
     run = tmp_path / "bccd"
-    overrides = [o for o in TINY if not o.startswith(("data.shapes", "data.image_size"))] + [
+    overrides = [o for o in TINY if not o.startswith(("data.shapes", "model.image_size"))] + [
         f"data.root={BCCD}",
         "model.backbone=tiny",
         "model.backbone_weights=null",
         "model.freeze=null",
-        "data.image_size=[96,128]",
+        "model.image_size=[96,128]",
         "data.max_boxes=40",
         "train.steps_per_epoch=1",
         "data.val_split=null",

@@ -39,7 +39,7 @@ RECIPE = ROOT / "recipes" / "shapes.yaml"
 
 # A few deterministic steps of the shapes recipe, 64x64 images (1023 anchors, 50 proposals).
 COMMON = [
-    "data.image_size=[64,64]",
+    "model.image_size=[64,64]",
     "data.batch_size=4",
     "data.max_boxes=4",
     "data.shapes.num_train=16",

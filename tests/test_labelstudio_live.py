@@ -46,7 +46,7 @@ CONFIG = """<View>
 MIN_SCORE = 0.0  # the tiny run is barely trained: compare every detection it makes
 # A fine-tune of a few seconds: 64x64 images, two steps, no mAP during training.
 RETRAIN = [
-    "data.image_size=[64,64]",
+    "model.image_size=[64,64]",
     "data.batch_size=2",
     "train.epochs=1",
     "train.steps_per_epoch=3",

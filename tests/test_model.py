@@ -166,7 +166,7 @@ def test_min_max_mode_runs_each_image_at_its_own_frame_without_retracing_each_si
             boxes[:, [1, 3]] <= height + 1e-3
         ).all()
     assert model.predict_function.experimental_get_tracing_count() <= 3
-    new_h, new_w = (int(v) for v in model.min_max_size(33, 200))
+    new_h, new_w = (int(v) for v in model.transform.resized_size(33, 200))
     assert (new_h, new_w) == (26, 160)  # the 160 px long side decides: 33 * 0.8 = 26.4
 
 

@@ -496,7 +496,7 @@ def test_serve_answers_with_coco_detections(coco_run, coco_model, predicted, pho
 # diverges within three steps; 0.002 with the global norm clipped at 10 decreases steadily.
 FINETUNE_TINY = [
     f"data.root={RACCOON}",
-    "data.image_size=[256,320]",
+    "model.image_size=[256,320]",
     "data.batch_size=2",
     "data.val_split=null",
     "data.shuffle=false",

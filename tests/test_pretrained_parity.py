@@ -172,7 +172,7 @@ def test_every_stage_equals_torchvision(parity):
 
     # Transform: normalise, resize (torchvision's rounding), pad to 32 after normalising.
     height, width = images[0].shape[:2]
-    new_h, new_w = (int(v) for v in model.min_max_size(height, width))
+    new_h, new_w = (int(v) for v in model.transform.resized_size(height, width))
     assert (new_h, new_w) == tuple(ref["image_size"])
     normalised = preprocess_images(images[0][None], model.backbone_name)
     resized = tf.image.resize(normalised, (new_h, new_w), method="bilinear")

@@ -28,7 +28,8 @@ def _error(data=None, overrides=None, **kwargs) -> str:
 def test_shipped_recipes_validate(name):
     recipe = load(RECIPES / f"{name}.yaml", check_paths=(name == "shapes"))
     assert recipe.name == name
-    assert recipe.data.image_size[0] % 32 == 0
+    assert recipe.model.image_size[0] % 32 == 0
+    assert "image_size" not in yaml.safe_load((RECIPES / f"{name}.yaml").read_text())["data"]
 
 
 def test_shapes_recipe_is_the_cpu_demo():
@@ -73,9 +74,9 @@ def test_wrong_type_names_key_expected_and_received():
 def test_bad_values():
     assert "did you mean resnet50?" in _error(overrides=["model.backbone=resnet5"])
     assert _error(overrides=["train.epochs=0"]) == "train.epochs: must be > 0, got 0"
-    assert "multiples of 32" in _error(overrides=["data.image_size=[100,128]"])
+    assert "multiples of 32" in _error(overrides=["model.image_size=[100,128]"])
     assert (
-        _error(overrides=["data.image_size=[128]"]) == "data.image_size: expected 2 values, got 1"
+        _error(overrides=["model.image_size=[128]"]) == "model.image_size: expected 2 values, got 1"
     )
     assert "train.schedule.milestones: must increase" in _error(
         overrides=["train.schedule.milestones=[5,2]"]
@@ -110,7 +111,7 @@ def test_overrides_are_yaml_typed_and_create_sections():
         [
             "train.epochs=3",
             "train.optimizer.lr=1e-3",
-            "data.image_size=[256, 320]",
+            "model.image_size=[256, 320]",
             "model.freeze=stage2",
             "model.anchor_sizes=[[16], [32], [64], [128], [256]]",
             "train.steps_per_epoch=null",
@@ -120,7 +121,7 @@ def test_overrides_are_yaml_typed_and_create_sections():
     )
     assert recipe.train.epochs == 3
     assert recipe.train.optimizer.lr == pytest.approx(1e-3)
-    assert recipe.data.image_size == [256, 320]
+    assert recipe.model.image_size == [256, 320]
     assert recipe.model.freeze == "stage2"
     assert recipe.model.anchor_sizes[0] == [16.0]
     assert recipe.train.steps_per_epoch is None
@@ -203,7 +204,7 @@ def test_model_kwargs_use_torchvision_names():
     from kdetect.recipes.builders import model_kwargs
 
     recipe = load({}, ["model.rpn.nms_thresh=0.6", "model.box.detections_per_img=7"])
-    kwargs = model_kwargs(recipe.model, 3, recipe.data.image_size)
+    kwargs = model_kwargs(recipe.model, 3)
     assert kwargs["num_classes"] == 3
     assert kwargs["rpn_nms_thresh"] == 0.6
     assert kwargs["box_detections_per_img"] == 7

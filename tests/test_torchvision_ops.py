@@ -115,6 +115,6 @@ def test_min_max_size_rounds_like_torchvision():
     expected = json.loads(run_torch(_SIZES, json.dumps(sizes)))
     model = FasterRCNN(num_classes=2, backbone="tiny", resize_mode="min_max", image_size=(64, 64))
     for (h, w), (eh, ew, fh, fw) in zip(sizes, expected, strict=True):
-        new_h, new_w = (int(v) for v in model.min_max_size(h, w))
+        new_h, new_w = (int(v) for v in model.transform.resized_size(h, w))
         assert (new_h, new_w) == (eh, ew), (h, w)
         assert ((new_h + 31) // 32 * 32, (new_w + 31) // 32 * 32) == (fh, fw)

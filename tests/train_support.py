@@ -19,7 +19,7 @@ BCCD = (ROOT / ".." / "shared" / "data" / "bccd").resolve()
 
 # Small and fast: two 64x64 images per step, few proposals, a tiny box head.
 TINY = [
-    "data.image_size=[64,64]",
+    "model.image_size=[64,64]",
     "data.batch_size=2",
     "data.shapes.num_train=8",
     "data.shapes.num_val=4",

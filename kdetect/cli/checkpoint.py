@@ -92,7 +92,8 @@ def info(
         rows += [
             ("backbone", f"{model_cfg.get('backbone')} (fpn: {model_cfg.get('fpn')})"),
             ("data", f"{data_cfg.get('format')} {data_cfg.get('root') or ''}".strip()),
-            ("image size", str(data_cfg.get("image_size"))),
+            # runs before model.image_size kept it under data
+            ("image size", str(model_cfg.get("image_size", data_cfg.get("image_size")))),
         ]
     if found.history:
         last = found.history[-1]

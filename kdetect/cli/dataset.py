@@ -278,7 +278,7 @@ def _print_anchor_check(recipe_path: Path, annotations) -> None:
 
     recipe = load(recipe_path, ["model.backbone_weights=null"], check_paths=False)
     model = builders.build_model(recipe, len(annotations.classes))
-    frame = tuple(recipe.data.image_size)
+    frame = model.image_size
     report = anchor_report(model, annotations, frame, recipe.model.rpn)
     table = Table(title=f"anchor coverage in the {frame[0]}x{frame[1]} frame ({recipe_path})")
     table.add_column("class")
@@ -306,7 +306,7 @@ def _print_quality(annotations, recipe_path: Path | None) -> None:
     if recipe_path is not None:
         from kdetect.recipes.loader import load
 
-        frame = tuple(load(recipe_path, check_paths=False).data.image_size)
+        frame = tuple(load(recipe_path, check_paths=False).model.image_size)
     report = quality_report(annotations, frame)
     where = f"in the {frame[0]}x{frame[1]} frame" if frame else "in image pixels"
     table = Table(title=f"boxes {where} (min / p10 / median / p90 / max)", show_header=False)

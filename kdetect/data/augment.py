@@ -5,6 +5,9 @@ absolute pixels of that image, and returns both transformed together. Randomness
 each call gets a ``seed`` tensor of shape ``[2]``, so a pipeline built with a fixed seed is
 reproducible even under parallel ``map``.
 
+The resize is the model's own rule (:class:`~kdetect.models.transform.ImageTransform`, the
+one predict and export use); the random scale jitter multiplies that rule's scale.
+
 Why not Keras' bbox-aware layers: the pipeline resizes each image by its own random scale,
 crops and pads it to a static size in one step (one resize per image instead of three), keeps
 the difficult flags and the padding convention in step with the boxes, and runs inside
@@ -19,11 +22,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from kdetect.models.transform import ImageTransform
+
 DEFAULT_AUGMENT: dict[str, Any] = {
     # probability of a horizontal flip
     "horizontal_flip": 0.5,
-    # the image is resized to fit image_size times a factor drawn from this range; above 1 a
-    # random image_size window is cropped (boxes clipped to it), below 1 there is more padding
+    # the model's resize scale is multiplied by a factor drawn from this range; above 1 a
+    # random window of the frame's size is cropped (boxes clipped to it), below 1 there is
+    # more padding
     "scale_range": (0.8, 1.25),
     # colour jitter, 0 = off: brightness delta (fraction of 255), contrast/saturation factor
     # range 1 +- value, hue delta (fraction of a turn, at most 0.5)
@@ -78,31 +84,25 @@ def horizontal_flip(
 def resize_crop(
     image: tf.Tensor,
     boxes: tf.Tensor,
-    image_size: tuple[int, int],
+    transform: ImageTransform,
     scale_factor: tf.Tensor | float = 1.0,
     crop_seed: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Resize keeping the aspect ratio so the image fits ``image_size`` (times a factor), then
-    crop it to at most ``image_size``.
+    """Resize by the model's rule (``transform``, see :meth:`ImageTransform.training_size`)
+    with its scale times ``scale_factor``, then crop to at most the frame
+    ``transform.image_size``.
 
-    The image is scaled by ``min(H / h, W / w) * scale_factor``. When the result is larger than
-    ``image_size``, a window is cut at a random offset (``crop_seed``) or at the top-left
-    (``crop_seed=None``), and boxes are clipped to it.
+    When the result is larger than the frame, a window is cut at a random offset (``crop_seed``)
+    or at the top-left (``crop_seed=None``), and boxes are clipped to it.
 
-    Returns ``(image float32 [<=H, <=W, 3], boxes [M, 4], scale)`` where ``scale`` maps original
-    pixels to fed pixels.
+    Returns ``(image float32 [<=H, <=W, 3], boxes [M, 4], scale)`` where ``scale`` (the rule's
+    scale times the factor) maps original pixels to fed pixels.
     """
-    target_h, target_w = int(image_size[0]), int(image_size[1])
+    target_h, target_w = transform.image_size
     shape = tf.shape(image)
-    h = tf.cast(shape[0], tf.float32)
-    w = tf.cast(shape[1], tf.float32)
-    scale = tf.minimum(target_h / h, target_w / w) * tf.cast(scale_factor, tf.float32)
-    new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), 1)
-    new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), 1)
+    (new_h, new_w), scale = transform.training_size(shape[0], shape[1], scale_factor)
     # Boxes use the exact per-axis factors of the resize, so they stay on the same pixels.
-    sy = tf.cast(new_h, tf.float32) / h
-    sx = tf.cast(new_w, tf.float32) / w
-    boxes = tf.cast(boxes, tf.float32) * tf.stack([sx, sy, sx, sy])
+    boxes = transform.map_boxes(boxes, shape[:2], (new_h, new_w))
 
     crop_h = tf.minimum(new_h, target_h)
     crop_w = tf.minimum(new_w, target_w)
@@ -122,7 +122,7 @@ def resize_crop(
     offset = tf.cast(tf.stack([off_x, off_y, off_x, off_y]), tf.float32)
     limit = tf.cast(tf.stack([crop_w, crop_h, crop_w, crop_h]), tf.float32)
     boxes = tf.clip_by_value(boxes - offset, 0.0, limit)
-    return resized, boxes, scale
+    return resized, boxes, scale * tf.cast(scale_factor, tf.float32)
 
 
 def pad_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
@@ -135,13 +135,13 @@ def pad_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 def resize_crop_pad(
     image: tf.Tensor,
     boxes: tf.Tensor,
-    image_size: tuple[int, int],
+    transform: ImageTransform,
     scale_factor: tf.Tensor | float = 1.0,
     crop_seed: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """:func:`resize_crop` then :func:`pad_image`: a float32 image of exactly ``image_size``."""
-    resized, boxes, scale = resize_crop(image, boxes, image_size, scale_factor, crop_seed)
-    return pad_image(resized, image_size), boxes, scale
+    """:func:`resize_crop` then :func:`pad_image`: a float32 image of exactly the frame."""
+    resized, boxes, scale = resize_crop(image, boxes, transform, scale_factor, crop_seed)
+    return pad_image(resized, transform.image_size), boxes, scale
 
 
 # ITU-R BT.601 luma weights and the RGB <-> YIQ matrices used for the hue rotation.

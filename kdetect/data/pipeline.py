@@ -8,8 +8,9 @@
      "bounding_boxes": {"boxes": float32 [B, max_boxes, 4] xyxy pixels of the image as fed,
                         "labels": int32 [B, max_boxes], -1 = padding}}
 
-Each image is resized keeping its aspect ratio to fit ``image_size``, placed at the top-left
-and padded with zeros, so every shape is static. In evaluation mode (``training=False``) each
+Each image is resized by the model's rule (its ``transform``, or ``fit`` into a given
+``image_size``), placed at the top-left of the frame and padded with zeros, so every shape is
+static. In evaluation mode (``training=False``) each
 batch also carries ``filename``, ``image_id``, ``original_size`` ([B, 2] = h, w) and ``scale``
 ([B]; fed pixels = original pixels * scale) plus ``bounding_boxes["difficult"]``.
 """
@@ -33,6 +34,7 @@ from kdetect.data.images import load_image
 from kdetect.data.records import Annotations
 from kdetect.data.tfrecord import parse_example
 from kdetect.errors import DataError
+from kdetect.models.transform import ImageTransform
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -40,7 +42,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def make_dataset(
     source: str | os.PathLike | Sequence[str] | Annotations | tf.data.Dataset,
-    image_size: tuple[int, int] | int = (640, 640),
+    image_size: ImageTransform | tuple[int, int] | int = (640, 640),
     batch_size: int = 2,
     augment: Mapping[str, Any] | bool | None = None,
     shuffle: bool | None = None,
@@ -61,7 +63,9 @@ def make_dataset(
             ``tf.data.Dataset`` of single examples, each ``{"image": [h, w, 3],
             "boxes": [M, 4] xyxy pixels, "labels": [M]}`` (optionally ``"difficult"``) or
             ``{"images": ..., "bounding_boxes": {"boxes": ..., "labels": ...}}``.
-        image_size: ``(height, width)`` of the batch (an int means square).
+        image_size: the model's input transform (``model.transform``: the frame and the
+            resize rule predict uses), or ``(height, width)`` of the batch (an int means
+            square), into which images are resized by the ``fit`` rule.
         batch_size: images per batch.
         augment: augmentation options (see ``kdetect.data.augment.DEFAULT_AUGMENT``);
             ``None`` = defaults when training, ``False`` = none. Ignored when not training.
@@ -77,11 +81,9 @@ def make_dataset(
         num_parallel_calls: parallelism of decoding and augmentation (default: autotune).
         repeat: repeat forever (shuffled anew each pass).
     """
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    image_size = (int(image_size[0]), int(image_size[1]))
-    if batch_size < 1 or max_boxes < 1 or min(image_size) < 1:
-        raise ValueError("batch_size, max_boxes and image_size must be positive")
+    transform = batch_transform(image_size)
+    if batch_size < 1 or max_boxes < 1:
+        raise ValueError("batch_size and max_boxes must be positive")
     shuffle = training if shuffle is None else shuffle
     keep_difficult = (not training) if keep_difficult is None else keep_difficult
     config = aug.augment_config(augment) if training else None
@@ -110,7 +112,7 @@ def make_dataset(
         return _prepare(
             example,
             element_seed,
-            image_size=image_size,
+            transform=transform,
             max_boxes=max_boxes,
             config=config,
             keep_difficult=keep_difficult,
@@ -124,6 +126,15 @@ def make_dataset(
     options.deterministic = seed is not None or not shuffle
     options.experimental_optimization.map_parallelization = True
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def batch_transform(image_size: ImageTransform | tuple[int, int] | int) -> ImageTransform:
+    """The transform of ``make_dataset``'s ``image_size``: a model's, or ``fit`` into a size."""
+    if isinstance(image_size, ImageTransform):
+        return image_size
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    return ImageTransform(image_size, "fit", size_divisible=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +309,7 @@ def _summary_counts(files: list[str]) -> tuple[int | None, int | None]:
 # One example -> fixed-size tensors
 
 
-def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, training, warn_in_graph):
+def _prepare(example, seed, transform, max_boxes, config, keep_difficult, training, warn_in_graph):
     image = example["image"]
     original_size = tf.shape(image)[:2]
     boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
@@ -314,7 +325,7 @@ def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, train
             image, boxes = aug.horizontal_flip(image, boxes, seeds[0], config["horizontal_flip"])
         low, high = config["scale_range"]
         factor = tf.random.stateless_uniform([], seeds[1], low, high) if high > low else low
-        image, boxes, scale = aug.resize_crop(image, boxes, image_size, factor, seeds[2])
+        image, boxes, scale = aug.resize_crop(image, boxes, transform, factor, seeds[2])
         if any(config[k] for k in ("brightness", "contrast", "saturation", "hue")):
             image = aug.color_jitter(
                 image,
@@ -324,17 +335,17 @@ def _prepare(example, seed, image_size, max_boxes, config, keep_difficult, train
                 config["saturation"],
                 config["hue"],
             )
-        image = aug.pad_image(image, image_size)  # the padding stays zero
+        image = aug.pad_image(image, transform.image_size)  # the padding stays zero
         min_size = float(config["min_box_size"])
     else:
-        image, boxes, scale = aug.resize_crop_pad(image, boxes, image_size)
+        image, boxes, scale = aug.resize_crop_pad(image, boxes, transform)
         min_size = 0.0
     keep = aug.keep_boxes(boxes, min_size)
     boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
     if warn_in_graph:
         _warn_if_too_many(tf.shape(labels)[0], max_boxes)
     boxes, labels, difficult = aug.pad_boxes(boxes, labels, max_boxes, difficult)
-    image = tf.ensure_shape(tf.cast(image, tf.float32), [image_size[0], image_size[1], 3])
+    image = tf.ensure_shape(tf.cast(image, tf.float32), [*transform.image_size, 3])
     out = {"images": image, "bounding_boxes": {"boxes": boxes, "labels": labels}}
     if not training:
         out["bounding_boxes"]["difficult"] = difficult

@@ -6,16 +6,24 @@ checked values and layers lives here, so that each rule is written once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from kdetect.backbones import build_backbone, resnet_stage5_head
-from kdetect.layers import ConvFCBoxHead, FeaturePyramid, MLPBoxHead
+from kdetect.boxes import BoxCoder
+from kdetect.layers import (
+    ConvFCBoxHead,
+    DetectionDecoder,
+    FeaturePyramid,
+    MLPBoxHead,
+    MultiLevelRoIAlign,
+    ProposalGenerator,
+    RoISampler,
+    RPNTargetAssigner,
+)
 
-RESIZE_MODES = ("fit", "min_max")
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
 #: Anchor sizes (pixels) per RPN level when none are given: one size per pyramid level, or all
 #: five on the single C4 map.
@@ -24,36 +32,18 @@ DEFAULT_ANCHOR_SIZES = {
     False: ((32, 64, 128, 256, 512),),
 }
 #: Config keys holding tuples, which a saved (JSON) config turns into lists.
-_TUPLE_KEYS = ("image_size", "aspect_ratios", "bbox_reg_weights")
+_TUPLE_KEYS = ("aspect_ratios", "bbox_reg_weights")
 
 
-def checked_image_size(image_size) -> tuple[int, int]:
-    """``image_size`` as ``(height, width)`` ints, both positive multiples of 32."""
-    if (
-        isinstance(image_size, (str, bytes))
-        or not isinstance(image_size, Sequence | np.ndarray)
-        or len(image_size) != 2
-        or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in image_size)
-    ):
-        raise TypeError(f"image_size must be (height, width), two integers; got {image_size!r}")
-    image_size = tuple(int(s) for s in image_size)
-    if any(s <= 0 or s % 32 for s in image_size):
-        raise ValueError(f"image_size must be (height, width), multiples of 32; got {image_size}")
-    return image_size
-
-
-def check_settings(num_classes, box_head_type, resize_mode, min_size, max_size) -> None:
-    """Raise ``TypeError`` / ``ValueError`` for settings no detector can be built with."""
+def check_settings(num_classes, box_head_type) -> None:
+    """Raise ``TypeError`` / ``ValueError`` for settings no detector can be built with (the
+    input transform checks its own: :class:`~kdetect.models.transform.ImageTransform`)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if box_head_type not in BOX_HEAD_TYPES:
         raise ValueError(f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}")
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    if not 0 < min_size <= max_size:
-        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
 
 
 def checked_anchor_sizes(anchor_sizes, fpn: bool, rpn_levels: int) -> tuple:
@@ -141,13 +131,45 @@ def box_head_width(box_head) -> int:
     return box_head.output_shape[-1]
 
 
-def check_roi_strides(roi_align, strides: tuple[int, ...]) -> None:
-    """An injected RoIAlign must pool from the maps the backbone gives."""
-    if tuple(roi_align.strides) != strides:
+def build_stages(settings: dict, roi_strides: tuple[int, ...], c4_resnet: bool) -> dict:
+    """The weightless stages (:data:`STAGES`) from ``FasterRCNN``'s arguments ``settings``: a
+    stage given there (not None) is kept, the others are built from the plain ``rpn_*`` /
+    ``box_*`` / ``bbox_reg_weights`` / ``roi_align_aligned`` settings (:func:`stage_settings`
+    reads them back). An injected RoIAlign must pool from the backbone's ``roi_strides``."""
+    rpn = {k.removeprefix("rpn_"): v for k, v in settings.items() if k.startswith("rpn_")}
+    box = {k.removeprefix("box_"): v for k, v in settings.items() if k.startswith("box_")}
+    rpn_coder, roi_coder = BoxCoder((1.0, 1.0, 1.0, 1.0)), BoxCoder(settings["bbox_reg_weights"])
+    builders = {
+        "rpn_target_assigner": lambda: RPNTargetAssigner(
+            rpn["fg_iou_thresh"], rpn["bg_iou_thresh"], rpn["batch_size_per_image"],
+            rpn["positive_fraction"], rpn_coder, name="rpn_target_assigner",
+        ),
+        "proposal_generator": lambda: ProposalGenerator(
+            rpn["pre_nms_top_n_test"], rpn["post_nms_top_n_test"], rpn["nms_thresh"],
+            score_thresh=rpn["score_thresh"], box_coder=rpn_coder,
+            pre_nms_top_n_train=rpn["pre_nms_top_n_train"],
+            post_nms_top_n_train=rpn["post_nms_top_n_train"], name="proposal_generator",
+        ),
+        "roi_align": lambda: MultiLevelRoIAlign(
+            roi_strides, 2 * box["roi_pool_size"] if c4_resnet else box["roi_pool_size"],
+            box["sampling_ratio"], aligned=settings["roi_align_aligned"], name="roi_align",
+        ),
+        "roi_sampler": lambda: RoISampler(
+            box["fg_iou_thresh"], box["bg_iou_thresh"], box["batch_size_per_image"],
+            box["positive_fraction"], roi_coder, name="roi_sampler",
+        ),
+        "detection_decoder": lambda: DetectionDecoder(
+            box["score_thresh"], box["nms_thresh"], box["detections_per_img"],
+            box_coder=roi_coder, name="detection_decoder",
+        ),
+    }  # fmt: skip
+    stages = {name: settings.get(name) or build() for name, build in builders.items()}
+    if tuple(stages["roi_align"].strides) != roi_strides:
         raise ValueError(
-            f"roi_align pools from strides {tuple(roi_align.strides)}; this backbone's RoI maps "
-            f"have strides {strides}"
+            f"roi_align pools from strides {tuple(stages['roi_align'].strides)}; this "
+            f"backbone's RoI maps have strides {roi_strides}"
         )
+    return stages
 
 
 def stage_settings(model, c4_resnet: bool) -> dict:

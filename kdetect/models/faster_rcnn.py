@@ -2,7 +2,8 @@
 
 The model is assembled here and runs its forward pass here; its training steps and losses are
 in :mod:`kdetect.models.training`, prediction on raw images in :mod:`kdetect.models.prediction`,
-the checks and layer builders in :mod:`kdetect.models.assembly`.
+the checks and layer builders in :mod:`kdetect.models.assembly`, the input transform in
+:mod:`kdetect.models.transform`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from keras import ops
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import preprocess_images
-from kdetect.boxes import BoxCoder
 from kdetect.errors import InputShapeError
 from kdetect.layers import (
     BoxPredictor,
@@ -32,6 +32,7 @@ from kdetect.models import export_formats as exporting
 from kdetect.models.assembly import STAGES
 from kdetect.models.prediction import RawImagePrediction
 from kdetect.models.training import DetectorTraining
+from kdetect.models.transform import ImageTransform
 from kdetect.pretrained.torchvision import load_torchvision
 
 
@@ -39,17 +40,21 @@ from kdetect.pretrained.torchvision import load_torchvision
 class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
     """Two-stage object detector: backbone (+ FPN) -> RPN -> RoIAlign -> box head -> decoder.
 
+    The model owns its input transform, :attr:`transform` (an
+    :class:`~kdetect.models.transform.ImageTransform` built from ``image_size``, ``resize_mode``,
+    ``min_size`` and ``max_size``): the one resize of training, evaluation, predict and export.
     Training batches are ``{"images": [B, H, W, 3], "bounding_boxes": {"boxes": [B, M, 4] xyxy
-    pixels, "labels": [B, M] (-1 = padding)}}`` with images already resized and padded to
-    ``image_size``; ``fit`` optimises the sum of four losses and reports each one. ``predict``
-    takes raw images of any size, resizes them to fit ``image_size`` (keeping the aspect ratio,
-    padded at the bottom/right) and returns boxes in the input images' pixels.
+    pixels, "labels": [B, M] (-1 = padding)}}`` with images already resized by it and padded to
+    ``image_size`` (``make_dataset(source, model.transform)``); ``fit`` optimises the sum of four
+    losses and reports each one. ``predict`` takes raw images of any size, resizes them by the
+    transform and returns boxes in the input images' pixels.
 
     Args:
         num_classes: number of object classes (background is added internally).
         backbone: ``resnet50``, ``resnet101``, ``vgg16``, ``mobilenet_v2`` or ``tiny``.
         fpn: use a feature pyramid (P2-P6) instead of the single stride-16 map (C4).
-        image_size: ``(height, width)`` the network runs at; multiples of 32.
+        image_size: ``(height, width)`` of the training frame (and ``fit``'s prediction frame);
+            multiples of 32.
         backbone_weights: None (random init), ``"imagenet"`` or a local weights file.
         freeze: freeze the backbone up to this stage (``stem``, ``stage1``..``stage4``).
         frozen_batch_norm: keep the backbone's batch-norm statistics fixed; defaults to True
@@ -69,8 +74,8 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         bbox_reg_weights: box coder weights of the RoI head.
         roi_align_aligned: half-pixel RoIAlign (Detectron2's ``aligned=True``); torchvision's
             detectors use False.
-        resize_mode: ``fit`` or ``min_max`` (see above); ``min_size`` / ``max_size`` are the
-            latter's sizes.
+        resize_mode: ``fit`` or ``min_max``, the transform's rule; ``min_size`` / ``max_size``
+            are the latter's sizes.
         batch_norm_epsilon: epsilon of the backbone's batch norm; None keeps the backbone's own.
         seed: seed of the training-time samplers.
         rpn_target_assigner, proposal_generator, roi_align, roi_sampler, detection_decoder:
@@ -84,8 +89,7 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         portable_graph: inside :meth:`portable_ops` (exports).
 
     Needs the TensorFlow backend: NMS, the fused RoIAlign, the gradient tape and
-    ``tf.distribute`` come from :mod:`kdetect.tf_ops`, the resize of ``predict`` from
-    ``tf.image``.
+    ``tf.distribute`` come from :mod:`kdetect.tf_ops`, the resize from ``tf.image``.
     """
 
     def __init__(
@@ -137,23 +141,21 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         detection_decoder: DetectionDecoder | None = None,
         **kwargs,
     ):
-        # Over 60 lines only through argument lists: about 35 statements, one per setting or part.
+        # The arguments, before anything else is bound: the plain settings of the stages.
+        arguments = dict(locals())
         super().__init__(**kwargs)
         # --- Settings: checked once, kept as attributes (get_config lists them) -------------
-        assembly.check_settings(num_classes, box_head_type, resize_mode, min_size, max_size)
+        assembly.check_settings(num_classes, box_head_type)
+        self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone
-        self.image_size = image_size = assembly.checked_image_size(image_size)
-        self.backbone_weights = backbone_weights
-        self.freeze = freeze
+        self.backbone_weights, self.freeze = backbone_weights, freeze
         self.frozen_batch_norm = (
             backbone_weights is not None if frozen_batch_norm is None else frozen_batch_norm
         )
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
-        self.fpn_channels = fpn_channels
-        self.fpn_batch_norm = bool(fpn_batch_norm)
+        self.fpn_channels, self.fpn_batch_norm = fpn_channels, bool(fpn_batch_norm)
         self.box_head_type, self.box_head_units = box_head_type, box_head_units
-        self.resize_mode, self.min_size, self.max_size = resize_mode, int(min_size), int(max_size)
         self.batch_norm_epsilon, self.seed = batch_norm_epsilon, seed
         self.xla_step = False  # see the class docstring
         self.portable_graph = False
@@ -162,7 +164,7 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         parts = assembly.build_feature_layers(
             backbone,
             fpn,
-            image_size,
+            self.image_size,
             fpn_channels,
             self.fpn_batch_norm,
             weights=backbone_weights,
@@ -180,55 +182,23 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         self.box_predictor = BoxPredictor(self.num_classes, name="box_predictor")
 
         # --- Weightless stages: given, or built from the plain settings ----------------------
-        rpn_coder, roi_coder = BoxCoder((1.0, 1.0, 1.0, 1.0)), BoxCoder(bbox_reg_weights)
         c4_resnet = assembly.is_c4_resnet(backbone, fpn)
-        self.rpn_target_assigner = rpn_target_assigner or RPNTargetAssigner(
-            rpn_fg_iou_thresh,
-            rpn_bg_iou_thresh,
-            rpn_batch_size_per_image,
-            rpn_positive_fraction,
-            rpn_coder,
-            name="rpn_target_assigner",
-        )
-        self.proposal_generator = proposal_generator or ProposalGenerator(
-            rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test,
-            rpn_nms_thresh,
-            score_thresh=rpn_score_thresh,
-            box_coder=rpn_coder,
-            pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-            post_nms_top_n_train=rpn_post_nms_top_n_train,
-            name="proposal_generator",
-        )
-        self.roi_align = roi_align or MultiLevelRoIAlign(
-            parts.roi_strides,
-            2 * box_roi_pool_size if c4_resnet else box_roi_pool_size,
-            box_sampling_ratio,
-            aligned=roi_align_aligned,
-            name="roi_align",
-        )
-        assembly.check_roi_strides(self.roi_align, parts.roi_strides)
-        self.roi_sampler = roi_sampler or RoISampler(
-            box_fg_iou_thresh,
-            box_bg_iou_thresh,
-            box_batch_size_per_image,
-            box_positive_fraction,
-            roi_coder,
-            name="roi_sampler",
-        )
-        self.detection_decoder = detection_decoder or DetectionDecoder(
-            box_score_thresh,
-            box_nms_thresh,
-            box_detections_per_img,
-            box_coder=roi_coder,
-            name="detection_decoder",
-        )
+        stages = assembly.build_stages(arguments, parts.roi_strides, c4_resnet)
+        for name in STAGES:
+            setattr(self, name, stages[name])
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
-        spec = self.backbone.compute_output_spec(keras.KerasTensor((1,) + image_size + (3,)))
+        frame = (1,) + self.image_size + (3,)
+        spec = self.backbone.compute_output_spec(keras.KerasTensor(frame))
         self._feature_shapes = [tuple(t.shape) for t in spec] if fpn else tuple(spec.shape)
-        self.build((None,) + image_size + (3,))
+        self.build((None,) + self.image_size + (3,))
+
+    # --- The input transform's settings (the transform holds them) -------------------------
+    image_size = property(lambda self: self.transform.image_size, doc="the training frame")
+    resize_mode = property(lambda self: self.transform.resize_mode, doc="`fit` or `min_max`")
+    min_size = property(lambda self: self.transform.min_size, doc="`min_max`'s short side")
+    max_size = property(lambda self: self.transform.max_size, doc="`min_max`'s long side")
 
     def build(self, input_shape):
         feature_shapes = self._feature_shapes

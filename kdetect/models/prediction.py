@@ -1,8 +1,8 @@
-"""Faster R-CNN on raw images: input checks, resizing into the network's frame and back.
+"""Faster R-CNN on raw images: input checks, then the model's input transform and back.
 
-``predict`` takes images of any size; the ``fit`` transform scales them into ``image_size``
-and pads, the ``min_max`` transform is torchvision's (short side to ``min_size`` unless the
-long side would pass ``max_size``, padded to 32); boxes are mapped back to the input's pixels.
+``predict`` takes images of any size; the detector's :class:`~kdetect.models.transform.
+ImageTransform` resizes and pads them (``fit`` into ``image_size``, ``min_max`` as torchvision)
+and maps the boxes back to the input's pixels.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import sys
 import warnings
 
 import numpy as np
-import tensorflow as tf  # the resize below; kdetect.tf_ops holds the model's other TF calls
 from keras import ops
 
 from kdetect import tf_ops
 from kdetect.backbones import preprocess_images
 from kdetect.boxes import clip_boxes
 from kdetect.errors import InputShapeError
-
-# Sides up to this many pixels get float64's exact ``min_max`` rounding in exported graphs.
-_MIN_MAX_TABLE_SIZE = 16384
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,89 +107,6 @@ class RawImagePrediction:
         finally:
             self._jit_compile = jit
 
-    # --- Inference on raw images ------------------------------------------------------------
-    def resize_and_pad(self, images):
-        """Resize same-size images to fit ``image_size`` and pad; returns (images, scale)."""
-        images = ops.cast(images, "float32")
-        target_h, target_w = self.image_size
-        shape = ops.shape(images)
-        h = ops.cast(shape[1], "float32")
-        w = ops.cast(shape[2], "float32")
-        scale = ops.minimum(target_h / h, target_w / w)
-        new_h = ops.minimum(ops.cast(ops.round(h * scale), "int32"), target_h)
-        new_w = ops.minimum(ops.cast(ops.round(w * scale), "int32"), target_w)
-        resized = tf.image.resize(images, ops.stack([new_h, new_w]), method="bilinear")
-        padded = tf.image.pad_to_bounding_box(resized, 0, 0, target_h, target_w)
-        return ops.reshape(padded, (-1, target_h, target_w, 3)), scale
-
-    def min_max_size(self, height, width):
-        """torchvision's resized size: the short side to ``min_size`` unless the long side would
-        pass ``max_size``. As torchvision computes it in eager mode, the scale is a float64
-        quotient and each side is ``floor(side * scale)`` in float64, so rounding can land one
-        pixel short (194 px at scale 800 / 194 becomes 799)."""
-        h = ops.cast(height, "float64")
-        w = ops.cast(width, "float64")
-        scale = ops.minimum(
-            float(self.min_size) / ops.minimum(h, w), float(self.max_size) / ops.maximum(h, w)
-        )
-        return ops.cast(ops.floor(h * scale), "int32"), ops.cast(ops.floor(w * scale), "int32")
-
-    def min_max_size_int32(self, height, width):
-        """:meth:`min_max_size` without float64, for exported graphs (TFLite has no float64
-        kernels).
-
-        Which limit decides is an exact integer comparison (``min_size * long <= max_size *
-        short``). The deciding side ``d`` becomes ``floor(d * (n / d))`` in float64, ``n`` or
-        ``n - 1``: read from a table computed here in float64 for ``d`` below 16384 (the
-        limit itself above). The other side ``v`` is ``floor(v * n / d)`` in integers, which is
-        float64's answer unless ``v * n / d`` is itself an integer that float64 lands just below
-        (15 of 200,000 random size pairs up to 5000 px).
-        """
-        h = ops.cast(height, "int32")
-        w = ops.cast(width, "int32")
-        short, long = ops.minimum(h, w), ops.maximum(h, w)
-        by_min = self.min_size * long <= self.max_size * short
-        side = ops.where(by_min, short, long)
-        limit = ops.where(by_min, self.min_size, self.max_size)
-        sides = np.arange(_MIN_MAX_TABLE_SIZE, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tables = [
-                np.nan_to_num(np.floor(sides * (n / sides))) for n in (self.min_size, self.max_size)
-            ]
-        index = ops.minimum(side, _MIN_MAX_TABLE_SIZE - 1)
-        looked_up = ops.where(
-            by_min,
-            ops.take(tables[0].astype("int32"), index),
-            ops.take(tables[1].astype("int32"), index),
-        )
-        deciding = ops.where(side < _MIN_MAX_TABLE_SIZE, looked_up, limit)
-
-        def resized(v):
-            return ops.where(v == side, deciding, (v * limit) // side)
-
-        return resized(h), resized(w)
-
-    def _predict_min_max(self, images):
-        """``min_max`` transform: normalise, resize, pad to 32 with zeros, detect, map back."""
-        shape = ops.shape(images)
-        inputs = preprocess_images(images, self.backbone_name)
-        if self.portable_graph:
-            new_h, new_w = self.min_max_size_int32(shape[1], shape[2])
-        else:
-            new_h, new_w = self.min_max_size(shape[1], shape[2])
-        inputs = tf.image.resize(inputs, ops.stack([new_h, new_w]), method="bilinear")
-        frame_h = (new_h + 31) // 32 * 32
-        frame_w = (new_w + 31) // 32 * 32
-        inputs = tf.pad(inputs, [[0, 0], [0, frame_h - new_h], [0, frame_w - new_w], [0, 0]])
-        # Padding by computed amounts hides the channel count from the TFLite converter.
-        batch = images.shape[0] if images.shape[0] is not None else -1
-        inputs = ops.reshape(inputs, (batch, frame_h, frame_w, 3))
-        detections = self.detect(inputs, (new_h, new_w))
-        ratio_h = ops.cast(shape[1], "float32") / ops.cast(new_h, "float32")
-        ratio_w = ops.cast(shape[2], "float32") / ops.cast(new_w, "float32")
-        ratios = ops.stack([ratio_w, ratio_h, ratio_w, ratio_h])
-        return detections, detections["boxes"] * ratios
-
     def predict(self, x, *args, **kwargs):
         """``keras.Model.predict`` on raw images, validated first (see :func:`check_images`)."""
         return super().predict(check_images(x, "predict"), *args, **kwargs)
@@ -203,18 +116,25 @@ class RawImagePrediction:
         return super().predict_on_batch(check_images(x, "predict_on_batch"))
 
     def predict_step(self, data):
+        """Raw images -> :attr:`transform` -> detections, boxes back in the input's pixels.
+
+        ``min_max`` normalises before resizing and pads the normalised images with zeros, as
+        torchvision does, and clips proposals to the content; ``fit`` pads raw pixels with
+        zeros, as the training pipeline does, and runs the frame as training does.
+        """
         if isinstance(data, (tuple, list)):
             data = data[0]
         if isinstance(data, dict):
             data = data["images"]
         self._mark_xla_step(False)
-        shape = ops.shape(data)
-        if self.resize_mode == "min_max":
-            detections, boxes = self._predict_min_max(ops.cast(data, "float32"))
-        else:
-            images, scale = self.resize_and_pad(data)
-            detections = self(images, training=False)
-            boxes = detections["boxes"] / scale
+        images = ops.cast(data, "float32")
+        shape = ops.shape(images)
+        min_max = self.transform.resize_mode == "min_max"
+        if min_max:
+            images = preprocess_images(images, self.backbone_name)
+        frame, size = self.transform.resize(images, portable=self.portable_graph)
+        detections = self.detect(frame, size) if min_max else self(frame, training=False)
+        boxes = self.transform.unmap_boxes(detections["boxes"], shape[1:3], size)
         boxes = clip_boxes(boxes, shape[1], shape[2])
         valid = ops.expand_dims(detections["labels"] >= 0, -1)
         detections["boxes"] = ops.where(valid, boxes, 0.0)

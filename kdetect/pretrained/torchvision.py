@@ -297,9 +297,9 @@ def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overr
 def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
     """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
     options = dict(ARCHITECTURES[arch])
-    image_size = list(options.pop("image_size"))
+    options["image_size"] = list(options["image_size"])
     return {
         "name": name,
         "model": options,
-        "data": {"format": "coco", "image_size": image_size, "batch_size": 2},
+        "data": {"format": "coco", "batch_size": 2},
     }

@@ -65,20 +65,22 @@ def select_classes(
 
 
 def read_split(
-    data: DataConfig, split: str, classes: list[str] | None, strict: bool = False
+    recipe: Recipe, split: str, classes: list[str] | None, strict: bool = False
 ) -> Annotations | str:
-    """One split as :class:`Annotations` (or the TFRecord folder for ``tfrecord``).
+    """One split of the recipe's data as :class:`Annotations` (or the TFRecord folder for
+    ``tfrecord``); synthetic shapes are drawn at the model's frame.
 
     ``classes`` selects and orders the classes (see :func:`select_classes`); ``None`` keeps
     the dataset's own list.
     """
+    data = recipe.data
     if data.format == "shapes":
         from kdetect.data.shapes import make_shapes
 
         is_val = split == data.val_split and split != data.train_split
         count = data.shapes.num_val if is_val else data.shapes.num_train
         seed = data.shapes.seed + (1 if is_val else 0)
-        shapes = make_shapes(count, image_size=tuple(data.image_size), seed=seed)
+        shapes = make_shapes(count, image_size=tuple(recipe.model.image_size), seed=seed)
         return select_classes(shapes, classes, strict) if classes else shapes
     if data.format == "tfrecord":
         root = Path(data.root)
@@ -106,7 +108,8 @@ def tfrecord_classes(data: DataConfig) -> list[str]:
 
 
 def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
-    """The training and validation ``tf.data`` pipelines of a recipe, with the class list.
+    """The training and validation ``tf.data`` pipelines of a recipe, with the class list; the
+    images are resized by the model's input transform (:func:`image_transform`).
 
     Every image of both splits is verified first (:func:`~kdetect.data.images.verify_images`),
     so a truncated or corrupt file stops here, all of them named, not in the middle of an epoch.
@@ -114,7 +117,7 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     from kdetect.data.pipeline import make_dataset
 
     data = recipe.data
-    image_size = tuple(data.image_size)
+    transform = image_transform(recipe.model)
     classes = list(data.classes) if data.classes else None
     if data.format == "tfrecord":
         stored = tfrecord_classes(data)
@@ -125,12 +128,12 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
             )
         classes = stored
 
-    train_source = read_split(data, data.train_split, classes, strict=True)
+    train_source = read_split(recipe, data.train_split, classes, strict=True)
     if isinstance(train_source, Annotations):
         classes = list(train_source.classes)
     val_source = None
     if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
-        val_source = read_split(data, data.val_split, classes)
+        val_source = read_split(recipe, data.val_split, classes)
 
     from kdetect.data.images import verify_images
 
@@ -153,7 +156,7 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     train_ds = make_dataset(
         train_source,
         **tf_split,
-        image_size=image_size,
+        image_size=transform,
         batch_size=data.batch_size,
         augment=augment,
         shuffle=data.shuffle,
@@ -166,7 +169,7 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
         val_ds = make_dataset(
             val_source,
             **({"split": data.val_split} if data.format == "tfrecord" else {}),
-            image_size=image_size,
+            image_size=transform,
             batch_size=data.batch_size,
             augment=False,
             shuffle=False,
@@ -183,15 +186,32 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     )
 
 
-def model_kwargs(
-    model: ModelConfig, num_classes: int, image_size: list[int], seed: int | None = None
-) -> dict[str, Any]:
+def transform_settings(model: ModelConfig) -> dict[str, Any]:
+    """The input-transform arguments of a recipe's model section (``FasterRCNN``'s and
+    ``ImageTransform``'s names)."""
+    return {
+        "image_size": tuple(model.image_size),
+        "resize_mode": model.resize_mode,
+        "min_size": model.min_size,
+        "max_size": model.max_size,
+    }
+
+
+def image_transform(model: ModelConfig):
+    """The :class:`~kdetect.models.transform.ImageTransform` the recipe's model will have, for
+    the data pipeline (built before the model, which needs the class count)."""
+    from kdetect.models.transform import ImageTransform
+
+    return ImageTransform(**transform_settings(model))
+
+
+def model_kwargs(model: ModelConfig, num_classes: int, seed: int | None = None) -> dict[str, Any]:
     """The ``FasterRCNN`` keyword arguments of a recipe's model section."""
     kwargs: dict[str, Any] = {
         "num_classes": num_classes,
         "backbone": model.backbone,
         "fpn": model.fpn,
-        "image_size": tuple(image_size),
+        **transform_settings(model),
         "backbone_weights": model.backbone_weights,
         "freeze": model.freeze,
         "aspect_ratios": tuple(model.aspect_ratios),
@@ -200,9 +220,6 @@ def model_kwargs(
         "fpn_batch_norm": model.fpn_batch_norm,
         "batch_norm_epsilon": model.batch_norm_epsilon,
         "roi_align_aligned": model.roi_align_aligned,
-        "resize_mode": model.resize_mode,
-        "min_size": model.min_size,
-        "max_size": model.max_size,
         "seed": seed,
     }
     if model.anchor_sizes is not None:
@@ -221,7 +238,7 @@ def build_model(recipe: Recipe, num_classes: int):
     """A new, uncompiled ``FasterRCNN`` for the recipe."""
     from kdetect.models.faster_rcnn import FasterRCNN
 
-    kwargs = model_kwargs(recipe.model, num_classes, recipe.data.image_size, recipe.train.seed)
+    kwargs = model_kwargs(recipe.model, num_classes, recipe.train.seed)
     try:
         return FasterRCNN(**kwargs)
     except ValueError as exc:  # the model checks combinations (anchor levels, sizes, ...)
@@ -308,4 +325,4 @@ def run_ground_truth(run_dir: str | Path, split: str | None = None) -> Annotatio
         recipe.data.root and Path(recipe.data.root).exists()
     ):
         raise RecipeError(f"data.root: path not found: {recipe.data.root} (from {run_dir})")
-    return read_split(recipe.data, split, classes)
+    return read_split(recipe, split, classes)

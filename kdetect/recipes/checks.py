@@ -71,7 +71,7 @@ def print_data_checks(model, annotations: Annotations, recipe, console) -> dict:
     """Before training: one warning line per problem of :mod:`kdetect.data.quality`, then how
     many training boxes the anchors cover (a warning below :data:`MIN_COVERAGE`). Returns the
     anchor report."""
-    frame = tuple(recipe.data.image_size)
+    frame = tuple(recipe.model.image_size)
     quality = quality_report(
         annotations, frame, hash_images=len(annotations.records) <= MAX_HASHED_IMAGES
     )

@@ -204,7 +204,7 @@ def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np
     write_classes(run_dir / CLASSES_FILE, classes)
     samples = _write_samples(run_dir / SAMPLES_DIR, data.val_annotations, recipe.eval.samples)
     if data.train_annotations is not None:
-        frame = tuple(recipe.data.image_size)
+        frame = tuple(recipe.model.image_size)
         boxes, labels = boxes_in_frame(data.train_annotations, frame)
         classes = data.train_annotations.classes
         plot_labels(boxes, labels, classes, frame, run_dir / LABELS_PLOT)

@@ -1,11 +1,14 @@
 """Read a recipe file, apply ``--set key=value`` overrides, validate, and write it back.
 
 Overrides use dotted keys and YAML typing for the value, so ``train.epochs=3`` sets an integer,
-``model.freeze=null`` sets ``None`` and ``data.image_size=[256,256]`` sets a list.
+``model.freeze=null`` sets ``None`` and ``model.image_size=[256,256]`` sets a list. The
+deprecated ``data.image_size`` still works for one release (moved to ``model.image_size``,
+with one warning line).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,11 @@ import yaml
 
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.paths import write_text
-from kdetect.recipes.schema import Recipe, from_dict, path_fields, to_dict
+from kdetect.recipes.builders import image_transform
+from kdetect.recipes.schema import ModelConfig, Recipe, check_field, from_dict, path_fields, to_dict
 from kdetect.runs.files import RECIPE_FILE
+
+logger = logging.getLogger(__name__)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -128,6 +134,51 @@ def _check_anchors(model) -> None:
         )
 
 
+def _check_transform(model) -> None:
+    """The model's input transform checks its own settings (the frame, the resize rule)."""
+    try:
+        image_transform(model)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"model: {exc}") from None
+
+
+def move_image_size(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe mapping with the deprecated ``data.image_size`` moved to ``model.image_size``
+    (one warning line); an error when both are given and differ. ``data`` is not changed."""
+    section = data.get("data")
+    if not isinstance(section, dict) or "image_size" not in section:
+        return data
+    model = data.get("model") or {}
+    if not isinstance(model, dict):
+        return data  # from_dict names the problem
+    size = check_field(ModelConfig, "image_size", section["image_size"], "data.image_size")
+    if "image_size" in model and model["image_size"] != size:
+        raise RecipeError(
+            f"data.image_size: {size} differs from model.image_size {model['image_size']}; "
+            "give the size once, as model.image_size"
+        )
+    _warn_image_size()
+    moved = {key: value for key, value in section.items() if key != "image_size"}
+    return {**data, "data": moved, "model": {**model, "image_size": size}}
+
+
+def move_image_size_override(text: str) -> str:
+    """An override of the deprecated ``data.image_size`` as one of ``model.image_size`` (one
+    warning line); any other override unchanged."""
+    key, _, value = text.partition("=")
+    if key.strip() != "data.image_size":
+        return text
+    _warn_image_size()
+    return f"model.image_size={value}"
+
+
+def _warn_image_size() -> None:
+    logger.warning(
+        "data.image_size is deprecated and will be removed: move it to model.image_size "
+        "(the model owns its input size)"
+    )
+
+
 def _check_init_from(value: str) -> None:
     from kdetect.runs import model_file
 
@@ -154,10 +205,7 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
     if len(model.box.reg_weights) != 4:
         raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
     _check_anchors(model)
-    if any(side % 32 for side in data.image_size):
-        raise RecipeError(
-            f"data.image_size: both sides must be multiples of 32, got {data.image_size}"
-        )
+    _check_transform(model)
     low, high = data.augment.scale_range
     if low > high:
         raise RecipeError(
@@ -233,7 +281,8 @@ def load(
             path = path / RECIPE_FILE
         data = read_yaml(path)
         name = path.stem if path.name != RECIPE_FILE else path.parent.name
-    data = apply_overrides(data, overrides)
+    overrides = [move_image_size_override(text) for text in overrides or []]
+    data = apply_overrides(move_image_size(data), overrides)
     recipe = from_dict(Recipe, data)
     if recipe.name is None:
         recipe.name = name or "recipe"

@@ -130,11 +130,19 @@ class ModelConfig:
     roi_align_aligned: bool = _f(
         True, "half-pixel RoIAlign (Detectron2's aligned=True); torchvision's detectors use false"
     )
+    image_size: list[int] = _f(
+        lambda: [512, 512],
+        "[height, width] of the frame the network trains at (and `fit` predicts at), multiples "
+        "of 32; training images are resized by resize_mode's rule and padded to it",
+        length=2,
+        positive_items=True,
+    )
     resize_mode: Literal["fit", "min_max"] = _f(
         "fit",
-        "how predict, evaluate, serve and export resize images: `fit` into data.image_size, or "
-        "`min_max` as torchvision does (short side to min_size unless the long side passes "
-        "max_size; each image at its own frame, padded to a multiple of 32)",
+        "the model's one resize rule, for training, evaluate, predict, serve and export: `fit` "
+        "into image_size, or `min_max` as torchvision does (short side to min_size unless the "
+        "long side passes max_size; predict pads each image to a multiple of 32, training "
+        "batches to image_size)",
     )
     min_size: int = _f(800, "short side of an image resized in `min_max` mode", gt=0)
     max_size: int = _f(1333, "longest long side of an image resized in `min_max` mode", gt=0)
@@ -199,12 +207,6 @@ class DataConfig:
         None,
         "class names to train on, in this order (label id = position); boxes of other classes "
         "are dropped; null keeps every class of the dataset",
-    )
-    image_size: list[int] = _f(
-        lambda: [512, 512],
-        "[height, width] every image is resized and padded to",
-        length=2,
-        positive_items=True,
     )
     batch_size: int = _f(2, "images per training step (global, over all devices)", gt=0)
     max_boxes: int = _f(100, "boxes per image after padding; extra boxes are dropped", gt=0)
@@ -511,6 +513,12 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         elif dataclasses.is_dataclass(hints[name]):
             kwargs[name] = from_dict(hints[name], {}, prefix=dotted)
     return cls(**kwargs)
+
+
+def check_field(cls: type, name: str, value: Any, key: str) -> Any:
+    """``value`` checked as field ``name`` of ``cls`` would be, errors naming ``key``."""
+    meta = {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}[name]
+    return _check_value(key, value, _hints(cls)[name], meta)
 
 
 def to_dict(obj: Any) -> Any:

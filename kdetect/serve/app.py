@@ -145,11 +145,13 @@ def _model_summary(model, info) -> dict[str, Any]:
     recipe = None
     if info is not None and info.recipe:
         data = info.recipe.get("data") or {}
+        model_section = info.recipe.get("model") or {}
         train = info.recipe.get("train") or {}
         recipe = {
             "name": info.recipe.get("name"),
             "data_format": data.get("format"),
-            "image_size": data.get("image_size"),
+            # runs before model.image_size kept it under data
+            "image_size": model_section.get("image_size", data.get("image_size")),
             "epochs": train.get("epochs"),
             "epochs_done": info.epochs,
         }
