@@ -18,7 +18,8 @@ import yaml
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.paths import write_text
 from kdetect.recipes.builders import image_transform
-from kdetect.recipes.schema import ModelConfig, Recipe, check_field, from_dict, path_fields, to_dict
+from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
+from kdetect.recipes.typecheck import check_field, from_dict, to_dict
 from kdetect.runs.files import RECIPE_FILE
 
 logger = logging.getLogger(__name__)

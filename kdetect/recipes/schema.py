@@ -4,7 +4,8 @@ Each section is a dataclass; every field carries its documentation (``doc``) and
 applies, its bounds (``ge``, ``gt``, ``le``) in the field's metadata. :func:`from_dict` checks a
 plain mapping (parsed YAML) against these classes and stops at the first problem with a
 :class:`~kdetect.errors.RecipeError` whose one-line message names the dotted key, what was
-expected and what was received, and for a misspelt key the closest valid one.
+expected and what was received, and for a misspelt key the closest valid one (the checking
+itself is :mod:`kdetect.recipes.typecheck`).
 
 Only this package turns a recipe into keyword arguments for the model, the data pipeline and the
 optimizer; the rest of kdetect never sees these classes.
@@ -13,16 +14,11 @@ optimizer; the rest of kdetect never sees these classes.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
-from kdetect.errors import RecipeError, did_you_mean
+from kdetect.recipes.typecheck import describe, hints, to_dict
 
 FORMATS = ("shapes", "voc", "coco", "csv", "yolo", "labelstudio", "tfrecord")
 
@@ -349,196 +345,15 @@ class Recipe:
 
 # --------------------------------------------------------------------------------------------
 # validation
-# --------------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-_TYPE_WORDS = {
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    str: "a string",
-    list: "a list",
-    dict: "a mapping",
-}
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    return repr(value)
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _describe(tp: Any) -> str:
-    """Human wording of a type annotation, for messages and docs."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        parts = [_describe(a) for a in args if a is not type(None)]
-        text = " or ".join(parts)
-        return f"{text} or null" if type(None) in args else text
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin in (list, tuple):
-        return f"a list of {_plural(args[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _plural(tp: Any) -> str:
-    if typing.get_origin(tp) in (list, tuple):
-        return f"lists of {_plural(typing.get_args(tp)[0])}"
-    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, "values")
-
-
-def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
-    """Validate and normalise one value against its annotation; return the clean value."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None:
-            if type(None) in args:
-                return None
-            raise RecipeError(f"{key}: expected {_describe(tp)}, got null")
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for option in inner:
-            try:
-                return _check_value(key, value, option, meta)
-            except RecipeError as exc:
-                errors.append(exc)
-        if len(inner) == 1:
-            raise errors[0]
-        raise RecipeError(f"{key}: expected {_describe(tp)}, got {_show(value)}")
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        choices = ", ".join(str(a) for a in args)
-        hint = did_you_mean(value, [str(a) for a in args]) if isinstance(value, str) else ""
-        raise RecipeError(f"{key}: expected one of {choices}, got {_show(value)}{hint}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RecipeError(f"{key}: expected a mapping, got {_show(value)}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{key}: expected {_describe(tp)}, got {_show(value)}")
-        length = meta.get("length")
-        if length is not None and len(value) != length:
-            raise RecipeError(f"{key}: expected {length} values, got {len(value)}")
-        if len(value) < meta.get("min_items", 0):
-            raise RecipeError(
-                f"{key}: needs at least {meta['min_items']} value(s), got {len(value)}"
-            )
-        items = [_check_value(f"{key}[{i}]", v, args[0], {}) for i, v in enumerate(value)]
-        numbers = [v for v in items if isinstance(v, (int, float))]
-        if meta.get("positive_items") and any(v <= 0 for v in numbers):
-            raise RecipeError(f"{key}: every value must be > 0, got {list(value)}")
-        return items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise RecipeError(f"{key}: expected true or false, got {_show(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return _check_bounds(key, value, meta)
-        if isinstance(value, float) and value.is_integer():
-            return _check_bounds(key, int(value), meta)
-        raise RecipeError(f"{key}: expected an integer, got {_show(value)}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _check_bounds(key, float(value), meta)
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string.
-            return _check_bounds(key, float(value), meta)
-        raise RecipeError(f"{key}: expected a number, got {_show(value)}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise RecipeError(f"{key}: expected a string, got {_show(value)}")
-    raise TypeError(f"{key}: unsupported annotation {tp!r}")  # a bug in this schema
-
-
-def _check_bounds(key: str, value: float, meta: dict[str, Any]) -> float:
-    if not math.isfinite(value):
-        raise RecipeError(f"{key}: expected a finite number, got {value}")
-    for name, ok, word in (
-        ("ge", lambda v, b: v >= b, ">="),
-        ("gt", lambda v, b: v > b, ">"),
-        ("le", lambda v, b: v <= b, "<="),
-        ("lt", lambda v, b: v < b, "<"),
-    ):
-        bound = meta.get(name)
-        if bound is not None and not ok(value, bound):
-            raise RecipeError(f"{key}: must be {word} {bound}, got {_show(value)}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, validating every key and value.
-
-    Raises:
-        RecipeError: on the first unknown key (with the closest valid key), wrong type or bad
-            value; the message names the dotted key.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{prefix or 'recipe'}: expected a mapping, got {_show(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _hints(cls)
-    for key in data:
-        if key not in fields:
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
-            valid = ", ".join(fields)
-            raise RecipeError(f"{dotted}: unknown key{hint}; valid keys: {valid}")
-    kwargs = {}
-    for name, f in fields.items():
-        dotted = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            kwargs[name] = _check_value(dotted, data[name], hints[name], dict(f.metadata))
-        elif dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = from_dict(hints[name], {}, prefix=dotted)
-    return cls(**kwargs)
-
-
-def check_field(cls: type, name: str, value: Any, key: str) -> Any:
-    """``value`` checked as field ``name`` of ``cls`` would be, errors naming ``key``."""
-    meta = {f.name: dict(f.metadata) for f in dataclasses.fields(cls)}[name]
-    return _check_value(key, value, _hints(cls)[name], meta)
-
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain nested dict/list values (YAML-ready)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
 def iter_keys(cls: type = Recipe, prefix: str = ""):
     """Yield ``(dotted_key, type_text, default, doc)`` for every leaf key of the schema.
 
     Used by ``docs/recipes.md`` (and its test) so documentation cannot fall behind the schema.
     """
-    hints = _hints(cls)
+    annotations = hints(cls)
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
+        tp = annotations[f.name]
         if dataclasses.is_dataclass(tp):
             yield from iter_keys(tp, dotted)
             continue
@@ -546,15 +361,15 @@ def iter_keys(cls: type = Recipe, prefix: str = ""):
             default = f.default
         else:
             default = f.default_factory()
-        yield dotted, _describe(tp), default, f.metadata.get("doc", "")
+        yield dotted, describe(tp), default, f.metadata.get("doc", "")
 
 
 def path_fields(cls: type = Recipe, prefix: str = ""):
     """Yield the dotted keys whose values name files or folders that must exist."""
-    hints = _hints(cls)
+    annotations = hints(cls)
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from path_fields(hints[f.name], dotted)
+        if dataclasses.is_dataclass(annotations[f.name]):
+            yield from path_fields(annotations[f.name], dotted)
         elif f.metadata.get("path"):
             yield dotted
