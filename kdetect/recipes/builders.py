@@ -114,29 +114,12 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     Every image of both splits is verified first (:func:`~kdetect.data.images.verify_images`),
     so a truncated or corrupt file stops here, all of them named, not in the middle of an epoch.
     """
+    # Deferred: the pipeline imports TensorFlow, which checking a recipe does not need.
+    from kdetect.data.images import verify_images
     from kdetect.data.pipeline import make_dataset
 
     data = recipe.data
-    transform = image_transform(recipe.model)
-    classes = list(data.classes) if data.classes else None
-    if data.format == "tfrecord":
-        stored = tfrecord_classes(data)
-        if classes is not None and classes != stored:
-            raise RecipeError(
-                "data.classes: TFRecords keep the classes they were written with "
-                f"({', '.join(stored)}); remove data.classes or transform the data again"
-            )
-        classes = stored
-
-    train_source = read_split(recipe, data.train_split, classes, strict=True)
-    if isinstance(train_source, Annotations):
-        classes = list(train_source.classes)
-    val_source = None
-    if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
-        val_source = read_split(recipe, data.val_split, classes)
-
-    from kdetect.data.images import verify_images
-
+    train_source, val_source, classes = _read_sources(recipe)
     verify_images(
         [
             record.filename
@@ -146,36 +129,30 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
             if record.image is None
         ]
     )
+    common = {
+        "image_size": image_transform(recipe.model),
+        "batch_size": data.batch_size,
+        "max_boxes": data.max_boxes,
+    }
 
-    augment: dict[str, Any] | bool = False
-    if data.augment.enabled:
-        options = {k: v for k, v in vars(data.augment).items() if k != "enabled"}
-        options["scale_range"] = tuple(options["scale_range"])
-        augment = options
-    tf_split = {"split": data.train_split} if data.format == "tfrecord" else {}
+    def split_option(split):  # TFRecords hold every split; the other sources are one split
+        return {"split": split} if data.format == "tfrecord" else {}
+
     train_ds = make_dataset(
         train_source,
-        **tf_split,
-        image_size=transform,
-        batch_size=data.batch_size,
-        augment=augment,
+        **split_option(data.train_split),
+        **common,
+        augment=_augment_options(data),
         shuffle=data.shuffle,
-        max_boxes=data.max_boxes,
         training=True,
         seed=seed,
     )
     val_ds = None
     if val_source is not None:
         val_ds = make_dataset(
-            val_source,
-            **({"split": data.val_split} if data.format == "tfrecord" else {}),
-            image_size=transform,
-            batch_size=data.batch_size,
-            augment=False,
-            shuffle=False,
-            max_boxes=data.max_boxes,
+            val_source, **split_option(data.val_split), **common, augment=False, shuffle=False,
             training=False,
-        )
+        )  # fmt: skip
     return Datasets(
         classes=classes,
         train=train_ds,
@@ -184,6 +161,36 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
         val_annotations=val_source if isinstance(val_source, Annotations) else None,
         train_size=len(train_source) if isinstance(train_source, Annotations) else None,
     )
+
+
+def _read_sources(recipe: Recipe) -> tuple[Any, Any, list[str] | None]:
+    """(train source, validation source or None, class list) of a recipe's data section."""
+    data = recipe.data
+    classes = list(data.classes) if data.classes else None
+    if data.format == "tfrecord":
+        stored = tfrecord_classes(data)
+        if classes is not None and classes != stored:
+            raise RecipeError(
+                "data.classes: TFRecords keep the classes they were written with "
+                f"({', '.join(stored)}); remove data.classes or transform the data again"
+            )
+        classes = stored
+    train_source = read_split(recipe, data.train_split, classes, strict=True)
+    if isinstance(train_source, Annotations):
+        classes = list(train_source.classes)
+    val_source = None
+    if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
+        val_source = read_split(recipe, data.val_split, classes)
+    return train_source, val_source, classes
+
+
+def _augment_options(data) -> dict[str, Any] | bool:
+    """``make_dataset``'s ``augment``: the recipe's options, or False when disabled."""
+    if not data.augment.enabled:
+        return False
+    options = {k: v for k, v in vars(data.augment).items() if k != "enabled"}
+    options["scale_range"] = tuple(options["scale_range"])
+    return options
 
 
 def transform_settings(model: ModelConfig) -> dict[str, Any]:
