@@ -81,6 +81,7 @@ def make_dataset(
         num_parallel_calls: parallelism of decoding and augmentation (default: autotune).
         repeat: repeat forever (shuffled anew each pass).
     """
+    # (Long through its documented arguments; the body is about 40 lines.)
     transform = batch_transform(image_size)
     if batch_size < 1 or max_boxes < 1:
         raise ValueError("batch_size and max_boxes must be positive")

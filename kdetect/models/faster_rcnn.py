@@ -141,7 +141,8 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         detection_decoder: DetectionDecoder | None = None,
         **kwargs,
     ):
-        # The arguments, before anything else is bound: the plain settings of the stages.
+        # (Long through its keyword arguments, torchvision's names; the body is assembly in
+        # three marked parts.) The arguments, before anything else is bound: the stages' settings.
         arguments = dict(locals())
         super().__init__(**kwargs)
         # --- Settings: checked once, kept as attributes (get_config lists them) -------------
