@@ -34,7 +34,7 @@ from kdetect.serve import create_app
 from kdetect.serve.background import BackgroundServer
 from tests.labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
 from tests.serve_support import launch_chromium
-from tests.train_support import kdetect, tiny_run
+from tests.train_support import kdetect, tiny_run, trained_shapes_run
 
 LABELS = {"circle": "Circle", "rectangle": "rectangle", "triangle": "triangle"}
 CONFIG = """<View>
@@ -272,10 +272,16 @@ def test_annotate_train_from_label_studio_serves_new_version(label_studio, serve
     assert label_studio.api("GET", f"/api/ml/{ml_id}")["model_version"] == version
 
 
-def test_cli_retrains_from_label_studio(label_studio, project, tmp_path, tmp_path_factory, capsys):
-    """``kdetect labelstudio train``: the same retraining in the foreground, from the shell."""
+def test_cli_retrains_and_keeps_a_better_served_model(
+    label_studio, project, tmp_path, tmp_path_factory, capsys
+):
+    """``kdetect labelstudio train``: the same retraining in the foreground, from the shell. Here
+    the served run is the really trained shapes run and the candidate is trained from scratch
+    for three steps (``train.init_from=null``): it scores worse on the held-out tasks, so the
+    served model is kept."""
     pid = project[0]
-    run = tiny_run(tmp_path_factory)
+    run = trained_shapes_run(tmp_path_factory)
+    overrides = [*RETRAIN, "train.init_from=null"]
     code = kdetect(
         "labelstudio",
         "train",
@@ -288,12 +294,14 @@ def test_cli_retrains_from_label_studio(label_studio, project, tmp_path, tmp_pat
         label_studio.key,
         "--training-dir",
         tmp_path,
-        *[a for o in RETRAIN for a in ("--retrain-set", o)],
+        *[a for o in overrides for a in ("--retrain-set", o)],
     )
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out[out.index("{") :])
-    assert result["outcome"] in ("switched", "kept") and result["project"] == pid
-    assert result["run"] == str(tmp_path / "tiny-ls1")
-    assert (tmp_path / "tiny-ls1" / "model.keras").is_file()
+    print("kept:", {k: result[k] for k in ("served_score", "new_score", "outcome")})
+    assert result["project"] == pid and result["run"] == str(tmp_path / f"{run.name}-ls1")
+    assert (tmp_path / f"{run.name}-ls1" / "model.keras").is_file()
+    assert result["served_score"] > result["new_score"], result
+    assert result["outcome"] == "kept" and result["model_version"] == run.name
     assert "does not know 'Star'" in err and label_studio.key not in out + err
