@@ -305,3 +305,37 @@ def test_cli_retrains_and_keeps_a_better_served_model(
     assert result["served_score"] > result["new_score"], result
     assert result["outcome"] == "kept" and result["model_version"] == run.name
     assert "does not know 'Star'" in err and label_studio.key not in out + err
+
+
+def test_predict_format_labelstudio_imports_as_predictions(
+    label_studio, images, tmp_path, tmp_path_factory
+):
+    """``kdetect predict --format labelstudio``: the file imports into a Label Studio project as
+    tasks with predictions, stored with the file's regions, scores and ``model_version``."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, record in images.items():
+        Image.fromarray(record.image).save(folder / name)
+    output = tmp_path / "prelabels.json"
+    run = tiny_run(tmp_path_factory)
+    code = kdetect(
+        "predict", run, folder, "--format", "labelstudio", "--output", output, "--min-score", "0"
+    )
+    assert code == 0
+    written = {Path(t["data"]["image"]).name: t for t in json.loads(output.read_text())}
+    assert sum(len(t["predictions"][0]["result"]) for t in written.values()) > 0
+    ls = label_studio
+    config = CONFIG.replace('"Circle"', '"circle"')  # the model's own class names
+    pid = ls.api("POST", "/api/projects", {"title": "imported", "label_config": config})["id"]
+    ls.api("POST", f"/api/projects/{pid}/import", list(written.values()))
+    stored = ls.api("GET", f"/api/tasks?project={pid}&page_size=100")["tasks"]
+    assert len(stored) == len(written)
+    for task in stored:
+        (expected,) = written[Path(task["data"]["image"]).name]["predictions"]
+        (prediction,) = _predictions(ls, task["id"])
+        assert prediction["model_version"] == expected["model_version"]
+        ours = [(box_from_region(r), r["score"]) for r in expected["result"]]
+        theirs = [(box_from_region(r), r["score"]) for r in prediction["result"]]
+        assert len(theirs) == len(ours)
+        for ((label, box), score), ((label2, box2), score2) in zip(ours, theirs, strict=True):
+            assert label == label2 and np.allclose(box, box2, atol=1e-6) and score == score2
