@@ -4,6 +4,7 @@ files, for the data and input tests."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -138,3 +139,26 @@ def write_labelstudio(root: Path, data=TINY, split: str = "train") -> Path:
                       "annotations": [stale, done, cancelled]})  # fmt: skip
     (root / f"{split}.json").write_text(json.dumps(tasks))
     return root
+
+
+def by_name(annotations) -> dict:
+    """The records of ``annotations`` by image file name."""
+    return {os.path.basename(r.filename): r for r in annotations.records}
+
+
+def assert_same_records(a, b, check_difficult: bool = True, atol: float | None = None) -> None:
+    """Same classes, images (by file name), sizes and labels; boxes equal, or within ``atol``
+    pixels when given (formats that store normalised or percent coordinates)."""
+    assert a.classes == b.classes
+    ra, rb = by_name(a), by_name(b)
+    assert ra.keys() == rb.keys()
+    for name, x in ra.items():
+        y = rb[name]
+        assert (x.width, x.height) == (y.width, y.height), name
+        if atol is None:
+            np.testing.assert_array_equal(x.boxes, y.boxes, err_msg=name)
+        else:
+            np.testing.assert_allclose(x.boxes, y.boxes, atol=atol, rtol=0, err_msg=name)
+        np.testing.assert_array_equal(x.labels, y.labels, err_msg=name)
+        if check_difficult:
+            np.testing.assert_array_equal(x.difficult, y.difficult, err_msg=name)

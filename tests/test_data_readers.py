@@ -16,6 +16,8 @@ from kdetect.errors import DataError
 from tests.data_support import (
     TINY,
     _jpeg,
+    assert_same_records,
+    by_name,
     write_coco,
     write_csv,
     write_labelstudio,
@@ -35,23 +37,6 @@ def needs(name: str) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # a tiny dataset in all three formats (written by tests/data_support.py)
-
-
-def by_name(annotations):
-    return {os.path.basename(r.filename): r for r in annotations.records}
-
-
-def assert_same_records(a, b, check_difficult: bool = True):
-    assert a.classes == b.classes
-    ra, rb = by_name(a), by_name(b)
-    assert ra.keys() == rb.keys()
-    for name, x in ra.items():
-        y = rb[name]
-        assert (x.width, x.height) == (y.width, y.height), name
-        np.testing.assert_array_equal(x.boxes, y.boxes, err_msg=name)
-        np.testing.assert_array_equal(x.labels, y.labels, err_msg=name)
-        if check_difficult:
-            np.testing.assert_array_equal(x.difficult, y.difficult, err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------

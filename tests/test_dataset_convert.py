@@ -13,7 +13,7 @@ from kdetect.data.readers import read_annotations
 from kdetect.data.writers import WRITERS, convert_dataset
 from kdetect.errors import DataError, OutputError
 from tests import data_support as ds
-from tests.test_data_readers import by_name
+from tests.data_support import assert_same_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = {
@@ -30,20 +30,6 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") or "tmp" in p.name)
 
 
-def assert_same(a, b, difficult: bool, atol: float = 0.0):
-    """Same classes, images (by file name), sizes, labels, and boxes within ``atol`` pixels."""
-    assert a.classes == b.classes
-    ra, rb = by_name(a), by_name(b)
-    assert ra.keys() == rb.keys()
-    for name, x in ra.items():
-        y = rb[name]
-        assert (x.width, x.height) == (y.width, y.height), name
-        np.testing.assert_allclose(x.boxes, y.boxes, atol=atol, rtol=0, err_msg=name)
-        np.testing.assert_array_equal(x.labels, y.labels, err_msg=name)
-        if difficult:
-            np.testing.assert_array_equal(x.difficult, y.difficult, err_msg=name)
-
-
 @pytest.mark.parametrize("target", list(WRITERS))
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_every_format_round_trips(tmp_path, source, target):
@@ -52,7 +38,9 @@ def test_every_format_round_trips(tmp_path, source, target):
     out = tmp_path / "out"
     convert_dataset(source, root, ["train"], target, out)
     after = read_annotations(target, out, "train")
-    assert_same(before, after, source in KEEPS_DIFFICULT and target in KEEPS_DIFFICULT)
+    assert_same_records(
+        before, after, source in KEEPS_DIFFICULT and target in KEEPS_DIFFICULT, atol=0.0
+    )
     assert all(Path(r.filename).is_relative_to(out) for r in after.records)  # images copied
     assert leftovers(tmp_path) == []
 
@@ -70,7 +58,7 @@ def test_real_data_round_trips_through_every_format(tmp_path, dataset):
         for split in splits:
             after = read_annotations(target, out, split)
             # raccoon images are up to 2000 px wide: YOLO's normalised floats must hold 1e-3 px
-            assert_same(before[split], after, target in KEEPS_DIFFICULT, atol=1e-3)
+            assert_same_records(before[split], after, target in KEEPS_DIFFICULT, atol=1e-3)
 
 
 def test_splits_share_one_class_list(tmp_path):
