@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 USER = "kdetect@example.com"
 PASSWORD = "kdetect-test-password"
-START_TIMEOUT_S = 240
+START_TIMEOUT_S = 900
 
 
 def find_label_studio() -> str | None:

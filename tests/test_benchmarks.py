@@ -129,7 +129,7 @@ def test_python_m_benchmarks_prints_the_table_for_the_tiny_config(tmp_path):
         + ["--skip-data", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -151,7 +151,7 @@ def test_imported_config_without_a_torch_interpreter_says_what_it_needs(tmp_path
         [sys.executable, "-m", "benchmarks", "--configs", "imported_resnet50_fpn"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
         cwd=ROOT,
         env={**os.environ, "KDETECT_TORCH_PYTHON": str(tmp_path / "none")},
     )

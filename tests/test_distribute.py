@@ -122,7 +122,7 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path):
         [sys.executable, "-c", MIRRORED_SCRIPT, str(RECIPE), str(tmp_path), json.dumps(COMMON)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
         env=_env(),
         cwd=ROOT,
     )
@@ -177,7 +177,7 @@ def _stop(procs) -> None:
 
 def _wait(procs, run_dir: Path) -> None:
     try:
-        codes = [p.wait(timeout=240) for p in procs]
+        codes = [p.wait(timeout=1800) for p in procs]
     finally:
         _stop(procs)
     assert codes == [0, 0], _log(run_dir, 0)[-3000:] + "\n---\n" + _log(run_dir, 1)[-3000:]
@@ -223,7 +223,7 @@ def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
         extra_env={"KDETECT_HEALTH_CHECK_INTERVAL": "2"},
     )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 1200
         checkpoints = run_dir / "checkpoints"
         while not list(checkpoints.glob("step-*.keras")) if checkpoints.is_dir() else True:
             assert all(p.poll() is None for p in procs), _log(run_dir, 0)[-3000:]
@@ -231,7 +231,7 @@ def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
             time.sleep(0.5)
         procs[1].send_signal(signal.SIGKILL)
         start = time.monotonic()
-        code = procs[0].wait(timeout=120)
+        code = procs[0].wait(timeout=900)
         elapsed = time.monotonic() - start
     finally:
         _stop(procs)
@@ -239,7 +239,7 @@ def test_multi_worker_lost_peer_fails_clearly_instead_of_hanging(tmp_path):
     assert code != 0
     assert "lost contact with another worker" in log, log[-3000:]
     assert "--resume" in log
-    assert elapsed < 120
+    assert elapsed < 900  # a hang is forever; a loaded machine is slow
 
 
 def test_tpu_without_a_tpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):

@@ -222,7 +222,7 @@ def _annotate(ls, tasks, images) -> None:
         )
 
 
-def _wait_for_state(url: str, states, timeout: float = 240) -> dict:
+def _wait_for_state(url: str, states, timeout: float = 1200) -> dict:
     deadline, status = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         status = httpx.get(url + "/api/labelstudio/training").json()

@@ -26,7 +26,7 @@ def torch_python() -> str | None:
         return None
     try:
         done = subprocess.run(
-            [python, "-c", "import torch"], capture_output=True, timeout=120, check=False
+            [python, "-c", "import torch"], capture_output=True, timeout=600, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -44,7 +44,7 @@ def require_torch_python() -> str:
     return python
 
 
-def run_torch(script: str, *args: str | os.PathLike, timeout: float = 300) -> str:
+def run_torch(script: str, *args: str | os.PathLike, timeout: float = 1800) -> str:
     """Run ``script`` in the torch interpreter with ``args`` as sys.argv[1:]; return its stdout.
 
     Skips the test when there is no torch interpreter; raises RuntimeError with the script's
