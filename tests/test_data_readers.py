@@ -106,6 +106,34 @@ def test_tiny_formats_agree(tmp_path):
     assert len(by_name(voc)["c.jpg"].labels) == 0
 
 
+def _yolo_list(root: Path) -> Path:
+    root = write_yolo(root)
+    (root / "list.txt").write_text("images/train/a.jpg\nimages/train/b.jpg\nimages/train/c.jpg\n")
+    (root / "data.yaml").write_text("train: list.txt\nnames: [cat, dog]\n")
+    return root
+
+
+BOM_SOURCES = {
+    "voc": write_voc,
+    "coco": write_coco,
+    "csv": write_csv,
+    "yolo": write_yolo,
+    "yolo list": _yolo_list,
+    "labelstudio": write_labelstudio,
+}
+
+
+@pytest.mark.parametrize("case", BOM_SOURCES)
+def test_text_files_may_start_with_a_byte_order_mark(tmp_path, case):
+    root = BOM_SOURCES[case](tmp_path / "data")
+    format = case.split()[0]
+    before = read_annotations(format, root, "train")
+    texts = [p for p in root.rglob("*") if p.suffix in (".txt", ".json", ".csv", ".yaml", ".xml")]
+    for path in texts:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert_same_records(before, read_annotations(format, root, "train"))
+
+
 def test_given_class_list_sets_ids(tmp_path):
     root = write_voc(tmp_path / "voc")
     ann = read_annotations("voc", root, "train", classes="dog,cat,bird")
@@ -239,6 +267,10 @@ BAD_COCO = {
         "images[0] (id 1): 'width' must be a number, got '64'",
     ),
     "height missing": (_drop("height", "images", 0), "images[0] (id 1): missing 'height'"),
+    "iscrowd maybe": (
+        _set("iscrowd", "maybe"),
+        "annotation id 2: 'iscrowd': expected true or false (yes/no, 1/0), got \"maybe\"",
+    ),
 }
 
 
