@@ -164,8 +164,11 @@ RECIPES = {
     ),
     "alias bomb": (
         b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
-        + b"".join(b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n"
-                   % ((c, c) + (c - 1,) * 10) for c in b"bcdefgh")
+        + b"".join(
+            b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n"
+            % ((c, c) + (c - 1,) * 10)
+            for c in b"bcdefgh"
+        )
         + b"name: *h\n",
         "{path}: YAML anchors/aliases expand to more than 100000 values (or refer to "
         "themselves); write the values out",

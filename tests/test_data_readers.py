@@ -191,12 +191,24 @@ def test_malformed_xml(tmp_path):
         read_annotations("voc", root, "train")
 
 
-def test_voc_missing_bndbox_field(tmp_path):
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("<ymax>25</ymax>", "", "b.xml: object 1 (cat): missing <ymax>"),
+        ("<width>40</width>", "<width>wide</width>", "b.xml: <width> 'wide' is not a number"),
+        ("<width>40</width>", "<width>nan</width>", "b.xml: image size nanx50 is not positive"),
+        ("<height>50</height>", "<height>inf</height>", "b.xml: image size 40xinf is not positive"),
+        ("<difficult>0</difficult>", "<difficult>maybe</difficult>",
+         'b.xml: object 1: <difficult>: expected true or false (yes/no, 1/0), got "maybe"'),
+    ],
+)  # fmt: skip
+def test_voc_bad_fields_are_one_line(tmp_path, old, new, message):
     root = write_voc(tmp_path / "voc")
     xml = root / "Annotations" / "b.xml"
-    xml.write_text(xml.read_text().replace("<ymax>25</ymax>", ""))
-    with pytest.raises(DataError, match=r"b\.xml: object 1 \(cat\): missing <ymax>"):
+    xml.write_text(xml.read_text().replace(old, new))
+    with pytest.raises(DataError) as info:
         read_annotations("voc", root, "train")
+    assert str(info.value).startswith(f"{root / 'Annotations' / message}")
 
 
 def test_malformed_json(tmp_path):

@@ -139,9 +139,9 @@ def test_yolo_label_without_image(tmp_path):
         ("val: images/train\nnames: [cat\n", "data.yaml: malformed YAML (line"),
         ("- just a list\n", "expected a mapping with 'names'"),
         (
-            "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
-            "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nval: images/train\nnames: *e\n",
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcd", "bcde"))
+            + "val: images/train\nnames: *e\n",
             "data.yaml: YAML anchors/aliases expand to more than 100000 values",
         ),
         ("val: images/train\nnames: &n [cat, *n]\n", "expand to more than 100000 values (or"),

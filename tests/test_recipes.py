@@ -66,7 +66,9 @@ def test_wrong_type_names_key_expected_and_received():
     assert _error(overrides=["model.fpn=maybe"]) == (
         'model.fpn: expected true or false (yes/no, 1/0), got "maybe"'
     )
-    assert _error(overrides=["model.fpn=2"]) == "model.fpn: expected true or false (yes/no, 1/0), got 2"
+    assert _error(overrides=["model.fpn=2"]) == (
+        "model.fpn: expected true or false (yes/no, 1/0), got 2"
+    )
     assert _error(overrides=["train.epochs=2.5"]).startswith("train.epochs: expected an integer")
     assert _error(overrides=["train.optimizer=3"]) == "train.optimizer: expected a mapping, got 3"
     assert _error(overrides=["data.classes=[a, 3]"]).startswith(

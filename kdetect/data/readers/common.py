@@ -414,7 +414,8 @@ def float32_box(box: Sequence[float]) -> tuple[float, float, float, float]:
 
 def image_pixels(width: float, height: float, where: str) -> tuple[int, int]:
     """``(width, height)`` as whole positive pixels, else a DataError."""
-    if width != int(width) or height != int(height) or width <= 0 or height <= 0:
+    finite = math.isfinite(width) and math.isfinite(height)
+    if not finite or width != int(width) or height != int(height) or width <= 0 or height <= 0:
         raise DataError(f"{where}: image size {width:g}x{height:g} is not positive whole pixels")
     return int(width), int(height)
 

@@ -82,14 +82,17 @@ def _read_voc_xml(xml_path: Path, image_id: str, folders: list[Path]) -> RawImag
 
 def _voc_size(root: ET.Element, filename: str, where: str) -> tuple[int, int]:
     size = root.find("size")
-    width = size.findtext("width") if size is not None else None
-    height = size.findtext("height") if size is not None else None
-    if width is None or height is None or float(width or 0) <= 0 or float(height or 0) <= 0:
+    texts = [size.findtext(tag) if size is not None else None for tag in ("width", "height")]
+    values = [
+        number(text, f"<{tag}>", where) if text is not None and text.strip() else 0.0
+        for text, tag in zip(texts, ("width", "height"))
+    ]
+    if values[0] <= 0 or values[1] <= 0:
         # Some tools write <size> as 0 or leave it out: the image header is the truth then.
         if not os.path.isfile(filename):
             raise DataError(f"{where}: no <size> and image {filename} not found")
         return image_size(filename)
-    return image_pixels(number(width, "<width>", where), number(height, "<height>", where), where)
+    return image_pixels(*values, where)
 
 
 def _voc_object(obj: ET.Element, where: str) -> RawObject:
