@@ -35,6 +35,7 @@ from kdetect.data.writers.labelstudio import local_files_url, regions_of
 from kdetect.data.writers.voc import SPLIT_FOLDER, voc_xml
 from kdetect.data.writers.yolo import label_lines, write_data_yaml
 from kdetect.errors import DataError, KdetectError
+from kdetect.parsing import parse_bool
 from kdetect.paths import atomic_path
 
 FORMATS = ("jsonl", "coco", "voc", "yolo", "labelstudio")
@@ -63,7 +64,13 @@ def parse_options(format: str, pairs: list[str] | None) -> dict[str, str]:
                 f"({known})"
             )
         options[key] = value.strip()
+    _save_conf(options)  # a boolean: refused now, not after predicting
     return options
+
+
+def _save_conf(options: dict[str, str]) -> bool:
+    """YOLO's ``save_conf`` option (false when not given)."""
+    return parse_bool(options.get("save_conf", "false"), "--format-option save_conf")
 
 
 def line_record(line: dict) -> tuple[Record, list[float]]:
@@ -205,7 +212,7 @@ def write_predictions(
         if format == "voc":
             files = voc_files(lines, classes)
         else:
-            files = yolo_files(lines, options.get("save_conf", "").lower() in ("1", "true", "yes"))
+            files = yolo_files(lines, _save_conf(options))
         with atomic_path(output) as tmp:
             tmp.mkdir()
             for relative, text in files.items():

@@ -69,6 +69,7 @@ VOC_TRAIN = [
 COMMANDS = {
     "dataset transform": "dataset transform --type voc --data-dir {root} --output-dir {out}",
     "dataset inspect": "dataset inspect {root}",
+    "dataset convert": "dataset convert {root} --type voc --to yolo --output {out}",
     "train": "train {shapes} --run-dir {out} --set data.root={root}",
     "predict": "predict {run} {root}/JPEGImages",
     "evaluate": "evaluate {run} --data {root} --format voc --split train --output {out}",
@@ -161,6 +162,17 @@ RECIPES = {
         b"data:\n  format: voc\n  root: {path}\n",
         "data.root: {path} is a file; data.format voc needs the dataset folder",
     ),
+    "alias bomb": (
+        b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + b"".join(
+            b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n"
+            % ((c, c) + (c - 1,) * 10)
+            for c in b"bcdefgh"
+        )
+        + b"name: *h\n",
+        "{path}: YAML anchors/aliases expand to more than 100000 values (or refer to "
+        "themselves); write the values out",
+    ),
     "init_from a YAML file": (
         b"train:\n  init_from: {path}\n",
         "train.init_from: {path}: not a run directory, .keras or .kdet file",
@@ -230,3 +242,13 @@ def test_run_names_stay_inside_runs(name, safe, tmp_path):
     recipe = Recipe(name=name)
     path = default_run_dir(recipe, tmp_path / "runs")
     assert path.parent == tmp_path / "runs" and path.name.startswith(f"{safe}-")
+
+
+def test_training_on_a_dataset_without_boxes_names_the_dataset(tmp_path, capsys):
+    root = write_voc(tmp_path / "voc", {name: (w, h, []) for name, (w, h, _) in DATA.items()})
+    run = tmp_path / "run"
+    args = ["train", SHAPES, "--run-dir", run, *set_args(TINY + VOC_TRAIN + [f"data.root={root}"])]
+    assert kdetect(*args) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {root}: no labelled boxes (and no class names) in the training split 'train'"
+    ]

@@ -241,6 +241,18 @@ def _add_member(name: str, size: int, compression: int = zipfile.ZIP_DEFLATED):
     return change
 
 
+def _write_member(packed: Path, name: str, text: str) -> None:
+    with zipfile.ZipFile(packed, "a") as zf:
+        zf.writestr(name, text)
+
+
+# Each level holds the one above ten times: 10**8 values once expanded.
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    + "name: *h\n"
+)
+
 # case -> (how the packed run is spoiled, limit overrides, the message after "PATH: " (a regex))
 ZIP_BOMBS = {
     "over the total limit": (
@@ -252,6 +264,12 @@ ZIP_BOMBS = {
         _add_member("history.csv", 16 * 2**20),
         {},
         r"history\.csv would expand 10\d\d times \(limit 100\); refusing a possible zip bomb",
+    ),
+    "recipe alias bomb": (
+        lambda packed: _write_member(packed, "recipe.yaml", ALIAS_BOMB),
+        {},
+        r"recipe\.yaml: YAML anchors/aliases expand to more than 100000 values \(or refer to "
+        r"themselves\); write the values out",
     ),
     "declared size lies": (
         lambda packed: _declare_size(packed, "model.keras", 10),

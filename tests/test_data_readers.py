@@ -106,6 +106,34 @@ def test_tiny_formats_agree(tmp_path):
     assert len(by_name(voc)["c.jpg"].labels) == 0
 
 
+def _yolo_list(root: Path) -> Path:
+    root = write_yolo(root)
+    (root / "list.txt").write_text("images/train/a.jpg\nimages/train/b.jpg\nimages/train/c.jpg\n")
+    (root / "data.yaml").write_text("train: list.txt\nnames: [cat, dog]\n")
+    return root
+
+
+BOM_SOURCES = {
+    "voc": write_voc,
+    "coco": write_coco,
+    "csv": write_csv,
+    "yolo": write_yolo,
+    "yolo list": _yolo_list,
+    "labelstudio": write_labelstudio,
+}
+
+
+@pytest.mark.parametrize("case", BOM_SOURCES)
+def test_text_files_may_start_with_a_byte_order_mark(tmp_path, case):
+    root = BOM_SOURCES[case](tmp_path / "data")
+    format = case.split()[0]
+    before = read_annotations(format, root, "train")
+    texts = [p for p in root.rglob("*") if p.suffix in (".txt", ".json", ".csv", ".yaml", ".xml")]
+    for path in texts:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert_same_records(before, read_annotations(format, root, "train"))
+
+
 def test_given_class_list_sets_ids(tmp_path):
     root = write_voc(tmp_path / "voc")
     ann = read_annotations("voc", root, "train", classes="dog,cat,bird")
@@ -163,12 +191,24 @@ def test_malformed_xml(tmp_path):
         read_annotations("voc", root, "train")
 
 
-def test_voc_missing_bndbox_field(tmp_path):
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("<ymax>25</ymax>", "", "b.xml: object 1 (cat): missing <ymax>"),
+        ("<width>40</width>", "<width>wide</width>", "b.xml: <width> 'wide' is not a number"),
+        ("<width>40</width>", "<width>nan</width>", "b.xml: image size nanx50 is not positive"),
+        ("<height>50</height>", "<height>inf</height>", "b.xml: image size 40xinf is not positive"),
+        ("<difficult>0</difficult>", "<difficult>maybe</difficult>",
+         'b.xml: object 1: <difficult>: expected true or false (yes/no, 1/0), got "maybe"'),
+    ],
+)  # fmt: skip
+def test_voc_bad_fields_are_one_line(tmp_path, old, new, message):
     root = write_voc(tmp_path / "voc")
     xml = root / "Annotations" / "b.xml"
-    xml.write_text(xml.read_text().replace("<ymax>25</ymax>", ""))
-    with pytest.raises(DataError, match=r"b\.xml: object 1 \(cat\): missing <ymax>"):
+    xml.write_text(xml.read_text().replace(old, new))
+    with pytest.raises(DataError) as info:
         read_annotations("voc", root, "train")
+    assert str(info.value).startswith(f"{root / 'Annotations' / message}")
 
 
 def test_malformed_json(tmp_path):
@@ -239,6 +279,10 @@ BAD_COCO = {
         "images[0] (id 1): 'width' must be a number, got '64'",
     ),
     "height missing": (_drop("height", "images", 0), "images[0] (id 1): missing 'height'"),
+    "iscrowd maybe": (
+        _set("iscrowd", "maybe"),
+        "annotation id 2: 'iscrowd': expected true or false (yes/no, 1/0), got \"maybe\"",
+    ),
 }
 
 

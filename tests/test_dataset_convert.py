@@ -143,6 +143,81 @@ def test_cli_convert_failure_leaves_nothing(tmp_path, capsys, case):
     ]  # fmt: skip
 
 
+def _outside_image(tmp_path: Path) -> Path:
+    image = tmp_path / "elsewhere" / "a.jpg"
+    image.parent.mkdir(exist_ok=True)
+    ds._jpeg(image, 64, 48)
+    return image
+
+
+def _labelstudio_image(url):
+    def setup(tmp_path: Path) -> tuple[Path, str]:
+        root = ds.write_labelstudio(tmp_path / "ls")
+        tasks = json.loads((root / "train.json").read_text())
+        tasks[0]["data"]["image"] = url(tmp_path)
+        (root / "train.json").write_text(json.dumps(tasks))
+        shown = "/etc/passwd" if "passwd" in url(tmp_path) else tmp_path / "elsewhere" / "a.jpg"
+        return root, f"{root / 'train.json'}: task 1: image {shown}"
+
+    return setup
+
+
+def _yolo_list_outside(tmp_path: Path) -> tuple[Path, str]:
+    root = ds.write_yolo(tmp_path / "yolo")
+    _outside_image(tmp_path)
+    (root / "list.txt").write_text("images/train/b.jpg\n../elsewhere/a.jpg\n")
+    (root / "data.yaml").write_text("train: list.txt\nnames: [cat, dog]\n")
+    return root, f"{root / '../elsewhere/a.txt'}: image {root / '../elsewhere/a.jpg'}"
+
+
+def _csv_outside(tmp_path: Path) -> tuple[Path, str]:
+    root = ds.write_csv(tmp_path / "csv")
+    _outside_image(tmp_path)
+    path = root / "train.csv"
+    path.write_text(path.read_text().replace("a.jpg", "../elsewhere/a.jpg"))
+    return root, f"{path}:2: image {root / '../elsewhere/a.jpg'}"
+
+
+# case -> (writes a dataset naming an image outside its folder: (root, the error's start),
+#          the error with --allow-outside-root, or None when it then converts)
+OUTSIDE_ROOT = {
+    "labelstudio /etc/passwd": (
+        _labelstudio_image(lambda tmp: "/etc/passwd"),
+        "/etc/passwd: not a readable image",
+    ),
+    "labelstudio absolute path": (
+        _labelstudio_image(lambda tmp: str(_outside_image(tmp))),
+        None,
+    ),
+    "labelstudio local-files ..": (
+        _labelstudio_image(lambda tmp: f"/data/local-files/?d={_outside_image(tmp)}"),
+        None,
+    ),
+    "yolo list ..": (_yolo_list_outside, None),
+    "csv ..": (_csv_outside, None),
+}
+
+
+@pytest.mark.parametrize("case", OUTSIDE_ROOT, ids=list(OUTSIDE_ROOT))
+def test_cli_convert_refuses_images_outside_the_dataset(tmp_path, capsys, case):
+    setup, allowed = OUTSIDE_ROOT[case]
+    root, start = setup(tmp_path)
+    out = tmp_path / "out"
+    kind = case.split()[0]
+    capsys.readouterr()
+    assert _convert(root, "--type", kind, "--to", "voc", "--output", out) == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert err.startswith(f"error: {start} is outside the dataset folder ")
+    assert err.endswith("; use --allow-outside-root (allow_outside_root=True) to read it")
+    assert not out.exists() and leftovers(tmp_path) == []
+    rc = _convert(root, "--type", kind, "--to", "voc", "--output", out, "--allow-outside-root")
+    err = capsys.readouterr().err
+    if allowed is None:
+        assert rc == 0 and (out / "JPEGImages" / "a.jpg").is_file()
+    else:
+        assert rc == 1 and err.startswith(f"error: {allowed}") and not out.exists()
+
+
 def test_unknown_target_and_images_dir(tmp_path):
     root = ds.write_voc(tmp_path / "voc")
     with pytest.raises(DataError, match="unknown output format 'kitti'"):

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kdetect.allocator",
             "kdetect.native_logs",
             "kdetect.keras_registration",
+            "kdetect.parsing",
         ),
     ),
     (

@@ -139,6 +139,12 @@ def test_format_options_are_checked():
     assert parse_options("coco", ["ground_truth=a.json"]) == {"ground_truth": "a.json"}
     with pytest.raises(KdetectError, match="--format-option 'save_conf=1': expected KEY=VALUE"):
         parse_options("coco", ["save_conf=1"])
+    assert parse_options("yolo", ["save_conf=YES"]) == {"save_conf": "YES"}
+    with pytest.raises(KdetectError) as info:
+        parse_options("yolo", ["save_conf=maybe"])
+    assert str(info.value) == (
+        '--format-option save_conf: expected true or false (yes/no, 1/0), got "maybe"'
+    )
     with pytest.raises(KdetectError, match=r"\(none\)"):
         parse_options("voc", ["x"])
     twins = [{"file": f"{d}/a.jpg", "width": 8, "height": 8, "objects": []} for d in "xy"]

@@ -64,6 +64,9 @@ def _yolo_with_line(tmp_path, line: str) -> Path:
         ("2 0.5 0.5 0.2 0.2", "b.txt:2: class id 2 is not one of 0..1 (names in data.yaml)"),
         ("1.5 0.5 0.5 0.2 0.2", "b.txt:2: class id 1.5 is not one of 0..1"),
         ("cat 0.5 0.5 0.2 0.2", "b.txt:2: class id 'cat' is not a number"),
+        ("nan 0.5 0.5 0.2 0.2", "b.txt:2: class id nan is not one of 0..1"),
+        ("inf 0.5 0.5 0.2 0.2", "b.txt:2: class id inf is not one of 0..1"),
+        ("-inf 0.5 0.5 0.2 0.2", "b.txt:2: class id -inf is not one of 0..1"),
     ],
 )
 def test_yolo_bad_label_lines(tmp_path, line, message):
@@ -73,6 +76,48 @@ def test_yolo_bad_label_lines(tmp_path, line, message):
     text = str(info.value)
     assert message in text and "\n" not in text
     assert text.startswith(str(root / "labels" / "train" / "b.txt"))
+
+
+def _list_file(content: bytes):
+    def change(root: Path) -> Path:
+        (root / "data.yaml").write_text("train: list.txt\nnames: [cat, dog]\n")
+        (root / "list.txt").write_bytes(content)
+        return root / "list.txt"
+
+    return change
+
+
+def _label_folder(root: Path) -> Path:
+    label = root / "labels" / "train" / "b.txt"
+    label.unlink()
+    label.mkdir()
+    return label
+
+
+def _label_bytes(content: bytes):
+    def change(root: Path) -> Path:
+        (root / "labels" / "train" / "b.txt").write_bytes(content)
+        return root / "labels" / "train" / "b.txt"
+
+    return change
+
+
+# name -> (changes the YOLO dataset and returns the file the error names, the rest of the line)
+BAD_YOLO_FILES = {
+    "list file not UTF-8": (_list_file(b"images/train/a.jpg\n\xff\xfe.jpg\n"), ": cannot read"),
+    "label path is a folder": (_label_folder, ": label path is not a file"),
+    "label file not UTF-8": (_label_bytes(b"0 0.5 0.5 0.2 0.2 \xe9\n"), ": cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_YOLO_FILES, ids=list(BAD_YOLO_FILES))
+def test_yolo_bad_files_are_one_line(tmp_path, case):
+    root = write_yolo(tmp_path / "yolo")
+    change, message = BAD_YOLO_FILES[case]
+    named = change(root)
+    with pytest.raises(DataError) as info:
+        read_annotations("yolo", root, "train")
+    assert str(info.value).startswith(f"{named}{message}") and "\n" not in str(info.value)
 
 
 def test_yolo_label_without_image(tmp_path):
@@ -93,6 +138,13 @@ def test_yolo_label_without_image(tmp_path):
         ("val: images/train\nnames: {a: cat}\n", "'names' keys must be integer class ids"),
         ("val: images/train\nnames: [cat\n", "data.yaml: malformed YAML (line"),
         ("- just a list\n", "expected a mapping with 'names'"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcd", "bcde"))
+            + "val: images/train\nnames: *e\n",
+            "data.yaml: YAML anchors/aliases expand to more than 100000 values",
+        ),
+        ("val: images/train\nnames: &n [cat, *n]\n", "expand to more than 100000 values (or"),
     ],
 )
 def test_yolo_bad_data_yaml(tmp_path, yaml_text, message):
@@ -140,6 +192,22 @@ BAD_REGIONS = {
     "sizes differ": (
         lambda t: t[0]["annotations"][1]["result"][1].update(original_width=65),
         "task 1: regions give different image sizes (64x48, 65x48)",
+    ),
+    "width a string": (
+        lambda t: t[0]["annotations"][1]["result"][0].update(original_width="64"),
+        "task 1: region r0: original_width must be a positive number, got '64'",
+    ),
+    "height a list": (
+        lambda t: t[0]["annotations"][1]["result"][0].update(original_height=[48]),
+        "task 1: region r0: original_height must be a positive number, got [48]",
+    ),
+    "width not finite": (
+        lambda t: t[0]["annotations"][1]["result"][0].update(original_width=float("inf")),
+        "task 1: region r0: original_width must be a positive number, got inf",
+    ),
+    "rotation a list": (
+        lambda t: _region(t, "rotation", [30]),
+        "task 1: region r0: rotation must be a number, got [30]",
     ),
     "no image": (lambda t: t[1]["data"].pop("image"), "task 2: missing data.image"),
     "not a task": (lambda t: t.append(7), "train.json: task [3]: expected a JSON object"),

@@ -63,12 +63,29 @@ def test_wrong_type_names_key_expected_and_received():
     assert _error(overrides=["train.optimizer.lr=fast"]) == (
         'train.optimizer.lr: expected a number, got "fast"'
     )
-    assert _error(overrides=["model.fpn=1"]) == "model.fpn: expected true or false, got 1"
+    assert _error(overrides=["model.fpn=maybe"]) == (
+        'model.fpn: expected true or false (yes/no, 1/0), got "maybe"'
+    )
+    assert _error(overrides=["model.fpn=2"]) == (
+        "model.fpn: expected true or false (yes/no, 1/0), got 2"
+    )
     assert _error(overrides=["train.epochs=2.5"]).startswith("train.epochs: expected an integer")
     assert _error(overrides=["train.optimizer=3"]) == "train.optimizer: expected a mapping, got 3"
     assert _error(overrides=["data.classes=[a, 3]"]).startswith(
         "data.classes[1]: expected a string"
     )
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("true", True), ("YES", True), ("yEs", True), ("1", True), ("'1'", True),
+     ("False", False), ("no", False), ("nO", False), ("0", False), ("' off '", None)],
+)  # fmt: skip
+def test_booleans_are_true_false_yes_no_1_0(text, value):
+    if value is None:
+        assert "expected true or false" in _error(overrides=[f"data.shuffle={text}"])
+    else:
+        assert load({}, [f"data.shuffle={text}"]).data.shuffle is value
 
 
 def test_bad_values():

@@ -199,11 +199,20 @@ def convert(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing non-empty output folder.")
     ] = False,
+    allow_outside_root: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-root",
+            help="Copy images the annotations name outside the dataset folder (absolute or "
+            "../ paths); refused by default.",
+        ),
+    ] = False,
 ) -> None:
     """Rewrite a dataset in another format (the images copied into its layout).
 
-    Every split is read first; the output is written under a temporary name beside it and
-    renamed at the end, so on any error nothing is left behind.
+    Every split is read and every image verified first (as kdetect train does); the output is
+    written under a temporary name beside it and renamed at the end, so on any error nothing is
+    left behind.
     """
     from kdetect.data.writers import convert_dataset
 
@@ -218,6 +227,7 @@ def convert(
         images_dir=images_dir,
         overwrite=overwrite,
         link=link,
+        allow_outside_root=allow_outside_root,
     )
     for name, part in parts.items():
         boxes = sum(len(r.labels) for r in part.records)

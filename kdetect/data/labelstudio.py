@@ -9,6 +9,7 @@ backend share these two conversions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 RECTANGLE = "rectanglelabels"
@@ -53,7 +54,7 @@ def box_from_region(region: dict, width: int | None = None, height: int | None =
 
     The image size is the region's ``original_width``/``original_height``, else the given one.
     Raises ``ValueError`` (the caller adds the file and task) for a region that is not a single-
-    label, unrotated rectangle or that has no image size.
+    label, unrotated rectangle or that has no image size (or one that is not a positive number).
     """
     value = region.get("value")
     if not isinstance(value, dict):
@@ -61,12 +62,19 @@ def box_from_region(region: dict, width: int | None = None, height: int | None =
     labels = value.get(RECTANGLE)
     if not isinstance(labels, list) or len(labels) != 1 or not isinstance(labels[0], str):
         raise ValueError(f"region needs exactly one name in value.{RECTANGLE}, got {labels!r}")
-    if float(value.get("rotation", 0) or 0) != 0:
+    try:
+        rotation = float(value.get("rotation", 0) or 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"rotation must be a number, got {value['rotation']!r}") from None
+    if rotation != 0:
         raise ValueError(f"rotated rectangle ({value['rotation']} degrees) is not supported")
     width = region.get("original_width", width)
     height = region.get("original_height", height)
-    if not width or not height:
+    if width is None or height is None:
         raise ValueError("region has no original_width/original_height")
+    for key, size in (("original_width", width), ("original_height", height)):
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size < math.inf:
+            raise ValueError(f"{key} must be a positive number, got {size!r}")
     try:
         x, y, w, h = (float(value[key]) for key in ("x", "y", "width", "height"))
     except (KeyError, TypeError, ValueError) as error:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kdetect.data.records import Annotations
-from kdetect.errors import RecipeError, did_you_mean
+from kdetect.errors import DataError, RecipeError, did_you_mean
 from kdetect.recipes.schema import DataConfig, ModelConfig, Recipe, TrainConfig
 
 
@@ -178,6 +178,11 @@ def _read_sources(recipe: Recipe) -> tuple[Any, Any, list[str] | None]:
     train_source = read_split(recipe, data.train_split, classes, strict=True)
     if isinstance(train_source, Annotations):
         classes = list(train_source.classes)
+        if not classes:  # before the model is built with no class to predict
+            raise DataError(
+                f"{data.root}: no labelled boxes (and no class names) in the training split "
+                f"{data.train_split!r}"
+            )
     val_source = None
     if data.val_split is not None and not (data.format == "shapes" and data.shapes.num_val == 0):
         val_source = read_split(recipe, data.val_split, classes)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from kdetect.errors import CheckpointError, RecipeError
+from kdetect.parsing import compose_yaml
 from kdetect.paths import write_text
 from kdetect.recipes.builders import image_transform
 from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
@@ -84,8 +85,9 @@ def _check_duplicate_keys(node: yaml.Node, path: Path, prefix: str = "") -> None
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a YAML recipe file into a mapping, with one-line errors.
 
-    An empty (or comments-only) file, a file that is not UTF-8 text and a key given twice are
-    errors, not a default recipe or a silently replaced value.
+    An empty (or comments-only) file, a file that is not UTF-8 text, a key given twice and
+    aliases that expand too far (:func:`kdetect.parsing.compose_yaml`) are errors, not a default
+    recipe, a silently replaced value or a hang.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,7 +101,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose_yaml(text, str(path), RecipeError)  # refuses alias bombs
         if node is not None:
             _check_duplicate_keys(node, path)
         data = yaml.safe_load(text)

@@ -18,6 +18,7 @@ import typing
 from typing import Any, Literal
 
 from kdetect.errors import RecipeError, did_you_mean
+from kdetect.parsing import parse_bool
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -129,12 +130,13 @@ def _check_list(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> list:
 
 
 def _check_scalar(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
-    """``bool``, ``int`` (a whole float is accepted), ``float`` (YAML 1.1's ``1e-3`` string too)
-    and ``str``; numbers within their bounds."""
+    """``bool`` (:func:`~kdetect.parsing.parse_bool`: true/false, yes/no, 1/0), ``int`` (a whole
+    float is accepted), ``float`` (YAML 1.1's ``1e-3`` string too) and ``str``; numbers within
+    their bounds."""
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise RecipeError(f"{key}: expected true or false, got {_show(value)}")
+        if isinstance(value, (bool, int, str)):
+            return parse_bool(value, key, RecipeError)
+        raise RecipeError(f"{key}: expected true or false (yes/no, 1/0), got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return _check_bounds(key, value, meta)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from kdetect.errors import CheckpointError
+from kdetect.parsing import load_yaml
 from kdetect.paths import write_text
 
 PACK_SUFFIX = ".kdet"
@@ -110,11 +111,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_recipe(path: Path) -> dict[str, Any] | None:
-    """A run's ``recipe.yaml`` as a plain mapping (``None`` when missing or not a mapping)."""
+    """A run's ``recipe.yaml`` as a plain mapping (``None`` when missing or not a mapping);
+    CheckpointError for aliases that expand too far (:func:`kdetect.parsing.load_yaml`)."""
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), str(path), CheckpointError)
     except yaml.YAMLError:
         return None
     return data if isinstance(data, dict) else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from kdetect.errors import CheckpointError
+from kdetect.parsing import load_yaml
 from kdetect.runs.files import (
     CLASSES_FILE,
     METRICS_FILE,
@@ -95,7 +96,8 @@ def inspect_pack(path: Path) -> RunInfo:
 
             meta = json.loads(read(PACK_META))
             classes = json.loads(read(CLASSES_FILE) or "null")
-            recipe = yaml.safe_load(read(RECIPE_FILE) or b"") or None
+            text = (read(RECIPE_FILE) or b"").decode("utf-8")
+            recipe = load_yaml(text, f"{path}: {RECIPE_FILE}", CheckpointError) or None
             metrics = json.loads(read(METRICS_FILE) or "null")
     except (zipfile.BadZipFile, ValueError, yaml.YAMLError, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt packed run ({exc})") from None

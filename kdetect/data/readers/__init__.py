@@ -33,12 +33,15 @@ Adding a format (say ``kitti``):
    format's own class list in label order, or ``None`` to number the sorted names found.
 2. Raise :class:`~kdetect.errors.DataError` only, one line starting with ``where`` (the helpers
    in ``common`` do: ``number``, ``json_number``, ``image_pixels``, ``find_annotation_file``,
-   ``read_json_file``, ``refuse_duplicates``). Leave boxes unchecked and image files unopened
-   unless the format needs a size from the image: validation, classes and the missing-image
-   check happen after the reader, the same for every format.
+   ``read_json_file``, ``read_text_file``, ``refuse_duplicates``). Leave boxes unchecked and
+   image files unopened unless the format needs a size from the image: validation, classes
+   and the missing-image check happen after the reader, the same for every format.
 3. Register it below with ``register_format("kitti", kitti.read_kitti)``; the registration order
-   is the order ``FORMATS`` lists (in messages and ``--type``). A writer for ``kdetect dataset
-   convert --to`` goes in ``kdetect/data/writers/`` (see that package's docstring).
+   is the order ``FORMATS`` lists (in messages and ``--type``). When the images may sit outside
+   the folder given (or the annotation file's folder), pass a third argument giving the
+   dataset's folders: ``kdetect dataset convert`` refuses images outside them. A writer for
+   ``kdetect dataset convert --to`` goes in ``kdetect/data/writers/`` (see that package's
+   docstring).
 """
 
 from kdetect.data.readers import coco, csv, labelstudio, voc, yolo
@@ -55,8 +58,8 @@ from kdetect.data.readers.csv import CSV_COLUMNS
 from kdetect.models.outputs import fallback_class_names
 
 register_format("voc", voc.read_voc)
-register_format("coco", coco.read_coco)
-register_format("csv", csv.read_csv)
+register_format("coco", coco.read_coco, coco.dataset_roots)
+register_format("csv", csv.read_csv, csv.dataset_roots)
 register_format("yolo", yolo.read_yolo)
 register_format("labelstudio", labelstudio.read_labelstudio)
 

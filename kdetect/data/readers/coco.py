@@ -19,6 +19,7 @@ from kdetect.data.readers.common import (
     refuse_duplicates,
 )
 from kdetect.errors import DataError
+from kdetect.parsing import parse_bool
 
 
 def read_coco(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawImage], list[str]]:
@@ -37,12 +38,18 @@ def read_coco(path: Path, split: str, images_dir: Path | None) -> tuple[list[Raw
     data = read_coco_json(json_path)
     where = str(json_path)
     category_names = _categories(data["categories"], where)
-    root = path if path.is_dir() else json_path.parent.parent
+    root = dataset_roots(path)[0]  # path is json_path when a file is given
     folders = [images_dir] if images_dir is not None else _image_folders(root, split, json_path)
     images = _images(data["images"], where, folders)
     for k, ann in enumerate(data["annotations"]):
         _add_annotation(ann, k, where, images, category_names)
     return list(images.values()), [category_names[i] for i in sorted(category_names)]
+
+
+def dataset_roots(path: Path) -> list[Path]:
+    """The dataset folder: the one given, or the parent of the annotation file's folder
+    (``annotations/instances_train.json`` beside ``images/``)."""
+    return [path if path.is_dir() else path.parent.parent]
 
 
 def read_coco_json(json_path: Path) -> dict:
@@ -136,5 +143,6 @@ def _add_annotation(
         raise DataError(f"{ann_where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
     x, y, bw, bh = (json_number(ann, "bbox", ann_where, i) for i in range(4))
     box = (x, y, x + bw, y + bh)
-    difficult = bool(ann.get("iscrowd", 0))
+    crowd = ann.get("iscrowd")
+    difficult = crowd is not None and parse_bool(crowd, f"{ann_where}: 'iscrowd'", DataError)
     image.objects.append(RawObject(category_names[category], box, difficult, ann_where))

@@ -69,13 +69,23 @@ class RawImage:
 # in label order, or None to number the sorted names found).
 Reader = Callable[[Path, str, Path | None], tuple[list[RawImage], list[str] | None]]
 READERS: dict[str, Reader] = {}
+# The folders a dataset's images may be in, from the path given (folder or annotation file).
+Roots = Callable[[Path], list[Path]]
+ROOTS: dict[str, Roots] = {}
 
 
-def register_format(name: str, reader: Reader) -> None:
-    """Make ``reader`` the one :func:`scan_annotations` uses for ``format=name``."""
+def dataset_folder(path: Path) -> list[Path]:
+    """The default roots: the dataset folder given, or the folder of the annotation file."""
+    return [path if path.is_dir() else path.parent]
+
+
+def register_format(name: str, reader: Reader, roots: Roots = dataset_folder) -> None:
+    """Make ``reader`` the one :func:`scan_annotations` uses for ``format=name``; ``roots``
+    gives the folders its images must be in unless outside images are allowed."""
     if name in READERS:
         raise ValueError(f"dataset format {name!r} is registered twice")
     READERS[name] = reader
+    ROOTS[name] = roots
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,12 +100,14 @@ def read_annotations(
     on_invalid_box: str = "error",
     images_dir: str | os.PathLike | None = None,
     check_images: bool = True,
+    allow_outside_root: bool = True,
 ) -> Annotations:
     """Read one split of a dataset: :func:`scan_annotations` (same arguments and errors) without
     the list of invalid boxes."""
-    return scan_annotations(format, path, split, classes, on_invalid_box, images_dir, check_images)[
-        0
-    ]
+    return scan_annotations(
+        format, path, split, classes, on_invalid_box, images_dir, check_images,
+        allow_outside_root=allow_outside_root,
+    )[0]  # fmt: skip
 
 
 def scan_annotations(
@@ -108,6 +120,7 @@ def scan_annotations(
     check_images: bool = True,
     warn: bool = True,
     limit: int | None = None,
+    allow_outside_root: bool = True,
 ) -> tuple[Annotations, list[InvalidBox]]:
     """Read one split of a registered dataset format, also returning the invalid boxes found.
 
@@ -124,6 +137,9 @@ def scan_annotations(
         warn: ``False`` skips the log warning about clipped or dropped boxes (for callers that
             report them themselves, like ``kdetect dataset inspect``).
         limit: keep only the first images of the split (the class list still comes from all).
+        allow_outside_root: ``False`` refuses an image outside the dataset's folders (the
+            folder given or of the annotation file, and ``images_dir``): ``..`` or absolute
+            paths in the annotations, e.g. a Label Studio task naming ``/etc/passwd``.
 
     Raises:
         DataError: naming the file (and object or line) for malformed annotations, a missing
@@ -148,6 +164,9 @@ def scan_annotations(
     class_list = resolve_classes(raw, classes, source_classes)
     if limit is not None:
         raw = raw[: max(int(limit), 1)]
+    if not allow_outside_root:
+        roots = ROOTS[fmt](path) + ([images_dir] if images_dir is not None else [])
+        check_inside(raw, roots)
     if check_images:
         check_images_exist(raw)
     return build_annotations(raw, class_list, on_invalid_box, warn)
@@ -285,6 +304,26 @@ def check_images_exist(raw: list[RawImage]) -> None:
         raise DataError(f"{missing[0].where}: image {missing[0].filename} not found{more}")
 
 
+def _inside(filename: str, folder: Path) -> bool:
+    """Whether ``filename`` is under ``folder``, by its absolute path with ``..`` resolved
+    (links inside the folder are followed as they are: datasets often link their images)."""
+    file = os.path.normpath(os.path.abspath(filename))
+    root = os.path.normpath(os.path.abspath(folder))
+    return os.path.commonpath([file, root]) == root
+
+
+def check_inside(raw: list[RawImage], roots: list[Path]) -> None:
+    """DataError naming the first image that is under none of ``roots``."""
+    for image in raw:
+        if not any(_inside(image.filename, root) for root in roots):
+            shown = ", ".join(dict.fromkeys(os.path.normpath(os.path.abspath(r)) for r in roots))
+            folders = "folders" if ", " in shown else "folder"
+            raise DataError(
+                f"{image.where}: image {image.filename} is outside the dataset {folders} "
+                f"{shown}; use --allow-outside-root (allow_outside_root=True) to read it"
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # Finding files
 
@@ -317,17 +356,29 @@ def find_image(name: str, folders: Iterable[Path | None], stem_fallback: bool = 
     return str(folders[0] / name) if folders else name
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark at the start is dropped); DataError
+    ``"<path>: cannot read <what> (...)"`` for a file that is not UTF-8 or cannot be read."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: cannot read {what} (byte {exc.start} is not UTF-8 text)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
 def read_json_file(path: Path) -> Any:
     """The parsed JSON of ``path``; DataError with the line and column when it is malformed."""
+    text = read_text_file(path, "annotation file")
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: malformed JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read annotation file ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +414,8 @@ def float32_box(box: Sequence[float]) -> tuple[float, float, float, float]:
 
 def image_pixels(width: float, height: float, where: str) -> tuple[int, int]:
     """``(width, height)`` as whole positive pixels, else a DataError."""
-    if width != int(width) or height != int(height) or width <= 0 or height <= 0:
+    finite = math.isfinite(width) and math.isfinite(height)
+    if not finite or width != int(width) or height != int(height) or width <= 0 or height <= 0:
         raise DataError(f"{where}: image size {width:g}x{height:g} is not positive whole pixels")
     return int(width), int(height)
 

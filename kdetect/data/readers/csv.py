@@ -50,6 +50,12 @@ def read_csv(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawI
     return list(images.values()), None
 
 
+def dataset_roots(path: Path) -> list[Path]:
+    """The dataset folder given, or every folder the images of the CSV file ``path`` are
+    looked up in."""
+    return [path] if path.is_dir() else _image_folders(path.parent, path)
+
+
 def _image_folders(root: Path, csv_path: Path) -> list[Path]:
     return [
         csv_path.parent,

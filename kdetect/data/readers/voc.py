@@ -12,8 +12,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from kdetect.data.images import image_size
-from kdetect.data.readers.common import RawImage, RawObject, find_image, image_pixels, number
+from kdetect.data.readers.common import (
+    RawImage,
+    RawObject,
+    find_image,
+    image_pixels,
+    number,
+    read_text_file,
+)
 from kdetect.errors import DataError
+from kdetect.parsing import parse_bool
 
 
 def read_voc(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawImage], None]:
@@ -25,11 +33,10 @@ def read_voc(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawI
         hint = f" (available: {', '.join(available)})" if available else ""
         raise DataError(f"{split_file}: split file not found{hint}")
     ids = []
-    with open(split_file, encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.split()
-            if parts:
-                ids.append(parts[0])
+    for line in read_text_file(split_file, "split file").splitlines():
+        parts = line.split()
+        if parts:
+            ids.append(parts[0])
     folders = [images_dir] if images_dir is not None else [root / "JPEGImages"]
     return [_read_voc_xml(root / "Annotations" / f"{i}.xml", i, folders) for i in ids], None
 
@@ -75,14 +82,17 @@ def _read_voc_xml(xml_path: Path, image_id: str, folders: list[Path]) -> RawImag
 
 def _voc_size(root: ET.Element, filename: str, where: str) -> tuple[int, int]:
     size = root.find("size")
-    width = size.findtext("width") if size is not None else None
-    height = size.findtext("height") if size is not None else None
-    if width is None or height is None or float(width or 0) <= 0 or float(height or 0) <= 0:
+    texts = [size.findtext(tag) if size is not None else None for tag in ("width", "height")]
+    values = [
+        number(text, f"<{tag}>", where) if text is not None and text.strip() else 0.0
+        for text, tag in zip(texts, ("width", "height"))
+    ]
+    if values[0] <= 0 or values[1] <= 0:
         # Some tools write <size> as 0 or leave it out: the image header is the truth then.
         if not os.path.isfile(filename):
             raise DataError(f"{where}: no <size> and image {filename} not found")
         return image_size(filename)
-    return image_pixels(number(width, "<width>", where), number(height, "<height>", where), where)
+    return image_pixels(*values, where)
 
 
 def _voc_object(obj: ET.Element, where: str) -> RawObject:
@@ -96,9 +106,5 @@ def _voc_object(obj: ET.Element, where: str) -> RawObject:
         number(box_el.findtext(tag), f"<{tag}>", f"{where} ({class_name})")
         for tag in ("xmin", "ymin", "xmax", "ymax")
     )
-    difficult_text = (obj.findtext("difficult") or "0").strip()
-    try:
-        difficult = bool(int(float(difficult_text)))
-    except ValueError:
-        raise DataError(f"{where}: <difficult> {difficult_text!r} is not 0 or 1") from None
+    difficult = parse_bool(obj.findtext("difficult") or "0", f"{where}: <difficult>", DataError)
     return RawObject(class_name, box, difficult, where)

@@ -13,6 +13,7 @@ float32, as records hold it, so 64.0000000001 from a rounded ``cx`` is 64 again)
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from kdetect.data.readers.common import (
     RawObject,
     float32_box,
     number,
+    read_text_file,
 )
 from kdetect.errors import DataError
+from kdetect.parsing import load_yaml
 
 YAML_NAMES = ("data.yaml", "dataset.yaml")
 
@@ -67,16 +70,15 @@ def find_data_yaml(path: Path) -> Path:
 
 
 def read_data_yaml(yaml_path: Path) -> dict:
-    """The parsed ``data.yaml``: a mapping, else a DataError with the line."""
+    """The parsed ``data.yaml``: a mapping, else a DataError with the line (aliases that
+    expand too far are refused, see :func:`kdetect.parsing.load_yaml`)."""
+    text = read_text_file(yaml_path, "data.yaml")
     try:
-        with open(yaml_path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        data = load_yaml(text, str(yaml_path), DataError)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise DataError(f"{yaml_path}: malformed YAML{line}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{yaml_path}: cannot read ({exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"{yaml_path}: expected a mapping with 'names' and the split paths")
     return data
@@ -115,7 +117,7 @@ def _split_images(
 ) -> list[tuple[Path, Path]]:
     """``(image, label file)`` of one split entry (a folder or a ``.txt`` list of images)."""
     if entry.is_file() and entry.suffix == ".txt":
-        lines = entry.read_text(encoding="utf-8").splitlines()
+        lines = read_text_file(entry, f"{split!r} image list").splitlines()
         listed = [Path(s.strip()) for s in lines if s.strip()]
         return [(p if p.is_absolute() else entry.parent / p, None) for p in listed]
     if images_dir is None and not entry.is_dir():
@@ -144,11 +146,10 @@ def _read_image(image: Path, label: Path | None, names: list[str]) -> RawImage:
     width, height = image_size(image) if image.is_file() else (0, 0)
     raw = RawImage(filename=str(image), width=width, height=height, where=str(label))
     if not os.path.isfile(label):
+        if os.path.exists(label):
+            raise DataError(f"{label}: label path is not a file (a folder?)")
         return raw
-    try:
-        lines = label.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{label}: cannot read label file ({exc})") from None
+    lines = read_text_file(label, "label file").splitlines()
     for k, line in enumerate(lines, start=1):
         if line.strip():
             raw.objects.append(_parse_line(line, f"{label}:{k}", names, width, height))
@@ -162,7 +163,7 @@ def _parse_line(line: str, where: str, names: list[str], width: int, height: int
         hint = " (a 6th field is a score: predictions, not labels)" if len(fields) == 6 else ""
         raise DataError(f"{where}: expected 5 fields 'class cx cy w h', found {len(fields)}{hint}")
     class_id = number(fields[0], "class id", where)
-    if class_id != int(class_id) or not 0 <= class_id < len(names):
+    if not math.isfinite(class_id) or class_id != int(class_id) or not 0 <= class_id < len(names):
         raise DataError(
             f"{where}: class id {fields[0]} is not one of 0..{len(names) - 1} (names in data.yaml)"
         )

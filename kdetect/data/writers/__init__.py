@@ -9,9 +9,12 @@ hold is lost and said in its module (VOC keeps everything; CSV, YOLO and Label S
 difficult flag). A writer's per-image function (``voc_xml``, ``label_lines``, ``regions_of``,
 ``coco_document``) is also what ``kdetect predict --format`` writes.
 
-:func:`convert_dataset` reads every split first (any error stops before a file is written),
-writes into a temporary folder beside the output and renames it into place at the end
-(:func:`kdetect.paths.atomic_path`), so a failure leaves nothing behind.
+:func:`convert_dataset` reads every split first and verifies every image as training does
+(:func:`kdetect.data.images.verify_images`: decoded, within the size limits, all bad files named
+at once), refusing images outside the dataset's folders unless asked (``allow_outside_root``), so
+any error stops before a file is written; it writes into a temporary folder beside the output and
+renames it into place at the end (:func:`kdetect.paths.atomic_path`), so a failure leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from kdetect.data.images import verify_images
 from kdetect.data.readers import read_annotations
 from kdetect.data.records import Annotations
 from kdetect.data.writers.coco import write_coco
@@ -71,12 +75,15 @@ def convert_dataset(
     images_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     link: bool = False,
+    allow_outside_root: bool = False,
 ) -> dict[str, Annotations]:
     """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
 
     Refuses (before reading) an output that is or holds the source, and an existing non-empty
-    output unless ``overwrite``; (after reading) one that holds an image of the source. Returns
-    what was written, split by split.
+    output unless ``overwrite``; (while reading) an image outside the dataset's folders unless
+    ``allow_outside_root`` and an image that training would refuse (corrupt, truncated, outside
+    the size limits); (after reading) an output that holds an image of the source. Returns what
+    was written, split by split.
     """
     if format not in WRITERS:
         raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
@@ -84,11 +91,15 @@ def convert_dataset(
     check_kind(output, "folder")
     check_free(output, overwrite)
     parts = {
-        split: read_annotations(source_format, source, split, classes, on_invalid_box, images_dir)
+        split: read_annotations(
+            source_format, source, split, classes, on_invalid_box, images_dir,
+            allow_outside_root=allow_outside_root,
+        )
         for split in dict.fromkeys(splits or ["train"])
-    }
+    }  # fmt: skip
     images = [r.filename for part in parts.values() for r in part.records]
     check_not_input(output, images, replaces=True)  # e.g. --output over the image folder
+    verify_images(images)
     parts = merge_classes(parts)
     write_dataset(format, parts, output, link=link)
     return parts
