@@ -30,6 +30,7 @@ import pytest
 from torch_peer import REPO_ROOT, run_torch
 
 from kdetect.pretrained.coco import coco_class_names
+from kdetect.pretrained.torchvision import ARCHITECTURES
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
@@ -130,6 +131,21 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     files["jpeg"] = PHOTO
     files["three_names"] = folder / "three_names.txt"
     files["three_names"].write_text("raccoon\nfox\nbadger\n")
+    return files
+
+
+@pytest.fixture(scope="module")
+def every_arch(inputs) -> dict[str, Path]:
+    """A non-trivial COCO checkpoint of every importable architecture (the reference's
+    ``make``, batch norm calibrated on the same photos as ``inputs["coco"]``)."""
+    folder = inputs["coco"].parent
+    calibration = [folder / f"{name}.npy" for name in CALIBRATION]
+    files = {ARCH: inputs["coco"]}
+    for arch in ARCHITECTURES:
+        if arch not in files:
+            files[arch] = folder / f"{arch}.pth"
+            args = ("make", arch, files[arch], "--calibrate", *calibration)
+            run_torch(REFERENCE.read_text(), *args, timeout=900)
     return files
 
 
@@ -307,6 +323,30 @@ def test_bad_import_exits_1_with_one_line_and_leaves_nothing(case, inputs, tmp_p
     assert captured.out == ""
     # Nothing at --output (an existing folder untouched), no .imported.importing-* beside it.
     assert _tree(runs) == before
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_imports_and_predicts_through_the_cli(arch, every_arch, tmp_path):
+    """``checkpoint import --arch ARCH`` then ``predict`` on the produced run, for every
+    architecture ``--arch`` accepts; the run's recipe rebuilds the architecture."""
+    from kdetect.recipes import load
+    from kdetect.recipes.builders import model_kwargs
+
+    run = tmp_path / "runs" / arch
+    assert kdetect("checkpoint", "import", every_arch[arch], "--arch", arch, "--output", run) == 0
+    assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
+    kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
+    assert {key: kwargs[key] for key in ARCHITECTURES[arch]} == ARCHITECTURES[arch]
+
+    out = tmp_path / "out.jsonl"
+    assert kdetect("predict", run, PHOTO, "--min-score", "0.05", "--output", out) == 0
+    (line,) = [json.loads(text) for text in out.read_text().splitlines() if text.strip()]
+    assert (line["width"], line["height"]) == (600, 304)
+    assert line["objects"], "the reference model detects something above 0.05"
+    for obj in line["objects"]:
+        assert obj["label"] == coco_class_names()[obj["label_id"]]
+        x1, y1, x2, y2 = obj["bbox"]
+        assert 0 <= x1 <= x2 <= 600 and 0 <= y1 <= y2 <= 304
 
 
 # --------------------------------------------------------------------------------------------

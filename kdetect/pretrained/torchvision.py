@@ -292,14 +292,3 @@ def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overr
     for key, value in converted.items():
         plan[key][0].assign(value)
     return model
-
-
-def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
-    """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
-    options = dict(ARCHITECTURES[arch])
-    options["image_size"] = list(options["image_size"])
-    return {
-        "name": name,
-        "model": options,
-        "data": {"format": "coco", "batch_size": 2},
-    }
