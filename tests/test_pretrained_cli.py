@@ -30,7 +30,9 @@ import pytest
 from torch_peer import REPO_ROOT, run_torch
 
 from kdetect.pretrained.coco import coco_class_names
+from kdetect.pretrained.state_dict import read_state_dict
 from kdetect.pretrained.torchvision import ARCHITECTURES
+from tests.pretrained_support import write_safetensors
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
@@ -48,6 +50,10 @@ BOX_TOL, SCORE_TOL = 0.05, 1e-3
 pytestmark = pytest.mark.skipif(
     not (RACCOON / "JPEGImages").is_dir(), reason="../shared/data/raccoon not available"
 )
+
+MOBILENET = "fasterrcnn_mobilenet_v3_large_fpn"
+FIRST_TENSOR = "backbone.body.0.0.weight"  # the first tensor of torchvision's mobilenet files
+BAD_TENSOR = "roi_heads.box_head.fc6.weight"
 
 # Run by the torch interpreter: argv = COCO.pth FINETUNED.pth FINETUNED_WITH_SCHEDULER.pth
 # OTHER_ARCH.pth MODULE.pth.
@@ -125,6 +131,20 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         files["other_arch"],
         files["module"],
     )
+    # The mobilenet checkpoint as safetensors: every float tensor NaN, or one Inf in fc6.
+    state = read_state_dict(files["other_arch"])
+    files["all_nan"], files["one_inf"] = folder / "all_nan.safetensors", folder / "inf.safetensors"
+    nan, inf = {}, {}
+    for key, value in state.items():
+        floating = value.dtype.kind == "f"
+        tag = "F32" if floating else "I64"
+        nan[key] = (tag, np.full_like(value, np.nan) if floating else value)
+        if key == BAD_TENSOR:
+            value = value.copy()
+            value.flat[value.size // 2] = np.inf
+        inf[key] = (tag, value)
+    write_safetensors(files["all_nan"], nan)
+    write_safetensors(files["one_inf"], inf)
     data = files["coco"].read_bytes()
     files["truncated"] = folder / "truncated.pth"
     files["truncated"].write_bytes(data[: len(data) // 2])
@@ -258,6 +278,16 @@ BAD_IMPORTS = {
         [f["other_arch"], "--arch", ARCH],
         runs / "imported",
         [str(f["other_arch"]), f"not a {ARCH} checkpoint", "missing keys", "unexpected keys"],
+    ),
+    "all_weights_nan": lambda f, runs: (
+        [f["all_nan"], "--arch", MOBILENET],
+        runs / "imported",
+        [str(f["all_nan"]), f"tensor {FIRST_TENSOR} holds NaN or infinite values"],
+    ),
+    "one_weight_inf": lambda f, runs: (
+        [f["one_inf"], "--arch", MOBILENET],
+        runs / "imported",
+        [str(f["one_inf"]), f"tensor {BAD_TENSOR} holds NaN or infinite values"],
     ),
     "unknown_arch": lambda f, runs: (
         [f["coco"], "--arch", "fasterrcnn_resnet18_fpn"],
