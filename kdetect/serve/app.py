@@ -374,11 +374,13 @@ def app_from_env() -> FastAPI:
     """App factory for uvicorn workers (``--workers N``): reads the settings ``serve`` left."""
     import json
 
-    from kdetect.labelstudio import LabelStudioOptions
+    from kdetect.labelstudio import ImagePolicy, LabelStudioOptions
 
     config = json.loads(os.environ[ENV_CONFIG])
     # Several workers would each retrain and switch on their own: retraining needs --workers 1.
-    options = LabelStudioOptions(retrain=False)
+    images = config["images"]
+    policy = ImagePolicy(images["restricted"], tuple(images["roots"]), tuple(images["hosts"]))
+    options = LabelStudioOptions(retrain=False, images=policy)
     return create_app(config["model"], limits=Limits(**config["limits"]), label_studio=options)
 
 
@@ -400,12 +402,22 @@ def serve(
 
     import uvicorn
 
+    from kdetect.labelstudio import ImagePolicy, LabelStudioOptions
+
     limits = limits or Limits()
+    if label_studio is None:  # beyond 127.0.0.1, no local paths nor foreign URLs in tasks
+        label_studio = LabelStudioOptions(images=ImagePolicy.for_server(host))
     if workers > 1:
+        images = label_studio.images
         os.environ[ENV_CONFIG] = json.dumps(
             {
                 "model": str(model),
                 "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+                "images": {
+                    "restricted": images.restricted,
+                    "roots": list(images.roots),
+                    "hosts": list(images.hosts),
+                },
             }
         )
         uvicorn.run(
