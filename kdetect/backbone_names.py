@@ -11,3 +11,13 @@ BACKBONES = (
     "tiny",
 )
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+#: RPN levels of a backbone with a feature pyramid (its maps plus the pyramid's subsampled top):
+#: C2..C5 + pool for most; torchvision's MobileNetV3 detector has two stride-32 maps + pool.
+FPN_RPN_LEVELS = {"torchvision_mobilenet_v3_large": 3}
+DEFAULT_FPN_RPN_LEVELS = 5
+
+
+def rpn_levels(backbone: str, fpn: bool) -> int:
+    """How many RPN levels (one list of ``anchor_sizes`` each) ``backbone`` gives."""
+    return FPN_RPN_LEVELS.get(backbone, DEFAULT_FPN_RPN_LEVELS) if fpn else 1

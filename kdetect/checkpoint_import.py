@@ -21,8 +21,9 @@ from kdetect.errors import CheckpointError
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.paths import atomic_path, check_kind
 from kdetect.pretrained.coco import coco_class_names
-from kdetect.pretrained.torchvision import architecture_recipe
+from kdetect.pretrained.torchvision import ARCHITECTURES
 from kdetect.recipes import dump, load
+from kdetect.recipes.builders import model_section
 from kdetect.runs import (
     CLASSES_FILE,
     MODEL_FILE,
@@ -93,6 +94,15 @@ def import_checkpoint(
     except OSError as exc:
         raise CheckpointError(f"--output: cannot write {output} ({exc.strerror or exc})") from None
     return output
+
+
+def architecture_recipe(arch: str, name: str) -> dict:
+    """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
+    return {
+        "name": name,
+        "model": model_section(ARCHITECTURES[arch]),
+        "data": {"format": "coco", "batch_size": 2},
+    }
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:

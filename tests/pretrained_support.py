@@ -7,6 +7,8 @@ published files are laid out; kdetect tests import it as a user imports a COCO c
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,24 @@ PHOTOS = [
 ]
 
 _MADE: dict[str, tuple] = {}
+
+
+def write_safetensors(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
+    """A minimal safetensors writer, independent of the reader: {name: (dtype tag, array)}."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
+    for key, (tag, array) in arrays.items():
+        blob = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        header[key] = {
+            "dtype": tag,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def run_reference(*args) -> None:

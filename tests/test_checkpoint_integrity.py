@@ -301,3 +301,34 @@ def test_packed_runs_are_expanded_within_limits(case, command, tmp_path, monkeyp
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(f"error: {re.escape(str(packed))}: {message}", line), line
     assert sorted(tmp_path.rglob("*")) == before  # nothing extracted, nothing left behind
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("given", ["run", "keras", "packed"])
+def test_non_finite_weights_are_refused_at_load(value, given, tmp_path_factory, tmp_path, capsys):
+    """A model whose weights hold NaN or infinity predicts nothing: loading it is one
+    CheckpointError line naming the file and the first bad variable."""
+    run = tmp_path / "bad"
+    shutil.copytree(tiny_run(tmp_path_factory), run)
+    model, _ = runs.load_model(run)
+    variable = model.box_predictor.cls_score.kernel
+    poisoned = variable.numpy()
+    poisoned[0, 0] = value
+    variable.assign(poisoned)
+    runs.save_keras(model, run / "model.keras")
+    shown = {
+        "run": (run, f"{run / 'model.keras'}: "),
+        "keras": (run / "model.keras", f"{run / 'model.keras'}: "),
+        "packed": (pack(run, tmp_path / "bad.kdet"), f"{tmp_path / 'bad.kdet'} (model.keras"),
+    }
+    target, names_file = shown[given]
+    with pytest.raises(CheckpointError) as raised:
+        runs.load_model(target)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(names_file), message
+    assert f"variable {variable.path} holds NaN or infinite values" in message
+
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    capsys.readouterr()
+    assert kdetect("predict", target, sample) == 1
+    assert capsys.readouterr().err.strip() == f"error: {message}"

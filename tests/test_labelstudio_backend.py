@@ -5,7 +5,12 @@ session's tiny shapes run). The live protocol is in test_labelstudio_live.py."""
 from __future__ import annotations
 
 import csv
+import http.server
 import logging
+import os
+import shutil
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from kdetect.data.labelstudio import box_from_region, region_from_box
-from kdetect.labelstudio import Credentials, LabelStudioOptions
+from kdetect.labelstudio import Credentials, ImagePolicy, LabelStudioOptions
 from kdetect.labelstudio.client import LabelStudioError
 from kdetect.labelstudio.dataset import split_of, write_dataset
 from kdetect.labelstudio.labelconfig import LabelConfigError, map_labels, parse_label_config
@@ -213,7 +218,7 @@ def test_predict_regions_equal_the_predictor(client, sample):
         (
             {"tasks": [{"data": {"picture": "/nope/x.png"}}], "label_config": CONFIG},
             422,
-            "no such image file",
+            "task ?: cannot read image '/nope/x.png'",
         ),
         (
             {"tasks": [{"data": {"picture": "/data/upload/1/x.png"}}], "label_config": CONFIG},
@@ -272,3 +277,158 @@ def test_cli_train_needs_credentials(tmp_path_factory, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach Label Studio at http://127.0.0.1:9" in err
     assert KEY not in err
+
+
+# --- What a client learns of the server's files, and which images a server may read ------------
+def _predict(client, value, task_id=3):
+    task = {"id": task_id, "data": {"picture": value}}
+    return client.post("/predict", json={"tasks": [task], "label_config": CONFIG})
+
+
+def _refused_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound here, never listening)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    _SOCKETS.append(sock)
+    return port
+
+
+_SOCKETS: list = []
+
+
+def test_unreadable_images_tell_the_client_nothing_of_the_server(client, tmp_path, caplog):
+    """A missing file, a folder, a non-image and a refused port all give the client the same
+    line naming the task and the image as given; the reason is in the server's log."""
+    (tmp_path / "secret.txt").write_text("root:x:0:0\n")
+    cases = {
+        str(tmp_path / "missing.png"): "no such image file",
+        str(tmp_path): "no such image file",
+        str(tmp_path / "secret.txt"): "not a readable image",
+        f"http://127.0.0.1:{_refused_port()}/x.png": "cannot download",
+    }
+    for value, reason in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "kdetect.labelstudio"):
+            answer = _predict(client, value)
+        assert answer.status_code == 422, answer.text
+        assert answer.json() == {"detail": f"task 3: cannot read image {value!r}"}
+        assert reason in caplog.text and value in caplog.text
+
+
+@pytest.fixture(scope="module")
+def image_host(sample):
+    """An HTTP server on 127.0.0.1 serving the sample at /ok.png and redirecting /redirect to
+    the same server named localhost; ``requests`` records (path, Host header)."""
+    data = sample.read_bytes()
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append((self.path, self.headers.get("Host", "")))
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{port}/ok.png")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield port, requests
+    server.shutdown()
+    server.server_close()
+
+
+def _restricted_client(tmp_path_factory, policy: ImagePolicy) -> TestClient:
+    run, model, classes = loaded_model(tmp_path_factory)
+    options = LabelStudioOptions(Credentials(None, None), images=policy)
+    return TestClient(create_app(model, classes, run=run, label_studio=options, warmup=False))
+
+
+def test_image_policy_follows_the_bind_address(tmp_path):
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert not ImagePolicy.for_server(host).restricted, host
+    for host in ("0.0.0.0", "::", "192.168.1.5", "myhost.example"):
+        assert ImagePolicy.for_server(host) == ImagePolicy(True), host
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    policy = ImagePolicy.for_server("127.0.0.1", [link], ["Images.Example"])
+    assert policy == ImagePolicy(True, (os.path.realpath(tmp_path),), ("images.example",))
+
+
+def test_allow_lists_beyond_loopback(tmp_path_factory, tmp_path, sample, image_host, caplog):
+    port, requests = image_host
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(sample, allowed / "in.png")
+    (allowed / "escape.png").symlink_to(sample)
+    policy = ImagePolicy.for_server("0.0.0.0", [allowed], ["127.0.0.1"])
+    client = _restricted_client(tmp_path_factory, policy)
+
+    assert _predict(client, str(allowed / "in.png")).status_code == 200
+    assert _predict(client, (allowed / "in.png").as_uri()).status_code == 200
+    assert _predict(client, f"http://127.0.0.1:{port}/ok.png").status_code == 200
+    assert requests == [("/ok.png", f"127.0.0.1:{port}")]
+    refused_paths = [
+        str(sample),
+        str(allowed / ".." / sample.name),
+        str(allowed / "escape.png"),
+        sample.as_uri(),
+        "/etc/passwd",
+    ]
+    for value in refused_paths:
+        answer = _predict(client, value)
+        assert answer.status_code == 422, (value, answer.text)
+        assert answer.json()["detail"] == (
+            f"task image {value!r}: not under this server's --allow-image-root folders"
+        )
+    answer = _predict(client, f"http://localhost:{port}/ok.png")
+    assert answer.status_code == 422
+    assert "host not in this server's --allow-image-host list" in answer.json()["detail"]
+    # An allowed host cannot redirect the server to another one.
+    with caplog.at_level(logging.WARNING, "kdetect.labelstudio"):
+        answer = _predict(client, f"http://127.0.0.1:{port}/redirect")
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("task 3: cannot read image")
+    assert "--allow-image-host" in caplog.text
+    assert all(host == f"127.0.0.1:{port}" for _, host in requests), requests
+    # Label Studio's own uploads are not the allow-lists' business (here: no credentials).
+    answer = _predict(client, "/data/upload/1/x.png")
+    assert "needs --label-studio-url" in answer.json()["detail"]
+
+
+def test_empty_allow_lists_beyond_loopback_read_no_path_nor_url(
+    tmp_path_factory, sample, image_host
+):
+    port, requests = image_host
+    seen = len(requests)
+    client = _restricted_client(tmp_path_factory, ImagePolicy.for_server("0.0.0.0"))
+    assert "--allow-image-root" in _predict(client, str(sample)).json()["detail"]
+    answer = _predict(client, f"http://127.0.0.1:{port}/ok.png")
+    assert answer.status_code == 422 and "--allow-image-host" in answer.json()["detail"]
+    assert len(requests) == seen  # nothing was fetched
+
+
+def test_cli_serve_passes_the_allow_lists(tmp_path_factory, tmp_path, monkeypatch):
+    import kdetect.serve as serve_package
+
+    seen = {}
+    monkeypatch.setattr(serve_package, "serve", lambda model, **kw: seen.update(kw))
+    run = loaded_model(tmp_path_factory)[0]
+    args = ["--host", "0.0.0.0", "--allow-image-root", tmp_path, "--allow-image-host", "img.lan"]
+    assert kdetect("serve", run, *args) == 0
+    assert seen["label_studio"].images == ImagePolicy(
+        True, (os.path.realpath(tmp_path),), ("img.lan",)
+    )
+    assert kdetect("serve", run) == 0
+    assert seen["label_studio"].images == ImagePolicy(False)

@@ -30,6 +30,9 @@ import pytest
 from torch_peer import REPO_ROOT, run_torch
 
 from kdetect.pretrained.coco import coco_class_names
+from kdetect.pretrained.state_dict import read_state_dict
+from kdetect.pretrained.torchvision import ARCHITECTURES
+from tests.pretrained_support import write_safetensors
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
@@ -47,6 +50,10 @@ BOX_TOL, SCORE_TOL = 0.05, 1e-3
 pytestmark = pytest.mark.skipif(
     not (RACCOON / "JPEGImages").is_dir(), reason="../shared/data/raccoon not available"
 )
+
+MOBILENET = "fasterrcnn_mobilenet_v3_large_fpn"
+FIRST_TENSOR = "backbone.body.0.0.weight"  # the first tensor of torchvision's mobilenet files
+BAD_TENSOR = "roi_heads.box_head.fc6.weight"
 
 # Run by the torch interpreter: argv = COCO.pth FINETUNED.pth FINETUNED_WITH_SCHEDULER.pth
 # OTHER_ARCH.pth MODULE.pth.
@@ -124,12 +131,41 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         files["other_arch"],
         files["module"],
     )
+    # The mobilenet checkpoint as safetensors: every float tensor NaN, or one Inf in fc6.
+    state = read_state_dict(files["other_arch"])
+    files["all_nan"], files["one_inf"] = folder / "all_nan.safetensors", folder / "inf.safetensors"
+    nan, inf = {}, {}
+    for key, value in state.items():
+        floating = value.dtype.kind == "f"
+        tag = "F32" if floating else "I64"
+        nan[key] = (tag, np.full_like(value, np.nan) if floating else value)
+        if key == BAD_TENSOR:
+            value = value.copy()
+            value.flat[value.size // 2] = np.inf
+        inf[key] = (tag, value)
+    write_safetensors(files["all_nan"], nan)
+    write_safetensors(files["one_inf"], inf)
     data = files["coco"].read_bytes()
     files["truncated"] = folder / "truncated.pth"
     files["truncated"].write_bytes(data[: len(data) // 2])
     files["jpeg"] = PHOTO
     files["three_names"] = folder / "three_names.txt"
     files["three_names"].write_text("raccoon\nfox\nbadger\n")
+    return files
+
+
+@pytest.fixture(scope="module")
+def every_arch(inputs) -> dict[str, Path]:
+    """A non-trivial COCO checkpoint of every importable architecture (the reference's
+    ``make``, batch norm calibrated on the same photos as ``inputs["coco"]``)."""
+    folder = inputs["coco"].parent
+    calibration = [folder / f"{name}.npy" for name in CALIBRATION]
+    files = {ARCH: inputs["coco"]}
+    for arch in ARCHITECTURES:
+        if arch not in files:
+            files[arch] = folder / f"{arch}.pth"
+            args = ("make", arch, files[arch], "--calibrate", *calibration)
+            run_torch(REFERENCE.read_text(), *args, timeout=900)
     return files
 
 
@@ -243,6 +279,16 @@ BAD_IMPORTS = {
         runs / "imported",
         [str(f["other_arch"]), f"not a {ARCH} checkpoint", "missing keys", "unexpected keys"],
     ),
+    "all_weights_nan": lambda f, runs: (
+        [f["all_nan"], "--arch", MOBILENET],
+        runs / "imported",
+        [str(f["all_nan"]), f"tensor {FIRST_TENSOR} holds NaN or infinite values"],
+    ),
+    "one_weight_inf": lambda f, runs: (
+        [f["one_inf"], "--arch", MOBILENET],
+        runs / "imported",
+        [str(f["one_inf"]), f"tensor {BAD_TENSOR} holds NaN or infinite values"],
+    ),
     "unknown_arch": lambda f, runs: (
         [f["coco"], "--arch", "fasterrcnn_resnet18_fpn"],
         runs / "imported",
@@ -307,6 +353,30 @@ def test_bad_import_exits_1_with_one_line_and_leaves_nothing(case, inputs, tmp_p
     assert captured.out == ""
     # Nothing at --output (an existing folder untouched), no .imported.importing-* beside it.
     assert _tree(runs) == before
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_imports_and_predicts_through_the_cli(arch, every_arch, tmp_path):
+    """``checkpoint import --arch ARCH`` then ``predict`` on the produced run, for every
+    architecture ``--arch`` accepts; the run's recipe rebuilds the architecture."""
+    from kdetect.recipes import load
+    from kdetect.recipes.builders import model_kwargs
+
+    run = tmp_path / "runs" / arch
+    assert kdetect("checkpoint", "import", every_arch[arch], "--arch", arch, "--output", run) == 0
+    assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
+    kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
+    assert {key: kwargs[key] for key in ARCHITECTURES[arch]} == ARCHITECTURES[arch]
+
+    out = tmp_path / "out.jsonl"
+    assert kdetect("predict", run, PHOTO, "--min-score", "0.05", "--output", out) == 0
+    (line,) = [json.loads(text) for text in out.read_text().splitlines() if text.strip()]
+    assert (line["width"], line["height"]) == (600, 304)
+    assert line["objects"], "the reference model detects something above 0.05"
+    for obj in line["objects"]:
+        assert obj["label"] == coco_class_names()[obj["label_id"]]
+        x1, y1, x2, y2 = obj["bbox"]
+        assert 0 <= x1 <= x2 <= 600 and 0 <= y1 <= y2 <= 304
 
 
 # --------------------------------------------------------------------------------------------

@@ -227,3 +227,30 @@ def test_model_kwargs_use_torchvision_names():
     assert kwargs["box_detections_per_img"] == 7
     assert kwargs["bbox_reg_weights"] == (10.0, 10.0, 5.0, 5.0)
     assert kwargs["image_size"] == (512, 512)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn"],
+)
+def test_imported_run_recipe_rebuilds_every_architecture(arch):
+    """The recipe ``checkpoint import`` writes validates and gives back every ``FasterRCNN``
+    option of the architecture (rpn_* under model.rpn, box_* under model.box)."""
+    from kdetect.checkpoint_import import architecture_recipe
+    from kdetect.pretrained.torchvision import ARCHITECTURES
+    from kdetect.recipes.builders import model_kwargs
+
+    assert arch in ARCHITECTURES
+    recipe = load(architecture_recipe(arch, "imported"), check_paths=False)
+    kwargs = model_kwargs(recipe.model, 90)
+    for key, value in ARCHITECTURES[arch].items():
+        assert kwargs[key] == value, key
+
+
+def test_anchor_levels_follow_the_backbone():
+    torchvision_mobilenet = ["model.backbone=torchvision_mobilenet_v3_large"]
+    three = load({}, [*torchvision_mobilenet, "model.anchor_sizes=[[32, 64], [32, 64], [32, 64]]"])
+    assert len(three.model.anchor_sizes) == 3
+    five = [*torchvision_mobilenet, "model.anchor_sizes=[[32], [64], [128], [256], [512]]"]
+    message = _error(overrides=five)
+    assert "model.anchor_sizes: needs 3 list(s)" in message

@@ -144,3 +144,87 @@ def test_schemathesis_finds_no_server_error(server):
 
         check()
     assert seen and all(code < 500 for code in seen)
+
+
+# --- The body limit on every POST route, over real HTTP ---------------------------------------
+LIMIT = 1024 * 1024  # --max-bytes of the small server below
+BODY = 64 * 1024 * 1024  # what a hostile client sends
+CHUNK = b" " * (1024 * 1024)  # one object yielded again and again: the client holds 1 MiB
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    from kdetect.serve.images import Limits
+
+    with LiveServer(serve_app(tmp_path_factory, limits=Limits(max_bytes=LIMIT))) as live:
+        yield live
+
+
+def _post_routes(app) -> list[str]:
+    return sorted(r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ()))
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM); False where Linux's clear_refs is unavailable."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+def test_every_post_route_refuses_a_chunked_body_over_max_bytes(small_server, monkeypatch):
+    """A chunked body (no Content-Length) of 64 MiB to a server with --max-bytes 1 MiB: every POST
+    route answers 413 and no handler runs; the server (in this process) does not grow by the
+    body: the peak RSS while it arrives stays far below its size."""
+    app = small_server.server.config.app
+    routes = _post_routes(app)
+    assert {"/api/predict", "/predict", "/setup", "/webhook", "/train"} <= set(routes)
+    handled = []
+    backend = app.state.label_studio
+    for name in ("predict", "setup", "start_training"):
+        monkeypatch.setattr(backend, name, lambda *a, _n=name, **k: handled.append(_n))
+
+    def body(start: bytes):
+        yield start
+        for _ in range(BODY // len(CHUNK)):
+            yield CHUNK
+
+    # The upload's multipart envelope opens a file part that never ends; JSON bodies are blanks.
+    multipart = (
+        b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
+    starts = {"/api/predict": multipart}
+    content_types = {"/api/predict": "multipart/form-data; boundary=x"}
+    with httpx.Client(base_url=small_server.url, timeout=600) as client:
+        for route in routes:
+            measured = _reset_peak_rss()
+            before = _status_kib("VmRSS")
+            headers = {"content-type": content_types.get(route, "application/json")}
+            response = client.post(route, content=body(starts.get(route, b"")), headers=headers)
+            assert response.request.headers.get("transfer-encoding") == "chunked"
+            assert response.status_code == 413, (route, response.text)
+            detail = response.json()["detail"]
+            assert detail == f"request body is over the limit of {LIMIT + 64 * 1024} bytes"
+            if measured:
+                grown = (_status_kib("VmHWM") - before) * 1024
+                assert grown < BODY // 4, (route, grown)
+            # The same body with its length declared is refused before it is read.
+            response = client.post(route, content=b" " * (2 * LIMIT), headers=headers)
+            assert response.status_code == 413, (route, response.text)
+            assert f"request body of {2 * LIMIT} bytes" in response.json()["detail"]
+    assert handled == []
+    assert httpx.get(small_server.url + "/api/health", timeout=60).json()["status"] == "ok"

@@ -5,7 +5,6 @@ pickled code. Checkpoints come from a separate torch interpreter (tests/torch_pe
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import struct
@@ -19,6 +18,7 @@ from torch_peer import run_torch
 
 from kdetect.errors import CheckpointError
 from kdetect.pretrained.state_dict import read_state_dict
+from tests.pretrained_support import write_safetensors
 
 MAKE_CHECKPOINTS = r"""
 import argparse, os, sys
@@ -124,24 +124,6 @@ def test_module_state_dicts_and_wrappers(made, name):
     assert got["1.num_batches_tracked"].dtype == np.int64
 
 
-def _write_safetensors(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
-    """A minimal safetensors writer, independent of the reader: {name: (dtype tag, array)}."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    blobs, offset = [], 0
-    for key, (tag, array) in arrays.items():
-        blob = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
-        header[key] = {
-            "dtype": tag,
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
 SAFETENSORS_ARRAYS = {
     "f32": ("F32", np.arange(12, dtype=np.float32).reshape(3, 4) / 7),
     "f16": ("F16", np.array([0.5, -2.0, 65504.0], np.float16)),
@@ -159,7 +141,7 @@ def _safetensors_file(path: Path) -> Path:
     arrays = dict(SAFETENSORS_ARRAYS)
     tag, bf16 = arrays["bf16"]
     arrays["bf16"] = (tag, (bf16.view(np.uint32) >> 16).astype(np.uint16))  # exact in bfloat16
-    _write_safetensors(path, arrays)
+    write_safetensors(path, arrays)
     return path
 
 
@@ -429,3 +411,34 @@ def test_malicious_pickle_in_zip_layout_is_not_run(tmp_path, call):
         read_state_dict(path)
     assert "evil.pt" in str(caught.value) and call.__name__ in str(caught.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, -np.inf], ids=["nan", "inf"])
+def test_import_refuses_non_finite_tensors(value, tmp_path, capsys):
+    """A checkpoint with a NaN or infinite weight imports nothing: one line naming the file and
+    the first bad tensor (in the file's order), before any model is built."""
+    from tests.train_support import kdetect
+
+    bad = np.ones((3, 4), np.float32)
+    bad[1, 2] = value
+    weights = tmp_path / "bad.safetensors"
+    write_safetensors(
+        weights,
+        {
+            "backbone.body.conv1.weight": ("F32", np.ones((2, 3, 1, 1), np.float32)),
+            "backbone.body.bn1.num_batches_tracked": ("I64", np.array(7, np.int64)),
+            "roi_heads.box_predictor.cls_score.weight": ("F32", bad),
+            "roi_heads.box_predictor.bbox_pred.weight": (
+                "F32",
+                np.full((12, 4), value, np.float32),
+            ),
+        },
+    )
+    output = tmp_path / "imported"
+    assert kdetect("checkpoint", "import", weights, "--output", output) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: {weights}: tensor roi_heads.box_predictor.cls_score.weight holds NaN or "
+        "infinite values (diverged or corrupt weights); refusing it"
+    )
+    assert not output.exists()

@@ -42,6 +42,21 @@ def serve(
     label_studio_key: Annotated[str | None, LABEL_STUDIO_KEY] = None,
     retrain_set: Annotated[list[str] | None, RETRAIN_SET] = None,
     training_dir: Annotated[Path | None, TRAINING_DIR] = None,
+    allow_image_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Folder whose images Label Studio tasks may name by local path (repeatable). "
+            "Beyond 127.0.0.1 (or with any --allow-image-*), paths elsewhere are refused.",
+        ),
+    ] = None,
+    allow_image_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host whose http(s) image URLs Label Studio tasks may name (repeatable). Beyond "
+            "127.0.0.1 (or with any --allow-image-*), other hosts are refused; Label Studio's "
+            "own uploads and URLs are always read.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a page (upload an image, see boxes) and a JSON API (POST /api/predict)."""
     from kdetect.errors import KdetectError
@@ -52,6 +67,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise KdetectError(f"kdetect serve needs fastapi and uvicorn ({exc})") from None
+    from kdetect.labelstudio import ImagePolicy
     from kdetect.serve import Limits
     from kdetect.serve import serve as run_server
 
@@ -59,6 +75,7 @@ def serve(
     options = label_studio_options(
         label_studio_url, label_studio_key, retrain_set, training_dir, Path(info.path)
     )
+    options.images = ImagePolicy.for_server(host, allow_image_root or (), allow_image_host or ())
     if workers > 1:
         os.environ.update(options.credentials.environment())
     err_console.print(f"serving {model} on http://{host}:{port}/", highlight=False)

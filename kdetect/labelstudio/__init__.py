@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kdetect.labelstudio.backend import Backend, attach_label_studio
 from kdetect.labelstudio.client import Credentials
+from kdetect.labelstudio.tasks import ImagePolicy
 from kdetect.labelstudio.training import Retrainer, TrainingSettings
 from kdetect.runs import load_model
 
@@ -25,11 +26,13 @@ log = logging.getLogger("kdetect.labelstudio")
 
 @dataclass
 class LabelStudioOptions:
-    """Label Studio URL and key (flags, else env) and where retraining writes."""
+    """Label Studio URL and key (flags, else env), where retraining writes, which task images
+    the server may read."""
 
     credentials: Credentials = field(default_factory=Credentials.resolve)
     training: TrainingSettings | None = None
     retrain: bool = True
+    images: ImagePolicy = field(default_factory=ImagePolicy)  # which task images may be read
 
 
 def attach(app, predictor, summary: dict, limits, info, options: LabelStudioOptions | None):
@@ -48,9 +51,9 @@ def attach(app, predictor, summary: dict, limits, info, options: LabelStudioOpti
 
         settings = options.training or TrainingSettings.beside(run)
         retrainer = Retrainer(run, options.credentials, limits, settings, switch)
-    backend = Backend(predictor, summary, limits, options.credentials, retrainer)
+    backend = Backend(predictor, summary, limits, options.credentials, retrainer, options.images)
     attach_label_studio(app, backend)
     return backend
 
 
-__all__ = ["Credentials", "LabelStudioOptions", "TrainingSettings", "attach"]
+__all__ = ["Credentials", "ImagePolicy", "LabelStudioOptions", "TrainingSettings", "attach"]

@@ -11,6 +11,10 @@ Predictions come from the server's :class:`~kdetect.serve.app.Predictor` (the sa
 ``kdetect.predict.Detector`` as ``kdetect predict``); each detection becomes a
 ``rectanglelabels`` region with :func:`kdetect.data.labelstudio.region_from_box`, its class
 renamed to the project's label. Classes without a label in the project are not sent.
+
+A task whose image cannot be read is a 422 that names the task and the image as given; why (no
+such file, no permission, a refused connection) goes to the server's log only. Which paths and
+URLs may be read is the server's :class:`~kdetect.labelstudio.tasks.ImagePolicy`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from kdetect.labelstudio.labelconfig import (
     map_labels,
     parse_label_config,
 )
-from kdetect.labelstudio.tasks import TaskError, load_task_image
+from kdetect.labelstudio.tasks import ImagePolicy, ImageReadError, TaskError, load_task_image
 from kdetect.labelstudio.training import Retrainer
 from kdetect.serve.images import Limits
 
@@ -99,8 +103,10 @@ class Backend:
         limits: Limits,
         credentials: Credentials,
         retrainer: Retrainer | None,
+        images: ImagePolicy | None = None,
     ):
         self.predictor = predictor
+        self.images = images or ImagePolicy()
         self.summary = summary
         self.limits = limits
         self.credentials = credentials
@@ -161,7 +167,7 @@ class Backend:
         self, task: dict, config: LabelConfig, labels: LabelMap, client, min_score: float
     ) -> dict:
         """One task -> one prediction: its image's detections as regions in percent."""
-        image, _ = load_task_image(task, config.image_key, client, self.limits)
+        image, _ = load_task_image(task, config.image_key, client, self.limits, self.images)
         height, width = image.shape[:2]
         to_label = labels.to_label
         regions = []
@@ -191,6 +197,9 @@ class Backend:
         for task in body.tasks:
             try:
                 results.append(self.predict_one(task, config, labels, client, min_score))
+            except ImageReadError as exc:  # the client learns nothing of the server's files
+                log.warning("%s", exc)
+                raise HTTPException(422, exc.public) from None
             except (TaskError, LabelStudioError) as exc:
                 raise HTTPException(422, str(exc)) from None
         return {"results": results}

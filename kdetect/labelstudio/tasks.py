@@ -11,20 +11,31 @@ as one of:
 The first two are resolved against the Label Studio URL and fetched with the API key
 (:class:`~kdetect.labelstudio.client.LabelStudioClient`); without credentials they are an error
 that says so.
+
+:class:`ImagePolicy` says which of the others a server may read. A server bound to 127.0.0.1
+reads any of them; one bound beyond it (or given an allow-list) reads local paths only under its
+``--allow-image-root`` folders and URLs only on its ``--allow-image-host`` hosts (Label Studio's
+own uploads and URLs always). A read that fails raises :class:`ImageReadError`, whose ``public``
+message names the task and the image as given but not why (no file, no permission, a refused
+port would tell a client what exists on the server); the detail is its ``str`` for the log.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
+import os
+import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kdetect.errors import KdetectError
-from kdetect.labelstudio.client import TIMEOUT_S, LabelStudioClient
+from kdetect.labelstudio.client import TIMEOUT_S, LabelStudioClient, LabelStudioError
 from kdetect.serve.images import Limits, UploadError, decode_upload
 
 LABEL_STUDIO_PREFIXES = ("/data/upload/", "/data/local-files/")
@@ -32,6 +43,81 @@ LABEL_STUDIO_PREFIXES = ("/data/upload/", "/data/local-files/")
 
 class TaskError(KdetectError):
     """A task without a usable image (missing field, unreachable URL, not an image)."""
+
+
+class ImageReadError(TaskError):
+    """A task's image that could not be read, downloaded or decoded: ``str`` is the detail (for
+    the server's log), ``public`` what a client is told."""
+
+    def __init__(self, detail: str, public: str):
+        super().__init__(detail)
+        self.public = public
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which task images the server may read besides Label Studio's own (see the module
+    docstring). ``restricted`` off reads any path or URL; on, only paths under ``roots`` and URLs
+    on ``hosts``."""
+
+    restricted: bool = False
+    roots: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def for_server(
+        cls, host: str, roots: Sequence[str | os.PathLike] = (), hosts: Sequence[str] = ()
+    ) -> ImagePolicy:
+        """The policy of a server bound to ``host``: restricted beyond loopback or with an
+        allow-list; roots resolved (symlinks followed), hosts lower-cased."""
+        roots = tuple(os.path.realpath(os.fspath(root)) for root in roots)
+        hosts = tuple(host_name.strip().lower() for host_name in hosts)
+        return cls(not is_loopback(host) or bool(roots or hosts), roots, hosts)
+
+    def check(self, source: ImageSource, shown: str) -> None:
+        """Refuse ``source`` (``shown``: the reference as the task gave it) when not allowed."""
+        if not self.restricted or source.kind == "label-studio":
+            return
+        if source.kind == "http":
+            if not self.allows_url(source.location):
+                raise TaskError(
+                    f"task image {shown}: host not in this server's --allow-image-host list"
+                )
+            return
+        real = os.path.realpath(source.location)
+        if not any(os.path.commonpath((real, root)) == root for root in self.roots):
+            raise TaskError(
+                f"task image {shown}: not under this server's --allow-image-root folders"
+            )
+
+    def allows_url(self, url: str) -> bool:
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        return not self.restricted or host in self.hosts
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a host the policy allows (an allowed host could otherwise
+    point the server at a refused one)."""
+
+    def __init__(self, policy: ImagePolicy):
+        self.policy = policy
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not self.policy.allows_url(newurl):
+            raise urllib.error.HTTPError(
+                newurl, code, "redirect to a host not in --allow-image-host", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 @dataclass(frozen=True)
@@ -75,8 +161,14 @@ def image_value(task: dict, key: str) -> str:
     return data[key]
 
 
-def read_bytes(source: ImageSource, client: LabelStudioClient | None, limits: Limits) -> bytes:
-    """The encoded image at ``source``, at most ``limits.max_bytes``."""
+def read_bytes(
+    source: ImageSource,
+    client: LabelStudioClient | None,
+    limits: Limits,
+    policy: ImagePolicy | None = None,
+) -> bytes:
+    """The encoded image at ``source``, at most ``limits.max_bytes``; ``TaskError`` when it
+    cannot be read (the detail in the message)."""
     if source.kind == "label-studio":
         if client is None:
             raise TaskError(
@@ -85,8 +177,9 @@ def read_bytes(source: ImageSource, client: LabelStudioClient | None, limits: Li
             )
         return client.download(source.location, limits.max_bytes)
     if source.kind == "http":
+        opener = urllib.request.build_opener(_CheckedRedirects(policy or ImagePolicy()))
         try:
-            with urllib.request.urlopen(source.location, timeout=TIMEOUT_S) as response:
+            with opener.open(source.location, timeout=TIMEOUT_S) as response:
                 return response.read(limits.max_bytes + 1)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise TaskError(f"{source.location}: cannot download ({exc})") from None
@@ -101,13 +194,33 @@ def read_bytes(source: ImageSource, client: LabelStudioClient | None, limits: Li
 
 
 def load_task_image(
-    task: dict, key: str, client: LabelStudioClient | None, limits: Limits
+    task: dict,
+    key: str,
+    client: LabelStudioClient | None,
+    limits: Limits,
+    policy: ImagePolicy | None = None,
 ) -> tuple[np.ndarray, bytes]:
-    """``(uint8 [H, W, 3] pixels, encoded bytes)`` of ``task``'s image."""
+    """``(uint8 [H, W, 3] pixels, encoded bytes)`` of ``task``'s image.
+
+    Raises :class:`TaskError` for a task without a usable reference or one ``policy`` refuses,
+    and :class:`ImageReadError` when the image cannot be read, downloaded or decoded.
+    """
     value = image_value(task, key)
     url = client.url if client is not None else None
-    data = read_bytes(resolve_image(value, url), client, limits)
+    source = resolve_image(value, url)
+    shown = repr(value[:200])
+    (policy or ImagePolicy()).check(source, shown)
+    public = f"task {task.get('id', '?')}: cannot read image {shown}"
+    try:
+        data = read_bytes(source, client, limits, policy)
+    except LabelStudioError as exc:
+        raise ImageReadError(str(exc), public) from None
+    except TaskError as exc:
+        if source.kind == "label-studio":  # no credentials: a setting, not what exists
+            raise
+        raise ImageReadError(str(exc), public) from None
     try:
         return decode_upload(data, limits), data
     except UploadError as exc:
-        raise TaskError(f"task {task.get('id', '?')} ({value}): {exc.message}") from None
+        detail = f"task {task.get('id', '?')} ({value}): {exc.message}"
+        raise ImageReadError(detail, public) from None

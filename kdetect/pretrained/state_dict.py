@@ -29,6 +29,8 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -234,3 +236,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors") or (head[8:9] == b"{" and declared <= size - 8):
         return _read_safetensors(name, path)
     raise CheckpointError(f"{name}: not a PyTorch checkpoint (zip, legacy pickle or safetensors)")
+
+
+def first_non_finite(arrays: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point array of ``(name, array)`` pairs holding NaN or
+    infinity, ``None`` when every one is finite. Such weights make a model predict nothing (or
+    garbage), so importing and loading refuse them."""
+    for name, value in arrays:
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return name
+    return None
+
+
+NON_FINITE = "holds NaN or infinite values (diverged or corrupt weights); refusing it"

@@ -29,7 +29,7 @@ import numpy as np
 
 from kdetect.errors import CheckpointError
 from kdetect.layers import ConvFCBoxHead
-from kdetect.pretrained.state_dict import read_state_dict
+from kdetect.pretrained.state_dict import NON_FINITE, first_non_finite, read_state_dict
 
 #: kdetect ``FasterRCNN`` options of each importable torchvision architecture.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -251,8 +251,9 @@ def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overr
             count always comes from the checkpoint.
 
     Raises:
-        CheckpointError: unreadable file, unknown ``arch``, or a file whose keys or shapes are
-            not those of ``arch`` (the message names the first differences).
+        CheckpointError: unreadable file, unknown ``arch``, a tensor holding NaN or infinity
+            (named), or a file whose keys or shapes are not those of ``arch`` (the message
+            names the first differences).
     """
     if arch not in ARCHITECTURES:
         raise CheckpointError(
@@ -264,6 +265,9 @@ def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overr
         raise CheckpointError(
             f"{name}: not a torchvision Faster R-CNN checkpoint (no {_CLASS_LOGITS_KEY})"
         )
+    bad = first_non_finite(state.items())
+    if bad is not None:
+        raise CheckpointError(f"{name}: tensor {bad} {NON_FINITE}")
     num_classes = int(state[_CLASS_LOGITS_KEY].shape[0]) - 1
     if num_classes < 1:
         raise CheckpointError(f"{name}: {_CLASS_LOGITS_KEY} has no foreground class")
@@ -292,14 +296,3 @@ def load_torchvision(cls, source, arch: str = "fasterrcnn_resnet50_fpn", **overr
     for key, value in converted.items():
         plan[key][0].assign(value)
     return model
-
-
-def architecture_recipe(arch: str, name: str) -> dict[str, Any]:
-    """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
-    options = dict(ARCHITECTURES[arch])
-    options["image_size"] = list(options["image_size"])
-    return {
-        "name": name,
-        "model": options,
-        "data": {"format": "coco", "batch_size": 2},
-    }

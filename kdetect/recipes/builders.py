@@ -246,6 +246,33 @@ def model_kwargs(model: ModelConfig, num_classes: int, seed: int | None = None) 
     return kwargs
 
 
+def model_section(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The recipe ``model`` mapping of ``FasterRCNN`` keyword arguments (the inverse of
+    :func:`model_kwargs`): ``rpn_*`` under ``rpn``, ``box_*`` and ``bbox_reg_weights`` under
+    ``box``, tuples as lists."""
+
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    section: dict[str, Any] = {}
+    rpn: dict[str, Any] = {}
+    box: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key.startswith("rpn_"):
+            rpn[key.removeprefix("rpn_")] = plain(value)
+        elif key == "bbox_reg_weights":
+            box["reg_weights"] = plain(value)
+        elif key.startswith("box_"):
+            box[key.removeprefix("box_")] = plain(value)
+        else:
+            section[key] = plain(value)
+    if rpn:
+        section["rpn"] = rpn
+    if box:
+        section["box"] = box
+    return section
+
+
 def build_model(recipe: Recipe, num_classes: int):
     """A new, uncompiled ``FasterRCNN`` for the recipe."""
     from kdetect.models.faster_rcnn import FasterRCNN

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kdetect.backbone_names import rpn_levels
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.parsing import compose_yaml
 from kdetect.paths import write_text
@@ -122,7 +123,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _check_anchors(model) -> None:
     if model.anchor_sizes is None:
         return
-    levels = 5 if model.fpn else 1
+    levels = rpn_levels(model.backbone, model.fpn)
     where = "with model.fpn" if model.fpn else "without FPN (model.fpn: false)"
     if len(model.anchor_sizes) != levels:
         raise RecipeError(

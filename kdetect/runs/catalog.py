@@ -131,7 +131,8 @@ def load_model(path: str | os.PathLike):
     """
     file, info, tmp = model_file(path)
     try:
-        model = load_keras_file(file)
+        shown = f"{info.path} ({MODEL_FILE} inside)" if tmp is not None else None
+        model = load_keras_file(file, shown)
     finally:
         if tmp is not None:
             tmp.cleanup()

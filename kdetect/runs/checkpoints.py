@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdetect.errors import CheckpointError
 from kdetect.paths import atomic_path, is_temporary
+from kdetect.pretrained.state_dict import NON_FINITE, first_non_finite
 from kdetect.runs.files import BEST_CHECKPOINT, CHECKPOINTS_DIR
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ def save_keras(model, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_keras_file(path: str | os.PathLike):
-    """``keras.saving.load_model`` with kdetect's custom objects registered, one-line errors."""
+def load_keras_file(path: str | os.PathLike, shown_as: str | None = None):
+    """``keras.saving.load_model`` with kdetect's custom objects registered, one-line errors; a
+    model with a NaN or infinite weight is refused (naming the variable). ``shown_as`` names the
+    file in errors (a packed run's model is loaded from a temporary copy)."""
     # Deferred: Keras imports TensorFlow, and the CLI reads run directories (checkpoint list,
     # pack) without it.
     import keras
@@ -95,7 +98,11 @@ def load_keras_file(path: str | os.PathLike):
     import kdetect.recipes.schedules  # noqa: F401  (registers the LR schedule)
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot load model ({first[:200]})") from None
+        raise CheckpointError(f"{shown_as or path}: cannot load model ({first[:200]})") from None
+    bad = first_non_finite((v.path, v.numpy()) for v in model.weights)
+    if bad is not None:
+        raise CheckpointError(f"{shown_as or path}: variable {bad} {NON_FINITE}")
+    return model

@@ -208,7 +208,7 @@ def create_app(
     app.state.predictor = predictor
     app.state.limits = limits
     _add_error_handlers(app)
-    _add_body_limit(app, limits)
+    app.add_middleware(BodyLimit, limit=limits.max_bytes + ENVELOPE_BYTES)
     _add_routes(app, predictor, summary, limits)
     # Deferred: kdetect.labelstudio imports kdetect.serve.images (a cycle at module level).
     from kdetect.labelstudio import attach
@@ -239,23 +239,52 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
-def _add_body_limit(app: FastAPI, limits: Limits) -> None:
-    """Refuse a POST whose declared length is over the byte limit (413) before reading it."""
+#: What a request body may carry beyond ``--max-bytes``: the multipart envelope of an upload, a
+#: Label Studio request's JSON around its tasks (the image itself is checked after reading).
+ENVELOPE_BYTES = 64 * 1024
 
-    @app.middleware("http")
-    async def reject_large_bodies(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit():
-            # The multipart envelope adds a little; the image itself is checked after reading.
-            if int(length) > limits.max_bytes + 64 * 1024:
-                return JSONResponse(
-                    {
-                        "detail": f"request body of {length} bytes is over the limit of "
-                        f"{limits.max_bytes} bytes"
-                    },
-                    status_code=413,
-                )
-        return await call_next(request)
+
+class BodyLimit:
+    """ASGI middleware: no route reads more than ``limit`` bytes of a request body, whatever its
+    transfer encoding, on every route (``/api/predict`` and the Label Studio routes alike).
+
+    A declared ``Content-Length`` over the limit is answered 413 before any byte is read. Every
+    body (chunked ones included) is counted as the route reads it: the read that passes the limit
+    raises a 413 instead of returning the bytes, so nothing past the limit is buffered and the
+    route's handler never runs; uvicorn discards the rest of the body as it arrives.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    def message(self, size: int | None) -> str:
+        body = f"request body of {size} bytes" if size is not None else "request body"
+        return f"{body} is over the limit of {self.limit} bytes"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": self.message(int(declared))}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI re-raises an HTTPException met while reading a body; the app's
+                    # handler answers it as JSON.
+                    raise HTTPException(413, self.message(None))
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 def _add_routes(app: FastAPI, predictor: Predictor, summary: dict, limits: Limits) -> None:
@@ -345,11 +374,13 @@ def app_from_env() -> FastAPI:
     """App factory for uvicorn workers (``--workers N``): reads the settings ``serve`` left."""
     import json
 
-    from kdetect.labelstudio import LabelStudioOptions
+    from kdetect.labelstudio import ImagePolicy, LabelStudioOptions
 
     config = json.loads(os.environ[ENV_CONFIG])
     # Several workers would each retrain and switch on their own: retraining needs --workers 1.
-    options = LabelStudioOptions(retrain=False)
+    images = config["images"]
+    policy = ImagePolicy(images["restricted"], tuple(images["roots"]), tuple(images["hosts"]))
+    options = LabelStudioOptions(retrain=False, images=policy)
     return create_app(config["model"], limits=Limits(**config["limits"]), label_studio=options)
 
 
@@ -371,12 +402,22 @@ def serve(
 
     import uvicorn
 
+    from kdetect.labelstudio import ImagePolicy, LabelStudioOptions
+
     limits = limits or Limits()
+    if label_studio is None:  # beyond 127.0.0.1, no local paths nor foreign URLs in tasks
+        label_studio = LabelStudioOptions(images=ImagePolicy.for_server(host))
     if workers > 1:
+        images = label_studio.images
         os.environ[ENV_CONFIG] = json.dumps(
             {
                 "model": str(model),
                 "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+                "images": {
+                    "restricted": images.restricted,
+                    "roots": list(images.roots),
+                    "hosts": list(images.hosts),
+                },
             }
         )
         uvicorn.run(
