@@ -35,6 +35,7 @@ from kdetect.runs.files import (
     read_json,
     read_recipe,
 )
+from kdetect.runs.lock import effective_status
 from kdetect.runs.metrics import best_metric
 
 
@@ -64,8 +65,18 @@ def _inspect_run_dir(path: Path) -> RunInfo:
         recipe=read_recipe(path / RECIPE_FILE),
         metrics=read_json(path / METRICS_FILE),
         history=read_history(path / HISTORY_FILE),
-        meta=read_json(path / PACK_META) or {},
+        meta=_live_meta(path),
     )
+
+
+def _live_meta(path: Path) -> dict:
+    """``kdetect.json`` with the status as it stands: a ``running`` run whose process died
+    (:func:`~kdetect.runs.lock.effective_status`) reads ``interrupted``, with ``"stale": true``."""
+    meta = read_json(path / PACK_META) or {}
+    status = effective_status(path, meta)
+    if status != meta.get("status", ""):
+        meta.update(status=status, stale=True)
+    return meta
 
 
 def _inspect_keras_file(path: Path) -> RunInfo:
