@@ -9,6 +9,7 @@ how fast the machine is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_support import ROOT, SHAPES, TINY, needs_shapes, set_args
+from train_support import ROOT, SHAPES, TINY, kdetect, needs_shapes, set_args, tiny_run
 
 from kdetect.runs import inspect_run
 from kdetect.runs.files import read_meta
@@ -71,6 +72,11 @@ class Training:
                             + self.log.read_text()[-3000:])  # fmt: skip
             assert time.monotonic() < deadline, f"no {path} after {TIMEOUT} s"
             time.sleep(0.1)
+
+
+def paused_at(point: str, pause: Path) -> dict[str, str]:
+    """The hook's variables: wait at ``point`` (after writing ``<pause>.reached``) for ``pause``."""
+    return {"KDETECT_TEST_PAUSE_AT": point, "KDETECT_TEST_PAUSE_FILE": str(pause)}
 
 
 def train(run: Path, log: Path, resume: bool = False, **env: str) -> tuple[int, str]:
@@ -127,9 +133,7 @@ def test_killed_run_is_stale_and_resumes_from_last_complete_checkpoint(tmp_path,
 # --- SIGTERM ---------------------------------------------------------------------------------
 def test_sigterm_saves_state_like_ctrl_c_and_resumes(tmp_path):
     run, pause = tmp_path / "run", tmp_path / "go"
-    training = Training(
-        run, tmp_path / "term.log", KDETECT_TEST_PAUSE_AT="step:1", KDETECT_TEST_PAUSE_FILE=str(pause)
-    )
+    training = Training(run, tmp_path / "term.log", **paused_at("step:1", pause))
     training.wait_for(Path(f"{pause}.reached"))
     training.proc.send_signal(signal.SIGTERM)
     code, output = training.wait()
@@ -159,9 +163,7 @@ def _listing(folder: Path) -> dict[str, tuple[int, int]]:
 
 def test_second_writer_is_refused_and_writes_nothing(tmp_path):
     run, pause = tmp_path / "run", tmp_path / "go"
-    first = Training(
-        run, tmp_path / "first.log", KDETECT_TEST_PAUSE_AT="step:1", KDETECT_TEST_PAUSE_FILE=str(pause)
-    )
+    first = Training(run, tmp_path / "first.log", **paused_at("step:1", pause))
     try:
         first.wait_for(Path(f"{pause}.reached"))
         before = _listing(run)
@@ -192,29 +194,31 @@ def _remount(folder: Path, size_bytes: int) -> None:
                    check=True, capture_output=True)  # fmt: skip
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of 64 MB at ``tmp_path/disk`` (skips where mounting is not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``folder`` (skips where mounting is not allowed)."""
+    folder.mkdir()
     if shutil.which("mount") is None or sys.platform != "linux":
         pytest.skip("needs Linux mount for a small tmpfs")
     try:
-        _mount(disk, "64m")
+        _mount(folder, size)
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"cannot mount a tmpfs here (not root?): {exc.stderr.decode().strip()}")
     try:
-        yield disk
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        yield disk
 
 
 def test_full_disk_stops_with_one_line_and_resumes_after_freeing_space(tmp_path, small_disk):
     run, pause = small_disk / "run", tmp_path / "go"
-    training = Training(
-        run, tmp_path / "full.log", KDETECT_TEST_PAUSE_AT="after-state:1",
-        KDETECT_TEST_PAUSE_FILE=str(pause),
-    )  # fmt: skip
+    training = Training(run, tmp_path / "full.log", **paused_at("after-state:1", pause))
     training.wait_for(Path(f"{pause}.reached"))
     checkpoint = run / "checkpoints" / "epoch-0001.keras"
     # Room for the rest of epoch 1's files, not for epoch 2's checkpoint.
@@ -236,3 +240,19 @@ def test_full_disk_stops_with_one_line_and_resumes_after_freeing_space(tmp_path,
     assert_finished(run, code, output)
     assert "at epoch 2" in output
     assert state(run)["global_step"] == 4
+
+
+@pytest.mark.parametrize("command", ["pack", "export"])
+def test_pack_and_export_onto_a_full_disk_say_one_line(tmp_path, tmp_path_factory, capsys, command):
+    run = tiny_run(tmp_path_factory)
+    with tmpfs(tmp_path / "full", "1m") as disk:
+        output = disk / "out"
+        if command == "pack":
+            code = kdetect("checkpoint", "pack", run, "--output", output)
+        else:
+            code = kdetect("export", run, "--output", output)
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert err.startswith(f"error: {output}: not enough disk space (needs about"), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert list(disk.iterdir()) == []  # nothing partial

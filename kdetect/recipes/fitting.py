@@ -147,7 +147,7 @@ def _one_line(exc: BaseException, run_dir: Path, tcfg: TrainConfig) -> BaseExcep
     """The error to report for ``exc``: a full disk (checked before a save, or ENOSPC from any
     write) as one line with the resume command, a lost worker as one line, else ``exc``."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-        exc = disk_full_error(exc.filename or run_dir)
+        exc = disk_full_error(exc.filename or run_dir, writing=True)
     if isinstance(exc, DiskFullError):
         return DiskFullError(
             f"{exc}; the last complete checkpoint is kept: free space, then continue with: "

@@ -16,9 +16,11 @@ from kdetect.paths import atomic_path, check_kind, check_not_input
 from kdetect.runs import packs
 from kdetect.runs.checkpoints import (
     checkpoint_problem,
+    ensure_space,
     latest_checkpoint,
     load_keras_file,
     usable_checkpoint,
+    write_errors,
 )
 from kdetect.runs.files import (
     CLASSES_FILE,
@@ -194,7 +196,12 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
         "model_file": str(info.model_path.relative_to(info.path)),
         "best_metric": list(best) if best else None,
     }
-    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    ensure_space(output, sum(path.stat().st_size for path in members) + (1 << 16))
+    with (
+        write_errors(output, "packed run"),
+        atomic_path(output) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf,
+    ):
         zf.writestr(PACK_META, json.dumps(meta, indent=2))
         for path, name in members.items():
             zf.write(path, name)

@@ -87,9 +87,12 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskFullError:
+def disk_full_error(
+    path: str | os.PathLike, needed: int | None = None, writing: bool = False
+) -> DiskFullError:
     """The one line for a disk too full to write ``path``: the bytes needed (when known) and
-    the bytes free on its file system."""
+    the bytes free on its file system (``writing``: the disk filled up during the write, and
+    what was written of it is gone)."""
     folder = Path(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -98,7 +101,8 @@ def disk_full_error(path: str | os.PathLike, needed: int | None = None) -> DiskF
     except OSError:
         free = "unknown"
     need = f"needs about {_megabytes(needed)}, " if needed else ""
-    return DiskFullError(f"{path}: not enough disk space ({need}{free} free)")
+    what = "the disk filled up while writing it" if writing else "not enough disk space"
+    return DiskFullError(f"{path}: {what} ({need}{free} free)")
 
 
 def ensure_space(path: str | os.PathLike, needed: int) -> None:
@@ -144,7 +148,7 @@ def write_errors(path: str | os.PathLike, what: str):
         yield
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
-            raise disk_full_error(path) from None
+            raise disk_full_error(path, writing=True) from None
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise CheckpointError(
             f"{path}: could not write the {what} ({reason}); the previous one is kept"
