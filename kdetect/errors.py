@@ -41,6 +41,15 @@ class CheckpointError(KdetectError):
     """A missing or unreadable checkpoint / model file."""
 
 
+class DiskFullError(CheckpointError):
+    """Not enough free disk space for a file about to be written (names the path, the bytes
+    needed and the bytes free); what was complete before is kept."""
+
+
+class RunLockedError(KdetectError):
+    """A run directory another live process is training into (names the folder and its pid)."""
+
+
 class OutputError(KdetectError):
     """An output path that would overwrite an input, or existing results without --overwrite."""
 

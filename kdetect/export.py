@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from kdetect.models.converters import open_runtime
 from kdetect.models.export_formats import (
@@ -42,6 +43,12 @@ from kdetect.models.export_formats import (
     serving_functions,
 )
 from kdetect.paths import check_free, check_kind, check_not_input
+from kdetect.runs.checkpoints import (
+    DISK_FULL_ERRNOS,
+    disk_full_error,
+    ensure_space,
+    expected_size,
+)
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -151,4 +158,14 @@ def export(
             "it came from (ONNX and TFLite are traced from the Keras model)"
         )
     model, classes = load_model(model_path)
-    return export_model(model, output, format, classes, input_type, quantize, opset)
+    # The variables' bytes (halved or quartered by quantisation): a full disk is reported
+    # before the conversion starts, and one that fills up during it as the same one line.
+    needed = expected_size(model) // {"float16": 2, "dynamic": 4}.get(quantize or "", 1)
+    ensure_space(output, needed)
+    try:
+        return export_model(model, output, format, classes, input_type, quantize, opset)
+    except (OSError, tf.errors.ResourceExhaustedError) as exc:
+        full = getattr(exc, "errno", None) in DISK_FULL_ERRNOS or "No space left" in str(exc)
+        if full:
+            raise disk_full_error(output, needed, writing=True) from None
+        raise

@@ -42,7 +42,8 @@ def train(
 ) -> None:
     """Train a detector from a recipe; writes a run directory.
 
-    Ctrl-C saves the current state; `kdetect train RUN_DIR --resume` continues from it.
+    Ctrl-C or SIGTERM saves the current state; `kdetect train RUN_DIR --resume` continues from
+    it (after a kill, from the last complete checkpoint).
     """
     from kdetect.recipes.training import train as run_training
 

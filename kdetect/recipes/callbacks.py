@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import math
+import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,10 @@ from kdetect.runs import (
     save_keras,
     write_errors,
 )
+from kdetect.runs.checkpoints import ensure_space, expected_size
+from kdetect.runs.files import STATE_FILE
 from kdetect.visualize import draw_detections
 
-STATE_FILE = "state.json"
 LEGACY_WEIGHTS = "state.weights.h5"  # runs written before state.json named its weights file
 
 
@@ -51,6 +54,26 @@ def current_lr(model: keras.Model) -> float:
     except Exception:  # a schedule object
         schedule = getattr(optimizer, "_learning_rate", lr)
         return float(keras.ops.convert_to_numpy(schedule(optimizer.iterations)))
+
+
+def lifecycle_hook(point: str) -> None:
+    """Test-only hooks at named moments of training, for the run-lifecycle tests
+    (``tests/test_run_lifecycle.py``); nothing happens unless their variables are set.
+
+    Points: ``step:N`` (optimizer step N done), ``after-checkpoint:E`` (``epoch-000E.keras``
+    written, the resume state not yet), ``after-state:E`` (the resume state of epoch E written).
+
+    - ``KDETECT_TEST_KILL_AT=<point>``: the process SIGKILLs itself there (a kill at that moment).
+    - ``KDETECT_TEST_PAUSE_AT=<point>`` with ``KDETECT_TEST_PAUSE_FILE=<path>``: writes
+      ``<path>.reached``, then waits until ``<path>`` exists (signals are handled while waiting).
+    """
+    if os.environ.get("KDETECT_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("KDETECT_TEST_PAUSE_FILE")
+    if pause and os.environ.get("KDETECT_TEST_PAUSE_AT") == point:
+        Path(pause + ".reached").write_text(str(os.getpid()))
+        while not Path(pause).exists():
+            time.sleep(0.05)
 
 
 class TrainingState(keras.callbacks.Callback):
@@ -156,7 +179,8 @@ class CheckpointManager(keras.callbacks.Callback):
 
     # -- periodic --------------------------------------------------------------------------
     def _save_periodic(self, name: str) -> None:
-        save_keras(self.model, self.folder / name)
+        periodic = checkpoint_files(self.folder, warn=False)
+        save_keras(self.model, self.folder / name, like=periodic[-1] if periodic else None)
         periodic = checkpoint_files(self.folder, warn=False)
         for old in periodic[: max(len(periodic) - self.keep, 0)]:
             old.unlink(missing_ok=True)
@@ -164,11 +188,13 @@ class CheckpointManager(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.every_steps and self.state.global_step % self.every_steps == 0:
             self._save_periodic(f"step-{self.state.global_step:07d}.keras")
+        lifecycle_hook(f"step:{self.state.global_step}")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         if self.every_epochs and (epoch + 1) % self.every_epochs == 0:
             self._save_periodic(f"epoch-{epoch + 1:04d}.keras")
+            lifecycle_hook(f"after-checkpoint:{epoch + 1}")
         value = logs.get(self.monitor) if self.monitor else None
         if value is not None and math.isfinite(float(value)):
             value = float(value)
@@ -180,6 +206,7 @@ class CheckpointManager(keras.callbacks.Callback):
                 self.best_epoch = epoch + 1
                 save_keras(self.model, self.folder / BEST_CHECKPOINT)
         self.save_state(epoch=epoch + 1, step_in_epoch=0)
+        lifecycle_hook(f"after-state:{epoch + 1}")
 
     # -- resume state ----------------------------------------------------------------------
     @property
@@ -196,6 +223,9 @@ class CheckpointManager(keras.callbacks.Callback):
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         name = f"state-{self.state.global_step:07d}-{secrets.token_hex(3)}.weights.h5"
+        previous = sorted(self.state_dir.glob("*.weights.h5"), key=lambda p: p.stat().st_mtime)
+        needed = expected_size(self.model, previous[-1] if previous else None)
+        ensure_space(self.state_dir / name, needed)
         with write_errors(self.state_dir / name, "training state"):
             try:
                 self.model.save_weights(self.state_dir / name)

@@ -8,8 +8,11 @@ directory have been checked.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
+import signal
+import threading
 from pathlib import Path
 
 import keras
@@ -21,7 +24,13 @@ from rich.markup import escape
 from kdetect import __version__, distribute
 from kdetect.data.images import load_image
 from kdetect.data.quality import boxes_in_frame
-from kdetect.errors import CheckpointError, RecipeError, TrainingDiverged
+from kdetect.errors import (
+    CheckpointError,
+    DiskFullError,
+    KdetectError,
+    RecipeError,
+    TrainingDiverged,
+)
 from kdetect.plots import plot_labels
 from kdetect.recipes import builders
 from kdetect.recipes import callbacks as cb
@@ -49,15 +58,49 @@ from kdetect.runs import (
     save_keras,
     write_classes,
 )
+from kdetect.runs.checkpoints import DISK_FULL_ERRNOS, disk_full_error, latest_epoch_checkpoint
 from kdetect.runs.files import read_meta, update_meta
 
 
 def read_resume_state(run_dir: Path) -> dict:
-    """The saved training state of the run to resume (see :func:`callbacks.read_state`)."""
+    """Where to resume the run from: its saved training state (see :func:`callbacks.read_state`),
+    or its newest complete ``epoch-NNNN.keras`` when that is further on (a kill between the
+    checkpoint and the state) or there is no state; the ``.keras`` holds the optimizer too."""
     state_info = cb.read_state(run_dir / CHECKPOINTS_DIR)
+    found = latest_epoch_checkpoint(run_dir / CHECKPOINTS_DIR)
+    if found is not None and (state_info is None or found[0] > int(state_info["epoch"])):
+        epochs, path = found
+        return {"weights": str(path), "epoch": epochs, "step_in_epoch": 0, "best_value": None}
     if state_info is None:
-        raise CheckpointError(f"{run_dir}: no saved training state in checkpoints/state")
+        raise CheckpointError(
+            f"{run_dir}: nothing to resume (no saved training state and no complete epoch "
+            f"checkpoint); start it again with: kdetect train {run_dir / RECIPE_FILE} "
+            f"--run-dir {run_dir}"
+        )
     return state_info
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, Kubernetes, batch schedulers) in the main thread: handled as
+    Ctrl-C is (the state of the partial epoch saved, status ``interrupted``)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere, e.g.
+    the Label Studio backend's training thread, signal handlers cannot be set: left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_training(
@@ -73,22 +116,45 @@ def run_training(
     strategy = builders.build_strategy(tcfg)
     with strategy.scope():
         data = builders.build_datasets(recipe, seed=tcfg.seed)
-    _open_run_dir(recipe, run_dir, resume)
     previous_policy = keras.mixed_precision.global_policy().name
     if tcfg.mixed_precision:
         keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
     try:
-        return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
-    except BaseException as exc:
-        if read_meta(run_dir).get("status") == "running":
-            interrupted = isinstance(exc, KeyboardInterrupt)
-            update_meta(run_dir, status="interrupted" if interrupted else "failed")
-        lost = _worker_lost(exc, tcfg)
-        if lost is not None:
-            raise lost from exc
-        raise
+        with _sigterm_as_interrupt():
+            _open_run_dir(recipe, run_dir, resume)
+            try:
+                return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
+            except BaseException as exc:
+                _record_end(run_dir, exc)
+                reported = _one_line(exc, run_dir, tcfg)
+                if reported is exc:
+                    raise
+                raise reported from exc
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _record_end(run_dir: Path, exc: BaseException) -> None:
+    """Status ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` in ``kdetect.json``; on a full
+    disk that write may fail too, and the stale ``running`` left behind reads as interrupted."""
+    if read_meta(run_dir).get("status") == "running":
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        with contextlib.suppress(OSError, KdetectError):
+            update_meta(run_dir, status="interrupted" if interrupted else "failed")
+
+
+def _one_line(exc: BaseException, run_dir: Path, tcfg: TrainConfig) -> BaseException:
+    """The error to report for ``exc``: a full disk (checked before a save, or ENOSPC from any
+    write) as one line with the resume command, a lost worker as one line, else ``exc``."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        exc = disk_full_error(exc.filename or run_dir, writing=True)
+    if isinstance(exc, DiskFullError):
+        return DiskFullError(
+            f"{exc}; the last complete checkpoint is kept: free space, then continue with: "
+            f"kdetect train {run_dir} --resume"
+        )
+    lost = _worker_lost(exc, tcfg)
+    return exc if lost is None else lost
 
 
 def _open_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
@@ -244,9 +310,11 @@ def _restore(model, tcfg: TrainConfig, state_info, run_dir: Path, console) -> St
             int(state_info.get("step_in_epoch", 0)),
             state_info.get("best_value"),
         )
+        source = Path(state_info["weights"])
         console.print(
             f"resuming {escape(str(run_dir))} at epoch {start.epoch + 1}"
-            + (f", step {start.step_in_epoch}" if start.step_in_epoch else ""),
+            + (f", step {start.step_in_epoch}" if start.step_in_epoch else "")
+            + (f" (from {escape(source.name)})" if source.suffix == ".keras" else ""),
             highlight=False,
         )
         return start
@@ -298,15 +366,16 @@ def _run_epochs(
     except TrainingDiverged:
         run.progress.close()
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         run.progress.close()
         state = run.state
         run.manager.save_state(
             epoch=state.epoch, step_in_epoch=state.step_in_epoch, interrupted=True
         )
         update_meta(run_dir, status="interrupted")
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         console.print(
-            f"[yellow]interrupted[/yellow] at epoch {state.epoch + 1}, step "
+            f"[yellow]{how}[/yellow] at epoch {state.epoch + 1}, step "
             f"{state.step_in_epoch}; state saved. Continue with: kdetect train "
             f"{escape(str(run_dir))} --resume",
             highlight=False,

@@ -17,6 +17,7 @@ from kdetect.recipes.schema import Recipe
 from kdetect.recipes.transfer import transfer_weights
 from kdetect.runs import RECIPE_FILE
 from kdetect.runs.directory import DEFAULT_RUNS_DIR, check_run_dir, default_run_dir, safe_run_name
+from kdetect.runs.lock import run_lock
 
 # Importable from here as before the run-directory helpers moved to kdetect.runs.directory.
 __all__ = ["DEFAULT_RUNS_DIR", "default_run_dir", "safe_run_name", "train", "transfer_weights"]
@@ -42,26 +43,27 @@ def train(
         console: a ``rich`` console for progress (default: stderr).
 
     Raises:
-        KeyboardInterrupt: after saving the state when training is interrupted (Ctrl-C);
-            ``train(..., resume=True)`` continues it.
-        RecipeError, CheckpointError, DataError: for bad recipes, runs or data.
+        KeyboardInterrupt: after saving the state when training is interrupted (Ctrl-C, or
+            SIGTERM in the main thread); ``train(..., resume=True)`` continues it.
+        RunLockedError: when another live process trains into ``run_dir``.
+        RecipeError, CheckpointError, DataError: for bad recipes, runs or data (DiskFullError:
+            not enough space for a checkpoint; the last complete one is kept).
     """
     if console is None:
         console = Console(stderr=True)
         if not console.is_terminal:
             console.width = 160  # logs and CI: do not squeeze the summary table into 80 columns
     recipe, run_dir = _resolve(recipe, run_dir, resume, overrides)
-    chief = distribute.is_chief(recipe.train.distribute)
-    if chief:
-        check_run_dir(run_dir, resume)
-
-    # Deferred: the fitting module imports TensorFlow (seconds), so that the recipe and
-    # run-directory errors above are reported at once.
-    from kdetect.recipes import fitting
-
+    if distribute.is_chief(recipe.train.distribute):
+        # One process at a time writes a run: a second one stops here with one line, and the
+        # checks below see no live writer (a `running` status is a dead process's).
+        with run_lock(run_dir):
+            check_run_dir(run_dir, resume)
+            fitting = _fitting()
+            state_info = fitting.read_resume_state(run_dir) if resume else None
+            return fitting.run_training(recipe, run_dir, state_info, callbacks, console, resume)
+    fitting = _fitting()
     state_info = fitting.read_resume_state(run_dir) if resume else None
-    if chief:
-        return fitting.run_training(recipe, run_dir, state_info, callbacks, console, resume)
     # Only the chief writes the run directory. The other workers of a multi-worker job run the
     # same callbacks (saving may read synchronised variables, a collective) into a scratch
     # folder that is removed afterwards; they resume from the chief's state above.
@@ -71,6 +73,14 @@ def train(
         return run_dir
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fitting():
+    """:mod:`kdetect.recipes.fitting`, imported once the recipe and the run directory are
+    checked: it imports TensorFlow (seconds), and those errors are reported at once."""
+    from kdetect.recipes import fitting
+
+    return fitting
 
 
 def _resolve(recipe, run_dir, resume: bool, overrides) -> tuple[Recipe, Path]:

@@ -6,6 +6,7 @@ A run directory (written by :func:`kdetect.recipes.train`) holds::
     classes.json       {"classes": [...]}: label id -> name
     model.keras        the final detector (written when training ends)
     kdetect.json       name, version, status (running / interrupted / failed / finished)
+    .lock              held (flock) by the process training into the run (runs/lock.py)
     checkpoints/       epoch-NNNN.keras (last K), best.keras, state/ (resume)
     history.csv        one row per epoch
     metrics.json       written by `kdetect evaluate`
@@ -20,7 +21,8 @@ Modules: :mod:`~kdetect.runs.files` (the file names, :class:`RunInfo`, the small
 :mod:`~kdetect.runs.checkpoints` (complete ``.keras`` files, saving and loading),
 :mod:`~kdetect.runs.packs` (reading ``.kdet`` zips within limits), :mod:`~kdetect.runs.catalog`
 (inspect, load, list, pack, unpack), :mod:`~kdetect.runs.metrics` (a run's headline number),
-:mod:`~kdetect.runs.directory` (a new run directory for training). Earlier this
+:mod:`~kdetect.runs.directory` (a new run directory for training), :mod:`~kdetect.runs.lock`
+(one writer per run; a dead writer's ``running`` status reads ``interrupted``). Earlier this
 package was ``kdetect.recipes.runs``, which remains as an alias for one release.
 """
 

@@ -16,9 +16,11 @@ from kdetect.paths import atomic_path, check_kind, check_not_input
 from kdetect.runs import packs
 from kdetect.runs.checkpoints import (
     checkpoint_problem,
+    ensure_space,
     latest_checkpoint,
     load_keras_file,
     usable_checkpoint,
+    write_errors,
 )
 from kdetect.runs.files import (
     CLASSES_FILE,
@@ -35,6 +37,7 @@ from kdetect.runs.files import (
     read_json,
     read_recipe,
 )
+from kdetect.runs.lock import effective_status
 from kdetect.runs.metrics import best_metric
 
 
@@ -64,8 +67,18 @@ def _inspect_run_dir(path: Path) -> RunInfo:
         recipe=read_recipe(path / RECIPE_FILE),
         metrics=read_json(path / METRICS_FILE),
         history=read_history(path / HISTORY_FILE),
-        meta=read_json(path / PACK_META) or {},
+        meta=_live_meta(path),
     )
+
+
+def _live_meta(path: Path) -> dict:
+    """``kdetect.json`` with the status as it stands: a ``running`` run whose process died
+    (:func:`~kdetect.runs.lock.effective_status`) reads ``interrupted``, with ``"stale": true``."""
+    meta = read_json(path / PACK_META) or {}
+    status = effective_status(path, meta)
+    if status != meta.get("status", ""):
+        meta.update(status=status, stale=True)
+    return meta
 
 
 def _inspect_keras_file(path: Path) -> RunInfo:
@@ -184,7 +197,12 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
         "model_file": str(info.model_path.relative_to(info.path)),
         "best_metric": list(best) if best else None,
     }
-    with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    ensure_space(output, sum(path.stat().st_size for path in members) + (1 << 16))
+    with (
+        write_errors(output, "packed run"),
+        atomic_path(output) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf,
+    ):
         zf.writestr(PACK_META, json.dumps(meta, indent=2))
         for path, name in members.items():
             zf.write(path, name)

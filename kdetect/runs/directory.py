@@ -8,7 +8,16 @@ import re
 from pathlib import Path
 
 from kdetect.errors import CheckpointError, KdetectError
-from kdetect.runs.files import CHECKPOINTS_DIR, MODEL_FILE, RECIPE_FILE, STATE_DIR, read_meta
+from kdetect.runs.checkpoints import usable_checkpoint
+from kdetect.runs.files import (
+    CHECKPOINTS_DIR,
+    MODEL_FILE,
+    RECIPE_FILE,
+    STATE_DIR,
+    STATE_FILE,
+    read_meta,
+)
+from kdetect.runs.lock import LOCK_FILE
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -27,26 +36,32 @@ def default_run_dir(recipe, root: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
 
 
 def nothing_to_keep(run_dir: Path) -> bool:
-    """A run that failed or was interrupted before it saved any state or model: rerunning into
-    it loses nothing."""
+    """A run that failed, was interrupted or was killed (``running`` left behind: the caller
+    holds the run's lock, so no live process trains into it) before it saved any state or model:
+    rerunning into it loses nothing. Leftovers of saves cut short (temporaries, weights no
+    ``state.json`` names) are nothing."""
     checkpoints = run_dir / CHECKPOINTS_DIR
+    models = [*checkpoints.glob("*.keras"), run_dir / MODEL_FILE]
     return (
-        read_meta(run_dir).get("status") in ("failed", "interrupted")
-        and not any((checkpoints / STATE_DIR).glob("*"))
-        and not any(checkpoints.glob("*.keras"))
-        and not (run_dir / MODEL_FILE).exists()
+        read_meta(run_dir).get("status") in ("failed", "interrupted", "running")
+        and not (checkpoints / STATE_DIR / STATE_FILE).is_file()
+        and not any(p.is_file() and usable_checkpoint(p, warn=False) for p in models)
     )
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to resume what is not a run, or to start a run over one that holds results."""
+    """Refuse to resume what is not a run, or to start a run over one that holds results.
+
+    For a new run, call it holding the run's lock (:func:`kdetect.runs.lock.run_lock`).
+    """
     if resume:
         if not (run_dir / RECIPE_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory (no recipe.yaml) to resume")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise KdetectError(f"{run_dir}: exists and is not a folder; choose another --run-dir")
-    if run_dir.exists() and any(run_dir.iterdir()) and not nothing_to_keep(run_dir):
+    found = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    if found and not nothing_to_keep(run_dir):
         raise KdetectError(
             f"{run_dir}: run directory already exists; use --resume to continue it or choose "
             "another --run-dir"

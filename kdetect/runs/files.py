@@ -36,6 +36,7 @@ EVAL_WATCH_FILE = "eval_watch.jsonl"  # kdetect evaluate --watch's results, one 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.keras"
 STATE_DIR = "state"  # under checkpoints/: the resume state
+STATE_FILE = "state.json"  # in STATE_DIR: the manifest of the resume state
 #: The validation mAP in the epoch logs and history.csv (EvaluationCallback's default name);
 #: older runs call it ``val_map``, which readers still accept.
 VAL_MAP_KEY = "val_mAP"
