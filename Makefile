@@ -8,9 +8,8 @@ DEMO_DIR ?= runs/demo
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
 # Label Studio for the ML backend's end-to-end test, in a virtualenv of its own (tests/test_labelstudio_live.py).
-LABEL_STUDIO_VERSION := 1.23.2
 LS_VENV := .venv-labelstudio
-LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+LS_STAMP := $(LS_VENV)/.installed-$(shell cat requirements-labelstudio.txt | cksum | cut -d' ' -f1)
 
 .PHONY: venv torch-venv labelstudio-venv demo test lint bench clean
 
@@ -34,9 +33,9 @@ $(TORCH_STAMP): requirements-torch.txt
 torch-venv: $(TORCH_STAMP)
 
 # A failed install is a warning: the Label Studio tests then skip, saying why.
-$(LS_STAMP):
+$(LS_STAMP): requirements-labelstudio.txt
 	(test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)) \
-	  && $(LS_VENV)/bin/python -m pip install -q label-studio==$(LABEL_STUDIO_VERSION) \
+	  && $(LS_VENV)/bin/python -m pip install -q -r requirements-labelstudio.txt \
 	  && rm -f $(LS_VENV)/.installed-* && touch $@ \
 	  || echo "warning: could not install label-studio; the Label Studio tests will be skipped"
 
