@@ -1,0 +1,115 @@
+"""A resumed run equals an uninterrupted one: with a fixed ``train.seed``, training interrupted
+(as Ctrl-C does) at an epoch boundary or in the middle of an epoch and continued with
+``--resume`` ends with the same variables as the run that was never stopped.
+
+The data order, the augmentation, the model's sampler randomness and the optimizer (step
+counter, learning-rate schedule, moments) must all continue where they stopped. Each run trains
+the tiny shapes model (64x64, augmentation on as the shapes recipe has it) for 2 epochs of 3
+steps on CPU; the runs are in this process, one after the other, as separate ``train`` calls.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from tests.train_support import SHAPES, TINY, kdetect, needs_shapes
+
+OVERRIDES = TINY + [
+    "train.seed=7",
+    "train.epochs=2",
+    "train.steps_per_epoch=3",
+    "data.shapes.num_train=10",  # 5 batches a pass: passes and epochs do not line up
+    "eval.every=0",
+    "eval.samples=0",
+    "train.checkpoint.best=loss",
+]
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (as Ctrl-C would) before step ``step`` (0-based) of epoch
+    ``epoch`` (0-based): ``(1, 0)`` is the boundary between the first two epochs."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__()
+        self.at = (epoch, step)
+        self.epoch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def _train(run: Path, interrupt: tuple[int, int] | None = None) -> Path:
+    from kdetect.recipes import train
+
+    if interrupt is None:
+        train(SHAPES, run_dir=run, overrides=OVERRIDES)
+        return run
+    with pytest.raises(KeyboardInterrupt):
+        train(SHAPES, run_dir=run, overrides=OVERRIDES, callbacks=[InterruptAt(*interrupt)])
+    assert kdetect("train", run, "--resume") == 0
+    return run
+
+
+def _state_arrays(run: Path) -> dict[str, np.ndarray]:
+    """Every array of the final resume state (model and optimizer variables), by path."""
+    from kdetect.recipes.callbacks import read_state
+
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(read_state(run / "checkpoints")["weights"], "r") as f:
+        f.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()])
+            if isinstance(item, h5py.Dataset)
+            else None
+        )
+    return arrays
+
+
+def _history(run: Path) -> list[dict[str, float]]:
+    with (run / "history.csv").open() as f:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def weight_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference of any saved variable, relative to the weights' scale."""
+    first, second = _state_arrays(a), _state_arrays(b)
+    assert first.keys() == second.keys()
+    scale = max(float(np.max(np.abs(v))) for v in first.values() if v.size and v.dtype.kind == "f")
+    worst = 0.0
+    for name, value in first.items():
+        other = second[name]
+        assert value.shape == other.shape, name
+        if value.size:
+            diff = np.abs(value.astype(np.float64) - other.astype(np.float64))
+            worst = max(worst, float(np.max(diff)))
+    return worst / scale
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    needs_shapes()
+    return _train(tmp_path_factory.mktemp("resume") / "uninterrupted")
+
+
+@pytest.mark.parametrize(
+    "interrupt", [(1, 0), (1, 1), (0, 2)], ids=["epoch-boundary", "mid-epoch", "first-epoch"]
+)
+def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, interrupt):
+    resumed = _train(tmp_path / "resumed", interrupt)
+    difference = weight_difference(uninterrupted, resumed)
+    expected, got = _history(uninterrupted)[-1], _history(resumed)[-1]
+    print(f"interrupt {interrupt}: weights differ by {difference:.3g} of their scale; "
+          f"final val_loss {expected['val_loss']:.6g} vs {got['val_loss']:.6g}")  # fmt: skip
+    assert difference <= 1e-6
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
+    if interrupt[1] == 0:  # whole epochs: the epoch's mean training loss is comparable too
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
