@@ -65,6 +65,7 @@ class RichProgress(keras.callbacks.Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._task = None  # a task of the stopped bar (a resumed run calls fit twice)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_start = time.perf_counter()
