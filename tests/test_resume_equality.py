@@ -66,12 +66,13 @@ def _state_arrays(run: Path) -> dict[str, np.ndarray]:
     from kdetect.recipes.callbacks import read_state
 
     arrays: dict[str, np.ndarray] = {}
+
+    def keep(name, item):
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
     with h5py.File(read_state(run / "checkpoints")["weights"], "r") as f:
-        f.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()])
-            if isinstance(item, h5py.Dataset)
-            else None
-        )
+        f.visititems(keep)
     return arrays
 
 
@@ -115,7 +116,8 @@ def test_a_repeated_stream_starts_at_any_batch(tmp_path, source):
         data, batch_size = make_shapes(5, image_size=(32, 32), seed=1), 2
     else:  # 3 images in batches of 1, in two files
         data, batch_size = tmp_path / "records", 1
-        transform_dataset("voc", data_support.write_voc(tmp_path / "voc"), ["train"], data, shards=2)
+        voc = data_support.write_voc(tmp_path / "voc")
+        transform_dataset("voc", voc, ["train"], data, shards=2)
         if source == "tfrecords-unsummarised":
             (data / "dataset.json").unlink()
     options = {

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from rich.markup import escape
 
 from kdetect import __version__, distribute
 from kdetect.data.images import load_image
 from kdetect.data.quality import boxes_in_frame
-from kdetect.errors import CheckpointError, RecipeError, TrainingDiverged
+from kdetect.errors import CheckpointError, TrainingDiverged
 from kdetect.plots import plot_labels
 from kdetect.recipes import builders
 from kdetect.recipes import callbacks as cb
