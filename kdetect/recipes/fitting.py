@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from rich.markup import escape
 
-from kdetect import __version__, distribute
+from kdetect import __version__, distribute, tf_ops
 from kdetect.data.images import load_image
 from kdetect.data.quality import boxes_in_frame
 from kdetect.errors import CheckpointError, TrainingDiverged
@@ -77,7 +77,10 @@ def run_training(
     if tcfg.mixed_precision:
         keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
     try:
-        return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
+        # A seeded run is exactly reproducible on CPU, and so a resumed run equals an
+        # uninterrupted one (docs/recipes.md, "Interrupting and resuming").
+        with tf_ops.cpu_determinism(tcfg.seed is not None):
+            return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
     except BaseException as exc:
         if read_meta(run_dir).get("status") == "running":
             interrupted = isinstance(exc, KeyboardInterrupt)
