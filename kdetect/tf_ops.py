@@ -16,9 +16,14 @@ and group, unrolled; an unknown batch runs them in a ``tf.map_fn`` loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import tensorflow as tf
+
+# TensorFlow has no public switch back from enable_op_determinism(); ``cpu_determinism`` needs
+# one so that determinism ends with the training run that asked for it.
+from tensorflow.python.framework import config as tf_config
 
 from kdetect.boxes import xyxy_to_yxyx
 
@@ -163,6 +168,31 @@ def is_multi_worker() -> bool:
 def is_tpu() -> bool:
     """Whether the current strategy is a ``TPUStrategy`` (which compiles every step with XLA)."""
     return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
+@contextlib.contextmanager
+def cpu_determinism(enabled: bool = True):
+    """Run TensorFlow's ops deterministically inside the block on a machine without GPUs or
+    TPUs (elsewhere, or with ``enabled=False``, nothing changes); the previous setting is
+    restored afterwards.
+
+    On CPU the gradient kernel of ``crop_and_resize`` (RoIAlign's, see
+    :func:`crop_and_resize_roi_align`) adds the RoIs of an image into its gradient from several
+    threads in no fixed order, so the same step gives gradients a few 1e-5 apart from run to
+    run, which training amplifies. ``tf.config.experimental.enable_op_determinism`` gives such
+    kernels one fixed order (the tiny shapes model trained no slower with it). Not turned on
+    for GPUs and TPUs: some of their kernels (that gradient among them) have no deterministic
+    version and would raise.
+    """
+    accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+    if not enabled or accelerators or tf_config.is_op_determinism_enabled():
+        yield
+        return
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        tf_config.disable_op_determinism()
 
 
 def is_graph_tensor(value) -> bool:

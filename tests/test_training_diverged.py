@@ -4,6 +4,7 @@ the last good checkpoint kept, the run marked failed, no model.keras from diverg
 from __future__ import annotations
 
 import json
+import re
 
 from tests.train_support import SHAPES, TINY, kdetect, needs_shapes, set_args
 
@@ -26,7 +27,8 @@ def test_nan_loss_stops_training_with_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
     message = " ".join(err.split())
-    assert "training stopped:" in message and " is nan at epoch 1, step " in message
+    # nan or inf, whichever the seeded data order reaches first
+    assert "training stopped:" in message and re.search(r" is (nan|inf) at epoch 1, step ", message)
     assert "train.optimizer.lr" in message
     assert json.loads((run / "kdetect.json").read_text())["status"] == "failed"
     assert not (run / "model.keras").exists()

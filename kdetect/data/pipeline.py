@@ -54,6 +54,7 @@ def make_dataset(
     shuffle_buffer: int = 1024,
     num_parallel_calls: int | None = None,
     repeat: bool = False,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Build a batched, prefetched ``tf.data.Dataset`` of detection examples.
 
@@ -79,40 +80,44 @@ def make_dataset(
         split: the split to read when ``source`` is a TFRecord folder.
         shuffle_buffer: examples held for shuffling TFRecords.
         num_parallel_calls: parallelism of decoding and augmentation (default: autotune).
-        repeat: repeat forever (shuffled anew each pass).
+        repeat: repeat forever, pass after pass (see below).
+        start_batch: with ``repeat``, the batches of the stream to skip (a resumed run's
+            position); cheap, no skipped image is read.
+
+    A training dataset is a sequence of passes over the data. Pass ``p`` has its own order
+    (shuffled with a key derived from ``(seed, p)``) and the ``i``-th example of the pass is
+    augmented with a key derived from ``(seed, p, i)``; each pass is batched on its own (its
+    last partial batch dropped). So with a ``seed``, batch ``g`` of a repeated dataset is a
+    pure function of ``(seed, g)``, and ``start_batch=g`` starts the stream exactly there.
+    Without ``repeat``, each iteration over the dataset is one pass with a new key.
     """
     # (Long through its documented arguments; the body is about 40 lines.)
     transform = batch_transform(image_size)
     if batch_size < 1 or max_boxes < 1:
         raise ValueError("batch_size and max_boxes must be positive")
+    if start_batch and not repeat:
+        raise ValueError("start_batch needs repeat=True")
     shuffle = training if shuffle is None else shuffle
     keep_difficult = (not training) if keep_difficult is None else keep_difficult
     config = aug.augment_config(augment) if training else None
     parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
 
-    dataset, count, most_boxes = _examples(source, shuffle, seed, shuffle_buffer, parallel, split)
+    ordered, count, most_boxes = _examples(source, shuffle, shuffle_buffer, parallel, split)
     if most_boxes is not None and most_boxes > max_boxes:
         logger.warning(
             "some images have up to %d boxes; only the first max_boxes=%d are kept",
             most_boxes,
             max_boxes,
         )
-    if training and count is not None and count < batch_size:
-        raise DataError(
-            f"the dataset has {count} images, fewer than batch_size={batch_size}; training "
-            "drops partial batches, so it would yield nothing"
-        )
-    if repeat:
-        dataset = dataset.repeat()
+    if training and count is not None:
+        check_batch_fits(count, batch_size)
 
     warn_in_graph = most_boxes is None
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip(dataset, seeds)
 
-    def prepare(example, element_seed):
+    def prepare(example, element_key):
         return _prepare(
             example,
-            element_seed,
+            element_key,
             transform=transform,
             max_boxes=max_boxes,
             config=config,
@@ -121,12 +126,78 @@ def make_dataset(
             warn_in_graph=warn_in_graph,
         )
 
-    dataset = dataset.map(prepare, num_parallel_calls=parallel, deterministic=not shuffle or None)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
+    def one_pass(pass_key, skip=0):
+        """One pass in the order of ``pass_key``, without its first ``skip`` examples."""
+        element_keys = _fold_in(pass_key, 1)
+        dataset = ordered(_fold_in(pass_key, 0)).enumerate().skip(skip)
+        dataset = dataset.map(
+            lambda index, example: prepare(example, _fold_in(element_keys, index)),
+            num_parallel_calls=parallel,
+            deterministic=not shuffle or None,
+        )
+        return dataset.batch(batch_size, drop_remainder=training)
+
+    base = _base_key(seed)
+    if repeat:
+        first, skip = _start(start_batch, count, batch_size, source, split)
+        dataset = tf.data.Dataset.counter(first).flat_map(
+            lambda p: one_pass(_fold_in(base, p), tf.where(p == first, np.int64(skip), 0))
+        )
+    elif training:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        dataset = draws.flat_map(lambda draw: one_pass(_fold_in(base, draw)))
+        if count is not None:
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(count // batch_size))
+    else:
+        dataset = one_pass(base)
     options = tf.data.Options()
     options.deterministic = seed is not None or not shuffle
     options.experimental_optimization.map_parallelization = True
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def check_batch_fits(count: int, batch_size: int) -> None:
+    """A training set of ``count`` images must fill one batch (partial batches are dropped)."""
+    if count < batch_size:
+        raise DataError(
+            f"the dataset has {count} images, fewer than batch_size={batch_size}; training "
+            "drops partial batches, so it would yield nothing"
+        )
+
+
+def count_examples(source: str | os.PathLike | Sequence[str] | Annotations, split=None) -> int:
+    """The number of images of an ``Annotations`` object or of TFRecords (from their
+    ``dataset.json``, else by reading the files once)."""
+    if hasattr(source, "records"):
+        return len(source.records)
+    files = tfrecord_files(source, split)
+    count, _ = _summary_counts(files)
+    if count is None:
+        count = int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+    return count
+
+
+def _base_key(seed: int | None) -> tf.Tensor:
+    """The stateless key all of a dataset's randomness derives from (drawn when no seed)."""
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**62))
+    return tf.constant([seed, 0], tf.int64)
+
+
+def _fold_in(key, data) -> tf.Tensor:
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+
+
+def _start(start_batch: int, count, batch_size: int, source, split) -> tuple[int, int]:
+    """(first pass, examples of it to skip) of the batch ``start_batch`` of a repeated stream."""
+    if start_batch == 0:
+        return 0, 0
+    if count is None:
+        if isinstance(source, tf.data.Dataset):
+            raise ValueError("start_batch needs a source of known size (not a tf.data.Dataset)")
+        count = count_examples(source, split)
+    passes, batch = divmod(start_batch, count // batch_size)
+    return passes, batch * batch_size
 
 
 def batch_transform(image_size: ImageTransform | tuple[int, int] | int) -> ImageTransform:
@@ -142,17 +213,22 @@ def batch_transform(image_size: ImageTransform | tuple[int, int] | int) -> Image
 # Sources -> a dataset of single examples
 
 
-def _examples(source, shuffle, seed, shuffle_buffer, parallel, split):
-    """Return ``(dataset of example dicts, number of images or None, most boxes or None)``."""
+def _examples(source, shuffle, shuffle_buffer, parallel, split):
+    """Return ``(ordered, number of images or None, most boxes or None)``: ``ordered(key)`` is
+    a dataset of example dicts in the order of one pass, shuffled by the stateless ``key``."""
     if isinstance(source, tf.data.Dataset):
-        return source.map(_normalise_example, num_parallel_calls=parallel), None, None
+        examples = source.map(_normalise_example, num_parallel_calls=parallel)
+        return (lambda key: examples), None, None
     if isinstance(source, Annotations):
-        return _from_annotations(source, shuffle, seed, parallel)
+        return _from_annotations(source, shuffle, parallel)
     if hasattr(source, "records") and hasattr(source, "classes"):
-        return _from_annotations(
-            Annotations(source.classes, source.records), shuffle, seed, parallel
-        )
-    return _from_tfrecords(source, shuffle, seed, shuffle_buffer, parallel, split)
+        return _from_annotations(Annotations(source.classes, source.records), shuffle, parallel)
+    return _from_tfrecords(source, shuffle, shuffle_buffer, parallel, split)
+
+
+def _permutation(n: int, key) -> tf.Tensor:
+    """A random order of ``range(n)``, a pure function of ``key``."""
+    return tf.argsort(tf.random.stateless_uniform([n], key))
 
 
 def _normalise_example(example):
@@ -186,7 +262,7 @@ def _as_string(value) -> tf.Tensor:
     return value if value.dtype == tf.string else tf.strings.as_string(value)
 
 
-def _from_annotations(annotations: Annotations, shuffle, seed, parallel):
+def _from_annotations(annotations: Annotations, shuffle, parallel):
     records = annotations.records
     if not records:
         raise DataError("the annotations hold no images")
@@ -224,14 +300,14 @@ def _from_annotations(annotations: Annotations, shuffle, seed, parallel):
             "image_id": tf.gather(image_ids, index),
         }
 
-    dataset = tf.data.Dataset.range(len(records))
-    if shuffle:
-        dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        to_example, num_parallel_calls=parallel, deterministic=not shuffle or None
-    )
+    def ordered(key):
+        order = _permutation(len(records), key) if shuffle else tf.range(len(records))
+        return tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64)).map(
+            to_example, num_parallel_calls=parallel, deterministic=not shuffle or None
+        )
+
     most = max((len(r.labels) for r in records), default=0)
-    return dataset, len(records), most
+    return ordered, len(records), most
 
 
 def tfrecord_files(
@@ -263,24 +339,32 @@ def tfrecord_files(
     return files
 
 
-def _from_tfrecords(source, shuffle, seed, shuffle_buffer, parallel, split):
+def _from_tfrecords(source, shuffle, shuffle_buffer, parallel, split):
     files = tfrecord_files(source, split)
     count, most = _summary_counts(files)
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle and len(files) > 1:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 4),
-        num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
-        deterministic=not shuffle or None,
-    )
-    if shuffle:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        parse_example, num_parallel_calls=parallel, deterministic=not shuffle or None
-    )
-    return dataset, count, most
+
+    def ordered(key):
+        names = tf.constant(files)
+        if shuffle and len(files) > 1:
+            names = tf.gather(names, _permutation(len(files), _fold_in(key, 0)))
+        dataset = tf.data.Dataset.from_tensor_slices(names).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=min(len(files), 4) if len(files) > 1 else None,
+            deterministic=not shuffle or None,
+        )
+        if shuffle:
+            buffer_seed = tf.random.stateless_uniform(
+                [], _fold_in(key, 1), minval=None, maxval=None, dtype=tf.int64
+            )
+            dataset = dataset.shuffle(
+                shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
+            )
+        return dataset.map(
+            parse_example, num_parallel_calls=parallel, deterministic=not shuffle or None
+        )
+
+    return ordered, count, most
 
 
 def _summary_counts(files: list[str]) -> tuple[int | None, int | None]:
@@ -310,7 +394,7 @@ def _summary_counts(files: list[str]) -> tuple[int | None, int | None]:
 # One example -> fixed-size tensors
 
 
-def _prepare(example, seed, transform, max_boxes, config, keep_difficult, training, warn_in_graph):
+def _prepare(example, key, transform, max_boxes, config, keep_difficult, training, warn_in_graph):
     image = example["image"]
     original_size = tf.shape(image)[:2]
     boxes = tf.reshape(tf.cast(example["boxes"], tf.float32), [-1, 4])
@@ -320,7 +404,7 @@ def _prepare(example, seed, transform, max_boxes, config, keep_difficult, traini
         keep = tf.logical_not(difficult)
         boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
 
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    seeds = tf.random.experimental.stateless_split(key, 3)
     if config is not None:
         if config["horizontal_flip"] > 0:
             image, boxes = aug.horizontal_flip(image, boxes, seeds[0], config["horizontal_flip"])

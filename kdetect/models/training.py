@@ -20,6 +20,10 @@ from kdetect.models import LOSS_NAMES
 #: Smooth L1's ``beta`` for both box losses (torchvision's 1 / 9).
 _SMOOTH_L1_BETA = 1.0 / 9.0
 
+#: Room in the samplers' seed counter for the random draws of one training step (four today:
+#: positives and negatives of the RPN and of the RoI sampler).
+_DRAWS_PER_STEP = 1024
+
 
 def smooth_l1(diff, beta: float):
     """Huber-like loss used for box regression: quadratic below ``beta``, linear above."""
@@ -148,8 +152,18 @@ class DetectorTraining:
         A TPU compiles every step with XLA whatever ``jit_compile`` says."""
         self.xla_step = bool(xla or tf_ops.is_tpu())
 
+    def _key_samplers(self):
+        """Start the samplers' draws of this step at ``(seed, optimizer step)``: the draws of
+        step ``t`` do not depend on how many steps (or validation batches) this process has
+        run before, so a resumed run samples as the uninterrupted run did. (The seed
+        generator's state is not among the saved weights; the optimizer's step count is.)"""
+        state = self.seed_generator.state
+        step = ops.cast(self.optimizer.iterations, state.dtype)
+        state.assign(ops.stack([state[0], step * _DRAWS_PER_STEP]))
+
     def train_step(self, data):
         self._mark_xla_step(self.jit_compile)
+        self._key_samplers()
         images, bounding_boxes = self._unpack(data)
         trainable = self.trainable_variables
         replicas = tf_ops.num_replicas_in_sync()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ class Datasets:
     """What :func:`build_datasets` returns."""
 
     classes: list[str]
-    train: Any  # tf.data.Dataset
+    train_from: Callable[[int], Any]  # start batch -> the endless training tf.data.Dataset
     val: Any | None  # tf.data.Dataset
     train_annotations: Annotations | None  # None for TFRecords
     val_annotations: Annotations | None
-    train_size: int | None  # number of training images, when known
+    train_size: int  # number of training images
+    train_batches: int  # batches of one pass over the training images
 
 
 def select_classes(
@@ -111,12 +113,16 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     """The training and validation ``tf.data`` pipelines of a recipe, with the class list; the
     images are resized by the model's input transform (:func:`image_transform`).
 
+    The training data is an endless stream of passes (``make_dataset(repeat=True)``):
+    ``train_from(g)`` starts it at batch ``g``, the same batch, in the same order and with the
+    same augmentation, that an uninterrupted run reads as its ``g``-th (with a fixed ``seed``).
+
     Every image of both splits is verified first (:func:`~kdetect.data.images.verify_images`),
     so a truncated or corrupt file stops here, all of them named, not in the middle of an epoch.
     """
     # Deferred: the pipeline imports TensorFlow, which checking a recipe does not need.
     from kdetect.data.images import verify_images
-    from kdetect.data.pipeline import make_dataset
+    from kdetect.data.pipeline import check_batch_fits, count_examples, make_dataset
 
     data = recipe.data
     train_source, val_source, classes = _read_sources(recipe)
@@ -138,15 +144,21 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
     def split_option(split):  # TFRecords hold every split; the other sources are one split
         return {"split": split} if data.format == "tfrecord" else {}
 
-    train_ds = make_dataset(
-        train_source,
-        **split_option(data.train_split),
-        **common,
-        augment=_augment_options(data),
-        shuffle=data.shuffle,
-        training=True,
-        seed=seed,
-    )
+    def train_from(start_batch: int):
+        return make_dataset(
+            train_source,
+            **split_option(data.train_split),
+            **common,
+            augment=_augment_options(data),
+            shuffle=data.shuffle,
+            training=True,
+            seed=seed,
+            repeat=True,
+            start_batch=start_batch,
+        )
+
+    train_size = count_examples(train_source, **split_option(data.train_split))
+    check_batch_fits(train_size, data.batch_size)
     val_ds = None
     if val_source is not None:
         val_ds = make_dataset(
@@ -155,11 +167,12 @@ def build_datasets(recipe: Recipe, seed: int | None = None) -> Datasets:
         )  # fmt: skip
     return Datasets(
         classes=classes,
-        train=train_ds,
+        train_from=train_from,
         val=val_ds,
         train_annotations=train_source if isinstance(train_source, Annotations) else None,
         val_annotations=val_source if isinstance(val_source, Annotations) else None,
-        train_size=len(train_source) if isinstance(train_source, Annotations) else None,
+        train_size=train_size,
+        train_batches=train_size // data.batch_size,
     )
 
 

@@ -79,15 +79,21 @@ def lifecycle_hook(point: str) -> None:
 class TrainingState(keras.callbacks.Callback):
     """Tracks where training is (epoch, step in epoch, global step) for saving and resuming.
 
-    ``optimizer.iterations`` is the truth for the global step: it is saved with the optimizer
-    state, so a resumed run continues the learning-rate schedule exactly.
+    ``step_in_epoch`` counts the batches of the epoch read so far (from ``initial_step`` in a
+    resumed epoch): with the epoch it is the run's position in the training stream. It counts
+    the batches, not optimizer steps (a loss-scaling optimizer skips steps), and includes a
+    step that ran but was interrupted (Ctrl-C) before its ``on_train_batch_end``.
+    ``optimizer.iterations`` is the global step: it is saved with the optimizer state, so a
+    resumed run continues the learning-rate schedule exactly.
     """
 
-    def __init__(self, initial_epoch: int = 0):
+    def __init__(self, initial_epoch: int = 0, initial_step: int = 0):
         super().__init__()
         self.epoch = initial_epoch
-        self.epoch_start_step = 0
         self.epoch_done = False
+        self._steps = initial_step  # batches of the epoch seen to end
+        self._first_step = initial_step  # where ``fit`` started the epoch
+        self._iterations = None  # the optimizer's step count when the last batch ended
 
     @property
     def global_step(self) -> int:
@@ -95,12 +101,21 @@ class TrainingState(keras.callbacks.Callback):
 
     @property
     def step_in_epoch(self) -> int:
-        return 0 if self.epoch_done else self.global_step - self.epoch_start_step
+        if self.epoch_done:
+            return 0
+        cut_short = self._iterations is not None and self.global_step != self._iterations
+        return self._steps + int(cut_short)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        resumed = epoch == self.epoch and not self.epoch_done  # the rest of an interrupted epoch
+        self._first_step = self._steps = self._steps if resumed else 0
+        self._iterations = self.global_step
         self.epoch = epoch
         self.epoch_done = False
-        self.epoch_start_step = self.global_step
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._steps = self._first_step + batch + 1
+        self._iterations = self.global_step
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch + 1

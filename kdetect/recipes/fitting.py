@@ -17,18 +17,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from rich.markup import escape
 
-from kdetect import __version__, distribute
+from kdetect import __version__, distribute, tf_ops
 from kdetect.data.images import load_image
 from kdetect.data.quality import boxes_in_frame
 from kdetect.errors import (
     CheckpointError,
     DiskFullError,
     KdetectError,
-    RecipeError,
     TrainingDiverged,
 )
 from kdetect.plots import plot_labels
@@ -123,7 +121,12 @@ def run_training(
         with _sigterm_as_interrupt():
             _open_run_dir(recipe, run_dir, resume)
             try:
-                return _fit(recipe, run_dir, state_info, callbacks or [], console, strategy, data)
+                # A seeded run is exactly reproducible on CPU, and so a resumed run equals an
+                # uninterrupted one (docs/recipes.md, "Interrupting and resuming").
+                with tf_ops.cpu_determinism(tcfg.seed is not None):
+                    return _fit(
+                        recipe, run_dir, state_info, callbacks or [], console, strategy, data
+                    )
             except BaseException as exc:
                 _record_end(run_dir, exc)
                 reported = _one_line(exc, run_dir, tcfg)
@@ -263,24 +266,8 @@ def _write_samples(folder: Path, annotations, count: int) -> list[np.ndarray]:
 
 
 def _fit_data(tcfg: TrainConfig, data) -> FitData:
-    steps = _steps(data.train, tcfg.steps_per_epoch)
-    train = data.train.repeat() if steps is not None else data.train
-    val = data.val
-    if val is not None and tcfg.validation_steps is not None:
-        val = val.repeat()
-    return FitData(train, val, steps)
-
-
-def _steps(dataset, requested: int | None) -> int | None:
-    """Steps of one epoch: the recipe's value, else the dataset's cardinality when known."""
-    if requested is not None:
-        return requested
-    cardinality = int(dataset.cardinality())
-    if cardinality in (tf.data.INFINITE_CARDINALITY, tf.data.UNKNOWN_CARDINALITY):
-        return None
-    if cardinality == 0:
-        raise RecipeError("data.batch_size: larger than the training set (no full batch)")
-    return cardinality
+    """Steps of one epoch: the recipe's value, else one pass over the training set."""
+    return FitData(data.train_from, data.val, tcfg.steps_per_epoch or data.train_batches)
 
 
 def _compile_model(recipe: Recipe, strategy, num_classes: int, steps_per_epoch: int | None):
@@ -340,11 +327,16 @@ def _run_epochs(
     console,
 ) -> None:
     """``model.fit`` from where the run stands: the rest of an interrupted epoch (unless only its
-    validation was left), then whole epochs. Ctrl-C saves the state before it propagates."""
+    validation was left), then whole epochs. Ctrl-C saves the state before it propagates.
 
-    def fit(epochs: int, first_epoch: int, steps: int | None) -> None:
+    Each ``fit`` reads the training stream from the batch the run has reached (``epoch *
+    steps_per_epoch + step_in_epoch``), so a resumed run reads the batches an uninterrupted
+    one would (see :func:`kdetect.recipes.builders.build_datasets`).
+    """
+
+    def fit(epochs: int, first_epoch: int, steps: int, step_in_epoch: int = 0) -> None:
         model.fit(
-            fit_data.train,
+            fit_data.train_from(first_epoch * fit_data.steps_per_epoch + step_in_epoch),
             validation_data=fit_data.val,
             epochs=epochs,
             initial_epoch=first_epoch,
@@ -357,9 +349,10 @@ def _run_epochs(
 
     epoch, steps_per_epoch = start.epoch, fit_data.steps_per_epoch
     try:
-        if epoch < tcfg.epochs and start.step_in_epoch and steps_per_epoch:
+        if epoch < tcfg.epochs and start.step_in_epoch:
             if start.step_in_epoch < steps_per_epoch:
-                fit(epoch + 1, epoch, steps_per_epoch - start.step_in_epoch)
+                left = steps_per_epoch - start.step_in_epoch
+                fit(epoch + 1, epoch, left, start.step_in_epoch)
             epoch += 1
         if epoch < tcfg.epochs:
             fit(tcfg.epochs, epoch, steps_per_epoch)

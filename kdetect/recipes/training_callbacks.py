@@ -4,6 +4,7 @@ it gives ``model.fit``, assembled in the order they must run."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ MONITORS = {"val_loss": "val_loss", "loss": "loss", "map": VAL_MAP_KEY, "none": 
 
 @dataclass
 class FitData:
-    """The datasets ``fit`` reads, repeated when a fixed number of steps is asked for."""
+    """What ``fit`` reads: the training stream from a given batch, the validation data, and
+    the steps of one epoch (``train.steps_per_epoch``, else one pass over the training set)."""
 
-    train: Any
+    train_from: Callable[[int], Any]
     val: Any
-    steps_per_epoch: int | None
+    steps_per_epoch: int
 
 
 @dataclass
@@ -52,7 +54,7 @@ def make_callbacks(
     """kdetect's callbacks in the order they must run: those that add to the epoch logs
     (position, learning rate, validation mAP) before those that record them."""
     tcfg = recipe.train
-    state = cb.TrainingState(start.epoch)
+    state = cb.TrainingState(start.epoch, start.step_in_epoch)
     monitor = MONITORS[tcfg.checkpoint.best]
     if monitor == "val_loss" and fit_data.val is None:
         monitor = "loss"
