@@ -181,3 +181,24 @@ def test_training_state_counts_a_step_cut_short_by_ctrl_c():
     state.on_epoch_end(1)
     state.on_epoch_begin(2)
     assert (state.epoch, state.step_in_epoch) == (2, 0)
+
+
+def test_tfrecord_stream_under_op_determinism_with_global_seed_0(tmp_path):
+    """A seeded run turns op determinism on (``tf_ops.cpu_determinism``); with ``train.seed: 0``
+    the TFRecord shuffle once failed there (TensorFlow compared a tensor seed with 0)."""
+    import tensorflow as tf
+
+    from kdetect import tf_ops
+    from kdetect.data.pipeline import make_dataset
+    from kdetect.data.tfrecord import transform_dataset
+
+    records = tmp_path / "records"
+    transform_dataset("voc", data_support.write_voc(tmp_path / "voc"), ["train"], records, shards=2)
+    options = {"image_size": (32, 32), "batch_size": 1, "seed": 0, "repeat": True}
+    tf.random.set_seed(0)
+    try:
+        with tf_ops.cpu_determinism():
+            batches = _batches(make_dataset(records, split="train", start_batch=2, **options), 4)
+    finally:
+        tf.random.set_seed(None)
+    assert len(batches) == 4

@@ -226,8 +226,9 @@ def _examples(source, shuffle, shuffle_buffer, parallel, split):
     return _from_tfrecords(source, shuffle, shuffle_buffer, parallel, split)
 
 
-def _permutation(n: int, key) -> tf.Tensor:
-    """A random order of ``range(n)``, a pure function of ``key``."""
+def _permutation(n, key) -> tf.Tensor:
+    """A random order of ``range(n)`` (``n`` an int or a scalar tensor), a pure function of
+    ``key``."""
     return tf.argsort(tf.random.stateless_uniform([n], key))
 
 
@@ -354,12 +355,16 @@ def _from_tfrecords(source, shuffle, shuffle_buffer, parallel, split):
             deterministic=not shuffle or None,
         )
         if shuffle:
-            buffer_seed = tf.random.stateless_uniform(
-                [], _fold_in(key, 1), minval=None, maxval=None, dtype=tf.int64
-            )
-            dataset = dataset.shuffle(
-                shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
-            )
+            # Blocks of ``shuffle_buffer`` serialised records, each put in an order keyed by
+            # (pass, block): a pure function of the key, unlike ``Dataset.shuffle`` with a
+            # tensor seed (which TensorFlow refuses under op determinism with global seed 0).
+            block_key = _fold_in(key, 1)
+
+            def shuffled(index, block):
+                order = _permutation(tf.size(block), _fold_in(block_key, index))
+                return tf.data.Dataset.from_tensor_slices(tf.gather(block, order))
+
+            dataset = dataset.batch(shuffle_buffer).enumerate().flat_map(shuffled)
         return dataset.map(
             parse_example, num_parallel_calls=parallel, deterministic=not shuffle or None
         )
