@@ -17,13 +17,16 @@ from typing import Any
 import yaml
 
 from kdetect.errors import CheckpointError
+# The names that mark a run directory live in kdetect.paths (below this layer), which refuses
+# every output inside a run; they are spelled here like the others.
+from kdetect.paths import CHECKPOINTS_DIR as CHECKPOINTS_DIR
+from kdetect.paths import CLASSES_FILE as CLASSES_FILE
+from kdetect.paths import MODEL_FILE as MODEL_FILE
+from kdetect.paths import PACK_META as PACK_META
+from kdetect.paths import RECIPE_FILE as RECIPE_FILE
 from kdetect.paths import write_text
 
 PACK_SUFFIX = ".kdet"
-PACK_META = "kdetect.json"
-MODEL_FILE = "model.keras"
-CLASSES_FILE = "classes.json"
-RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RESULTS_PLOT = "results.png"
@@ -32,7 +35,6 @@ PLOTS_DIR = "plots"  # kdetect evaluate's pictures
 SAMPLES_DIR = "samples"
 LOGS_DIR = "logs"
 EVAL_WATCH_FILE = "eval_watch.jsonl"  # kdetect evaluate --watch's results, one line each
-CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.keras"
 STATE_DIR = "state"  # under checkpoints/: the resume state
 #: The validation mAP in the epoch logs and history.csv (EvaluationCallback's default name);

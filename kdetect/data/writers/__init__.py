@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdetect.data.readers import read_annotations
+from kdetect.data.readers.yolo import label_path
 from kdetect.data.records import Annotations
 from kdetect.data.writers.coco import write_coco
 from kdetect.data.writers.common import ImageFiles, merge_classes
@@ -74,21 +75,32 @@ def convert_dataset(
 ) -> dict[str, Annotations]:
     """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
 
-    Refuses (before reading) an output that is or holds the source, and an existing non-empty
-    output unless ``overwrite``; (after reading) one that holds an image of the source. Returns
-    what was written, split by split.
+    Refuses (before reading) an output that is, holds or is inside the source (its folder, a
+    file source's folder, ``images_dir``) or inside a run; (after reading) one that holds an
+    image of the source or is inside a folder its images or labels come from, and then an
+    existing non-empty output unless ``overwrite``. Returns what was written, split by split.
     """
     if format not in WRITERS:
         raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
-    check_not_input(output, [source, images_dir], replaces=True)
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    check_not_input(output, [source, images_dir], replaces=True, whole=[root, images_dir])
     check_kind(output, "folder")
-    check_free(output, overwrite)
     parts = {
         split: read_annotations(source_format, source, split, classes, on_invalid_box, images_dir)
         for split in dict.fromkeys(splits or ["train"])
     }
     images = [r.filename for part in parts.values() for r in part.records]
-    check_not_input(output, images, replaces=True)  # e.g. --output over the image folder
+    # e.g. --output over the image folder, or inside one named by an absolute path
+    check_not_input(output, images, replaces=True, whole=_read_from(source_format, images))
+    check_free(output, overwrite)  # only now: an input is never offered to --overwrite
     parts = merge_classes(parts)
     write_dataset(format, parts, output, link=link)
     return parts
+
+
+def _read_from(source_format: str, images: list[str]) -> set[Path]:
+    """The folders a source's images (and YOLO's label files) are read from."""
+    folders = {Path(image).parent for image in images}
+    if source_format == "yolo":
+        folders |= {label_path(Path(image)).parent for image in images}
+    return folders
