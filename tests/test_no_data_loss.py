@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -370,24 +371,49 @@ REFUSED["inspect draws into a run"] = (
 # `dataset convert` never writes inside its source: the source's folder, or any folder its
 # images or labels are read from (also one named by absolute paths); nor over a folder holding it.
 CONVERT_OUTPUTS = {
-    "voc below its images": ("{voc} --type voc", "{voc}/JPEGImages/out", "is inside the input {voc}"),
+    "voc below its images": (
+        "{voc} --type voc",
+        "{voc}/JPEGImages/out",
+        "is inside the input {voc}",
+    ),
     "yolo below its images": (
-        "{yolo} --type yolo", "{yolo}/images/train/converted", "is inside the input {yolo}"),
+        "{yolo} --type yolo",
+        "{yolo}/images/train/converted",
+        "is inside the input {yolo}",
+    ),
     "yolo below its labels": (
-        "{yolo}/data.yaml --type yolo", "{yolo}/labels/x", "is inside the input {yolo}"),
+        "{yolo}/data.yaml --type yolo",
+        "{yolo}/labels/x",
+        "is inside the input {yolo}",
+    ),
     "coco below its images": (
-        "{coco} --type coco", "{coco}/images/out", "is inside the input {coco}"),
+        "{coco} --type coco",
+        "{coco}/images/out",
+        "is inside the input {coco}",
+    ),
     "coco file below its annotations": (
-        "{gt} --type coco", "{coco}/annotations/out", "is inside the input {coco}/annotations"),
+        "{gt} --type coco",
+        "{coco}/annotations/out",
+        "is inside the input {coco}/annotations",
+    ),
     "csv below its folder": ("{csv} --type csv", "{csv}/out", "is inside the input {csv}"),
     "coco images named by absolute paths": (
-        "{tmp}/abs/instances_train.json --type coco", "{tmp}/far/out", "is inside the input {tmp}/far"),
+        "{tmp}/abs/instances_train.json --type coco",
+        "{tmp}/far/out",
+        "is inside the input {tmp}/far",
+    ),
     "csv images named by absolute paths": (
-        "{tmp}/abs/train.csv --type csv", "{tmp}/far/sub/out", "is inside the input {tmp}/far"),
+        "{tmp}/abs/train.csv --type csv",
+        "{tmp}/far/sub/out",
+        "is inside the input {tmp}/far",
+    ),
     "an output holding the source": ("{voc} --type voc", "{tmp}", "holds the input {voc}"),
     "an output that is the images' folder": (
-        "{tmp}/abs/train.csv --type csv", "{tmp}/far", "is the input {tmp}/far"),
-}  # fmt: skip
+        "{tmp}/abs/train.csv --type csv",
+        "{tmp}/far",
+        "is the input {tmp}/far",
+    ),
+}
 for _case, (_source, _output, _rest) in CONVERT_OUTPUTS.items():
     for _flag in ("", " --overwrite"):
         REFUSED[f"convert {_case}{_flag}"] = (
@@ -410,6 +436,26 @@ def test_outputs_never_replace_inputs(case, world, capsys):
     assert kdetect(*args.split()) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert snapshot(world["tmp"]) == before  # nothing written, nothing lost
+
+
+def test_evaluate_still_writes_its_runs_metrics_and_plots(tmp_path_factory, tmp_path):
+    """The run API's own outputs stay allowed: `kdetect evaluate RUN` writes RUN/metrics.json
+    and RUN/plots (by default or named), and nothing else of the run changes."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory), run)
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    before = snapshot(run)
+    args = ("--split", "val", "--metric", "voc")
+    assert (
+        kdetect("evaluate", run, *args, "--output", run / "metrics.json", "--plots", run / "plots")
+        == 0
+    )
+    assert json.loads((run / "metrics.json").read_text())["metric"] == "voc"
+    assert any((run / "plots").glob("*.png"))
+    changed = {k for k, v in snapshot(run).items() if before.get(k) != v}
+    assert {Path(k).relative_to(run).parts[0] for k in changed} == {"metrics.json", "plots"}
+    assert kdetect("evaluate", run, *args) == 0  # the defaults, the same two places
 
 
 def test_outputs_in_missing_folders_are_created(tmp_path_factory, tmp_path, capsys):

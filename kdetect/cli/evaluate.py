@@ -101,7 +101,8 @@ def evaluate(
     for path, option, kind in ((output, "--output", "file"), (plots, "--plots", "folder")):
         if path is not None:
             if path.resolve() not in own:
-                check_not_input(path, [model, data, ground_truth, detections], option, whole=[model])
+                inputs = [model, data, ground_truth, detections]
+                check_not_input(path, inputs, option, whole=[model])
             check_kind(path, kind, option)
     if watch:
         if model is None or detections is not None or data is not None or ground_truth is not None:

@@ -17,14 +17,16 @@ from typing import Any
 import yaml
 
 from kdetect.errors import CheckpointError
-# The names that mark a run directory live in kdetect.paths (below this layer), which refuses
-# every output inside a run; they are spelled here like the others.
 from kdetect.paths import CHECKPOINTS_DIR as CHECKPOINTS_DIR
 from kdetect.paths import CLASSES_FILE as CLASSES_FILE
 from kdetect.paths import MODEL_FILE as MODEL_FILE
 from kdetect.paths import PACK_META as PACK_META
 from kdetect.paths import RECIPE_FILE as RECIPE_FILE
 from kdetect.paths import write_text
+
+# The names that mark a run directory (kdetect.json, model.keras, classes.json, recipe.yaml,
+# checkpoints/) are imported above from kdetect.paths, below this layer, which refuses every
+# output inside a run; the other names are spelled here.
 
 PACK_SUFFIX = ".kdet"
 METRICS_FILE = "metrics.json"
