@@ -79,9 +79,10 @@ def check_not_in_run(output: str | os.PathLike, option: str = "--output") -> Non
     model or be taken for a checkpoint.
     """
     run = run_around(output)
+    if run == Path(os.path.abspath(output)):
+        raise OutputError(f"{option} {output}: is the run {run}; choose another path")
     if run is not None:
-        where = "is the run" if run == Path(os.path.abspath(output)) else "is inside the run"
-        raise OutputError(f"{option} {output}: {where} {run}; choose a path outside it")
+        raise OutputError(f"{option} {output}: is inside the run {run}; choose a path outside it")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
