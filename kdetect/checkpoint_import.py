@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kdetect.errors import CheckpointError
 from kdetect.models.faster_rcnn import FasterRCNN
-from kdetect.paths import atomic_path, check_kind
+from kdetect.paths import atomic_path, check_kind, check_not_input
 from kdetect.pretrained.coco import coco_class_names
 from kdetect.pretrained.torchvision import ARCHITECTURES
 from kdetect.recipes import dump, load
@@ -59,6 +59,7 @@ def import_checkpoint(
     if source not in SOURCES:
         raise CheckpointError(f"--from: unknown source {source!r}; supported: {', '.join(SOURCES)}")
     weights, output = Path(weights), Path(output)
+    check_not_input(output, [weights, classes], "--output", replaces=True)  # nor in a run
     check_kind(output, "folder", "--output")  # not a file, nor below one
     if output.is_dir() and any(output.iterdir()):
         raise CheckpointError(f"--output: {output} already exists; choose a new run directory")

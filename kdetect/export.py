@@ -143,13 +143,13 @@ def export(
     ``format="saved_model"`` writes a SavedModel folder; ``"onnx"`` / ``"tflite"`` write one
     file. An existing file or non-empty folder at ``output`` is replaced only with
     ``overwrite``, and only once the new export is complete; ``output`` may never be (or hold)
-    ``model_path``.
+    ``model_path``, nor be inside a run directory.
     """
     from kdetect.runs import load_model
 
     check_options(format, quantize)
     output = Path(output)
-    check_not_input(output, [model_path], replaces=True)
+    check_not_input(output, [model_path], replaces=True, whole=[model_path])  # nor in a run
     check_kind(output, "folder" if format == "saved_model" else "file")
     check_free(output, overwrite)
     if is_saved_model(model_path):

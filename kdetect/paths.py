@@ -3,7 +3,10 @@
 Every command that writes files goes through these helpers:
 
 - :func:`check_not_input` (or :func:`input_guard`, for many outputs) refuses an output that is one
-  of the command's inputs (or, for a folder that gets replaced, one that holds an input);
+  of the command's inputs, or inside a folder read as a whole (a run directory, a dataset's
+  folders), or inside any run directory (:func:`check_not_in_run`); for a folder that gets
+  replaced, also one that holds an input or a run. These come first, with their own messages:
+  ``--overwrite`` never replaces an input;
 - :func:`check_free` refuses an existing file or non-empty folder unless ``--overwrite``;
 - :func:`check_kind` refuses a folder where a file goes, a file where a folder goes, and a path
   below a file (before any work is done; :func:`atomic_path` checks again before it swaps);
@@ -28,6 +31,59 @@ from kdetect.errors import OutputError
 
 TMP_PREFIX = ".tmp-"
 
+#: The files that mark a folder as a run directory. :mod:`kdetect.runs.files` takes these names
+#: from here: this module sits below the runs layer, and every output check needs them.
+PACK_META = "kdetect.json"
+MODEL_FILE = "model.keras"
+CLASSES_FILE = "classes.json"
+RECIPE_FILE = "recipe.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run directory: it holds ``kdetect.json``, or ``recipe.yaml`` with
+    ``model.keras`` or ``checkpoints/``, or ``model.keras`` with ``classes.json``."""
+    path = Path(path)
+    if (path / PACK_META).is_file():
+        return True
+    model = (path / MODEL_FILE).is_file()
+    if (path / RECIPE_FILE).is_file() and (model or (path / CHECKPOINTS_DIR).is_dir()):
+        return True
+    return model and (path / CLASSES_FILE).is_file()
+
+
+def run_around(path: str | os.PathLike) -> Path | None:
+    """The run directory that is ``path`` or holds it (through symlinks too), else ``None``."""
+    given = Path(os.path.abspath(path))
+    for chain in (given, given.resolve()):
+        for folder in (chain, *chain.parents):
+            if is_run_dir(folder):
+                return folder
+    return None
+
+
+def run_within(folder: str | os.PathLike) -> Path | None:
+    """A run directory at or below ``folder`` (the first found), else ``None``."""
+    for root, dirs, _ in os.walk(folder):
+        if is_run_dir(root):
+            return Path(root)
+        dirs.sort()
+    return None
+
+
+def check_not_in_run(output: str | os.PathLike, option: str = "--output") -> None:
+    """Raise :class:`OutputError` when ``output`` is a run directory or inside one.
+
+    A run is written only by training and ``kdetect evaluate`` (its metrics and plots), never
+    as another command's output: an export or a prediction file there would replace the run's
+    model or be taken for a checkpoint.
+    """
+    run = run_around(output)
+    if run == Path(os.path.abspath(output)):
+        raise OutputError(f"{option} {output}: is the run {run}; choose another path")
+    if run is not None:
+        raise OutputError(f"{option} {output}: is inside the run {run}; choose a path outside it")
+
 
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
@@ -38,16 +94,24 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def input_guard(
-    inputs: Iterable[str | os.PathLike | None], option: str = "--output", replaces: bool = False
+    inputs: Iterable[str | os.PathLike | None],
+    option: str = "--output",
+    replaces: bool = False,
+    whole: Iterable[str | os.PathLike | None] = (),
 ) -> Callable[[str | os.PathLike], None]:
-    """A check to call on each output path: :class:`OutputError` when it is one of ``inputs``.
+    """A check to call on each output path: :class:`OutputError` when it is one of ``inputs``,
+    inside one of the folders ``whole`` (inputs read as a whole: a run directory, the folders a
+    dataset is read from) or inside any run directory (:func:`check_not_in_run`).
 
     Paths are compared resolved and by inode, so symlinks and hard links count. With
-    ``replaces`` (the output is a folder replaced as a whole) an input inside it is refused too.
+    ``replaces`` (the output is a folder replaced as a whole) an input or a run directory inside
+    it is refused too.
     """
-    by_path = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    whole = [Path(p) for p in whole if p is not None and Path(p).is_dir()]
+    by_path = {Path(p).resolve(): Path(p) for p in [*inputs, *whole] if p is not None}
     by_identity = {_identity(p): p for p in by_path.values()}
     by_identity.pop(None, None)
+    folders = {path.resolve(): path for path in whole}
 
     def check(output: str | os.PathLike) -> None:
         output = Path(output)
@@ -55,12 +119,21 @@ def input_guard(
         found = by_path.get(resolved) or by_identity.get(_identity(output))
         if found is not None:
             raise OutputError(f"{option} {output}: is the input {found}; choose another path")
+        for parent in resolved.parents:
+            if parent in folders:
+                raise OutputError(
+                    f"{option} {output}: is inside the input {folders[parent]}; choose another path"
+                )
+        check_not_in_run(output, option)
         if replaces:
             for path, given in by_path.items():
                 if resolved in path.parents:
                     raise OutputError(
                         f"{option} {output}: holds the input {given}; choose another path"
                     )
+            run = run_within(output) if output.is_dir() else None
+            if run is not None:
+                raise OutputError(f"{option} {output}: holds the run {run}; choose another path")
 
     return check
 
@@ -70,9 +143,11 @@ def check_not_input(
     inputs: Iterable[str | os.PathLike | None],
     option: str = "--output",
     replaces: bool = False,
+    whole: Iterable[str | os.PathLike | None] = (),
 ) -> None:
-    """Raise :class:`OutputError` when ``output`` is one of ``inputs`` (see :func:`input_guard`)."""
-    input_guard(inputs, option, replaces)(output)
+    """Raise :class:`OutputError` when ``output`` is one of ``inputs``, inside a folder of
+    ``whole`` or inside a run (see :func:`input_guard`)."""
+    input_guard(inputs, option, replaces, whole)(output)
 
 
 def check_free(output: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:

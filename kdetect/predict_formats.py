@@ -15,7 +15,7 @@ turned into :class:`~kdetect.data.records.Record` s, and reuses the dataset writ
 * ``labelstudio``: a task list with ``predictions`` (``model_version``, ``score`` = the mean
   score, ``result`` regions with scores), importable as pre-annotations. ``image_root=DIR``
   writes ``/data/local-files/?d=<path relative to DIR>`` (Label Studio's local storage) instead
-  of the path as given.
+  of the path as given; an image outside ``DIR`` is refused.
 
 The builders are pure (lines in, documents out); :func:`write_predictions` writes them
 atomically.
@@ -176,7 +176,7 @@ def labelstudio_tasks(
         record, scores = line_record(line)
         image = str(line["file"])
         if image_root is not None:
-            image = local_files_url(os.path.relpath(os.path.abspath(image), image_root))
+            image = local_files_url(below_root(image, image_root))
         prediction = {
             "model_version": model_version,
             "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
@@ -184,6 +184,26 @@ def labelstudio_tasks(
         }
         tasks.append({"data": {"image": image}, "predictions": [prediction]})
     return tasks
+
+
+def below_root(image: str, image_root: str) -> str:
+    """``image``'s path relative to ``image_root`` (Label Studio's local-storage document root);
+    an image outside the root is refused, as Label Studio could not serve its URL."""
+    relative = os.path.relpath(os.path.abspath(image), os.path.abspath(image_root))
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise KdetectError(
+            f"--format-option image_root={image_root}: the image {image} is not inside it "
+            "(Label Studio serves only files below its document root)"
+        )
+    return relative
+
+
+def check_images(format: str, options: dict[str, str], images: list[str]) -> None:
+    """Refuse, before any prediction, an image the format could not point to: for
+    ``labelstudio`` with ``image_root``, one outside that folder."""
+    if format == "labelstudio" and "image_root" in options:
+        for image in images:
+            below_root(image, options["image_root"])
 
 
 def model_version(info) -> str:
@@ -246,6 +266,8 @@ def _write_json(path: Path, value) -> Path:
 __all__ = [
     "FILE_FORMATS",
     "FORMATS",
+    "below_root",
+    "check_images",
     "coco_results",
     "labelstudio_tasks",
     "line_record",

@@ -128,7 +128,7 @@ def test_cli_convert_failure_leaves_nothing(tmp_path, capsys, case):
         expected = "COCO annotation file for split 'val' not found"
     else:
         out = root / "images"
-        expected = "images: holds the input"
+        expected = "images: is inside the input"
     doc_path.write_text(json.dumps(doc))
     capsys.readouterr()
     rc = _convert(root, "--type", "coco", "--to", "yolo", "--output", out, "--split", split,

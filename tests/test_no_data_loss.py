@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kdetect.errors import CheckpointError, DataError
 from kdetect.models import export_formats as kdetect_export
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
-from tests.data_support import write_coco
+from tests.data_support import write_coco, write_csv, write_voc, write_yolo
 from tests.train_support import kdetect, tiny_run
 
 
@@ -53,6 +54,12 @@ def world(tmp_path) -> dict[str, Path]:
     coco = write_coco(tmp_path / "coco")
     dets = tmp_path / "dets.jsonl"
     dets.write_text('{"file": "a.jpg", "objects": []}\n')
+    with zipfile.ZipFile(run / "checkpoints" / "best.keras", "w") as zf:
+        zf.writestr("config.json", "{}")
+    other = tmp_path / "runs" / "other"  # a run none of the commands reads
+    other.mkdir(parents=True)
+    (other / "kdetect.json").write_text('{"status": "finished"}\n')
+    (other / "model.keras").write_bytes(b"another run's model")
     exported = tmp_path / "exported"
     exported.mkdir()
     (exported / "keep.txt").write_text("an earlier export")
@@ -66,7 +73,27 @@ def world(tmp_path) -> dict[str, Path]:
         "dets": dets,
         "packed": pack(run, tmp_path / "run.kdet"),
         "exported": exported,
+        "other": other,
+        **_sources(tmp_path),
     }
+
+
+def _sources(tmp_path: Path) -> dict[str, Path]:
+    """VOC, YOLO and CSV datasets (beside `world`'s COCO one), and a COCO and a CSV file that
+    name their images (in `far/`) by absolute paths."""
+    write_voc(tmp_path / "voc")
+    write_yolo(tmp_path / "yolo")
+    write_csv(tmp_path / "csv")
+    far = write_csv(tmp_path / "far")  # its images, named from elsewhere
+    (tmp_path / "abs").mkdir()
+    csv = (far / "train.csv").read_text().replace("\n", f"\n{far}/")
+    (tmp_path / "abs" / "train.csv").write_text(csv.rstrip(f"{far}/"))
+    doc = json.loads((write_coco(tmp_path / "nearcoco") / "annotations" / "instances_train.json")
+                     .read_text())  # fmt: skip
+    for image in doc["images"]:
+        image["file_name"] = str(far / image["file_name"])
+    (tmp_path / "abs" / "instances_train.json").write_text(json.dumps(doc))
+    return {name: tmp_path / name for name in ("voc", "yolo", "csv")}
 
 
 # (arguments with {name} taken from `world`, the message of the one error line)
@@ -170,6 +197,237 @@ REFUSED = {
     ),
 }
 
+# Nothing is written inside a run directory (the one read or any other), with or without
+# --overwrite: only training and `kdetect evaluate` (metrics.json, plots/) write there.
+INSIDE_RUN = "is inside the input {run}; choose another path"
+IN_RUN = "is inside the run {run}; choose a path outside it"
+IN_OTHER = "is inside the run {other}; choose a path outside it"
+HOLDS_OTHER = "holds the run {other}; choose another path"
+# (arguments, the one error line, whether the command has --overwrite)
+RUN_OUTPUTS = {
+    "export onnx onto the run's model": (
+        "export {run} --format onnx -o {run}/model.keras",
+        "--output {run}/model.keras: " + INSIDE_RUN,
+        True,
+    ),
+    "export tflite onto the best checkpoint": (
+        "export {run} --format tflite -o {run}/checkpoints/best.keras",
+        "--output {run}/checkpoints/best.keras: " + INSIDE_RUN,
+        True,
+    ),
+    "export onnx onto the recipe": (
+        "export {run} --format onnx -o {run}/recipe.yaml",
+        "--output {run}/recipe.yaml: " + INSIDE_RUN,
+        True,
+    ),
+    "export saved_model into the run": (
+        "export {run} -o {run}/exported",
+        "--output {run}/exported: " + INSIDE_RUN,
+        True,
+    ),
+    "export saved_model onto the run": (
+        "export {run} -o {run}",
+        "--output {run}: is the input {run}; choose another path",
+        True,
+    ),
+    "export the packed run into the run": (
+        "export {packed} --format onnx -o {run}/model.keras",
+        "--output {run}/model.keras: " + IN_RUN,
+        True,
+    ),
+    "export a checkpoint onto the run's model": (
+        "export {run}/checkpoints/best.keras --format onnx -o {run}/model.keras",
+        "--output {run}/model.keras: " + IN_RUN,
+        True,
+    ),
+    "export into another run": (
+        "export {run} --format onnx -o {other}/m.onnx",
+        "--output {other}/m.onnx: " + IN_OTHER,
+        True,
+    ),
+    "export over a folder holding a run": (
+        "export {run} -o {tmp}/runs",
+        "--output {tmp}/runs: " + HOLDS_OTHER,
+        True,
+    ),
+    "predict coco onto a checkpoint": (
+        "predict {run} {images}/a.png --format coco -o {run}/checkpoints/best.keras",
+        "--output {run}/checkpoints/best.keras: " + INSIDE_RUN,
+        True,
+    ),
+    "predict jsonl into the run": (
+        "predict {run} {images}/a.png -o {run}/p.jsonl",
+        "--output {run}/p.jsonl: " + INSIDE_RUN,
+        True,
+    ),
+    "predict voc into the run": (
+        "predict {run} {images}/a.png --format voc -o {run}/voc",
+        "--output {run}/voc: " + INSIDE_RUN,
+        True,
+    ),
+    "predict yolo onto the checkpoints": (
+        "predict {run} {images}/a.png --format yolo -o {run}/checkpoints",
+        "--output {run}/checkpoints: " + INSIDE_RUN,
+        True,
+    ),
+    "predict labelstudio onto the recipe": (
+        "predict {run} {images}/a.png --format labelstudio -o {run}/recipe.yaml",
+        "--output {run}/recipe.yaml: " + INSIDE_RUN,
+        True,
+    ),
+    "predict --save-images into the run": (
+        "predict {run} {images}/a.png --save-images {run}/drawn",
+        "--save-images {run}/drawn: " + INSIDE_RUN,
+        True,
+    ),
+    "predict with the packed run into the run": (
+        "predict {packed} {images}/a.png -o {run}/model.keras",
+        "--output {run}/model.keras: " + IN_RUN,
+        True,
+    ),
+    "predict into another run": (
+        "predict {run} {images}/a.png -o {other}/p.jsonl",
+        "--output {other}/p.jsonl: " + IN_OTHER,
+        True,
+    ),
+    "predict voc over a folder holding a run": (
+        "predict {run} {images}/a.png --format voc -o {tmp}/runs",
+        "--output {tmp}/runs: " + HOLDS_OTHER,
+        True,
+    ),
+    "pack into the run": (
+        "checkpoint pack {run} -o {run}/run.kdet",
+        "--output {run}/run.kdet: " + INSIDE_RUN,
+        False,
+    ),
+    "pack into another run": (
+        "checkpoint pack {run} -o {other}/run.kdet",
+        "--output {other}/run.kdet: " + IN_OTHER,
+        False,
+    ),
+    "import into a run": (
+        "checkpoint import {dets} -o {run}/imported",
+        "--output {run}/imported: " + IN_RUN,
+        False,
+    ),
+    "convert into a run": (
+        "dataset convert {coco} --type coco --to voc -o {run}/voc",
+        "--output {run}/voc: " + IN_RUN,
+        True,
+    ),
+    "convert over a folder holding a run": (
+        "dataset convert {coco} --type coco --to voc -o {tmp}/runs",
+        "--output {tmp}/runs: " + HOLDS_OTHER,
+        True,
+    ),
+    "transform into a run": (
+        "dataset transform --type coco --data-dir {coco} --output-dir {run}/tfr",
+        "--output-dir {run}/tfr: " + IN_RUN,
+        False,
+    ),
+    "evaluate offline into a run": (
+        "evaluate --ground-truth {gt} --detections {dets} --output {run}/metrics.json",
+        "--output {run}/metrics.json: " + IN_RUN,
+        False,
+    ),
+    "evaluate offline plots into a run": (
+        "evaluate --ground-truth {gt} --detections {dets} --plots {run}/plots",
+        "--plots {run}/plots: " + IN_RUN,
+        False,
+    ),
+    "evaluate a run onto its model": (
+        "evaluate {run} --output {run}/model.keras",
+        "--output {run}/model.keras: " + INSIDE_RUN,
+        False,
+    ),
+    "evaluate a run's plots into its checkpoints": (
+        "evaluate {run} --plots {run}/checkpoints",
+        "--plots {run}/checkpoints: " + INSIDE_RUN,
+        False,
+    ),
+    "labelstudio train into the run": (
+        "labelstudio train {run} --project 1 --training-dir {run}/ls",
+        "--training-dir {run}/ls: " + INSIDE_RUN,
+        False,
+    ),
+    "serve retraining into another run": (
+        "serve {run} --training-dir {other}/ls",
+        "--training-dir {other}/ls: " + IN_OTHER,
+        False,
+    ),
+}
+for _case, (_args, _message, _overwrite) in RUN_OUTPUTS.items():
+    for _flag in ["", " --overwrite"] if _overwrite else [""]:
+        REFUSED[_case + _flag] = (_args + _flag, _message)
+REFUSED["unpack into the run"] = (
+    "checkpoint unpack {packed} {run}/unpacked",
+    "DEST {run}/unpacked: " + IN_RUN,
+)
+REFUSED["inspect draws into a run"] = (
+    "dataset inspect {coco} --type coco --show 1 --output {run}/drawn",
+    "--output {run}/drawn/0000_a.jpg: " + IN_RUN,
+)
+
+# `dataset convert` never writes inside its source: the source's folder, or any folder its
+# images or labels are read from (also one named by absolute paths); nor over a folder holding it.
+CONVERT_OUTPUTS = {
+    "voc below its images": (
+        "{voc} --type voc",
+        "{voc}/JPEGImages/out",
+        "is inside the input {voc}",
+    ),
+    "yolo below its images": (
+        "{yolo} --type yolo",
+        "{yolo}/images/train/converted",
+        "is inside the input {yolo}",
+    ),
+    "yolo below its labels": (
+        "{yolo}/data.yaml --type yolo",
+        "{yolo}/labels/x",
+        "is inside the input {yolo}",
+    ),
+    "coco below its images": (
+        "{coco} --type coco",
+        "{coco}/images/out",
+        "is inside the input {coco}",
+    ),
+    "coco file below its annotations": (
+        "{gt} --type coco",
+        "{coco}/annotations/out",
+        "is inside the input {coco}/annotations",
+    ),
+    "csv below its folder": ("{csv} --type csv", "{csv}/out", "is inside the input {csv}"),
+    "coco images named by absolute paths": (
+        "{tmp}/abs/instances_train.json --type coco",
+        "{tmp}/far/out",
+        "is inside the input {tmp}/far",
+    ),
+    "csv images named by absolute paths": (
+        "{tmp}/abs/train.csv --type csv",
+        "{tmp}/far/sub/out",
+        "is inside the input {tmp}/far",
+    ),
+    "an output holding the source": ("{voc} --type voc", "{tmp}", "holds the input {voc}"),
+    "an output that is the images' folder": (
+        "{tmp}/abs/train.csv --type csv",
+        "{tmp}/far",
+        "is the input {tmp}/far",
+    ),
+}
+for _case, (_source, _output, _rest) in CONVERT_OUTPUTS.items():
+    for _flag in ("", " --overwrite"):
+        REFUSED[f"convert {_case}{_flag}"] = (
+            f"dataset convert {_source} --to coco -o {_output}{_flag}",
+            f"--output {_output}: {_rest}; choose another path",
+        )
+
+REFUSED["labelstudio image_root without the images"] = (
+    "predict {run} {images}/a.png --format labelstudio -o {tmp}/t.json "
+    "--format-option image_root={coco}",
+    "--format-option image_root={coco}: the image {images}/a.png is not inside it "
+    "(Label Studio serves only files below its document root)",
+)
+
 
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
 def test_outputs_never_replace_inputs(case, world, capsys):
@@ -178,6 +436,26 @@ def test_outputs_never_replace_inputs(case, world, capsys):
     assert kdetect(*args.split()) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert snapshot(world["tmp"]) == before  # nothing written, nothing lost
+
+
+def test_evaluate_still_writes_its_runs_metrics_and_plots(tmp_path_factory, tmp_path):
+    """The run API's own outputs stay allowed: `kdetect evaluate RUN` writes RUN/metrics.json
+    and RUN/plots (by default or named), and nothing else of the run changes."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory), run)
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    before = snapshot(run)
+    args = ("--split", "val", "--metric", "voc")
+    assert (
+        kdetect("evaluate", run, *args, "--output", run / "metrics.json", "--plots", run / "plots")
+        == 0
+    )
+    assert json.loads((run / "metrics.json").read_text())["metric"] == "voc"
+    assert any((run / "plots").glob("*.png"))
+    changed = {k for k, v in snapshot(run).items() if before.get(k) != v}
+    assert {Path(k).relative_to(run).parts[0] for k in changed} == {"metrics.json", "plots"}
+    assert kdetect("evaluate", run, *args) == 0  # the defaults, the same two places
 
 
 def test_outputs_in_missing_folders_are_created(tmp_path_factory, tmp_path, capsys):

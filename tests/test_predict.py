@@ -222,7 +222,11 @@ def test_checkpoint_list_info_pack_unpack(run, detector, tmp_path, capsys):
     dest = tmp_path / "unpacked"
     assert kdetect("checkpoint", "unpack", packed, dest) == 0
     assert (dest / "model.keras").is_file() and (dest / "classes.json").is_file()
-    assert kdetect("checkpoint", "unpack", packed, dest) == 1  # not empty any more
+    assert kdetect("checkpoint", "unpack", packed, dest) == 1  # a run now: never replaced
+    assert f"DEST {dest}: is the run {dest}; choose another path" in capsys.readouterr().err
+    (dest / "kdetect.json").unlink()
+    (dest / "model.keras").unlink()  # a folder that is not a run, but not empty
+    assert kdetect("checkpoint", "unpack", packed, dest) == 1
     assert "already exists" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ own readers for VOC, YOLO and Label Studio) and gives the boxes of the JSON line
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,12 @@ from kdetect.data.readers import read_annotations
 from kdetect.data.readers.common import build_annotations
 from kdetect.data.readers.labelstudio import read_tasks
 from kdetect.errors import DataError, KdetectError
-from kdetect.predict_formats import coco_results, parse_options, write_predictions
+from kdetect.predict_formats import (
+    check_images,
+    coco_results,
+    parse_options,
+    write_predictions,
+)
 from tests import data_support as ds
 from tests.train_support import kdetect, tiny_run
 
@@ -133,6 +139,23 @@ def test_labelstudio_predictions_read_back(tmp_path):
     raw = read_tasks(out, root, "predictions")
     assert_boxes_match(lines, build_annotations(raw, CLASSES, "error")[0], atol=1e-3)
     assert read_tasks(out, root, "annotations") == []  # predictions are not labels
+
+
+def test_labelstudio_image_root_must_hold_the_images(tmp_path):
+    root = ds.write_coco(tmp_path / "coco")
+    lines = truth_lines(root)
+    out = tmp_path / "tasks.json"
+    elsewhere = tmp_path / "elsewhere"
+    image = lines[0]["file"]
+    message = f"--format-option image_root={elsewhere}: the image {image} is not inside it "
+    with pytest.raises(KdetectError, match=re.escape(message) + r"\(Label Studio .*\)$"):
+        write_predictions("labelstudio", lines, CLASSES, out, {"image_root": str(elsewhere)})
+    with pytest.raises(KdetectError, match=re.escape(message)):  # before predicting, in the CLI
+        check_images("labelstudio", {"image_root": str(elsewhere)}, [image])
+    assert not out.exists()
+    check_images("labelstudio", {"image_root": str(root / "images")}, [image])
+    check_images("labelstudio", {"image_root": str(root)}, [image])
+    check_images("coco", {}, [image])
 
 
 def test_format_options_are_checked():

@@ -94,9 +94,15 @@ def evaluate(
     # (Long only through Typer's option declarations above.)
     from kdetect.evaluation import evaluate_offline
 
+    # A run directory keeps its own metrics.json and plots/ (the defaults); nothing else of it,
+    # and no other run, may be an output.
+    run = Path(model) if model is not None and Path(model).is_dir() else None
+    own = {(run / name).resolve() for name in (METRICS_FILE, PLOTS_DIR)} if run else set()
     for path, option, kind in ((output, "--output", "file"), (plots, "--plots", "folder")):
         if path is not None:
-            check_not_input(path, [model, data, ground_truth, detections], option)
+            if path.resolve() not in own:
+                inputs = [model, data, ground_truth, detections]
+                check_not_input(path, inputs, option, whole=[model])
             check_kind(path, kind, option)
     if watch:
         if model is None or detections is not None or data is not None or ground_truth is not None:

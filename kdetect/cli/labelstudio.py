@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kdetect.cli import app, err_console
+from kdetect.paths import check_not_input
 
 labelstudio_app = typer.Typer(
     help="Label Studio: retrain a run on a project's annotations (serve is the ML backend).",
@@ -49,7 +50,8 @@ def label_studio_options(url, key, overrides, training_dir, run: Path):
     from kdetect.labelstudio import Credentials, LabelStudioOptions, TrainingSettings
 
     settings = TrainingSettings.beside(run, overrides)
-    if training_dir is not None:
+    if training_dir is not None:  # it fills with datasets and runs: never inside a run
+        check_not_input(training_dir, [run], "--training-dir", whole=[run])
         settings.work_dir = training_dir
     return LabelStudioOptions(Credentials.resolve(url, key), settings)
 

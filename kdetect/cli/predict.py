@@ -143,8 +143,8 @@ def predict(
 
 def _format_options(fmt: str, pairs: list[str] | None, output: Path | None, items: list) -> dict:
     """The checked ``--format-option`` values; other formats than jsonl need ``--output`` and
-    images (no videos)."""
-    from kdetect.predict_formats import parse_options
+    images (no videos) that the format can point to (labelstudio: inside ``image_root``)."""
+    from kdetect.predict_formats import check_images, parse_options
 
     options = parse_options(fmt, pairs)
     if fmt != "jsonl":
@@ -153,6 +153,7 @@ def _format_options(fmt: str, pairs: list[str] | None, output: Path | None, item
         videos = [item.display for item in items if item.video]
         if videos:
             raise KdetectError(f"--format {fmt}: {videos[0]} is a video (use --format jsonl)")
+    check_images(fmt, options, [item.display for item in items])
     return options
 
 
@@ -175,21 +176,24 @@ def _check_outputs(
     fmt: str = "jsonl",
     overwrite: bool = False,
 ):
-    """Refuse outputs that are (or hold) an input; returns the check for each drawn image."""
+    """Refuse outputs that are (or hold) an input or are inside a run (the model's or any
+    other); returns the check for each drawn image."""
     from kdetect.predict_formats import FILE_FORMATS
     from kdetect.runs import CLASSES_FILE, MODEL_FILE
 
     inputs = [item.path for item in items] + [model]
+    run = [model] if model.is_dir() else []  # read as a whole: nothing is written inside it
     if model.is_dir():
         inputs += [model / MODEL_FILE, model / CLASSES_FILE]
     if output is not None:
         folder = fmt not in FILE_FORMATS
-        input_guard(inputs, replaces=folder)(output)
+        input_guard(inputs, replaces=folder, whole=run)(output)
         check_kind(output, "folder" if folder else "file")
         if folder:
             check_free(output, overwrite)
-    check_drawn = input_guard(inputs, "--save-images")
+    check_drawn = input_guard(inputs, "--save-images", whole=run)
     if save_images is not None:
+        input_guard([], "--save-images", whole=run)(save_images)
         check_kind(save_images, "folder", "--save-images")
         for item in items:
             if not item.video:

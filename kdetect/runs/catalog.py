@@ -184,7 +184,7 @@ def pack(run: str | os.PathLike, output: str | os.PathLike | None = None) -> Pat
         {info.path / name: name for name in (CLASSES_FILE, RECIPE_FILE, METRICS_FILE, HISTORY_FILE)}
     )
     members = {path: name for path, name in members.items() if path.is_file()}
-    check_not_input(output, members)
+    check_not_input(output, members, whole=[info.path])  # nor anywhere in the run
     check_kind(output, "file")
     best = best_metric(info)
     meta = {

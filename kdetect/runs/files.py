@@ -18,13 +18,18 @@ import yaml
 
 from kdetect.errors import CheckpointError
 from kdetect.parsing import load_yaml
+from kdetect.paths import CHECKPOINTS_DIR as CHECKPOINTS_DIR
+from kdetect.paths import CLASSES_FILE as CLASSES_FILE
+from kdetect.paths import MODEL_FILE as MODEL_FILE
+from kdetect.paths import PACK_META as PACK_META
+from kdetect.paths import RECIPE_FILE as RECIPE_FILE
 from kdetect.paths import write_text
 
+# The names that mark a run directory (kdetect.json, model.keras, classes.json, recipe.yaml,
+# checkpoints/) are imported above from kdetect.paths, below this layer, which refuses every
+# output inside a run; the other names are spelled here.
+
 PACK_SUFFIX = ".kdet"
-PACK_META = "kdetect.json"
-MODEL_FILE = "model.keras"
-CLASSES_FILE = "classes.json"
-RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RESULTS_PLOT = "results.png"
@@ -33,7 +38,6 @@ PLOTS_DIR = "plots"  # kdetect evaluate's pictures
 SAMPLES_DIR = "samples"
 LOGS_DIR = "logs"
 EVAL_WATCH_FILE = "eval_watch.jsonl"  # kdetect evaluate --watch's results, one line each
-CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.keras"
 STATE_DIR = "state"  # under checkpoints/: the resume state
 STATE_FILE = "state.json"  # in STATE_DIR: the manifest of the resume state

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kdetect.data.images import verify_images
 from kdetect.data.readers import read_annotations
+from kdetect.data.readers.yolo import label_path
 from kdetect.data.records import Annotations
 from kdetect.data.writers.coco import write_coco
 from kdetect.data.writers.common import ImageFiles, merge_classes
@@ -79,17 +80,18 @@ def convert_dataset(
 ) -> dict[str, Annotations]:
     """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
 
-    Refuses (before reading) an output that is or holds the source, and an existing non-empty
-    output unless ``overwrite``; (while reading) an image outside the dataset's folders unless
-    ``allow_outside_root`` and an image that training would refuse (corrupt, truncated, outside
-    the size limits); (after reading) an output that holds an image of the source. Returns what
-    was written, split by split.
+    Refuses (before reading) an output that is, holds or is inside the source (its folder, a
+    file source's folder, ``images_dir``) or inside a run; (while reading) an image outside the
+    dataset's folders unless ``allow_outside_root``; (after reading) an output that holds an
+    image of the source or is inside a folder its images or labels come from, an image that
+    training would refuse (corrupt, truncated, outside the size limits), and then an existing
+    non-empty output unless ``overwrite``. Returns what was written, split by split.
     """
     if format not in WRITERS:
         raise DataError(f"unknown output format {format!r}; expected one of {', '.join(WRITERS)}")
-    check_not_input(output, [source, images_dir], replaces=True)
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    check_not_input(output, [source, images_dir], replaces=True, whole=[root, images_dir])
     check_kind(output, "folder")
-    check_free(output, overwrite)
     parts = {
         split: read_annotations(
             source_format, source, split, classes, on_invalid_box, images_dir,
@@ -98,8 +100,18 @@ def convert_dataset(
         for split in dict.fromkeys(splits or ["train"])
     }  # fmt: skip
     images = [r.filename for part in parts.values() for r in part.records]
-    check_not_input(output, images, replaces=True)  # e.g. --output over the image folder
+    # e.g. --output over the image folder, or inside one named by an absolute path
+    check_not_input(output, images, replaces=True, whole=_read_from(source_format, images))
     verify_images(images)
+    check_free(output, overwrite)  # only now: an input is never offered to --overwrite
     parts = merge_classes(parts)
     write_dataset(format, parts, output, link=link)
     return parts
+
+
+def _read_from(source_format: str, images: list[str]) -> set[Path]:
+    """The folders a source's images (and YOLO's label files) are read from."""
+    folders = {Path(image).parent for image in images}
+    if source_format == "yolo":
+        folders |= {label_path(Path(image)).parent for image in images}
+    return folders
