@@ -17,7 +17,7 @@ from kdetect.models import export_formats as kdetect_export
 from kdetect.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
 from tests.data_support import write_coco, write_csv, write_voc, write_yolo
-from tests.train_support import kdetect, tiny_run
+from tests.train_support import SHAPES, kdetect, tiny_run
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -555,3 +555,26 @@ def test_coco_duplicate_ids_are_errors(change, message, tmp_path):
     with pytest.raises(DataError, match=rf"^{path}: {message}") as info:
         read_annotations("coco", root, "train")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("inside", ["checkpoints/new", "new", "deeper/new"])
+def test_a_new_run_is_never_started_inside_another_run(inside, world, capsys):
+    before = snapshot(world["tmp"])
+    run_dir = world["run"] / inside
+    assert kdetect("train", SHAPES, "--run-dir", run_dir) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {run_dir}: is inside the run {world['run']}; choose another --run-dir"
+    ]
+    assert snapshot(world["tmp"]) == before
+
+
+def test_label_studio_retraining_folder_is_beside_the_run_not_inside_it(world):
+    from kdetect.labelstudio.training import TrainingSettings
+
+    tmp = world["tmp"]
+    for served in (world["run"], world["run"] / "model.keras", world["run"] / "checkpoints"):
+        assert TrainingSettings.beside(served).work_dir == tmp / "run-labelstudio", served
+    best = world["run"] / "checkpoints" / "best.keras"
+    assert best.is_file()
+    assert TrainingSettings.beside(best).work_dir == tmp / "run-labelstudio"
+    assert TrainingSettings.beside(world["packed"]).work_dir == tmp / "run.kdet-labelstudio"

@@ -38,6 +38,7 @@ from kdetect.evaluation import METRICS, evaluate_model, headline, load_ground_tr
 from kdetect.labelstudio.client import ENV_KEY, Credentials, LabelStudioClient
 from kdetect.labelstudio.dataset import write_dataset
 from kdetect.labelstudio.labelconfig import LabelConfig, LabelMap
+from kdetect.paths import run_around
 from kdetect.runs import PACK_SUFFIX, inspect_run, load_model
 from kdetect.runs.files import read_history
 from kdetect.serve.images import Limits
@@ -55,9 +56,11 @@ class TrainingSettings:
 
     @staticmethod
     def beside(run: Path, overrides: list[str] | None = None) -> TrainingSettings:
-        """The default: ``<run>-labelstudio/`` next to the served run."""
+        """The default: ``<run>-labelstudio/`` next to the served run; for a served model file
+        inside a run (``RUN/checkpoints/best.keras``), next to that run, never inside it."""
         run = Path(run)
-        return TrainingSettings(run.parent / f"{run.name}-labelstudio", list(overrides or []))
+        anchor = run_around(run) or run
+        return TrainingSettings(anchor.parent / f"{anchor.name}-labelstudio", list(overrides or []))
 
 
 def run_version(run: Path) -> str:

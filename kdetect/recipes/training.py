@@ -16,7 +16,13 @@ from kdetect.recipes.loader import apply_overrides, load
 from kdetect.recipes.schema import Recipe
 from kdetect.recipes.transfer import transfer_weights
 from kdetect.runs import RECIPE_FILE
-from kdetect.runs.directory import DEFAULT_RUNS_DIR, check_run_dir, default_run_dir, safe_run_name
+from kdetect.runs.directory import (
+    DEFAULT_RUNS_DIR,
+    check_not_nested,
+    check_run_dir,
+    default_run_dir,
+    safe_run_name,
+)
 from kdetect.runs.lock import run_lock
 
 # Importable from here as before the run-directory helpers moved to kdetect.runs.directory.
@@ -55,6 +61,8 @@ def train(
             console.width = 160  # logs and CI: do not squeeze the summary table into 80 columns
     recipe, run_dir = _resolve(recipe, run_dir, resume, overrides)
     if distribute.is_chief(recipe.train.distribute):
+        if not resume:
+            check_not_nested(run_dir)
         # One process at a time writes a run: a second one stops here with one line, and the
         # checks below see no live writer (a `running` status is a dead process's).
         with run_lock(run_dir):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from kdetect.errors import CheckpointError, KdetectError
+from kdetect.paths import run_around
 from kdetect.runs.checkpoints import usable_checkpoint
 from kdetect.runs.files import (
     CHECKPOINTS_DIR,
@@ -66,3 +67,12 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir}: run directory already exists; use --resume to continue it or choose "
             "another --run-dir"
         )
+
+
+def check_not_nested(run_dir: Path) -> None:
+    """Refuse a new run directory inside another run (its files would be taken for the outer
+    run's, and ``kdetect.paths`` refuses every other output there); checked before the lock
+    creates the folder."""
+    outer = run_around(Path(run_dir).parent)
+    if outer is not None:
+        raise KdetectError(f"{run_dir}: is inside the run {outer}; choose another --run-dir")
