@@ -227,3 +227,21 @@ def test_unknown_target_and_images_dir(tmp_path):
     out = tmp_path / "csv"
     convert_dataset("voc", root, ["train"], "csv", out, images_dir=root / "JPEGImages")
     assert (out / "images" / "a.jpg").is_file()
+
+
+@pytest.mark.parametrize("case", ["labelstudio absolute path", "csv .."])
+def test_cli_transform_refuses_images_outside_the_dataset(tmp_path, capsys, case):
+    """TFRecords hold the images' bytes: `dataset transform` keeps to the dataset's folders as
+    `convert` does, unless asked."""
+    setup, _ = OUTSIDE_ROOT[case]
+    root, start = setup(tmp_path)
+    out = tmp_path / "records"
+    kind = case.split()[0]
+    args = ["dataset", "transform", "--type", kind, "--data-dir", root, "--output-dir", out]
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert err.startswith(f"error: {start} is outside the dataset folder "), err
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert main([*map(str, args), "--allow-outside-root"]) == 0
+    assert (out / "dataset.json").is_file()

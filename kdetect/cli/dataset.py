@@ -71,6 +71,14 @@ InvalidBoxOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None, typer.Option(help="Folder of the images, when not the usual place.")
 ]
+AllowOutsideRootOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-root",
+        help="Copy images the annotations name outside the dataset folder (absolute or ../ "
+        "paths); refused by default.",
+    ),
+]
 
 
 @contextmanager
@@ -108,6 +116,7 @@ def transform(
     shards: Annotated[int, typer.Option(min=1, help="TFRecord files per split.")] = 1,
     on_invalid_box: InvalidBoxOption = InvalidBoxPolicy.error,
     images_dir: ImagesDirOption = None,
+    allow_outside_root: AllowOutsideRootOption = False,
 ) -> None:
     """Write sharded TFRecords, classes.json and dataset.json from a VOC, COCO, CSV, YOLO or
     Label Studio dataset."""
@@ -126,6 +135,7 @@ def transform(
             on_invalid_box=on_invalid_box.value,
             images_dir=images_dir,
             progress_factory=factory,
+            allow_outside_root=allow_outside_root,
         )
     for name, info in summary["splits"].items():
         console.print(
@@ -199,14 +209,7 @@ def convert(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing non-empty output folder.")
     ] = False,
-    allow_outside_root: Annotated[
-        bool,
-        typer.Option(
-            "--allow-outside-root",
-            help="Copy images the annotations name outside the dataset folder (absolute or "
-            "../ paths); refused by default.",
-        ),
-    ] = False,
+    allow_outside_root: AllowOutsideRootOption = False,
 ) -> None:
     """Rewrite a dataset in another format (the images copied into its layout).
 

@@ -258,8 +258,12 @@ def transform_dataset(
     on_invalid_box: str = "error",
     images_dir: str | os.PathLike | None = None,
     progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+    allow_outside_root: bool = False,
 ) -> dict[str, Any]:
     """Read a dataset and write sharded TFRecords, ``classes.json`` and ``dataset.json``.
+
+    The records hold the images' bytes, so, as ``dataset convert``, an image outside the
+    dataset's folders is refused unless ``allow_outside_root``.
 
     All splits are read and validated first (every image verified, all bad ones reported at
     once), then written into a temporary folder next to
@@ -274,7 +278,9 @@ def transform_dataset(
         raise DataError("give at least one split to transform")
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, [data_dir, images_dir])
-    loaded = _read_splits(format, data_dir, splits, classes, limit, on_invalid_box, images_dir)
+    loaded = _read_splits(
+        format, data_dir, splits, classes, limit, on_invalid_box, images_dir, allow_outside_root
+    )
     verify_images([r.filename for a, _ in loaded.values() for r in a.records if r.image is None])
 
     with atomic_path(output_dir) as staging:
@@ -320,13 +326,21 @@ def _read_splits(
     limit: int | None,
     on_invalid_box: str,
     images_dir: str | os.PathLike | None,
+    allow_outside_root: bool,
 ) -> dict[str, tuple[Annotations, int]]:
     """Split -> (annotations, number of invalid boxes); the first split's classes serve all."""
     loaded: dict[str, tuple[Annotations, int]] = {}
     class_list = classes
     for split in splits:
         annotations, invalid = scan_annotations(
-            format, data_dir, split, class_list, on_invalid_box, images_dir, limit=limit
+            format,
+            data_dir,
+            split,
+            class_list,
+            on_invalid_box,
+            images_dir,
+            limit=limit,
+            allow_outside_root=allow_outside_root,
         )
         if class_list is None:
             class_list = annotations.classes
