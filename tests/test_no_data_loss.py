@@ -402,14 +402,14 @@ CONVERT_OUTPUTS = {
         "{tmp}/far/out",
         "is inside the input {tmp}/far",
     ),
-    "csv images named by absolute paths": (
-        "{tmp}/abs/train.csv --type csv",
+    "csv images named by absolute paths": (  # outside the dataset: read only when asked
+        "{tmp}/abs/train.csv --type csv --allow-outside-root",
         "{tmp}/far/sub/out",
         "is inside the input {tmp}/far",
     ),
     "an output holding the source": ("{voc} --type voc", "{tmp}", "holds the input {voc}"),
     "an output that is the images' folder": (
-        "{tmp}/abs/train.csv --type csv",
+        "{tmp}/abs/train.csv --type csv --allow-outside-root",
         "{tmp}/far",
         "is the input {tmp}/far",
     ),
