@@ -367,6 +367,11 @@ REFUSED["inspect draws into a run"] = (
     "dataset inspect {coco} --type coco --show 1 --output {run}/drawn",
     "--output {run}/drawn/0000_a.jpg: " + IN_RUN,
 )
+REFUSED["inspect draws into the yolo images it reads"] = (
+    "dataset inspect {yolo} --type yolo --show 1 --output {yolo}/images/train/drawn",
+    "--output {yolo}/images/train/drawn/0000_a.jpg: is inside the input {yolo}/images/train; "
+    "choose another path",
+)
 
 # `dataset convert` never writes inside its source: the source's folder, or any folder its
 # images or labels are read from (also one named by absolute paths); nor over a folder holding it.

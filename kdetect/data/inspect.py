@@ -18,7 +18,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kdetect.data.images import find_bad_images, load_image
-from kdetect.data.readers import FORMATS, InvalidBox, fallback_class_names, scan_annotations
+from kdetect.data.readers import (
+    FORMATS,
+    InvalidBox,
+    fallback_class_names,
+    scan_annotations,
+    source_folders,
+)
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, dataset_summary
 from kdetect.errors import DataError
@@ -200,7 +206,10 @@ def inspect_dataset(
         out = Path(output)
         shown = [r for r in annotations.records if str(r.filename) not in bad][: int(show)]
         targets = [out / f"{i:04d}_{Path(r.filename).stem}.jpg" for i, r in enumerate(shown)]
-        check = input_guard([path] + [r.filename for r in annotations.records], "--output")
+        images = [str(r.filename) for r in annotations.records]
+        # Drawn pictures inside an image folder would be read back as part of the dataset.
+        folders = source_folders(kind, images) if kind in FORMATS else ()
+        check = input_guard([path, *images], "--output", whole=folders)
         for target in targets:
             check(target)
         out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ Adding a format (say ``kitti``):
    docstring).
 """
 
+from pathlib import Path
+
 from kdetect.data.readers import coco, csv, labelstudio, voc, yolo
 from kdetect.data.readers.common import (
     ON_INVALID_BOX,
@@ -65,6 +67,16 @@ register_format("labelstudio", labelstudio.read_labelstudio)
 
 FORMATS = tuple(READERS)
 
+
+def source_folders(format: str, images: list) -> set[Path]:
+    """The folders a dataset's images (and YOLO's label files) are read from: an output inside
+    one would be read back as part of the dataset (``dataset convert``, ``inspect --output``)."""
+    folders = {Path(image).parent for image in images}
+    if format == "yolo":
+        folders |= {yolo.label_path(Path(image)).parent for image in images}
+    return folders
+
+
 __all__ = [
     "CSV_COLUMNS",
     "FORMATS",
@@ -75,4 +87,5 @@ __all__ = [
     "read_annotations",
     "register_format",
     "scan_annotations",
+    "source_folders",
 ]

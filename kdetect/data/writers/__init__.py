@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdetect.data.images import verify_images
-from kdetect.data.readers import read_annotations
-from kdetect.data.readers.yolo import label_path
+from kdetect.data.readers import read_annotations, source_folders
 from kdetect.data.records import Annotations
 from kdetect.data.writers.coco import write_coco
 from kdetect.data.writers.common import ImageFiles, merge_classes
@@ -101,17 +100,9 @@ def convert_dataset(
     }  # fmt: skip
     images = [r.filename for part in parts.values() for r in part.records]
     # e.g. --output over the image folder, or inside one named by an absolute path
-    check_not_input(output, images, replaces=True, whole=_read_from(source_format, images))
+    check_not_input(output, images, replaces=True, whole=source_folders(source_format, images))
     verify_images(images)
     check_free(output, overwrite)  # only now: an input is never offered to --overwrite
     parts = merge_classes(parts)
     write_dataset(format, parts, output, link=link)
     return parts
-
-
-def _read_from(source_format: str, images: list[str]) -> set[Path]:
-    """The folders a source's images (and YOLO's label files) are read from."""
-    folders = {Path(image).parent for image in images}
-    if source_format == "yolo":
-        folders |= {label_path(Path(image)).parent for image in images}
-    return folders
