@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= runs/demo
+# Predictions go beside the run, never inside it (no command writes into a run it reads).
+DEMO_OUT ?= $(DEMO_DIR)-predictions
 # torch + torchvision for the parity tests and the benchmarks' peer, in a virtualenv of their own.
 TORCH_VENV := .venv-torch
 TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
@@ -43,10 +45,10 @@ labelstudio-venv: $(LS_STAMP)
 
 ## Train on the built-in shapes dataset, evaluate, predict and draw boxes.
 demo: venv
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_OUT)
 	$(BIN)/kdetect train recipes/shapes.yaml --run-dir $(DEMO_DIR)
 	$(BIN)/kdetect evaluate $(DEMO_DIR)
-	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_DIR)/predictions.jsonl --save-images $(DEMO_DIR)/drawn
+	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_OUT)/predictions.jsonl --save-images $(DEMO_OUT)/drawn
 
 ## Run the test suite (the torchvision parity tests use .venv-torch, the Label Studio test
 ## .venv-labelstudio).
