@@ -47,9 +47,16 @@ def check_settings(num_classes, box_head_type) -> None:
 
 
 def checked_anchor_sizes(anchor_sizes, fpn: bool, rpn_levels: int) -> tuple:
-    """One tuple of float sizes per RPN level (the default when None), all of one length."""
+    """One tuple of float sizes per RPN level (the default when None), all of one length.
+
+    The default is one size per pyramid level; a pyramid with other than five levels
+    (torchvision's MobileNetV3 detector has three) gets all five sizes on every level, as
+    torchvision's builder gives it.
+    """
     if anchor_sizes is None:
         anchor_sizes = DEFAULT_ANCHOR_SIZES[bool(fpn)]
+        if len(anchor_sizes) != rpn_levels:
+            anchor_sizes = DEFAULT_ANCHOR_SIZES[False] * rpn_levels
     anchor_sizes = tuple(tuple(float(s) for s in level) for level in anchor_sizes)
     if len(anchor_sizes) != rpn_levels:
         raise ValueError(
