@@ -108,7 +108,15 @@ REFUSED = {
     ),
     "predict --save-images the input folder": (
         "predict {run} {images} --save-images {images}",
-        "--save-images {images}/a.png: is the input {images}/a.png; choose another path",
+        "--save-images {images}: is the input {images}; choose another path",
+    ),
+    "predict --save-images inside the input folder": (  # a later -r run would read them back
+        "predict {run} {images} --save-images {images}/drawn",
+        "--save-images {images}/drawn: is inside the input {images}; choose another path",
+    ),
+    "predict --output inside the input folder": (
+        "predict {run} {images} --output {images}/predictions.jsonl",
+        "--output {images}/predictions.jsonl: is inside the input {images}; choose another path",
     ),
     "predict --save-images a symlink to it": (
         "predict {run} {images}/b.jpg --save-images {tmp}/link",

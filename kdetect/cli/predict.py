@@ -110,7 +110,11 @@ def predict(
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
     options = _format_options(format.value, format_option, output, items)
-    check_drawn = _check_outputs(model, items, output, save_images, format.value, overwrite)
+    folders = [p for p in paths if p.is_dir()]  # read as a whole (a later -r run would read
+    # drawn pictures or outputs inside them back in)
+    check_drawn = _check_outputs(
+        model, items, output, save_images, format.value, overwrite, folders
+    )
     detector = Detector(
         model,
         min_score=_min_score(model, min_score),
@@ -175,14 +179,16 @@ def _check_outputs(
     save_images: Path | None,
     fmt: str = "jsonl",
     overwrite: bool = False,
+    folders: list[Path] | tuple = (),
 ):
     """Refuse outputs that are (or hold) an input or are inside a run (the model's or any
-    other); returns the check for each drawn image."""
+    other) or inside an input folder; returns the check for each drawn image."""
     from kdetect.predict_formats import FILE_FORMATS
     from kdetect.runs import CLASSES_FILE, MODEL_FILE
 
     inputs = [item.path for item in items] + [model]
-    run = [model] if model.is_dir() else []  # read as a whole: nothing is written inside it
+    # read as a whole: nothing is written inside them
+    run = ([model] if model.is_dir() else []) + list(folders)
     if model.is_dir():
         inputs += [model / MODEL_FILE, model / CLASSES_FILE]
     if output is not None:
