@@ -3,6 +3,8 @@
 * :func:`parse_bool` is the one boolean parser: ``true``/``false``, ``yes``/``no``, ``1``/``0``
   (any case, or the YAML/JSON values themselves); anything else is an error naming the key, never
   a silent ``False``.
+* :func:`read_text` reads a text file users wrote (UTF-8, a byte-order mark dropped), with one
+  line for a file that is not UTF-8 or cannot be read.
 * :func:`compose_yaml` / :func:`load_yaml` parse YAML (safe loader) and refuse a document whose
   anchors and aliases expand to more than :data:`MAX_YAML_NODES` nodes (a "billion laughs"
   bomb: a few lines that grow exponentially when anything walks them) or refer to themselves.
@@ -13,6 +15,7 @@ recipe) so each keeps its own family.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -41,6 +44,18 @@ def parse_bool(value: Any, key: str, error: type[KdetectError] = KdetectError) -
             return False
     shown = f'"{value}"' if isinstance(value, str) else repr(value)
     raise error(f"{key}: expected true or false (yes/no, 1/0), got {shown}")
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[KdetectError] = KdetectError) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark at the start is dropped); ``error``
+    ``"<path>: cannot read <what> (...)"`` for a file that is not UTF-8 or cannot be read."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: cannot read {what} (byte {exc.start} is not UTF-8 text)") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:

@@ -132,7 +132,7 @@ RECIPES = {
     ),
     "binary": (
         b"\x89PNG\r\n\x1a\n\x00\xff\xfe",
-        "{path}: not a text file (byte 0 is not UTF-8); a recipe is a YAML file",
+        "{path}: cannot read the recipe (byte 0 is not UTF-8 text)",
     ),
     "duplicate key": (
         b"name: a\ntrain:\n  epochs: 1\nname: b\n",

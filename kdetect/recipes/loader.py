@@ -17,7 +17,7 @@ import yaml
 
 from kdetect.backbone_names import rpn_levels
 from kdetect.errors import CheckpointError, RecipeError
-from kdetect.parsing import compose_yaml
+from kdetect.parsing import compose_yaml, read_text
 from kdetect.paths import write_text
 from kdetect.recipes.builders import image_transform
 from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
@@ -93,14 +93,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(
-            f"{path}: not a text file (byte {exc.start} is not UTF-8); a recipe is a YAML file"
-        ) from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    text = read_text(path, "the recipe", RecipeError)
     try:
         node = compose_yaml(text, str(path), RecipeError)  # refuses alias bombs
         if node is not None:

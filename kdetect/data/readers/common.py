@@ -21,6 +21,7 @@ import numpy as np
 
 from kdetect.data.records import Annotations, Record
 from kdetect.errors import DataError
+from kdetect.parsing import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -357,17 +358,9 @@ def find_image(name: str, folders: Iterable[Path | None], stem_fallback: bool = 
 
 
 def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path`` (a byte-order mark at the start is dropped); DataError
-    ``"<path>: cannot read <what> (...)"`` for a file that is not UTF-8 or cannot be read."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return handle.read()
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: cannot read {what} (byte {exc.start} is not UTF-8 text)"
-        ) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    """The UTF-8 text of a dataset file (:func:`kdetect.parsing.read_text`), errors as
+    :class:`DataError`."""
+    return read_text(path, what, DataError)
 
 
 def read_json_file(path: Path) -> Any:
