@@ -43,8 +43,8 @@ def photos(count: int, size: tuple[int, int], folder: Path = PHOTOS) -> tuple[np
 def min_max_size(arch: str, size: tuple[int, int]) -> tuple[int, int]:
     """The size ``arch``'s ``min_max`` resize gives an image of ``size`` (kdetect's own rule,
     :meth:`ImageTransform.resized_size`, which reproduces torchvision's)."""
+    from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
     from kdetect.models.transform import ImageTransform
-    from kdetect.pretrained.torchvision import ARCHITECTURES
 
     options = ARCHITECTURES[arch]
     transform = ImageTransform(

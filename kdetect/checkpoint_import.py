@@ -18,10 +18,9 @@ import os
 from pathlib import Path
 
 from kdetect.errors import CheckpointError
-from kdetect.models.faster_rcnn import FasterRCNN
+from kdetect.models.registry import architecture_options, architecture_type, model_class
 from kdetect.paths import atomic_path, check_kind, check_not_input
 from kdetect.pretrained.coco import coco_class_names
-from kdetect.pretrained.torchvision import ARCHITECTURES
 from kdetect.recipes import dump, load
 from kdetect.recipes.builders import model_section
 from kdetect.runs import (
@@ -64,7 +63,7 @@ def import_checkpoint(
     if output.is_dir() and any(output.iterdir()):
         raise CheckpointError(f"--output: {output} already exists; choose a new run directory")
     names = read_class_names(classes) if classes is not None else None
-    model = FasterRCNN.from_torchvision(weights, arch=arch)
+    model = model_class(architecture_type(arch)).from_torchvision(weights, arch=arch)
     if names is None:
         if model.num_classes != len(coco_class_names()):
             raise CheckpointError(
@@ -101,7 +100,7 @@ def architecture_recipe(arch: str, name: str) -> dict:
     """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
     return {
         "name": name,
-        "model": model_section(ARCHITECTURES[arch]),
+        "model": model_section(architecture_options(arch)),
         "data": {"format": "coco", "batch_size": 2},
     }
 

@@ -4,7 +4,7 @@ Keras finds a saved model's custom classes (``kdetect>FasterRCNN`` and the layer
 registry, which a class joins when its module is imported; kdetect imports its model code (and
 TensorFlow with it) only when first used, so that ``import kdetect`` and ``kdetect --help`` stay
 fast. This module bridges the two: Keras' registry lookup is wrapped so that a miss on a
-``kdetect>`` name imports ``kdetect.models.faster_rcnn`` (registering everything) and looks
+``kdetect>`` name imports every model type (registering everything) and looks
 again. The wrap is applied when Keras' registry module is imported, before or after kdetect;
 nothing is imported early.
 """
@@ -29,7 +29,7 @@ def _wrap(registry) -> None:
     def get_registered_object(name, custom_objects=None, module_objects=None):
         found = original(name, custom_objects, module_objects)
         if found is None and isinstance(name, str) and name.startswith(_PREFIX):
-            importlib.import_module("kdetect.models.faster_rcnn")
+            importlib.import_module("kdetect.models.registry").register_all()
             found = original(name, custom_objects, module_objects)
         return found
 

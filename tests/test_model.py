@@ -314,7 +314,7 @@ def test_backbone_names_are_the_backbones_built():
 def test_default_anchor_sizes_follow_the_rpn_levels():
     """One size per level for a five-level pyramid; all five sizes on each level otherwise
     (torchvision's MobileNetV3 detector: three levels of (32, 64, 128, 256, 512))."""
-    from kdetect.models.assembly import checked_anchor_sizes
+    from kdetect.models.faster_rcnn.assembly import checked_anchor_sizes
 
     assert checked_anchor_sizes(None, True, 5) == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
     assert checked_anchor_sizes(None, True, 3) == ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3

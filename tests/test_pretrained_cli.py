@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 from torch_peer import REPO_ROOT, run_torch
 
+from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
 from kdetect.pretrained.coco import coco_class_names
 from kdetect.pretrained.state_dict import read_state_dict
-from kdetect.pretrained.torchvision import ARCHITECTURES
 from tests.pretrained_support import write_safetensors
 from tests.train_support import kdetect, set_args
 

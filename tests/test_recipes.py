@@ -237,7 +237,7 @@ def test_imported_run_recipe_rebuilds_every_architecture(arch):
     """The recipe ``checkpoint import`` writes validates and gives back every ``FasterRCNN``
     option of the architecture (rpn_* under model.rpn, box_* under model.box)."""
     from kdetect.checkpoint_import import architecture_recipe
-    from kdetect.pretrained.torchvision import ARCHITECTURES
+    from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
     from kdetect.recipes.builders import model_kwargs
 
     assert arch in ARCHITECTURES

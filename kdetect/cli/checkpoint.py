@@ -138,8 +138,8 @@ def import_checkpoint(
         str,
         typer.Option(
             "--arch",
-            help="torchvision's builder name: fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2 "
-            "or fasterrcnn_mobilenet_v3_large_fpn.",
+            help="torchvision's builder name (kdetect models list shows them all), e.g. "
+            "fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, ssdlite320_mobilenet_v3_large.",
         ),
     ] = "fasterrcnn_resnet50_fpn",
     classes: Annotated[
@@ -150,7 +150,7 @@ def import_checkpoint(
         ),
     ] = None,
 ) -> None:
-    """Import a torchvision Faster R-CNN checkpoint as a run (read without torch, no pickle
+    """Import a torchvision detection checkpoint as a run (read without torch, no pickle
     code is ever run); predict, evaluate, serve, export and train --set train.init_from=RUN
     accept it."""
     from kdetect.checkpoint_import import import_checkpoint as run_import

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from kdetect.layers.batch_norm import BatchNormalization
+from kdetect.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
@@ -144,3 +145,20 @@ class BoxPredictor(keras.layers.Layer):
         config = super().get_config()
         config.update({"num_classes": self.num_classes})
         return config
+
+    @staticmethod
+    def losses(class_logits, box_deltas, samples):
+        """The box head's two loss terms, as torchvision's: classification (softmax
+        cross-entropy) over the sampled RoIs and box regression (smooth L1 of each RoI's own
+        class's deltas, beta 1/9) over the sampled foreground, each divided by the number
+        sampled. ``samples``: :class:`~kdetect.layers.roi.RoISampler`'s output."""
+        class_logits = ops.cast(class_logits, "float32")
+        box_deltas = ops.cast(box_deltas, "float32")
+        labels, weights = samples["labels"], samples["weights"]
+        count = normaliser(weights)
+        cls = ops.sparse_categorical_crossentropy(labels, class_logits, from_logits=True)
+        class_index = ops.maximum(labels - 1, 0)
+        picked = ops.take_along_axis(box_deltas, class_index[:, :, None, None], axis=2)[:, :, 0, :]
+        foreground = ops.cast(labels > 0, "float32") * weights
+        box = ops.sum(smooth_l1(picked - samples["box_targets"], SMOOTH_L1_BETA), axis=-1)
+        return ops.sum(cls * weights) / count, ops.sum(box * foreground) / count

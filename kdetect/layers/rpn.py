@@ -11,6 +11,7 @@ from keras import ops
 
 from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
 from kdetect.layers.base import MatchAndSample, PipelineLayer
+from kdetect.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
 from kdetect.tf_ops import nms_padded
 
 
@@ -127,6 +128,18 @@ class RPNTargetAssigner(MatchAndSample):
         )
         box_targets = self.box_coder.encode(matched_boxes, anchors)
         return labels, box_targets
+
+    def losses(self, logits, deltas, anchors, gt_boxes, gt_labels, seed=None):
+        """The RPN's two loss terms, as torchvision's: objectness (binary cross-entropy) over
+        the sampled anchors and box regression (smooth L1, beta 1/9) over the sampled positives,
+        each summed and divided by the number sampled. ``anchors`` [A, 4] (all levels)."""
+        labels, box_targets = self(anchors, gt_boxes, gt_labels >= 0, seed=seed)
+        sampled = ops.cast(labels >= 0, "float32")
+        positive = ops.cast(labels > 0, "float32")
+        count = normaliser(sampled)
+        cls = ops.binary_crossentropy(ops.maximum(labels, 0.0), logits, from_logits=True)
+        box = ops.sum(smooth_l1(deltas - box_targets, SMOOTH_L1_BETA), axis=-1)
+        return ops.sum(cls * sampled) / count, ops.sum(box * positive) / count
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

@@ -1,18 +1,22 @@
-"""Detection models.
+"""Detection models: one folder per type, built by name from :mod:`kdetect.models.registry`.
 
-``LOSS_NAMES`` is importable without TensorFlow; ``FasterRCNN`` (which imports it) loads on first
-use, like ``kdetect.FasterRCNN``.
+``LOSS_NAMES`` (Faster R-CNN's) and the registry are importable without TensorFlow; the
+detector classes load on first use, like ``kdetect.FasterRCNN``.
 """
 
 import importlib
 
-#: The losses a detector logs: their sum first, then the four terms.
+from kdetect.models.registry import MODEL_TYPES, build
+
+#: Faster R-CNN's losses: their sum first, then the four terms.
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 
-__all__ = ["LOSS_NAMES", "FasterRCNN"]
+__all__ = ["LOSS_NAMES", "MODEL_TYPES", "build", *(entry.cls for entry in MODEL_TYPES.values())]
 
 
 def __getattr__(name):
-    if name == "FasterRCNN":
-        return importlib.import_module("kdetect.models.faster_rcnn").FasterRCNN
+    # The classes import TensorFlow: load each on first use (``import kdetect`` stays fast).
+    for entry in MODEL_TYPES.values():
+        if name == entry.cls:
+            return getattr(importlib.import_module(entry.module), entry.cls)
     raise AttributeError(f"module 'kdetect.models' has no attribute {name!r}")

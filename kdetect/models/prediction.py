@@ -1,23 +1,15 @@
-"""Faster R-CNN on raw images: input checks, then the model's input transform and back.
-
-``predict`` takes images of any size; the detector's :class:`~kdetect.models.transform.
-ImageTransform` resizes and pads them (``fit`` into ``image_size``, ``min_max`` as torchvision)
-and maps the boxes back to the input's pixels.
-"""
+"""The checks of raw images given to a detector's ``predict``
+(:class:`~kdetect.models.base.DetectionModel`), before they reach a traced function."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
 
 import numpy as np
-from keras import ops
 
 from kdetect import tf_ops
-from kdetect.backbones import preprocess_images
-from kdetect.boxes import clip_boxes
 from kdetect.errors import InputShapeError
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,64 +70,3 @@ def check_images(images, where: str = "predict"):
             stacklevel=_caller_stacklevel(),
         )
     return images
-
-
-class RawImagePrediction:
-    """The prediction half of :class:`~kdetect.models.faster_rcnn.FasterRCNN` (a mixin of it)."""
-
-    @contextlib.contextmanager
-    def portable_ops(self):
-        """Graphs traced inside this block use only ops that the TFLite and ONNX converters
-        turn into builtins (RoIAlign by gathers instead of ``crop_and_resize``); same values."""
-        previous = self.portable_graph
-        self.portable_graph = True
-        try:
-            yield self
-        finally:
-            self.portable_graph = previous
-
-    def make_predict_function(self, force=False):
-        """The predict function is never XLA-compiled, even after ``compile(jit_compile=True)``.
-
-        The final per-class NMS and RoIAlign's ``crop_and_resize`` have no XLA kernels; the
-        backbone still runs TensorFlow's own fused kernels.
-        """
-        jit = self._jit_compile
-        self._jit_compile = False
-        try:
-            return super().make_predict_function(force=force)
-        finally:
-            self._jit_compile = jit
-
-    def predict(self, x, *args, **kwargs):
-        """``keras.Model.predict`` on raw images, validated first (see :func:`check_images`)."""
-        return super().predict(check_images(x, "predict"), *args, **kwargs)
-
-    def predict_on_batch(self, x):
-        """``keras.Model.predict_on_batch``, validated first (see :func:`check_images`)."""
-        return super().predict_on_batch(check_images(x, "predict_on_batch"))
-
-    def predict_step(self, data):
-        """Raw images -> :attr:`transform` -> detections, boxes back in the input's pixels.
-
-        ``min_max`` normalises before resizing and pads the normalised images with zeros, as
-        torchvision does, and clips proposals to the content; ``fit`` pads raw pixels with
-        zeros, as the training pipeline does, and runs the frame as training does.
-        """
-        if isinstance(data, (tuple, list)):
-            data = data[0]
-        if isinstance(data, dict):
-            data = data["images"]
-        self._mark_xla_step(False)
-        images = ops.cast(data, "float32")
-        shape = ops.shape(images)
-        min_max = self.transform.resize_mode == "min_max"
-        if min_max:
-            images = preprocess_images(images, self.backbone_name)
-        frame, size = self.transform.resize(images, portable=self.portable_graph)
-        detections = self.detect(frame, size) if min_max else self(frame, training=False)
-        boxes = self.transform.unmap_boxes(detections["boxes"], shape[1:3], size)
-        boxes = clip_boxes(boxes, shape[1], shape[2])
-        valid = ops.expand_dims(detections["labels"] >= 0, -1)
-        detections["boxes"] = ops.where(valid, boxes, 0.0)
-        return detections

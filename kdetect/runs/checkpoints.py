@@ -176,8 +176,10 @@ def load_keras_file(path: str | os.PathLike, shown_as: str | None = None):
     # pack) without it.
     import keras
 
-    import kdetect.models.faster_rcnn  # noqa: F401  (registers the model classes)
     import kdetect.recipes.schedules  # noqa: F401  (registers the LR schedule)
+    from kdetect.models.registry import register_all
+
+    register_all()  # the model classes
 
     try:
         model = keras.saving.load_model(path, compile=False)

@@ -1,9 +1,11 @@
 """Faster R-CNN (Ren et al., 2015) as a ``keras.Model``, with an optional feature pyramid.
 
-The model is assembled here and runs its forward pass here; its training steps and losses are
-in :mod:`kdetect.models.training`, prediction on raw images in :mod:`kdetect.models.prediction`,
-the checks and layer builders in :mod:`kdetect.models.assembly`, the input transform in
-:mod:`kdetect.models.transform`.
+The model is its stages, assembled here: the input transform, a backbone (+ FPN), the RPN
+(:class:`~kdetect.layers.RPNHead`, its target assigner and proposal generator) and the RoI
+heads (RoIAlign, box head and predictor, the sampler and the decoder). Each stage owns its loss
+terms (``RPNTargetAssigner.losses``, ``BoxPredictor.losses``); what every detector shares
+(training steps, prediction on raw images, export) is :class:`~kdetect.models.base.DetectionModel`;
+the checks and layer builders are in :mod:`kdetect.models.assembly`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import keras
 from keras import ops
 
 from kdetect.anchors import feature_map_anchors
-from kdetect.backbones import preprocess_images
-from kdetect.errors import InputShapeError
 from kdetect.layers import (
     BoxPredictor,
     ConvFCBoxHead,
@@ -27,17 +27,15 @@ from kdetect.layers import (
     RPNHead,
     RPNTargetAssigner,
 )
-from kdetect.models import LOSS_NAMES, assembly
-from kdetect.models import export_formats as exporting
-from kdetect.models.assembly import STAGES
-from kdetect.models.prediction import RawImagePrediction
-from kdetect.models.training import DetectorTraining
+from kdetect.models import LOSS_NAMES
+from kdetect.models.base import DetectionModel
+from kdetect.models.faster_rcnn import assembly, torchvision
+from kdetect.models.faster_rcnn.assembly import STAGES
 from kdetect.models.transform import ImageTransform
-from kdetect.pretrained.torchvision import load_torchvision
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
-class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
+class FasterRCNN(DetectionModel):
     """Two-stage object detector: backbone (+ FPN) -> RPN -> RoIAlign -> box head -> decoder.
 
     The model owns its input transform, :attr:`transform` (an
@@ -83,14 +81,16 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
             ones; by default they are built from the plain settings above, which an injected
             layer replaces (``roi_align`` must pool from the backbone's strides).
 
-    Attributes set while a graph is traced (read by RoIAlign, whose fused ``crop_and_resize``
-    kernel has neither an XLA kernel nor a TFLite builtin, so it runs on gathers instead):
-        xla_step: the train / test step being traced is XLA-compiled (``jit_compile`` or TPU).
-        portable_graph: inside :meth:`portable_ops` (exports).
+    RoIAlign reads the trace flags ``xla_step`` and ``portable_graph`` (see
+    :class:`DetectionModel`): its fused ``crop_and_resize`` kernel has neither an XLA kernel
+    nor a TFLite builtin, so it runs on gathers instead.
 
     Needs the TensorFlow backend: NMS, the fused RoIAlign, the gradient tape and
     ``tf.distribute`` come from :mod:`kdetect.tf_ops`, the resize from ``tf.image``.
     """
+
+    LOSS_NAMES = LOSS_NAMES
+    TYPE = "faster_rcnn"
 
     def __init__(
         self,
@@ -158,8 +158,6 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         self.fpn_channels, self.fpn_batch_norm = fpn_channels, bool(fpn_batch_norm)
         self.box_head_type, self.box_head_units = box_head_type, box_head_units
         self.batch_norm_epsilon, self.seed = batch_norm_epsilon, seed
-        self.xla_step = False  # see the class docstring
-        self.portable_graph = False
 
         # --- Layers with weights ------------------------------------------------------------
         parts = assembly.build_feature_layers(
@@ -188,18 +186,12 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         for name in STAGES:
             setattr(self, name, stages[name])
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self._init_detector()
 
         frame = (1,) + self.image_size + (3,)
         spec = self.backbone.compute_output_spec(keras.KerasTensor(frame))
         self._feature_shapes = [tuple(t.shape) for t in spec] if fpn else tuple(spec.shape)
         self.build((None,) + self.image_size + (3,))
-
-    # --- The input transform's settings (the transform holds them) -------------------------
-    image_size = property(lambda self: self.transform.image_size, doc="the training frame")
-    resize_mode = property(lambda self: self.transform.resize_mode, doc="`fit` or `min_max`")
-    min_size = property(lambda self: self.transform.min_size, doc="`min_max`'s short side")
-    max_size = property(lambda self: self.transform.max_size, doc="`min_max`'s long side")
 
     def build(self, input_shape):
         feature_shapes = self._feature_shapes
@@ -254,6 +246,34 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
             x = ops.reshape(self.box_head(flat, training=training), (batch, num, -1))
         return self.box_predictor(x)
 
+    def compute_losses(self, images, bounding_boxes, training=True):
+        """The four loss terms and their sum (``LOSS_NAMES``): the RPN's over its sampled
+        anchors, then the box head's over the RoIs sampled from the proposals. Proposals
+        always come from the training counts (``test_step`` too), so validation losses measure
+        what training optimises."""
+        gt_boxes = ops.cast(bounding_boxes["boxes"], "float32")
+        gt_labels = ops.cast(bounding_boxes["labels"], "int32")
+        inputs = self.preprocess(images)
+        rpn_features, roi_features = self._feature_maps(inputs, training)
+        logits, deltas = self.rpn_head(rpn_features)
+        logits, deltas = ops.cast(logits, "float32"), ops.cast(deltas, "float32")
+        anchors = self._anchors(inputs, rpn_features)
+        rpn_terms = self.rpn_target_assigner.losses(
+            logits,
+            deltas,
+            ops.concatenate(anchors, axis=0),
+            gt_boxes,
+            gt_labels,
+            seed=self.seed_generator,
+        )
+        proposals, valid = self.proposal_generator(
+            logits, deltas, anchors, image_size=ops.shape(images)[1:3], training=True
+        )
+        samples = self.roi_sampler(proposals, valid, gt_boxes, gt_labels, seed=self.seed_generator)
+        class_logits, box_deltas = self._box_branch(roi_features, samples["rois"], training)
+        terms = rpn_terms + self.box_predictor.losses(class_logits, box_deltas, samples)
+        return dict(zip(LOSS_NAMES, (sum(terms),) + terms, strict=True))
+
     def detect(self, inputs, image_size, training=False):
         """Detections for normalised images ``inputs`` [B, H, W, 3] of any frame whose content
         fills the top-left ``image_size`` (height, width); boxes in pixels of that frame."""
@@ -266,55 +286,6 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
         class_logits, box_deltas = self._box_branch(roi_features, proposals, training)
         return self.detection_decoder(
             class_logits, box_deltas, proposals, valid, image_size=image_size
-        )
-
-    def call(self, images, training=False):
-        """Detections for raw images already at ``image_size`` (pixels of that padded frame)."""
-        shape = tuple(images.shape)
-        if len(shape) != 4 or shape[-1] not in (None, 3):
-            raise InputShapeError(
-                f"FasterRCNN: expected [batch, height, width, 3] images, got shape {shape}"
-            )
-        inputs = preprocess_images(images, self.backbone_name)
-        return self.detect(inputs, ops.shape(images)[1:3], training=training)
-
-    def export(
-        self,
-        filepath,
-        format="tf_saved_model",
-        verbose=None,
-        input_signature=None,
-        classes: Sequence[str] | None = None,
-        **kwargs,
-    ):
-        """Keras' ``Model.export`` for a detector: ``format`` is ``tf_saved_model``, ``onnx`` or
-        ``litert``, each taking raw uint8 RGB images and returning the TF OD API detection
-        outputs (see :mod:`kdetect.export`; ONNX and LiteRT files take one image of any size).
-
-        ``classes``: class names stored with the export (default ``class_0``...). Keyword
-        options: ``input_type`` (SavedModel's ``serving_default``), ``opset_version`` (ONNX),
-        ``quantize`` (LiteRT: ``float16`` or ``dynamic``). ``input_signature`` cannot be
-        changed (the signature is uint8 ``[batch, height, width, 3]``). Returns the path.
-        """
-        del verbose  # the exporters keep their logging off the console either way
-        if format not in exporting.KERAS_FORMATS:
-            raise exporting.ExportError(
-                f"format: expected one of {', '.join(exporting.KERAS_FORMATS)}, got {format!r}"
-            )
-        if input_signature is not None:
-            raise exporting.ExportError(
-                "input_signature: a FasterRCNN export always takes uint8 [batch, height, width, 3]"
-                " images (any size); leave it unset"
-            )
-        options = {
-            "input_type": kwargs.pop("input_type", "encoded_image_string_tensor"),
-            "opset": kwargs.pop("opset_version", None) or exporting.DEFAULT_OPSET,
-            "quantize": kwargs.pop("quantize", None),
-        }
-        if kwargs:
-            raise exporting.ExportError(f"export: unknown option(s) {', '.join(sorted(kwargs))}")
-        return exporting.export_model(
-            self, filepath, exporting.KERAS_FORMATS[format], classes=classes, **options
         )
 
     # --- Serialisation --------------------------------------------------------------------
@@ -345,17 +316,15 @@ class FasterRCNN(DetectorTraining, RawImagePrediction, keras.Model):
             **{name: keras.saving.serialize_keras_object(getattr(self, name)) for name in STAGES},
         }
 
-    @classmethod
-    def from_torchvision(cls, weights, arch: str = "fasterrcnn_resnet50_fpn", **overrides):
-        """A detector holding a torchvision Faster R-CNN checkpoint's weights.
+    # --- torchvision checkpoints (DetectionModel.from_torchvision) ------------------------------
+    TORCHVISION_ARCHITECTURES = torchvision.ARCHITECTURES
 
-        ``weights`` is a ``.pth`` / ``.safetensors`` file (read without torch and without
-        running pickled code) or a state dict of arrays; ``arch`` is torchvision's builder name
-        (``fasterrcnn_resnet50_fpn``). The result predicts what torchvision's ``model.eval()``
-        predicts, with kdetect label ``i`` = torchvision label ``i + 1``; ``overrides`` change
-        other ``FasterRCNN`` arguments (e.g. ``box_score_thresh``).
-        """
-        return load_torchvision(cls, weights, arch, **overrides)
+    @staticmethod
+    def torchvision_num_classes(state, name, arch):
+        return torchvision.num_classes(state, name)
+
+    def torchvision_weight_plan(self):
+        return torchvision.weight_plan(self)
 
     @classmethod
     def from_config(cls, config):

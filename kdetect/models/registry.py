@@ -1,0 +1,137 @@
+"""The model registry: every detector type and every importable torchvision architecture.
+
+A model type (``model.type`` in a recipe) is one folder under ``kdetect/models/`` whose package
+exports one :class:`~kdetect.models.base.DetectionModel` subclass; its line here names the
+class and the torchvision builders it reproduces. The registry imports nothing heavy: a
+class is imported when first asked for, so ``kdetect --help`` and the recipe checks stay fast.
+
+    >>> from kdetect.models import build
+    >>> model = build("retinanet_resnet50_fpn", num_classes=3)          # torchvision's layout
+    >>> model = build("retinanet", num_classes=3, backbone="tiny")       # kdetect's own
+    >>> model = build("retinanet_resnet50_fpn", weights="retinanet.pth")  # a checkpoint
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+from kdetect.errors import CheckpointError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One detector type: ``module.cls``, and the torchvision builder names it reproduces."""
+
+    name: str
+    module: str
+    cls: str
+    architectures: tuple[str, ...]
+    summary: str
+
+
+#: ``model.type`` -> its registry line. Adding a model: its folder, then one line here.
+MODEL_TYPES: dict[str, ModelType] = {
+    entry.name: entry
+    for entry in (
+        ModelType(
+            "faster_rcnn",
+            "kdetect.models.faster_rcnn",
+            "FasterRCNN",
+            (
+                "fasterrcnn_resnet50_fpn",
+                "fasterrcnn_resnet50_fpn_v2",
+                "fasterrcnn_mobilenet_v3_large_fpn",
+            ),
+            "two-stage: RPN proposals, RoIAlign, box head",
+        ),
+    )
+}
+
+DEFAULT_TYPE = "faster_rcnn"
+
+
+class UnknownModelError(CheckpointError, ValueError):
+    """A model type or architecture name that the registry does not hold (one line)."""
+
+
+def model_types() -> tuple[str, ...]:
+    """Every ``model.type``."""
+    return tuple(MODEL_TYPES)
+
+
+def architectures() -> dict[str, str]:
+    """Every importable torchvision builder name -> its ``model.type``."""
+    return {arch: entry.name for entry in MODEL_TYPES.values() for arch in entry.architectures}
+
+
+def _entry(model_type: str) -> ModelType:
+    if model_type not in MODEL_TYPES:
+        raise UnknownModelError(
+            f"unknown model type {model_type!r}{did_you_mean(model_type, MODEL_TYPES)}; "
+            f"expected one of {', '.join(MODEL_TYPES)}"
+        )
+    return MODEL_TYPES[model_type]
+
+
+def model_class(model_type: str = DEFAULT_TYPE) -> type:
+    """The detector class of ``model_type`` (imported on first use)."""
+    entry = _entry(model_type)
+    return getattr(importlib.import_module(entry.module), entry.cls)
+
+
+def architecture_type(arch: str) -> str:
+    """The ``model.type`` that reproduces torchvision's builder ``arch``."""
+    found = architectures()
+    if arch not in found:
+        raise UnknownModelError(
+            f"unknown --arch {arch!r}{did_you_mean(arch, found)}; importable: "
+            f"{', '.join(sorted(found))}"
+        )
+    return found[arch]
+
+
+def architecture_options(arch: str) -> dict:
+    """The constructor options that reproduce torchvision's builder ``arch``."""
+    return dict(model_class(architecture_type(arch)).TORCHVISION_ARCHITECTURES[arch])
+
+
+def register_all() -> None:
+    """Import every model type (each registers its Keras classes for loading saved files)."""
+    for name in MODEL_TYPES:
+        model_class(name)
+
+
+def build(
+    name: str = DEFAULT_TYPE,
+    num_classes: int | None = None,
+    weights: str | os.PathLike | None = None,
+    **kwargs,
+):
+    """A detector by name: a ``model.type`` (kdetect's defaults for that type) or a torchvision
+    builder name (its exact layout; with ``weights``, that checkpoint's weights and classes).
+
+    ``kwargs`` are the class's constructor arguments (they override an architecture's).
+    """
+    if name in MODEL_TYPES:
+        if weights is not None:
+            raise UnknownModelError(
+                f"weights: a checkpoint needs its torchvision architecture name, not the type "
+                f"{name!r} (one of {', '.join(MODEL_TYPES[name].architectures)})"
+            )
+        if num_classes is None:
+            raise TypeError(f"build({name!r}) needs num_classes")
+        return model_class(name)(num_classes=num_classes, **kwargs)
+    cls = model_class(architecture_type(name))
+    if weights is not None:
+        model = cls.from_torchvision(weights, arch=name, **kwargs)
+        if num_classes is not None and num_classes != model.num_classes:
+            raise UnknownModelError(
+                f"num_classes: {weights} holds {model.num_classes} classes, not {num_classes} "
+                "(to train new classes, fine-tune from an imported run with init_from)"
+            )
+        return model
+    options = {**cls.TORCHVISION_ARCHITECTURES[name], **kwargs}
+    # torchvision builders default to COCO: 91 logits, 90 classes and the background
+    return cls(num_classes=90 if num_classes is None else num_classes, **options)
