@@ -100,7 +100,7 @@ def architecture_recipe(arch: str, name: str) -> dict:
     """A recipe mapping that rebuilds ``arch`` (the model section), for an imported run."""
     return {
         "name": name,
-        "model": model_section(architecture_options(arch)),
+        "model": model_section(architecture_options(arch), architecture_type(arch)),
         "data": {"format": "coco", "batch_size": 2},
     }
 

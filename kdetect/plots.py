@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
-from kdetect.models import LOSS_NAMES
+from kdetect.models import loss_names
 from kdetect.paths import atomic_path
 
 DPI = 100
@@ -54,7 +54,8 @@ def _save(figure, output: str | os.PathLike) -> Path:
 def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) -> Path:
     """``results.png``: one panel per loss term (training and validation curves), then the
     validation mAP and the learning rate, against the epoch. Returns ``output``."""
-    panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in LOSS_NAMES]
+    terms = loss_names(rows[0]) if rows else ["loss"]
+    panels = [(term, term.removesuffix("_loss").replace("_", " ")) for term in terms[:6]]
     panels += [("val_mAP", "validation mAP"), ("lr", "learning rate")]
     figure = Figure(figsize=(16, 7), layout="constrained")
     axes = figure.subplots(2, 4)
@@ -80,7 +81,8 @@ def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) ->
             ax.legend(fontsize=8)
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
-    axes.flat[-1].axis("off")
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
     figure.suptitle("training results", fontsize=14)
     return _save(figure, output)
 

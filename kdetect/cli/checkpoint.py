@@ -138,7 +138,7 @@ def import_checkpoint(
         str,
         typer.Option(
             "--arch",
-            help="torchvision's builder name (kdetect models list shows them all), e.g. "
+            help="torchvision's builder name (kdetect models lists them all), e.g. "
             "fasterrcnn_resnet50_fpn, retinanet_resnet50_fpn, ssdlite320_mobilenet_v3_large.",
         ),
     ] = "fasterrcnn_resnet50_fpn",

@@ -11,7 +11,20 @@ from kdetect.models.registry import MODEL_TYPES, build
 #: Faster R-CNN's losses: their sum first, then the four terms.
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 
-__all__ = ["LOSS_NAMES", "MODEL_TYPES", "build", *(entry.cls for entry in MODEL_TYPES.values())]
+
+def loss_names(keys) -> list[str]:
+    """The training-loss keys among ``keys`` (a logs dict or a history row): ``loss``, then
+    each detector's terms (``*_loss``), in their order; validation keys excluded."""
+    return [k for k in keys if k == "loss" or (k.endswith("_loss") and not k.startswith("val_"))]
+
+
+__all__ = [
+    "LOSS_NAMES",
+    "MODEL_TYPES",
+    "build",
+    "loss_names",
+    *(entry.cls for entry in MODEL_TYPES.values()),
+]
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@ never see a recipe.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,8 +231,85 @@ def image_transform(model: ModelConfig):
     return ImageTransform(**transform_settings(model))
 
 
+#: Model-section keys that every type takes when its constructor has them.
+SHARED_KEYS = (
+    "backbone",
+    "backbone_weights",
+    "freeze",
+    "frozen_batch_norm",
+    "batch_norm_epsilon",
+    "fpn_channels",
+    "image_size",
+    "resize_mode",
+    "min_size",
+    "max_size",
+    "anchor_sizes",
+)
+
+
+def constructor_arguments(model_type: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments of ``model_type``'s class (its settings, with their defaults)."""
+    from kdetect.models.registry import model_class
+
+    skip = {"self", "num_classes", "seed", "kwargs"}
+    parameters = inspect.signature(model_class(model_type).__init__).parameters
+    return {name: p for name, p in parameters.items() if name not in skip}
+
+
+def check_options(model: ModelConfig) -> None:
+    """``model.options`` against the type's constructor: known names, values of the default's
+    kind (a number, a flag, a name, a list); Faster R-CNN takes its settings as keys."""
+    if model.type == "faster_rcnn":
+        if model.options:
+            raise RecipeError(
+                "model.options: faster_rcnn's settings are model keys and the model.rpn and "
+                "model.box sections (docs/recipes.md)"
+            )
+        return
+    arguments = constructor_arguments(model.type)
+    for name, value in model.options.items():
+        key = f"model.options.{name}"
+        if name in SHARED_KEYS:
+            raise RecipeError(f"{key}: set it as model.{name} (shared by every model type)")
+        if name not in arguments:
+            raise RecipeError(
+                f"{key}: not a setting of model.type {model.type}"
+                f"{did_you_mean(name, arguments)}; settings: {', '.join(arguments)}"
+            )
+        default = arguments[name].default
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        if not _same_kind(value, default):
+            raise RecipeError(
+                f"{key}: expected a value like its default {default!r}, got {value!r}"
+            )
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a recipe value fits a constructor default: a flag for a flag, a number for a
+    number (an integer where the default is one), a name for a name, a list for a tuple."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return isinstance(default, float) or isinstance(value, int)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return True
+
+
 def model_kwargs(model: ModelConfig, num_classes: int, seed: int | None = None) -> dict[str, Any]:
-    """The ``FasterRCNN`` keyword arguments of a recipe's model section."""
+    """The constructor keyword arguments of a recipe's model section (its type's class)."""
+    if model.type != "faster_rcnn":
+        arguments = constructor_arguments(model.type)
+        shared = {k: getattr(model, k) for k in SHARED_KEYS if k in arguments}
+        shared["image_size"] = tuple(model.image_size)
+        if shared.get("anchor_sizes", ()) is None:  # unset: the type's own default
+            del shared["anchor_sizes"]
+        return {"num_classes": num_classes, **shared, **model.options, "seed": seed}
     kwargs: dict[str, Any] = {
         "num_classes": num_classes,
         "backbone": model.backbone,
@@ -259,26 +337,33 @@ def model_kwargs(model: ModelConfig, num_classes: int, seed: int | None = None) 
     return kwargs
 
 
-def model_section(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The recipe ``model`` mapping of ``FasterRCNN`` keyword arguments (the inverse of
-    :func:`model_kwargs`): ``rpn_*`` under ``rpn``, ``box_*`` and ``bbox_reg_weights`` under
-    ``box``, tuples as lists."""
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
-    def plain(value):
-        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
-    section: dict[str, Any] = {}
+def model_section(kwargs: dict[str, Any], model_type: str = "faster_rcnn") -> dict[str, Any]:
+    """The recipe ``model`` mapping of a type's constructor arguments (the inverse of
+    :func:`model_kwargs`). Faster R-CNN: ``rpn_*`` under ``rpn``, ``box_*`` and
+    ``bbox_reg_weights`` under ``box``; another type: the shared keys, the rest under
+    ``options``. Tuples become lists."""
+    if model_type != "faster_rcnn":
+        section: dict[str, Any] = {"type": model_type}
+        options = {}
+        for key, value in kwargs.items():
+            (section if key in SHARED_KEYS else options)[key] = _plain(value)
+        return {**section, "options": options} if options else section
+    section = {}
     rpn: dict[str, Any] = {}
     box: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key.startswith("rpn_"):
-            rpn[key.removeprefix("rpn_")] = plain(value)
+            rpn[key.removeprefix("rpn_")] = _plain(value)
         elif key == "bbox_reg_weights":
-            box["reg_weights"] = plain(value)
+            box["reg_weights"] = _plain(value)
         elif key.startswith("box_"):
-            box[key.removeprefix("box_")] = plain(value)
+            box[key.removeprefix("box_")] = _plain(value)
         else:
-            section[key] = plain(value)
+            section[key] = _plain(value)
     if rpn:
         section["rpn"] = rpn
     if box:
@@ -287,12 +372,12 @@ def model_section(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe, num_classes: int):
-    """A new, uncompiled ``FasterRCNN`` for the recipe."""
-    from kdetect.models.faster_rcnn import FasterRCNN
+    """A new, uncompiled detector of the recipe's ``model.type``."""
+    from kdetect.models.registry import model_class
 
     kwargs = model_kwargs(recipe.model, num_classes, recipe.train.seed)
     try:
-        return FasterRCNN(**kwargs)
+        return model_class(recipe.model.type)(**kwargs)
     except ValueError as exc:  # the model checks combinations (anchor levels, sizes, ...)
         raise RecipeError(f"model: {exc}") from None
 

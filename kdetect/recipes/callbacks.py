@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdetect.errors import CheckpointError, TrainingDiverged
-from kdetect.models import LOSS_NAMES
+from kdetect.models import loss_names
 from kdetect.models.outputs import split_detections
 from kdetect.paths import write_text
 from kdetect.plots import plot_results, read_history
@@ -136,7 +136,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        for key in LOSS_NAMES:
+        for key in loss_names(logs or {}):
             value = (logs or {}).get(key)
             if value is None:
                 continue

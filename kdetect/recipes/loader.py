@@ -19,7 +19,7 @@ from kdetect.backbone_names import rpn_levels
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.parsing import compose_yaml, read_text
 from kdetect.paths import write_text
-from kdetect.recipes.builders import image_transform
+from kdetect.recipes.builders import check_options, image_transform
 from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
 from kdetect.recipes.typecheck import check_field, from_dict, to_dict
 from kdetect.runs.files import RECIPE_FILE
@@ -201,7 +201,9 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
         raise RecipeError("model.box.bg_iou_thresh: must be <= model.box.fg_iou_thresh")
     if len(model.box.reg_weights) != 4:
         raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
-    _check_anchors(model)
+    if model.type == "faster_rcnn":
+        _check_anchors(model)
+    check_options(model)
     _check_transform(model)
     low, high = data.augment.scale_range
     if low > high:

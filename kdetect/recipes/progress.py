@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kdetect.models import LOSS_NAMES
+from kdetect.models import loss_names
 from kdetect.recipes.callbacks import TrainingState, current_lr, scalar
 from kdetect.runs import VAL_MAP_KEY
 
@@ -92,9 +92,7 @@ class RichProgress(keras.callbacks.Callback):
         if self._progress is None or self._task is None:
             return
         logs = logs or {}
-        parts = [
-            f"{k.removesuffix('_loss')} {scalar(logs[k]):.3f}" for k in LOSS_NAMES if k in logs
-        ]
+        parts = [f"{k.removesuffix('_loss')} {scalar(logs[k]):.3f}" for k in loss_names(logs)]
         parts.append(f"lr {current_lr(self.model):.2e}")
         parts.append(f"{self._rate():.1f} img/s")
         self._progress.update(self._task, completed=batch + 1, stats="  ".join(parts))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
+from kdetect.models.registry import DEFAULT_TYPE, MODEL_TYPES
 from kdetect.recipes.typecheck import describe, hints, to_dict
 
 FORMATS = ("shapes", "voc", "coco", "csv", "yolo", "labelstudio", "tfrecord")
@@ -87,8 +88,25 @@ class BoxConfig:
 
 @dataclass
 class ModelConfig:
-    """The detector. The number of classes comes from the data section."""
+    """The detector. The number of classes comes from the data section.
 
+    ``type`` picks the detector (:mod:`kdetect.models.registry`). The backbone, its weights and
+    freezing, ``fpn_channels``, ``anchor_sizes`` and the input transform's keys are shared by
+    every type whose class takes them; ``fpn``, ``aspect_ratios``, ``roi_align_aligned``,
+    ``fpn_batch_norm``, ``rpn`` and ``box`` are Faster R-CNN's; the settings of another type
+    are its class's constructor arguments, under ``options``.
+    """
+
+    type: Literal[tuple(MODEL_TYPES)] = _f(
+        DEFAULT_TYPE,
+        "the detector: "
+        + "; ".join(f"`{entry.name}`: {entry.summary}" for entry in MODEL_TYPES.values()),
+    )
+    options: dict[str, Any] = _f(
+        dict,
+        "settings of a model.type other than faster_rcnn: its class's constructor arguments "
+        "(docs/models.md lists each type's, with their defaults)",
+    )
     backbone: Literal[BACKBONES] = _f(
         "resnet50",
         "feature extractor; `torchvision_resnet50` and `torchvision_mobilenet_v3_large` are "

@@ -90,6 +90,10 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
         return _check_list(key, value, tp, meta)
+    if origin is dict:  # free settings, checked where they are used (e.g. model.options)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RecipeError(f"{key}: expected a mapping, got {_show(value)}")
+        return dict(value)
     return _check_scalar(key, value, tp, meta)
 
 
