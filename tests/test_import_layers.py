@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kdetect.boxes",
             "kdetect.anchors",
             "kdetect.matching",
+            "kdetect.losses",
             "kdetect.tf_ops",
             "kdetect.layers",
             "kdetect.backbones",

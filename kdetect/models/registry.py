@@ -123,7 +123,14 @@ def build(
         if num_classes is None:
             raise TypeError(f"build({name!r}) needs num_classes")
         return model_class(name)(num_classes=num_classes, **kwargs)
-    cls = model_class(architecture_type(name))
+    found = architectures()
+    if name not in found:
+        names = [*MODEL_TYPES, *found]
+        raise UnknownModelError(
+            f"unknown model {name!r}{did_you_mean(name, names)}; model types: "
+            f"{', '.join(MODEL_TYPES)}; torchvision architectures: {', '.join(sorted(found))}"
+        )
+    cls = model_class(found[name])
     if weights is not None:
         model = cls.from_torchvision(weights, arch=name, **kwargs)
         if num_classes is not None and num_classes != model.num_classes:
