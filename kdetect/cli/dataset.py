@@ -292,7 +292,10 @@ def _print_anchor_check(recipe_path: Path, annotations) -> None:
     recipe = load(recipe_path, ["model.backbone_weights=null"], check_paths=False)
     model = builders.build_model(recipe, len(annotations.classes))
     frame = model.image_size
-    report = anchor_report(model, annotations, frame, recipe.model.rpn)
+    report = anchor_report(model, annotations, frame)
+    if report is None:
+        console.print(f"the {recipe.model.type} model has no anchors to check", highlight=False)
+        return
     table = Table(title=f"anchor coverage in the {frame[0]}x{frame[1]} frame ({recipe_path})")
     table.add_column("class")
     table.add_column("boxes", justify="right")

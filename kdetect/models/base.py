@@ -77,6 +77,18 @@ class DetectionModel(keras.Model):
         """The loss terms of a training batch (raw pixels of the frame) and their sum."""
         raise NotImplementedError
 
+    def anchor_boxes(self, height: int, width: int, anchor_sizes=None, aspect_ratios=None):
+        """The anchors (or default boxes) of a ``height`` x ``width`` frame, one ``[A, 4]``
+        array per level, for ``kdetect dataset inspect``'s coverage check; with
+        ``anchor_sizes`` / ``aspect_ratios``, those of another anchor setting (a model whose
+        anchors are a grid of sizes and ratios; others raise ``NotImplementedError``). None:
+        the model has no anchors (e.g. FCOS's points)."""
+        return None
+
+    #: ``(fg, bg)``: the IoUs at which a training box's anchor is a positive, and below which a
+    #: negative (None without anchors); read with :meth:`anchor_boxes`.
+    anchor_iou_thresholds: tuple[float, float] | None = None
+
     def preprocess(self, images):
         """Raw 0..255 RGB pixels -> what the backbone was trained on."""
         return preprocess_images(images, self.backbone_name)

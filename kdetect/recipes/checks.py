@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 from rich.markup import escape
 
-from kdetect.anchors import feature_map_anchors
 from kdetect.data.anchor_fit import MIN_COVERAGE, anchor_coverage, best_anchor_iou, suggest_anchors
 from kdetect.data.quality import boxes_in_frame, quality_report, quality_warnings
 from kdetect.data.records import Annotations
@@ -17,24 +16,30 @@ from kdetect.data.records import Annotations
 MAX_HASHED_IMAGES = 5000
 
 
-def anchor_report(model, annotations: Annotations, frame: tuple[int, int], rpn) -> dict:
-    """Coverage of the training boxes by ``model``'s anchors in ``frame`` at the recipe's RPN
-    thresholds (``rpn``: the recipe's ``model.rpn``; see :mod:`kdetect.data.anchor_fit`), and a
-    better setting when fewer than :data:`MIN_COVERAGE` are covered (``"suggestion"``:
-    ``anchor_sizes``, ``aspect_ratios`` and the share they cover, or None)."""
+def anchor_report(model, annotations: Annotations, frame: tuple[int, int]) -> dict | None:
+    """Coverage of the training boxes by ``model``'s anchors in ``frame`` at the IoUs of its
+    anchor matching (:meth:`~kdetect.models.base.DetectionModel.anchor_boxes`; see
+    :mod:`kdetect.data.anchor_fit`), and a better setting when fewer than
+    :data:`MIN_COVERAGE` are covered and the anchors are a grid of sizes and ratios
+    (``"suggestion"``: ``anchor_sizes``, ``aspect_ratios`` and the share they cover, or None).
+    None for a model without anchors."""
+    if model.anchor_iou_thresholds is None:
+        return None
     boxes, labels = boxes_in_frame(annotations, frame)
-    feature_sizes = model.feature_sizes(*frame)
 
     def anchors_for(sizes, ratios):
-        return [np.asarray(a) for a in feature_map_anchors(frame, feature_sizes, sizes, ratios)]
+        return model.anchor_boxes(*frame, anchor_sizes=sizes, aspect_ratios=ratios)
 
-    current = (model.anchor_sizes, model.aspect_ratios)
-    best = best_anchor_iou(boxes, anchors_for(*current)) if len(boxes) else np.zeros(0)
-    thresholds = (rpn.fg_iou_thresh, rpn.bg_iou_thresh)
-    report = anchor_coverage(best, labels, annotations.classes, *thresholds)
-    report.update(fg_iou=rpn.fg_iou_thresh, covered_iou=rpn.bg_iou_thresh, suggestion=None)
-    if len(boxes) and report["covered"] < MIN_COVERAGE:
-        sizes, ratios, reached = suggest_anchors(boxes, anchors_for, current, *thresholds)
+    best = best_anchor_iou(boxes, model.anchor_boxes(*frame)) if len(boxes) else np.zeros(0)
+    fg_iou, bg_iou = model.anchor_iou_thresholds
+    report = anchor_coverage(best, labels, annotations.classes, fg_iou, bg_iou)
+    report.update(fg_iou=fg_iou, covered_iou=bg_iou, suggestion=None)
+    current = (getattr(model, "anchor_sizes", None), getattr(model, "aspect_ratios", None))
+    if len(boxes) and report["covered"] < MIN_COVERAGE and None not in current:
+        try:
+            sizes, ratios, reached = suggest_anchors(boxes, anchors_for, current, fg_iou, bg_iou)
+        except NotImplementedError:  # anchors that are not a grid of sizes and ratios
+            return report
         if reached > report["covered"]:
             report["suggestion"] = {
                 "anchor_sizes": sizes,
@@ -70,14 +75,16 @@ def anchor_warning(report: dict) -> str | None:
 def print_data_checks(model, annotations: Annotations, recipe, console) -> dict:
     """Before training: one warning line per problem of :mod:`kdetect.data.quality`, then how
     many training boxes the anchors cover (a warning below :data:`MIN_COVERAGE`). Returns the
-    anchor report."""
+    anchor report (None for a model without anchors)."""
     frame = tuple(recipe.model.image_size)
     quality = quality_report(
         annotations, frame, hash_images=len(annotations.records) <= MAX_HASHED_IMAGES
     )
     for line in quality_warnings(quality):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
-    report = anchor_report(model, annotations, frame, recipe.model.rpn)
+    report = anchor_report(model, annotations, frame)
+    if report is None:
+        return None
     if report["covered"] is not None:
         console.print(
             f"anchors: {report['covered']:.1%} of {report['boxes']} training boxes overlap an "

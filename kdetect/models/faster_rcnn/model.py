@@ -225,6 +225,20 @@ class FasterRCNN(DetectionModel):
         sizes = [ops.shape(f)[1:3] for f in rpn_features]
         return feature_map_anchors(frame, sizes, self.anchor_sizes, self.aspect_ratios)
 
+    def anchor_boxes(self, height: int, width: int, anchor_sizes=None, aspect_ratios=None):
+        """The RPN's anchors per level for a ``height`` x ``width`` frame (see
+        :meth:`DetectionModel.anchor_boxes`)."""
+        sizes = self.anchor_sizes if anchor_sizes is None else anchor_sizes
+        ratios = self.aspect_ratios if aspect_ratios is None else aspect_ratios
+        levels = self.feature_sizes(height, width)
+        anchors = feature_map_anchors((height, width), levels, sizes, ratios)
+        return [ops.convert_to_numpy(a) for a in anchors]
+
+    @property
+    def anchor_iou_thresholds(self) -> tuple[float, float]:
+        """The RPN's ``(fg_iou_thresh, bg_iou_thresh)``."""
+        return self.rpn_target_assigner.fg_iou_thresh, self.rpn_target_assigner.bg_iou_thresh
+
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(height, width) of each RPN level's feature map for a ``height`` x ``width`` frame
         (one forward pass of the backbone and pyramid on zeros)."""
