@@ -1,0 +1,120 @@
+"""Every single-stage model type through every command, as a user drives it: trained from
+``recipes/shapes.yaml --set model.type=TYPE`` (once per session) to COCO AP50 >= 0.9, then
+``evaluate``, ``predict`` in every output format, ``export`` (SavedModel, ONNX, LiteRT, each
+run in its own runtime and equal to ``predict``), ``serve`` and the Label Studio backend (their
+answers equal the predictor's), fine-tuning with ``init_from`` and a new class list, and
+``dataset inspect``'s anchor check. Faster R-CNN's own tests cover it the same way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from kdetect.export import ExportedModel
+from kdetect.models.registry import MODEL_TYPES
+from kdetect.predict import Detector
+from kdetect.predict_formats import FILE_FORMATS, FORMATS
+from kdetect.runs import load_model
+from kdetect.serve import create_app
+from tests.serve_support import encode, sample_image
+from tests.test_export import assert_same_detections
+from tests.train_support import BCCD, SHAPES, TINY, family_run, has_bccd, kdetect, set_args
+
+SINGLE_STAGE = sorted(name for name in MODEL_TYPES if name != "faster_rcnn")
+MIN_AP50 = 0.9
+LABEL_CONFIG = """<View><Image name="img" value="$image"/><RectangleLabels name="box"
+toName="img"><Label value="circle"/><Label value="rectangle"/><Label value="triangle"/>
+</RectangleLabels></View>"""
+
+
+@pytest.fixture(scope="module", params=SINGLE_STAGE)
+def trained(request, tmp_path_factory):
+    """(type, run directory, loaded model, classes)."""
+    run = family_run(tmp_path_factory, request.param)
+    model, classes = load_model(run)
+    return request.param, run, model, classes
+
+
+def test_trains_to_coco_ap50_and_evaluates(trained, tmp_path):
+    model_type, run, model, _ = trained
+    assert model.TYPE == model_type
+    output = tmp_path / "metrics.json"
+    assert kdetect("evaluate", run, "--metric", "coco", "--output", output) == 0
+    metrics = json.loads(output.read_text())
+    print(f"{model_type}: shapes COCO AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f}")
+    assert metrics["AP50"] >= MIN_AP50
+
+
+def test_predict_writes_every_format(trained, tmp_path):
+    _, run, _, _ = trained
+    for fmt in FORMATS:
+        target = tmp_path / (f"out.{fmt}.json" if fmt in FILE_FORMATS else f"out-{fmt}")
+        args = ["--format", fmt, "--output", target, "--min-score", "0.3"]
+        assert kdetect("predict", run, run / "samples", *args) == 0, fmt
+        assert target.exists() and (target.is_file() or any(target.iterdir())), fmt
+
+
+def test_exports_run_in_their_runtimes_and_equal_predict(trained, tmp_path):
+    _, run, model, _ = trained
+    image = sample_image(run)
+    reference = model.predict(image[None], verbose=0)
+    for fmt, name in (("saved_model", "saved"), ("onnx", "m.onnx"), ("tflite", "m.tflite")):
+        target = tmp_path / name
+        assert kdetect("export", run, "--format", fmt, "--output", target) == 0, fmt
+        assert_same_detections(ExportedModel(target).predict(image[None]), reference)
+
+
+def test_serve_and_label_studio_backend_answer_as_the_predictor(trained, tmp_path):
+    _, run, model, classes = trained
+    image = sample_image(run)
+    expected = Detector(model, classes, min_score=0.0).predict(image)[0]["objects"]
+    client = TestClient(create_app(model, classes, run=run))
+    served = client.post(
+        "/predict", files={"image": ("a.png", encode(image), "image/png")}, data={"min_score": 0}
+    )
+    assert served.status_code == 200, served.text
+    objects = served.json()["objects"]
+    assert [o["label"] for o in objects] == [o["label"] for o in expected]
+    for got, want in zip(objects, expected, strict=True):
+        np.testing.assert_allclose(got["bbox"], want["bbox"], atol=0.02)
+    path = tmp_path / "task.png"
+    path.write_bytes(encode(image))
+    task = {"id": 1, "data": {"image": str(path)}}
+    answer = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["result"], "the backend pre-labels the shapes"
+
+
+def test_fine_tunes_from_the_run_with_new_classes(trained, tmp_path):
+    model_type, run, _, _ = trained
+    target = tmp_path / "finetuned"
+    overrides = [
+        *TINY,
+        "model.image_size=[128,128]",
+        f"model.type={model_type}",
+        f"train.init_from={run}",
+        "data.classes=[triangle,circle]",
+    ]
+    overrides = [o for o in overrides if not o.startswith(("model.rpn", "model.box"))]
+    assert kdetect("train", SHAPES, "--run-dir", target, *set_args(overrides)) == 0
+    finetuned, classes = load_model(target)
+    assert classes == ["triangle", "circle"] and finetuned.num_classes == 2
+    assert finetuned.TYPE == model_type
+
+
+def test_dataset_inspect_checks_the_types_anchors(trained, capsys):
+    model_type, run, model, _ = trained
+    if not has_bccd():
+        pytest.skip("../shared/data/bccd not available")
+    capsys.readouterr()
+    assert (
+        kdetect("dataset", "inspect", BCCD, "--type", "voc", "--recipe", run / "recipe.yaml") == 0
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    if model.anchor_iou_thresholds is None:
+        assert f"the {model_type} model has no anchors to check" in out
+    else:
+        assert "anchor coverage" in out
