@@ -278,9 +278,6 @@ class SSD(DetectionModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("name", "trainable", "dtype"):
-            config.pop(key, None)
         return cls(**config)
 
     # --- torchvision checkpoints ------------------------------------------------------------
