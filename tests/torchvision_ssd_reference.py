@@ -59,9 +59,8 @@ def make(args):
     model.eval()
     for module in norms:
         module.train()
-    with torch.no_grad():
-        for image in images:
-            head_outputs(model, [image])
+    with torch.no_grad():  # one batch: the smallest maps are 1x1
+        head_outputs(model, images)
     model.eval()
     with torch.no_grad():
         generator = torch.Generator().manual_seed(args.seed)

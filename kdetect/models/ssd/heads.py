@@ -126,9 +126,13 @@ class SSDHead(keras.layers.Layer):
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.box_coder = BoxCoder(self.bbox_reg_weights)
         self.matcher = Matcher(self.iou_thresh, self.iou_thresh)
-        self.cls_branches = [self._branch(a * (self.num_classes + 1), f"cls_{i}")
-                             for i, a in enumerate(self.num_anchors)]
-        self.box_branches = [self._branch(a * 4, f"box_{i}") for i, a in enumerate(self.num_anchors)]
+        self.cls_branches = [
+            self._branch(a * (self.num_classes + 1), f"cls_{i}")
+            for i, a in enumerate(self.num_anchors)
+        ]
+        self.box_branches = [
+            self._branch(a * 4, f"box_{i}") for i, a in enumerate(self.num_anchors)
+        ]
 
     def _branch(self, outputs: int, name: str) -> list:
         """The layers of one predictor: [conv] or [depthwise, batch norm, 1x1 conv]."""
@@ -175,7 +179,9 @@ class SSDHead(keras.layers.Layer):
         logits, deltas = [], []
         for x, cls, box in zip(features, self.cls_branches, self.box_branches, strict=True):
             batch = ops.shape(x)[0]
-            logits.append(ops.reshape(self._run(cls, x, training), (batch, -1, self.num_classes + 1)))
+            logits.append(
+                ops.reshape(self._run(cls, x, training), (batch, -1, self.num_classes + 1))
+            )
             deltas.append(ops.reshape(self._run(box, x, training), (batch, -1, 4)))
         return ops.concatenate(logits, axis=1), ops.concatenate(deltas, axis=1)
 

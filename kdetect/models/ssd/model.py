@@ -38,21 +38,25 @@ def _extra_blocks(x, channels: Sequence[int], style: str, epsilon: float, moment
     for block, width in enumerate(channels):
         name = f"extra_{block}"
         if style == "depthwise":
-            for part, (filters, depthwise) in enumerate(((width // 2, False), (None, True),
-                                                          (width, False))):
+            for part, (filters, depthwise) in enumerate(
+                ((width // 2, False), (None, True), (width, False))
+            ):
                 if depthwise:
                     x = layers.ZeroPadding2D(1, name=f"{name}_{part}_pad")(x)
                     x = layers.DepthwiseConv2D(
-                        3, strides=2, use_bias=False, depthwise_initializer=init,
+                        3,
+                        strides=2,
+                        use_bias=False,
+                        depthwise_initializer=init,
                         name=f"{name}_{part}_0",
                     )(x)
                 else:
                     x = layers.Conv2D(
                         filters, 1, use_bias=False, kernel_initializer=init, name=f"{name}_{part}_0"
                     )(x)
-                x = BatchNormalization(
-                    epsilon=epsilon, momentum=momentum, name=f"{name}_{part}_1"
-                )(x)
+                x = BatchNormalization(epsilon=epsilon, momentum=momentum, name=f"{name}_{part}_1")(
+                    x
+                )
                 x = layers.ReLU(6.0, name=f"{name}_{part}_relu")(x)
         else:
             x = layers.Conv2D(width // 2, 1, activation="relu", name=f"{name}_0")(x)
@@ -141,15 +145,17 @@ class SSD(DetectionModel):
             settings["image_size"], settings["resize_mode"], size_divisible=1
         )
         self.head_type = settings["head_type"]
-        self.aspect_ratios = tuple(tuple(float(r) for r in level) for level in settings["aspect_ratios"])
+        self.aspect_ratios = tuple(
+            tuple(float(r) for r in level) for level in settings["aspect_ratios"]
+        )
         levels = len(self.aspect_ratios)
         scales = settings.get("anchor_scales") if anchor_scales is None else anchor_scales
         self.min_ratio = float(settings.get("min_ratio") or 0.15)
         self.max_ratio = float(settings.get("max_ratio") or 0.9)
-        self.anchor_scales = (
-            None if scales is None else tuple(float(s) for s in scales)
+        self.anchor_scales = None if scales is None else tuple(float(s) for s in scales)
+        self.scales = list(
+            self.anchor_scales or default_box_scales(levels, self.min_ratio, self.max_ratio)
         )
-        self.scales = list(self.anchor_scales or default_box_scales(levels, self.min_ratio, self.max_ratio))
         if len(self.scales) != levels + 1:
             raise ValueError(f"anchor_scales: need {levels + 1} scales, got {len(self.scales)}")
         step_values = settings.get("steps") if steps is None else steps
