@@ -21,6 +21,32 @@ from kdetect.models.ssd.heads import SSDHead, default_box_scales, default_boxes
 from kdetect.models.transform import ImageTransform
 
 LOSS_NAMES = ("loss", "cls_loss", "box_loss")
+#: An argument's value meaning "the class's default" where None has its own meaning.
+DEFAULT = "default"
+#: The arguments that take the class's ``DEFAULTS`` when left None (or ``DEFAULT``).
+_RESOLVED = (
+    "backbone",
+    "image_size",
+    "resize_mode",
+    "head_type",
+    "aspect_ratios",
+    "anchor_scales",
+    "min_ratio",
+    "max_ratio",
+    "steps",
+    "extra_channels",
+    "score_thresh",
+    "nms_thresh",
+    "detections_per_img",
+    "topk_candidates",
+    "batch_norm_epsilon",
+    "batch_norm_momentum",
+)
+
+
+def _is_default(value) -> bool:
+    return isinstance(value, str) and value == DEFAULT
+
 
 #: Backbones whose own outputs are all the levels (no extra blocks).
 _COMPLETE_BACKBONES = ("torchvision_ssd_vgg16",)
@@ -75,6 +101,9 @@ class SSD(DetectionModel):
     kdetect backbone the last two of its maps are the first two levels and extra blocks
     (``extra_channels``) add the rest, one per remaining entry of ``aspect_ratios``.
 
+    Arguments left None (or ``"default"`` for those where None has a meaning) take the
+    class's ``DEFAULTS``: torchvision's builder's values.
+
     Args:
         num_classes: object classes (the background is added internally, first).
         backbone: a kdetect backbone name (``torchvision_ssd_vgg16`` gives all six levels).
@@ -113,10 +142,10 @@ class SSD(DetectionModel):
         resize_mode: str | None = None,
         head_type: str | None = None,
         aspect_ratios: Sequence[Sequence[float]] | None = None,
-        anchor_scales: Sequence[float] | None = None,
+        anchor_scales: Sequence[float] | str | None = DEFAULT,
         min_ratio: float | None = None,
         max_ratio: float | None = None,
-        steps: Sequence[float] | None = None,
+        steps: Sequence[float] | str | None = DEFAULT,
         clip: bool = True,
         extra_channels: Sequence[int] | None = None,
         score_thresh: float | None = None,
@@ -126,15 +155,16 @@ class SSD(DetectionModel):
         iou_thresh: float = 0.5,
         positive_fraction: float = 0.25,
         bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        batch_norm_epsilon: float | None = None,
-        batch_norm_momentum: float | None = None,
+        batch_norm_epsilon: float | str | None = DEFAULT,
+        batch_norm_momentum: float | str | None = DEFAULT,
         backbone_weights: str | None = None,
         seed: int | None = None,
         **kwargs,
     ):
-        settings = {key: value for key, value in locals().items() if key in self.DEFAULTS}
+        given = {key: value for key, value in locals().items() if key in _RESOLVED}
         settings = {
-            key: self.DEFAULTS[key] if value is None else value for key, value in settings.items()
+            key: self.DEFAULTS.get(key) if value is None or _is_default(value) else value
+            for key, value in given.items()
         }
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or int(num_classes) < 1:
@@ -149,21 +179,21 @@ class SSD(DetectionModel):
             tuple(float(r) for r in level) for level in settings["aspect_ratios"]
         )
         levels = len(self.aspect_ratios)
-        scales = settings.get("anchor_scales") if anchor_scales is None else anchor_scales
-        self.min_ratio = float(settings.get("min_ratio") or 0.15)
-        self.max_ratio = float(settings.get("max_ratio") or 0.9)
+        scales = settings["anchor_scales"] if _is_default(anchor_scales) else anchor_scales
+        self.min_ratio = float(settings["min_ratio"])
+        self.max_ratio = float(settings["max_ratio"])
         self.anchor_scales = None if scales is None else tuple(float(s) for s in scales)
         self.scales = list(
             self.anchor_scales or default_box_scales(levels, self.min_ratio, self.max_ratio)
         )
         if len(self.scales) != levels + 1:
             raise ValueError(f"anchor_scales: need {levels + 1} scales, got {len(self.scales)}")
-        step_values = settings.get("steps") if steps is None else steps
+        step_values = settings["steps"] if _is_default(steps) else steps
         self.steps = None if step_values is None else tuple(float(s) for s in step_values)
         self.clip = bool(clip)
         self.extra_channels = tuple(int(c) for c in settings["extra_channels"])
-        self.batch_norm_epsilon = settings.get("batch_norm_epsilon")
-        self.batch_norm_momentum = settings.get("batch_norm_momentum")
+        self.batch_norm_epsilon = settings["batch_norm_epsilon"]
+        self.batch_norm_momentum = settings["batch_norm_momentum"]
         self.backbone_weights, self.seed = backbone_weights, seed
         epsilon = 1e-3 if self.batch_norm_epsilon is None else float(self.batch_norm_epsilon)
         momentum = 0.99 if self.batch_norm_momentum is None else float(self.batch_norm_momentum)

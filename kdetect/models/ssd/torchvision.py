@@ -26,6 +26,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "head_type": "conv",
         "aspect_ratios": ((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)),
         "anchor_scales": (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05),
+        "min_ratio": 0.15,  # (unused with explicit scales)
+        "max_ratio": 0.9,
         "steps": (8.0, 16.0, 32.0, 64.0, 100.0, 300.0),
         "extra_channels": (512, 256, 256, 256),
         "score_thresh": 0.01,
