@@ -302,8 +302,10 @@ class L2Normalization(layers.Layer):
         )
 
     def call(self, inputs):
-        norm = ops.sqrt(ops.sum(ops.square(inputs), axis=-1, keepdims=True))
-        return inputs / ops.maximum(norm, 1e-12) * self.weight
+        x = ops.cast(inputs, "float32")  # a float16 sum of squares would overflow
+        norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+        scale = ops.cast(self.weight, "float32")
+        return ops.cast(x / ops.maximum(norm, 1e-12) * scale, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
