@@ -268,3 +268,20 @@ def test_fixed_resize_stretches_each_axis():
     resized, mapped, _ = resize_crop_pad(image, box, transform)
     assert tuple(resized.shape) == (300, 300, 3)
     np.testing.assert_allclose(mapped, [[30.0, 30.0, 150.0, 150.0]], rtol=1e-5)
+
+
+def test_each_ground_truth_claims_its_best_default_box():
+    """Matching: IoU >= 0.5 matches the best ground truth; a ground truth whose best default
+    box is below 0.5 still claims it, and when two claim the same box the later one wins."""
+    anchors = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 40, 40], [50, 50, 60, 60]])
+    gt = np.array(
+        [
+            [[0, 0, 10, 11], [21, 21, 23, 23], [22, 22, 24, 24], [0, 0, 0, 0]],
+        ],
+        np.float32,
+    )
+    valid = np.array([[True, True, True, False]])
+    head = SSDHead(2, (4,))
+    matches = np.asarray(head.match(anchors.astype(np.float32), gt, valid))
+    # anchor 0: IoU 10/11 with gt 0; anchor 2: best of gts 1 and 2 (IoU 0.01), gt 2 claims last
+    np.testing.assert_array_equal(matches, [[0, -1, 2, -1]])
