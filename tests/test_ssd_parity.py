@@ -285,3 +285,11 @@ def test_each_ground_truth_claims_its_best_default_box():
     matches = np.asarray(head.match(anchors.astype(np.float32), gt, valid))
     # anchor 0: IoU 10/11 with gt 0; anchor 2: best of gts 1 and 2 (IoU 0.01), gt 2 claims last
     np.testing.assert_array_equal(matches, [[0, -1, 2, -1]])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_parameter_count_equals_the_published_file(arch):
+    """91 COCO logits: as many trainable weights as torchvision's COCO_V1 file holds."""
+    published = {"ssd300_vgg16": 35_641_826, "ssdlite320_mobilenet_v3_large": 3_440_060}
+    model = build(arch)
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == published[arch]
