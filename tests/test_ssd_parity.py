@@ -293,3 +293,8 @@ def test_parameter_count_equals_the_published_file(arch):
     published = {"ssd300_vgg16": 35_641_826, "ssdlite320_mobilenet_v3_large": 3_440_060}
     model = build(arch)
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == published[arch]
+
+
+def test_a_frame_of_varying_size_is_refused():
+    with pytest.raises(ValueError, match="resize_mode"):
+        SSD(num_classes=2, backbone="tiny", image_size=(128, 128), resize_mode="min_max")

@@ -108,8 +108,9 @@ class SSD(DetectionModel):
         num_classes: object classes (the background is added internally, first).
         backbone: a kdetect backbone name (``torchvision_ssd_vgg16`` gives all six levels).
         image_size: ``(height, width)`` of the frame.
-        resize_mode: ``fixed`` (stretch to ``image_size``, torchvision's), ``fit`` or
-            ``min_max`` (see :class:`~kdetect.models.transform.ImageTransform`).
+        resize_mode: ``fixed`` (stretch to ``image_size``, torchvision's) or ``fit`` (see
+            :class:`~kdetect.models.transform.ImageTransform`); the frame is always
+            ``image_size``, which the default boxes are computed for.
         head_type: ``conv`` (SSD's 3x3 predictors) or ``depthwise`` (SSDlite's).
         aspect_ratios: per level, the aspect ratios beyond the two squares.
         anchor_scales: the scale of each level plus one more; None spreads them from
@@ -170,6 +171,11 @@ class SSD(DetectionModel):
         if isinstance(num_classes, bool) or int(num_classes) < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.num_classes = int(num_classes)
+        if settings["resize_mode"] not in ("fixed", "fit"):
+            raise ValueError(
+                f"resize_mode: {type(self).__name__} takes 'fixed' or 'fit' (its default boxes "
+                f"need one static frame), got {settings['resize_mode']!r}"
+            )
         self.backbone_name = settings["backbone"]
         self.transform = ImageTransform(
             settings["image_size"], settings["resize_mode"], size_divisible=1
