@@ -8,6 +8,8 @@ BACKBONES = (
     "mobilenet_v2",
     "torchvision_resnet50",
     "torchvision_mobilenet_v3_large",
+    "torchvision_mobilenet_v3_large_ssdlite",
+    "torchvision_ssd_vgg16",
     "tiny",
 )
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")

@@ -29,8 +29,9 @@ class _Spec:
     builder: str | None  # keras.applications constructor name (None: built here)
     endpoints: tuple[str, str, str, str]  # layers giving C2..C5
     stem_end: str  # last layer of the stem
-    # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]), "unit" ([0, 1]) or "imagenet" (RGB in
-    # [0, 1] standardised by ImageNet's mean and std, as torchvision models expect)
+    # "caffe" (BGR, mean subtracted), "tf" ([-1, 1]), "unit" ([0, 1]), "imagenet" (RGB in
+    # [0, 1] standardised by ImageNet's mean and std, as torchvision models expect), "ssd" (RGB
+    # 0..255 less torchvision SSD's mean) or "half" ([0, 1] less 0.5, over 0.5: SSDlite's)
     preprocessing: str
     # layers whose outputs feed the feature pyramid, when not C2..C5
     pyramid_inputs: tuple[str, ...] | None = None
@@ -76,6 +77,23 @@ _SPECS = {
         # torchvision's detector takes the last two stages' outputs, both at stride 32
         pyramid_inputs=("features_13_out", "features_16_out"),
     ),
+    # torchvision's SSD300 feature extractor: conv4_3 (L2-normalised), fc7 and four extra maps
+    "torchvision_ssd_vgg16": _Spec(
+        None,
+        ("features_4", "features_9", "features_16", "extra_0_6"),
+        "features_2_relu",
+        "ssd",
+        pyramid_inputs=("l2_norm", *(f"extra_{i}_out" for i in range(5))),
+    ),
+    # MobileNetV3-Large with the reduced tail (stage 5 at half width) and batch-norm epsilon
+    # 0.001: SSDlite's, which reads block 13's expansion (stride 16) and the last layer
+    "torchvision_mobilenet_v3_large_ssdlite": _Spec(
+        None,
+        ("features_3_out", "features_6_out", "features_12_out", "features_16_out"),
+        "features_0_out",
+        "half",
+        pyramid_inputs=("features_13_block_0_act", "features_16_out"),
+    ),
     "tiny": _Spec(None, ("c2", "c3", "c4", "c5"), "stem", "unit"),
 }
 
@@ -102,6 +120,8 @@ _MOBILENET_V3_LARGE = (
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+#: torchvision SSD300's input mean (RGB, 0..1); its std is 1 / 255 (0..255 pixels less the mean).
+SSD_MEAN_RGB = (0.48235, 0.45882, 0.40784)
 #: Blocks per stage of the torchvision ResNets kdetect builds.
 _TORCHVISION_RESNET_BLOCKS = {"torchvision_resnet50": (3, 4, 6, 3)}
 
@@ -118,6 +138,11 @@ def preprocess_images(images, backbone: str):
         mean = ops.convert_to_tensor(IMAGENET_MEAN_RGB, "float32")
         std = ops.convert_to_tensor(IMAGENET_STD_RGB, "float32")
         return (images / 255.0 - mean) / std
+    if mode == "ssd":
+        mean = ops.convert_to_tensor(SSD_MEAN_RGB, "float32")
+        return (images / 255.0 - mean) / (1.0 / 255.0)
+    if mode == "half":
+        return (images / 255.0 - 0.5) / 0.5
     return images / 255.0
 
 
@@ -193,8 +218,13 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _torchvision_mobilenet_v3_large(input_shape, epsilon: float) -> keras.Model:
+def _torchvision_mobilenet_v3_large(
+    input_shape, epsilon: float, reduced_tail: bool = False
+) -> keras.Model:
     """torchvision's MobileNetV3-Large feature layers (``features.0`` .. ``features.16``).
+
+    ``reduced_tail`` halves the channels of the last stage (blocks 13-15 and the final 1x1
+    conv), as torchvision's SSDlite builds it without ImageNet weights.
 
     Inverted residual blocks: an optional 1x1 expansion, a depthwise conv, an optional
     squeeze-and-excitation (global average, 1x1 + ReLU, 1x1 + hard sigmoid, rescale), a linear
@@ -219,7 +249,7 @@ def _torchvision_mobilenet_v3_large(input_shape, epsilon: float) -> keras.Model:
                 filters, size, strides=stride, padding=padding, use_bias=False, name=f"{name}_0"
             )(x)
         x = BatchNormalization(epsilon=epsilon, name=f"{name}_1")(x)
-        return x if act is None else layers.Activation(act)(x)
+        return x if act is None else layers.Activation(act, name=f"{name}_act")(x)
 
     x = conv_bn(inputs, 16, 3, 2, "features_0", "hard_swish")
     x = layers.Identity(name="features_0_out")(x)
@@ -227,6 +257,9 @@ def _torchvision_mobilenet_v3_large(input_shape, epsilon: float) -> keras.Model:
     for index, (size, expanded, out, squeeze, hard_swish, stride) in enumerate(
         _MOBILENET_V3_LARGE, start=1
     ):
+        if reduced_tail and index >= 13:
+            expanded = expanded if index == 13 else expanded // 2
+            out //= 2
         name, act = f"features_{index}_block", "hard_swish" if hard_swish else "relu"
         y, part = x, 0
         if expanded != channels:
@@ -250,6 +283,82 @@ def _torchvision_mobilenet_v3_large(input_shape, epsilon: float) -> keras.Model:
     x = conv_bn(x, 6 * channels, 1, 1, "features_16", "hard_swish")
     x = layers.Identity(name="features_16_out")(x)
     return keras.Model(inputs, x, name="torchvision_mobilenet_v3_large")
+
+
+@keras.saving.register_keras_serializable(package="kdetect")
+class L2Normalization(layers.Layer):
+    """Each pixel's channel vector divided by its L2 norm (at least 1e-12), times a learned
+    per-channel scale (initially ``scale``): SSD's normalisation of the conv4_3 map."""
+
+    def __init__(self, scale: float = 20.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def build(self, input_shape):
+        self.weight = self.add_weight(
+            shape=(input_shape[-1],),
+            initializer=keras.initializers.Constant(self.scale),
+            name="scale",
+        )
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")  # a float16 sum of squares would overflow
+        norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
+        scale = ops.cast(self.weight, "float32")
+        return ops.cast(x / ops.maximum(norm, 1e-12) * scale, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+# torchvision's VGG16 convolutions (channels; "M" a 2x2 max pool), as numbered in its
+# ``features``: a conv at index i is followed by its ReLU at i + 1.
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+def _torchvision_ssd_vgg16(input_shape) -> keras.Model:
+    """torchvision's SSD300 VGG16 feature extractor: six maps for the SSD heads.
+
+    VGG16's convolutions through conv4_3 (the third pool rounds its output size up, so 75 px
+    become 38), whose map is L2-normalised with a learned scale; then pool4, conv5_1..5_3, a
+    3x3 stride-1 max pool, "fc6" as a 3x3 conv dilated by 6 and "fc7" as a 1x1 conv; then four
+    extra blocks of a 1x1 conv and a 3x3 conv (stride 2 with padding 1 twice, unpadded twice),
+    each with ReLU. Layer names are torchvision's module paths with ``_`` for ``.``.
+    """
+    inputs = keras.Input(input_shape)
+
+    def conv(x, filters, size, name, stride=1, padding=0, dilation=1):
+        if padding:
+            x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+        x = layers.Conv2D(filters, size, strides=stride, dilation_rate=dilation, name=name)(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    x, index, pools = inputs, 0, 0
+    for item in _VGG16[:13]:  # through conv4_3
+        if item == "M":
+            pools += 1
+            # the third pool uses ceil mode: "same" pads the odd side at the end, never read
+            padding = "same" if pools == 3 else "valid"
+            x = layers.MaxPooling2D(2, padding=padding, name=f"features_{index}")(x)
+            index += 1
+        else:
+            x = conv(x, item, 3, f"features_{index}", padding=1)
+            index += 2
+    outputs = [L2Normalization(20.0, name="l2_norm")(x)]
+    x = layers.MaxPooling2D(2, name="extra_0_0")(x)  # pool4
+    for position in (1, 3, 5):  # conv5_1 .. conv5_3
+        x = conv(x, 512, 3, f"extra_0_{position}", padding=1)
+    x = layers.MaxPooling2D(3, strides=1, padding="same", name="extra_0_6")(x)
+    x = conv(x, 1024, 3, "extra_0_7_1", padding=6, dilation=6)  # fc6
+    x = conv(x, 1024, 1, "extra_0_7_3")  # fc7
+    outputs.append(layers.Identity(name="extra_0_out")(x))
+    for block, (middle, out, stride, padding) in enumerate(
+        ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0)), start=1
+    ):
+        x = conv(x, middle, 1, f"extra_{block}_0")
+        x = conv(x, out, 3, f"extra_{block}_2", stride=stride, padding=padding)
+        outputs.append(layers.Identity(name=f"extra_{block}_out")(x))
+    return keras.Model(inputs, outputs, name="torchvision_ssd_vgg16")
 
 
 def _load_application(spec: _Spec, name: str, input_shape, weights):
@@ -340,6 +449,11 @@ def _build_network(name: str, input_shape, weights, batch_norm_epsilon) -> keras
             full = _torchvision_resnet(input_shape, _TORCHVISION_RESNET_BLOCKS[name], epsilon)
         elif name == "torchvision_mobilenet_v3_large":
             full = _torchvision_mobilenet_v3_large(input_shape, epsilon)
+        elif name == "torchvision_mobilenet_v3_large_ssdlite":
+            epsilon = 1e-3 if batch_norm_epsilon is None else batch_norm_epsilon
+            full = _torchvision_mobilenet_v3_large(input_shape, epsilon, reduced_tail=True)
+        elif name == "torchvision_ssd_vgg16":
+            full = _torchvision_ssd_vgg16(input_shape)
         else:
             full = _tiny_backbone(input_shape)
     else:

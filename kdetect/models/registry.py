@@ -46,6 +46,16 @@ MODEL_TYPES: dict[str, ModelType] = {
             ),
             "two-stage: RPN proposals, RoIAlign, box head",
         ),
+        ModelType(
+            "ssd", "kdetect.models.ssd", "SSD", ("ssd300_vgg16",), "single-shot, default boxes"
+        ),
+        ModelType(
+            "ssdlite",
+            "kdetect.models.ssd",
+            "SSDLite",
+            ("ssdlite320_mobilenet_v3_large",),
+            "single-shot, depthwise-separable heads",
+        ),
     )
 }
 

@@ -7,7 +7,9 @@ An :class:`ImageTransform` is built from the model's settings and holds the one 
   (float32), each side ``round(side * scale)``;
 * ``min_max``: torchvision's, the short side to ``min_size`` unless the long side would pass
   ``max_size``: ``min(min_size / short, max_size / long)`` in float64, each side
-  ``floor(side * scale)`` (so 194 px at scale 800 / 194 becomes 799, as in torchvision).
+  ``floor(side * scale)`` (so 194 px at scale 800 / 194 becomes 799, as in torchvision);
+* ``fixed``: every image is stretched to ``image_size`` itself, each axis by its own factor
+  (the aspect ratio is not kept; torchvision's SSD transform), and never padded.
 
 Prediction resizes each image by the rule and pads it (bottom and right, with zeros) to the
 frame (``fit``) or to a multiple of ``size_divisible`` (``min_max``). Training batches share one
@@ -25,7 +27,7 @@ import numpy as np
 import tensorflow as tf  # the resize; kdetect.tf_ops holds the model's other TF calls
 from keras import ops
 
-RESIZE_MODES = ("fit", "min_max")
+RESIZE_MODES = ("fit", "min_max", "fixed")
 # Sides up to this many pixels get float64's exact ``min_max`` rounding in portable graphs.
 MIN_MAX_TABLE_SIZE = 16384
 
@@ -56,7 +58,7 @@ class ImageTransform:
     Args:
         image_size: ``(height, width)`` of the training frame (and of ``fit``'s prediction
             frame), multiples of ``size_divisible``.
-        resize_mode: ``fit`` or ``min_max``.
+        resize_mode: ``fit``, ``min_max`` or ``fixed``.
         min_size, max_size: the sizes of ``min_max``.
         size_divisible: the frame's sides are multiples of this (the backbone's largest stride).
     """
@@ -99,7 +101,8 @@ class ImageTransform:
     # --- The scale rule -------------------------------------------------------------------
     def scale(self, height, width):
         """The rule's scale for a ``height`` x ``width`` image: float32 for ``fit``, float64
-        (torchvision's eager arithmetic) for ``min_max``."""
+        (torchvision's eager arithmetic) for ``min_max``. ``fixed`` has one factor per axis; its
+        ``scale`` is ``fit``'s (the smaller factor)."""
         if self.resize_mode == "min_max":
             h, w = ops.cast(height, "float64"), ops.cast(width, "float64")
             return ops.minimum(
@@ -120,7 +123,14 @@ class ImageTransform:
     def resized_size(self, height, width, factor=1.0, portable: bool = False):
         """``(new_height, new_width)`` int32 of a ``height`` x ``width`` image: the rule's scale
         times ``factor`` (the pipeline's jitter), rounded as the rule rounds. ``portable``
-        (``min_max`` only, ``factor`` 1) computes the same without float64 (TFLite has none)."""
+        (``min_max`` only, ``factor`` 1) computes the same without float64 (TFLite has none).
+        ``fixed``: ``image_size`` times ``factor``, whatever the image's size."""
+        if self.resize_mode == "fixed":
+            factor = ops.cast(factor, "float32")
+            return tuple(
+                ops.maximum(ops.cast(ops.round(float(side) * factor), "int32"), 1)
+                for side in self.image_size
+            )
         if self.resize_mode == "fit":
             scale = self._fit_scale(height, width) * ops.cast(factor, "float32")
             return self._sides(height, width, scale, "float32", ops.round)
@@ -134,8 +144,8 @@ class ImageTransform:
         whose frame is ``image_size``: :meth:`resized_size`, except that a ``min_max`` size that
         would not fit the frame (at ``factor`` 1) takes the ``fit`` rule instead. ``scale`` is
         the rule's (float32), before ``factor``."""
-        if self.resize_mode == "fit":
-            return self.resized_size(height, width, factor), self.scale(height, width)
+        if self.resize_mode in ("fit", "fixed"):
+            return self.resized_size(height, width, factor), self._fit_scale(height, width)
         fit = ImageTransform(self.image_size, "fit", size_divisible=1)
         full_h, full_w = self.resized_size(height, width)
         fits = (full_h <= self.image_size[0]) & (full_w <= self.image_size[1])
@@ -182,8 +192,9 @@ class ImageTransform:
     # --- Images and boxes -----------------------------------------------------------------
     def frame_size(self, new_height, new_width):
         """The padded frame of a prediction: ``image_size`` (``fit``), or the resized size
-        rounded up to multiples of ``size_divisible`` (``min_max``)."""
-        if self.resize_mode == "fit":
+        rounded up to multiples of ``size_divisible`` (``min_max``); ``image_size`` itself,
+        unpadded (``fixed``)."""
+        if self.resize_mode in ("fit", "fixed"):
             return self.image_size
         step = self.size_divisible
         return (new_height + step - 1) // step * step, (new_width + step - 1) // step * step
