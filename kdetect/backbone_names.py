@@ -13,6 +13,11 @@ BACKBONES = (
     "tiny",
 )
 FREEZE_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
+#: Backbones built for one model type's layout (their feature maps are that head's).
+BACKBONE_MODEL_TYPE = {
+    "torchvision_ssd_vgg16": "ssd",
+    "torchvision_mobilenet_v3_large_ssdlite": "ssdlite",
+}
 
 #: RPN levels of a backbone with a feature pyramid (its maps plus the pyramid's subsampled top):
 #: C2..C5 + pool for most; torchvision's MobileNetV3 detector has two stride-32 maps + pool.

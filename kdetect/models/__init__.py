@@ -8,6 +8,9 @@ import importlib
 
 from kdetect.models.registry import MODEL_TYPES, build
 
+#: The input transform's resize rules (``ImageTransform``; a recipe's ``model.resize_mode``).
+RESIZE_MODES = ("fit", "min_max", "fixed")
+
 #: Faster R-CNN's losses: their sum first, then the four terms.
 LOSS_NAMES = ("loss", "rpn_cls_loss", "rpn_box_loss", "rcnn_cls_loss", "rcnn_box_loss")
 

@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf  # the resize; kdetect.tf_ops holds the model's other TF calls
 from keras import ops
 
-RESIZE_MODES = ("fit", "min_max", "fixed")
+from kdetect.models import RESIZE_MODES
+
 # Sides up to this many pixels get float64's exact ``min_max`` rounding in portable graphs.
 MIN_MAX_TABLE_SIZE = 16384
 
@@ -60,7 +61,8 @@ class ImageTransform:
             frame), multiples of ``size_divisible``.
         resize_mode: ``fit``, ``min_max`` or ``fixed``.
         min_size, max_size: the sizes of ``min_max``.
-        size_divisible: the frame's sides are multiples of this (the backbone's largest stride).
+        size_divisible: the frame's sides are multiples of this (the backbone's largest
+            stride); default 32, and 1 for ``fixed`` (SSD's 300 x 300).
     """
 
     def __init__(
@@ -69,12 +71,14 @@ class ImageTransform:
         resize_mode: str = "fit",
         min_size: int = 800,
         max_size: int = 1333,
-        size_divisible: int = 32,
+        size_divisible: int | None = None,
     ):
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if not 0 < min_size <= max_size:
             raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+        if size_divisible is None:
+            size_divisible = 1 if resize_mode == "fixed" else 32
         if isinstance(size_divisible, bool) or int(size_divisible) < 1:
             raise ValueError(f"size_divisible must be a positive integer, got {size_divisible}")
         self.size_divisible = int(size_divisible)

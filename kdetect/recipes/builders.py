@@ -256,6 +256,13 @@ def constructor_arguments(model_type: str) -> dict[str, inspect.Parameter]:
     return {name: p for name, p in parameters.items() if name not in skip}
 
 
+def backbone_of(model: ModelConfig) -> str:
+    """The recipe's backbone: ``model.backbone``, or its type's default when unset."""
+    if model.backbone is not None:
+        return model.backbone
+    return constructor_arguments(model.type)["backbone"].default
+
+
 def check_options(model: ModelConfig) -> None:
     """``model.options`` against the type's constructor: known names, values of the default's
     kind (a number, a flag, a name, a list); Faster R-CNN takes its settings as keys."""
@@ -287,15 +294,14 @@ def check_options(model: ModelConfig) -> None:
 
 def _same_kind(value, default) -> bool:
     """Whether a recipe value fits a constructor default: a flag for a flag, a number for a
-    number (an integer where the default is one), a name for a name, a list for a tuple."""
+    number (an integer where the default is one), a list for a tuple; a name (or a
+    ``"default"`` marker) is left to the constructor's own check."""
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         return isinstance(default, float) or isinstance(value, int)
-    if isinstance(default, str):
-        return isinstance(value, str)
     if isinstance(default, (tuple, list)):
         return isinstance(value, (tuple, list))
     return True
@@ -307,12 +313,13 @@ def model_kwargs(model: ModelConfig, num_classes: int, seed: int | None = None) 
         arguments = constructor_arguments(model.type)
         shared = {k: getattr(model, k) for k in SHARED_KEYS if k in arguments}
         shared["image_size"] = tuple(model.image_size)
-        if shared.get("anchor_sizes", ()) is None:  # unset: the type's own default
-            del shared["anchor_sizes"]
+        for key in ("anchor_sizes", "backbone"):  # unset: the type's own default
+            if shared.get(key, ()) is None:
+                del shared[key]
         return {"num_classes": num_classes, **shared, **model.options, "seed": seed}
     kwargs: dict[str, Any] = {
         "num_classes": num_classes,
-        "backbone": model.backbone,
+        "backbone": backbone_of(model),
         "fpn": model.fpn,
         **transform_settings(model),
         "backbone_weights": model.backbone_weights,

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from kdetect.backbone_names import rpn_levels
+from kdetect.backbone_names import BACKBONE_MODEL_TYPE, rpn_levels
 from kdetect.errors import CheckpointError, RecipeError
 from kdetect.parsing import compose_yaml, read_text
 from kdetect.paths import write_text
-from kdetect.recipes.builders import check_options, image_transform
+from kdetect.recipes.builders import backbone_of, check_options, image_transform
 from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
 from kdetect.recipes.typecheck import check_field, from_dict, to_dict
 from kdetect.runs.files import RECIPE_FILE
@@ -116,7 +116,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _check_anchors(model) -> None:
     if model.anchor_sizes is None:
         return
-    levels = rpn_levels(model.backbone, model.fpn)
+    levels = rpn_levels(backbone_of(model), model.fpn)
     where = "with model.fpn" if model.fpn else "without FPN (model.fpn: false)"
     if len(model.anchor_sizes) != levels:
         raise RecipeError(
@@ -201,6 +201,12 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
         raise RecipeError("model.box.bg_iou_thresh: must be <= model.box.fg_iou_thresh")
     if len(model.box.reg_weights) != 4:
         raise RecipeError("model.box.reg_weights: expected 4 values (wx, wy, ww, wh)")
+    owner = BACKBONE_MODEL_TYPE.get(model.backbone, model.type) if model.backbone else model.type
+    if owner != model.type:
+        raise RecipeError(
+            f"model.backbone: {model.backbone} is the {owner} model's backbone "
+            f"(model.type {owner}), not {model.type}'s"
+        )
     if model.type == "faster_rcnn":
         _check_anchors(model)
     check_options(model)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kdetect.backbone_names import BACKBONES, FREEZE_STAGES
+from kdetect.models import RESIZE_MODES
 from kdetect.models.registry import DEFAULT_TYPE, MODEL_TYPES
 from kdetect.recipes.typecheck import describe, hints, to_dict
 
@@ -107,11 +108,12 @@ class ModelConfig:
         "settings of a model.type other than faster_rcnn: its class's constructor arguments "
         "(docs/models.md lists each type's, with their defaults)",
     )
-    backbone: Literal[BACKBONES] = _f(
-        "resnet50",
-        "feature extractor; `torchvision_resnet50` and `torchvision_mobilenet_v3_large` are "
-        "torchvision's networks (the backbones of imported torchvision checkpoints; the "
-        "MobileNetV3 needs fpn); `tiny` is a small CNN for tests and demos",
+    backbone: Literal[BACKBONES] | None = _f(
+        None,
+        "feature extractor; null: the model type's own (faster_rcnn: resnet50); the "
+        "`torchvision_*` ones are torchvision's networks (the backbones of imported torchvision "
+        "checkpoints; `torchvision_mobilenet_v3_large` needs fpn; the ssd ones are those types' "
+        "own); `tiny` is a small CNN for tests and demos",
     )
     fpn: bool = _f(True, "use a feature pyramid (false: single C4 feature map, like Luminoth)")
     backbone_weights: str | None = _f(
@@ -151,12 +153,12 @@ class ModelConfig:
         length=2,
         positive_items=True,
     )
-    resize_mode: Literal["fit", "min_max"] = _f(
+    resize_mode: Literal[RESIZE_MODES] = _f(
         "fit",
         "the model's one resize rule, for training, evaluate, predict, serve and export: `fit` "
-        "into image_size, or `min_max` as torchvision does (short side to min_size unless the "
+        "into image_size; `min_max` as torchvision does (short side to min_size unless the "
         "long side passes max_size; predict pads each image to a multiple of 32, training "
-        "batches to image_size)",
+        "batches to image_size); `fixed`: stretched to image_size, no padding (SSD's 300x300)",
     )
     min_size: int = _f(800, "short side of an image resized in `min_max` mode", gt=0)
     max_size: int = _f(1333, "longest long side of an image resized in `min_max` mode", gt=0)

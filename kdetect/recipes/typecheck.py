@@ -61,7 +61,7 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {_plural(args[0])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or origin is dict:
         return "a mapping"
     return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
 

@@ -146,7 +146,7 @@ class FasterRCNN(DetectionModel):
         arguments = dict(locals())
         super().__init__(**kwargs)
         # --- Settings: checked once, kept as attributes (get_config lists them) -------------
-        assembly.check_settings(num_classes, box_head_type)
+        assembly.check_settings(num_classes, box_head_type, backbone)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone
