@@ -20,7 +20,8 @@ Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/t
         batch norm kept at its statistics. The sampler and proposal settings given as options
         (e.g. samplers that keep every candidate, so that nothing is random) go to the
         detector's builder. Saved: each loss, the transformed batch (``input``,
-        ``image_sizes``) and the ground truth as the transform scaled it.
+        ``image_sizes``), the ground truth as the transform scaled it and each image's
+        training-mode proposals (``proposals_<i>``).
 
     python torchvision_reference.py loss-functions IN.npz OUT.npz
         torch's smooth L1 and torchvision.ops' sigmoid focal and generalized-IoU losses,
@@ -213,6 +214,9 @@ def losses(args):
         for i, target in enumerate(scaled):
             out[f"boxes_{i}"] = target["boxes"].numpy()
             out[f"labels_{i}"] = target["labels"].numpy()
+        proposals, _ = model.rpn(batch, model.backbone(batch.tensors), scaled)
+        for i, boxes in enumerate(proposals):
+            out[f"proposals_{i}"] = boxes.numpy()
         for name, value in model(images, targets).items():
             out[name] = np.float64(value.item())
     np.savez(args.output, **out)
