@@ -23,6 +23,7 @@ from kdetect.data.readers.voc import _read_voc_xml
 from kdetect.layers import ProposalGenerator
 from kdetect.losses import giou_loss, sigmoid_focal_loss, smooth_l1
 from kdetect.models.faster_rcnn import FasterRCNN
+from kdetect.models.transform import ImageTransform
 from tests.pretrained_support import ARCHS, PHOTOS, RACCOON, checkpoint, run_reference
 from tests.test_rpn import _proposal_case
 
@@ -87,10 +88,13 @@ def losses(request, tmp_path_factory):
 
     model = FasterRCNN.from_torchvision(weights, arch=arch, **SAMPLE_ALL)
     assert model.proposal_generator.post_nms_top_n_train == RPN_POST_NMS_TRAIN
-    # The raw pixels that kdetect's normalisation turns into torchvision's batch (padding
-    # included: torchvision pads after normalising).
+    # The raw pixels that kdetect's normalisation turns into torchvision's batch, padded with
+    # raw zeros as kdetect's data pipeline pads (torchvision pads after normalising: given the
+    # image sizes, compute_losses pads as prediction does, which is torchvision's padding).
     normalised = np.transpose(record["input"], (0, 2, 3, 1))
     pixels = (normalised * np.float32(IMAGENET_STD_RGB) + np.float32(IMAGENET_MEAN_RGB)) * 255.0
+    for i, (height, width) in enumerate(record["image_sizes"]):
+        pixels[i, height:], pixels[i, :, width:] = 0.0, 0.0
     gt_boxes = np.zeros((len(BATCH), GT_ROWS, 4), np.float32)
     gt_labels = np.full((len(BATCH), GT_ROWS), -1, np.int32)
     for i in range(len(BATCH)):
@@ -163,6 +167,19 @@ def test_proposals_clipped_to_each_image():
         assert np.asarray(proposals[b])[:, 3].max() <= height
     frame, _ = generator(logits, deltas, anchors, (32, 48))
     assert not np.allclose(np.asarray(frame), np.asarray(proposals))
+
+
+def test_training_padding_like_prediction():
+    """Given the image sizes, a ``min_max`` training frame's normalised padding becomes zeros
+    (prediction pads normalised images); ``fit`` pads raw pixels in both, so nothing changes."""
+    inputs = np.random.default_rng(0).normal(size=(2, 64, 96, 3)).astype(np.float32)
+    sizes = np.array([[64, 70], [40, 96]], np.int32)
+    padded = np.asarray(ImageTransform((64, 96), "min_max").pad_like_prediction(inputs, sizes))
+    for i, (height, width) in enumerate(sizes):
+        np.testing.assert_array_equal(padded[i, :height, :width], inputs[i, :height, :width])
+        assert not padded[i, height:].any() and not padded[i, :, width:].any()
+    fit = ImageTransform((64, 96), "fit").pad_like_prediction(inputs, sizes)
+    np.testing.assert_array_equal(np.asarray(fit), inputs)
 
 
 def test_loss_functions_equal_torch(tmp_path):

@@ -252,10 +252,15 @@ class FasterRCNN(DetectionModel):
         always come from the training counts (``test_step`` too), so validation losses measure
         what training optimises. Proposals are clipped to the frame, or, when
         ``bounding_boxes`` also holds ``image_sizes`` ([B, 2] (height, width) of each image's
-        content at the top left of the frame), to each image's content as torchvision's are."""
+        content at the top left of the frame), to each image's content as torchvision's are,
+        and the frame's padding is then the one prediction has
+        (:meth:`ImageTransform.pad_like_prediction`)."""
         gt_boxes = ops.cast(bounding_boxes["boxes"], "float32")
         gt_labels = ops.cast(bounding_boxes["labels"], "int32")
+        clip_to = bounding_boxes.get("image_sizes")
         inputs = self.preprocess(images)
+        if clip_to is not None:
+            inputs = self.transform.pad_like_prediction(inputs, clip_to)
         rpn_features, roi_features = self._feature_maps(inputs, training)
         logits, deltas = self.rpn_head(rpn_features)
         logits, deltas = ops.cast(logits, "float32"), ops.cast(deltas, "float32")
@@ -268,7 +273,6 @@ class FasterRCNN(DetectionModel):
             gt_labels,
             seed=self.seed_generator,
         )
-        clip_to = bounding_boxes.get("image_sizes")
         proposals, valid = self.proposal_generator(
             logits,
             deltas,
