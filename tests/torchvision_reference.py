@@ -13,6 +13,20 @@ Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/t
         model.eval() on each image alone: detections per image, plus every stage of the first
         image (normalised input, backbone and pyramid features, RPN outputs, anchors, proposals,
         pooled RoI features, class logits and box deltas).
+
+    python torchvision_reference.py losses ARCH WEIGHTS.pth OUT.npz BOXES.npz IMAGE.npy [...]
+        The training-mode loss dict of one batch of the images with the ground truth of
+        BOXES.npz (``boxes_<i>`` xyxy pixels of image i, ``labels_<i>`` torchvision labels),
+        batch norm kept at its statistics. The sampler and proposal settings given as options
+        (e.g. samplers that keep every candidate, so that nothing is random) go to the
+        detector's builder. Saved: each loss, the transformed batch (``input``,
+        ``image_sizes``), the ground truth as the transform scaled it and each image's
+        training-mode proposals (``proposals_<i>``).
+
+    python torchvision_reference.py loss-functions IN.npz OUT.npz
+        torch's smooth L1 and torchvision.ops' sigmoid focal and generalized-IoU losses,
+        elementwise, of the inputs in IN.npz (``diff``, ``beta``; ``logits``, ``targets``,
+        ``alpha``, ``gamma``; ``boxes1``, ``boxes2``).
 """
 
 from __future__ import annotations
@@ -45,18 +59,38 @@ ARCHS = (
 )
 
 
-def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
+# Detector options the ``losses`` command passes on to the builder.
+LOSS_OPTIONS = (
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "box_batch_size_per_image",
+    "box_positive_fraction",
+)
+
+
+def build(arch: str, num_classes: int, frozen: bool, **options) -> torch.nn.Module:
     """The torchvision detector ``arch`` with random weights; ``frozen``: v1's batch norm as
-    its COCO_V1 file has it (v2 keeps trainable batch norm either way)."""
+    its COCO_V1 file has it (v2 keeps trainable batch norm either way); ``options`` go to
+    ``FasterRCNN``."""
     if arch not in ARCHS:
         raise SystemExit(f"unknown arch {arch}")
     if arch != "fasterrcnn_resnet50_fpn":  # batch norm in eval mode equals a frozen one
         builder = getattr(torchvision.models.detection, arch)
-        return builder(weights=None, weights_backbone=None, num_classes=num_classes)
+        return builder(weights=None, weights_backbone=None, num_classes=num_classes, **options)
     norm = FrozenBatchNorm2d if frozen else torch.nn.BatchNorm2d
     body = torchvision.models.resnet50(weights=None, norm_layer=norm)
     backbone = _resnet_fpn_extractor(body, 3 if frozen else 5)
-    return FasterRCNN(backbone, num_classes=num_classes)
+    return FasterRCNN(backbone, num_classes=num_classes, **options)
+
+
+def load(args, **options) -> torch.nn.Module:
+    """The detector ``args.arch`` holding the checkpoint ``args.weights``, in eval mode."""
+    model = build(args.arch, args.num_classes, frozen=True, **options)
+    state = torch.load(args.weights, weights_only=True)
+    model.load_state_dict(state)  # torchvision renames legacy keys itself
+    if args.arch == "fasterrcnn_resnet50_fpn":
+        overwrite_eps(model, 0.0)
+    return model.eval()
 
 
 def load_images(paths):
@@ -116,12 +150,7 @@ def make(args):
 
 
 def run(args):
-    model = build(args.arch, args.num_classes, frozen=True)
-    state = torch.load(args.weights, weights_only=True)
-    model.load_state_dict(state)  # torchvision renames legacy keys itself
-    if args.arch == "fasterrcnn_resnet50_fpn":
-        overwrite_eps(model, 0.0)
-    model.eval()
+    model = load(args)
     out = {}
     images = load_images(args.images)
     with torch.no_grad():
@@ -159,6 +188,58 @@ def run(args):
     np.savez(args.output, **out)
 
 
+def losses(args):
+    options = {name: getattr(args, name) for name in LOSS_OPTIONS if getattr(args, name)}
+    model = load(args, **options)
+    # Training mode (proposal counts, ground truth among the RoIs, losses), but every batch
+    # norm keeps normalising by its statistics, as a frozen one does.
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    images = load_images(args.images)
+    truth = np.load(args.boxes)
+    targets = [
+        {
+            "boxes": torch.from_numpy(truth[f"boxes_{i}"]).float(),
+            "labels": torch.from_numpy(truth[f"labels_{i}"]).long(),
+        }
+        for i in range(len(images))
+    ]
+    out = {}
+    with torch.no_grad():
+        batch, scaled = model.transform(images, [dict(t) for t in targets])
+        out["input"] = batch.tensors.numpy()
+        out["image_sizes"] = np.array(batch.image_sizes)
+        for i, target in enumerate(scaled):
+            out[f"boxes_{i}"] = target["boxes"].numpy()
+            out[f"labels_{i}"] = target["labels"].numpy()
+        proposals, _ = model.rpn(batch, model.backbone(batch.tensors), scaled)
+        for i, boxes in enumerate(proposals):
+            out[f"proposals_{i}"] = boxes.numpy()
+        for name, value in model(images, targets).items():
+            out[name] = np.float64(value.item())
+    np.savez(args.output, **out)
+
+
+def loss_functions(args):
+    given = {k: torch.from_numpy(v) for k, v in np.load(args.inputs).items()}
+    beta, alpha, gamma = (float(given[k]) for k in ("beta", "alpha", "gamma"))
+    diff = given["diff"]
+    out = {
+        "smooth_l1": torch.nn.functional.smooth_l1_loss(
+            diff, torch.zeros_like(diff), reduction="none", beta=beta
+        ),
+        "focal": torchvision.ops.sigmoid_focal_loss(
+            given["logits"], given["targets"], alpha=alpha, gamma=gamma, reduction="none"
+        ),
+        "giou": torchvision.ops.generalized_box_iou_loss(
+            given["boxes1"], given["boxes2"], reduction="none", eps=1e-7
+        ),
+    }
+    np.savez(args.output, **{k: v.numpy() for k, v in out.items()})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,9 +260,23 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("images", nargs="+")
     p.add_argument("--num-classes", type=int, default=91)
+    p = sub.add_parser("losses")
+    p.add_argument("arch")
+    p.add_argument("weights")
+    p.add_argument("output")
+    p.add_argument("boxes")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--num-classes", type=int, default=91)
+    for name in LOSS_OPTIONS:
+        kind = float if name.endswith("fraction") else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p = sub.add_parser("loss-functions")
+    p.add_argument("inputs")
+    p.add_argument("output")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    (make if args.command == "make" else run)(args)
+    commands = {"make": make, "run": run, "losses": losses, "loss-functions": loss_functions}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -187,8 +187,10 @@ class ProposalGenerator(PipelineLayer):
 
     def call(self, logits, deltas, anchors_per_level, image_size, training=False):
         """``anchors_per_level``: list of [A_l, 4]; ``image_size``: (height, width) to clip to,
-        ints or scalar tensors; ``training`` picks the training counts."""
-        height, width = image_size
+        ints or scalar tensors, or each image's own as a [B, 2] tensor (torchvision clips each
+        image's proposals to its content, not to the padded frame); ``training`` picks the
+        training counts."""
+        height, width = _clip_sizes(image_size)
         logits = ops.stop_gradient(ops.cast(logits, "float32"))
         deltas = ops.stop_gradient(ops.cast(deltas, "float32"))
         pre_nms_top_n = self.pre_nms_top_n_train if training else self.pre_nms_top_n
@@ -248,3 +250,13 @@ class ProposalGenerator(PipelineLayer):
             "pre_nms_top_n_train": self.pre_nms_top_n_train,
             "post_nms_top_n_train": self.post_nms_top_n_train,
         }
+
+
+def _clip_sizes(image_size):
+    """(height, width) to clip boxes [B, K, 4] to: scalars as given, or [B, 1] columns of a
+    per-image [B, 2] tensor."""
+    if len(getattr(image_size, "shape", ())) == 2:
+        sizes = ops.cast(image_size, "float32")
+        return sizes[:, 0:1], sizes[:, 1:2]
+    height, width = image_size
+    return height, width

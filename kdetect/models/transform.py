@@ -216,6 +216,19 @@ class ImageTransform:
         batch = images.shape[0] if images.shape[0] is not None else -1
         return ops.reshape(padded, (batch, frame_h, frame_w, 3)), (new_h, new_w)
 
+    def pad_like_prediction(self, inputs, image_sizes):
+        """Normalised training frames ``inputs`` [B, H, W, 3] whose images fill the top-left
+        ``image_sizes`` [B, 2] (height, width) -> padded as :meth:`resize` pads a prediction:
+        ``fit`` pads raw pixels (unchanged here), the other rules pad normalised images with
+        zeros (torchvision's), so the padding is zeroed."""
+        if self.resize_mode == "fit":
+            return inputs
+        sizes = ops.cast(image_sizes, "int32")
+        rows = ops.arange(ops.shape(inputs)[1])[None, :] < sizes[:, 0:1]  # [B, H]
+        cols = ops.arange(ops.shape(inputs)[2])[None, :] < sizes[:, 1:2]  # [B, W]
+        inside = ops.expand_dims(rows, 2) & ops.expand_dims(cols, 1)  # [B, H, W]
+        return ops.where(ops.expand_dims(inside, -1), inputs, ops.zeros_like(inputs))
+
     @staticmethod
     def _ratios(to_size, from_size):
         """``[x, y, x, y]`` factors taking pixels of a ``from_size`` image to ``to_size``."""

@@ -264,10 +264,17 @@ class FasterRCNN(DetectionModel):
         """The four loss terms and their sum (``LOSS_NAMES``): the RPN's over its sampled
         anchors, then the box head's over the RoIs sampled from the proposals. Proposals
         always come from the training counts (``test_step`` too), so validation losses measure
-        what training optimises."""
+        what training optimises. Proposals are clipped to the frame, or, when
+        ``bounding_boxes`` also holds ``image_sizes`` ([B, 2] (height, width) of each image's
+        content at the top left of the frame), to each image's content as torchvision's are,
+        and the frame's padding is then the one prediction has
+        (:meth:`ImageTransform.pad_like_prediction`)."""
         gt_boxes = ops.cast(bounding_boxes["boxes"], "float32")
         gt_labels = ops.cast(bounding_boxes["labels"], "int32")
+        clip_to = bounding_boxes.get("image_sizes")
         inputs = self.preprocess(images)
+        if clip_to is not None:
+            inputs = self.transform.pad_like_prediction(inputs, clip_to)
         rpn_features, roi_features = self._feature_maps(inputs, training)
         logits, deltas = self.rpn_head(rpn_features)
         logits, deltas = ops.cast(logits, "float32"), ops.cast(deltas, "float32")
@@ -281,7 +288,11 @@ class FasterRCNN(DetectionModel):
             seed=self.seed_generator,
         )
         proposals, valid = self.proposal_generator(
-            logits, deltas, anchors, image_size=ops.shape(images)[1:3], training=True
+            logits,
+            deltas,
+            anchors,
+            image_size=ops.shape(images)[1:3] if clip_to is None else clip_to,
+            training=True,
         )
         samples = self.roi_sampler(proposals, valid, gt_boxes, gt_labels, seed=self.seed_generator)
         class_logits, box_deltas = self._box_branch(roi_features, samples["rois"], training)
