@@ -102,7 +102,9 @@ class SSD(DetectionModel):
     (``extra_channels``) add the rest, one per remaining entry of ``aspect_ratios``.
 
     Arguments left None (or ``"default"`` for those where None has a meaning) take the
-    class's ``DEFAULTS``: torchvision's builder's values.
+    class's ``DEFAULTS``: torchvision's builder's values; on another backbone or frame, the
+    default ``steps`` and ``anchor_scales`` are None (the grid's steps; scales spread from
+    ``min_ratio`` to ``max_ratio``), as torchvision's default-box generator has them.
 
     Args:
         num_classes: object classes (the background is added internally, first).
@@ -185,6 +187,15 @@ class SSD(DetectionModel):
             tuple(float(r) for r in level) for level in settings["aspect_ratios"]
         )
         levels = len(self.aspect_ratios)
+        own_layout = (settings["backbone"], tuple(settings["image_size"])) == (
+            self.DEFAULTS["backbone"],
+            tuple(self.DEFAULTS["image_size"]),
+        )
+        if not own_layout:
+            # torchvision's pixel steps and explicit scales belong to its backbone at its frame;
+            # elsewhere the default boxes follow the grid, scaled from min_ratio to max_ratio.
+            anchor_scales = None if _is_default(anchor_scales) else anchor_scales
+            steps = None if _is_default(steps) else steps
         scales = settings["anchor_scales"] if _is_default(anchor_scales) else anchor_scales
         self.min_ratio = float(settings["min_ratio"])
         self.max_ratio = float(settings["max_ratio"])
