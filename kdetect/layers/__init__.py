@@ -2,6 +2,7 @@
 
 from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.layers.box_head import BoxPredictor, ConvFCBoxHead, MLPBoxHead
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
@@ -12,6 +13,7 @@ __all__ = [
     "BatchNormalization",
     "BoxPredictor",
     "ConvFCBoxHead",
+    "DenseDetectionDecoder",
     "DetectionDecoder",
     "FeaturePyramid",
     "MLPBoxHead",

@@ -46,6 +46,13 @@ MODEL_TYPES: dict[str, ModelType] = {
             ),
             "two-stage: RPN proposals, RoIAlign, box head",
         ),
+        ModelType(
+            "retinanet",
+            "kdetect.models.retinanet",
+            "RetinaNet",
+            ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2"),
+            "single-stage: anchors on P3-P7, focal-loss class and box towers",
+        ),
     )
 }
 
