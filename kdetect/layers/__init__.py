@@ -2,8 +2,8 @@
 
 from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
-from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.layers.box_head import BoxPredictor, ConvFCBoxHead, MLPBoxHead
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.roi import MultiLevelRoIAlign, RoISampler
