@@ -115,8 +115,13 @@ def make(args):
         spread = outputs["cls_logits"][0, :, 1 : ACTIVE + 1].std()
         weight[:, 1 : ACTIVE + 1] *= args.logit_std / spread
         bias[:, 1 : ACTIVE + 1] = 0.0
+        regression = head.regression_head
+        if args.arch.startswith("fcos"):  # side distances of one to a few location sizes
+            regression.bbox_reg.bias.fill_(1.5)
+            spread = outputs["bbox_ctrness"][0].std()
+            regression.bbox_ctrness.weight.mul_(args.logit_std / spread)
         deltas = outputs["bbox_regression"][0].std()
-        head.regression_head.bbox_reg.weight.mul_(args.delta_std / deltas)
+        regression.bbox_reg.weight.mul_(args.delta_std / deltas)
         outputs = [head_outputs(model, image)[2] for image in images]
         low, high = -30.0, 30.0  # bias for about args.candidates scores above the threshold
         for _ in range(50):

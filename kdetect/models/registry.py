@@ -53,6 +53,13 @@ MODEL_TYPES: dict[str, ModelType] = {
             ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2"),
             "single-stage: anchors on P3-P7, focal-loss class and box towers",
         ),
+        ModelType(
+            "fcos",
+            "kdetect.models.fcos",
+            "FCOS",
+            ("fcos_resnet50_fpn",),
+            "single-stage, anchor-free: box side distances and centre-ness on P3-P7",
+        ),
     )
 }
 

@@ -15,16 +15,17 @@ from kdetect.matching import BETWEEN_THRESHOLDS, Matcher
 BOX_LOSSES = ("l1", "giou")
 
 
-def conv_tower(prefix: str, depth: int, channels: int, group_norm: bool):
+def conv_tower(prefix: str, depth: int, channels: int, group_norm: bool, bias: bool | None = None):
     """``depth`` 3x3 convs of ``channels`` (weights N(0, 0.01), bias 0), each followed by
-    group norm (32 groups, when ``group_norm``; the conv then has no bias) and ReLU."""
+    group norm (32 groups, when ``group_norm``) and ReLU. The convs have a bias unless
+    ``bias`` is False (None: only without group norm)."""
     convs, norms = [], []
     for i in range(depth):
         conv = keras.layers.Conv2D(
             channels,
             3,
             padding="same",
-            use_bias=not group_norm,
+            use_bias=not group_norm if bias is None else bias,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
             name=f"{prefix}_conv_{i}",
         )
