@@ -111,25 +111,31 @@ def make(args):
         bias[:, 0] = -100.0  # label 0: never a detection, no loss
         weight[:, ACTIVE + 1 :] = 0.0
         bias[:, ACTIVE + 1 :] = -20.0
-        _, _, outputs = head_outputs(model, images[0])
-        spread = outputs["cls_logits"][0, :, 1 : ACTIVE + 1].std()
+
+        def pooled(key):
+            outputs = [head_outputs(model, image)[2][key][0] for image in images]
+            return torch.cat(outputs)
+
+        spread = pooled("cls_logits")[:, 1 : ACTIVE + 1].std()
         weight[:, 1 : ACTIVE + 1] *= args.logit_std / spread
         bias[:, 1 : ACTIVE + 1] = 0.0
         regression = head.regression_head
         if args.arch.startswith("fcos"):  # side distances of one to a few location sizes
             regression.bbox_reg.bias.fill_(1.5)
-            spread = outputs["bbox_ctrness"][0].std()
-            regression.bbox_ctrness.weight.mul_(args.logit_std / spread)
-        deltas = outputs["bbox_regression"][0].std()
-        regression.bbox_reg.weight.mul_(args.delta_std / deltas)
-        outputs = [head_outputs(model, image)[2] for image in images]
-        low, high = -30.0, 30.0  # bias for about args.candidates scores above the threshold
-        for _ in range(50):
-            mid = 0.5 * (low + high)
-            count = sum(int((scores_of(args.arch, o, mid) > thresh).sum()) for o in outputs)
-            count //= len(outputs)
-            low, high = (mid, high) if count < args.candidates else (low, mid)
-        bias[:, 1 : ACTIVE + 1] = 0.5 * (low + high)
+            regression.bbox_ctrness.weight.mul_(args.logit_std / pooled("bbox_ctrness").std())
+        regression.bbox_reg.weight.mul_(args.delta_std / pooled("bbox_regression").std())
+        # The class bias: the median over the images of the one that lets about
+        # args.candidates (anchor, class) pairs of an image pass the score threshold.
+        biases = []
+        for image in images:
+            outputs = head_outputs(model, image)[2]
+            low, high = -30.0, 30.0
+            for _ in range(50):
+                mid = 0.5 * (low + high)
+                count = int((scores_of(args.arch, outputs, mid) > thresh).sum())
+                low, high = (mid, high) if count < args.candidates else (low, mid)
+            biases.append(0.5 * (low + high))
+        bias[:, 1 : ACTIVE + 1] = float(np.median(biases))
     state = model.state_dict()
     if args.arch != "retinanet_resnet50_fpn_v2":  # published layout: frozen batch norm
         frozen = build(args.arch, args.num_classes, frozen=True)
