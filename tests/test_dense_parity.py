@@ -68,7 +68,9 @@ def made(tmp_path_factory, arch: str):
             images.append(array)
             files.append(folder / f"{name}.npy")
         weights = folder / "checkpoint.pth"
-        run_dense("make", arch, weights, "--calibrate", *files)
+        # v1's COCO_V1 file predates torchvision 0.13 and has its old module names.
+        names = ["--legacy-names"] if arch == "retinanet_resnet50_fpn" else []
+        run_dense("make", arch, weights, *names, "--calibrate", *files)
         _MADE[arch] = (weights, images, files)
     return _MADE[arch]
 

@@ -8,7 +8,7 @@ Not a test module: ``tests/test_dense_parity.py`` runs it through ``tests/torch_
         (labels 1..8) whose logit bias is set so that a few hundred (anchor, class) pairs per
         calibration image pass the score threshold; label 0 and labels 9.. can never score (bias
         -100 / -20, weight 0). Saved as the published files are laid out (v1: frozen batch norm
-        with eps 0).
+        with eps 0; --legacy-names: v1's pre-0.13 key names, as its COCO_V1 file has them).
 
     python torchvision_dense_reference.py run ARCH WEIGHTS OUT.npz IMAGE.npy [...]
         model.eval() detections of each image alone, and the stages of the first one.
@@ -141,7 +141,24 @@ def make(args):
         frozen = build(args.arch, args.num_classes, frozen=True)
         frozen.load_state_dict({k: v for k, v in state.items() if "num_batches" not in k})
         state = frozen.state_dict()
+    if args.legacy_names:
+        state = legacy_names(state)
     torch.save(state, args.output)
+
+
+def legacy_names(state):
+    """The pre-0.13 key names of RetinaNet v1's COCO file (head towers: conv.{2i}; pyramid:
+    inner_blocks.{i} / layer_blocks.{i}), as a plain dict, which torchvision renames on load."""
+    out = {}
+    for key, value in state.items():
+        for tower in ("head.classification_head.conv.", "head.regression_head.conv."):
+            for i in range(4):
+                key = key.replace(f"{tower}{i}.0.", f"{tower}{2 * i}.")
+        for blocks in ("inner_blocks", "layer_blocks"):
+            for i in range(3):
+                key = key.replace(f"backbone.fpn.{blocks}.{i}.0.", f"backbone.fpn.{blocks}.{i}.")
+        out[key] = value
+    return out
 
 
 def load(args):
@@ -205,6 +222,7 @@ def main(argv=None):
     p.add_argument("--calibrate", nargs="+", required=True)
     p.add_argument("--num-classes", type=int, default=91)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--legacy-names", action="store_true")
     p.add_argument("--logit-std", type=float, default=1.5)
     p.add_argument("--delta-std", type=float, default=0.2)
     p.add_argument("--candidates", type=int, default=250)

@@ -113,7 +113,7 @@ class RetinaNet(DetectionModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_settings(num_classes, "mlp")
+        check_settings(num_classes, "mlp")  # (the box-head type is Faster R-CNN's; unused)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone
@@ -244,6 +244,12 @@ class RetinaNet(DetectionModel):
         return cls(**config)
 
     # --- torchvision checkpoints (DetectionModel.from_torchvision) ----------------------------
+    @classmethod
+    def from_torchvision(cls, weights, arch: str | None = None, **overrides):
+        """:meth:`DetectionModel.from_torchvision`; the published v1 file's pre-0.13 names of
+        the head's convs are read too."""
+        return super().from_torchvision(torchvision.with_modern_names(weights), arch, **overrides)
+
     @staticmethod
     def torchvision_num_classes(state, name, arch):
         return torchvision.num_classes(state, name, arch)

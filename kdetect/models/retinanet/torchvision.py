@@ -12,11 +12,15 @@ positive; kdetect's class ``i`` is torchvision's label ``i + 1``, so those rows 
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from kdetect.errors import CheckpointError
+from kdetect.pretrained.state_dict import read_state_dict
 from kdetect.pretrained.torchvision import WeightPlan, conv_kernel
 
 _COMMON = {
@@ -62,6 +66,25 @@ PUBLISHED_WEIGHTS = {
 }
 
 _CLASS_LOGITS = "head.classification_head.cls_logits."
+# Before torchvision 0.13 a head tower was a Sequential of conv, ReLU, conv, ...: conv ``i`` of
+# the COCO_V1 file is ``conv.{2i}``, today's ``conv.{i}.0``.
+_LEGACY_TOWER = re.compile(r"^(head\.(?:classification|regression)_head\.conv\.)(\d+)\.(\w+)$")
+
+
+def with_modern_names(source):
+    """``source`` (a checkpoint path or a state dict) with the head towers' pre-0.13 key names
+    renamed; a file without them is returned as given."""
+    state = source if isinstance(source, Mapping) else read_state_dict(os.fspath(source))
+    if not any(_LEGACY_TOWER.match(key) for key in state):
+        return source
+    renamed = {}
+    for key, value in state.items():
+        match = _LEGACY_TOWER.match(key)
+        if match:
+            prefix, index, name = match.groups()
+            key = f"{prefix}{int(index) // 2}.0.{name}"
+        renamed[key] = value
+    return renamed
 
 
 def num_classes(state: dict, name: str, arch: str, anchors_per_location: int = 9) -> int:
