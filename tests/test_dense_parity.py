@@ -168,10 +168,10 @@ def test_every_stage_equals_torchvision(parity):
     logits, *others = model.head(pyramid)
     logits = np.concatenate([np.asarray(x[0]) for x in logits])
     theirs = ref["head_cls_logits"].reshape(len(logits), -1)[:, 1:]  # no label 0
-    _close(logits, theirs, 1e-5)
+    _close(logits, theirs, 5e-5)
     for ours, key in zip(others, ("head_bbox_regression", "head_bbox_ctrness")):
         ours = np.concatenate([np.asarray(x[0]) for x in ours])
-        _close(ours, ref[key].reshape(ours.shape), 1e-5)
+        _close(ours, ref[key].reshape(ours.shape), 5e-5)
     anchors = model.anchors(frame, pyramid)
     np.testing.assert_array_equal(np.concatenate([np.asarray(a) for a in anchors]), ref["anchors"])
 
