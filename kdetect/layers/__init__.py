@@ -1,4 +1,5 @@
-"""Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
+"""Detector building blocks: feature pyramid, RPN, RoI stage, detection decoders (two-stage and
+dense single-stage)."""
 
 from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
