@@ -19,7 +19,8 @@ import tensorflow as tf
 from PIL import Image
 
 from kdetect.backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from kdetect.layers import DenseDetectionDecoder, FeaturePyramid
+from kdetect.layers import FeaturePyramid
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.models import build
 from kdetect.models.fcos import FCOS, FCOSHead
 from kdetect.models.retinanet import RetinaNet, RetinaNetHead

@@ -5,7 +5,7 @@ build_pyramid_features`); one location per cell of each level (a square "anchor"
 level's size gives its centre and scale); the head
 (:class:`~kdetect.models.fcos.head.FCOSHead`) predicts class scores, the four side distances
 of a box and its centre-ness; scores are ``sqrt(sigmoid(class) * sigmoid(centre-ness))``,
-decoded by the shared dense decoder (:class:`~kdetect.layers.DenseDetectionDecoder`).
+decoded by the shared dense decoder (:class:`~kdetect.layers.dense.DenseDetectionDecoder`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 from kdetect.anchors import feature_map_anchors
-from kdetect.layers import DenseDetectionDecoder
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.models.base import DetectionModel
 from kdetect.models.faster_rcnn.assembly import check_settings
 from kdetect.models.fcos import torchvision

@@ -3,7 +3,7 @@
 Backbone maps C3..C5 feed a feature pyramid with two learned extra levels (P3..P7); one head
 (:class:`~kdetect.models.retinanet.head.RetinaNetHead`) predicts, at every location of every
 level, sigmoid class scores and box deltas for each of its anchors; the dense decoder
-(:class:`~kdetect.layers.DenseDetectionDecoder`) keeps each level's best candidates and runs
+(:class:`~kdetect.layers.dense.DenseDetectionDecoder`) keeps each level's best candidates and runs
 per-class NMS. What every detector shares is :class:`~kdetect.models.base.DetectionModel`.
 """
 
@@ -16,7 +16,8 @@ from keras import ops
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import build_backbone
-from kdetect.layers import DenseDetectionDecoder, FeaturePyramid
+from kdetect.layers import FeaturePyramid
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.models.base import DetectionModel
 from kdetect.models.faster_rcnn.assembly import check_settings
 from kdetect.models.retinanet import torchvision
