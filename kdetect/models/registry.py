@@ -47,14 +47,32 @@ MODEL_TYPES: dict[str, ModelType] = {
             "two-stage: RPN proposals, RoIAlign, box head",
         ),
         ModelType(
-            "ssd", "kdetect.models.ssd", "SSD", ("ssd300_vgg16",), "single-shot, default boxes"
+            "retinanet",
+            "kdetect.models.retinanet",
+            "RetinaNet",
+            ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2"),
+            "single-stage: anchors on P3-P7, focal-loss class and box towers",
+        ),
+        ModelType(
+            "fcos",
+            "kdetect.models.fcos",
+            "FCOS",
+            ("fcos_resnet50_fpn",),
+            "single-stage, anchor-free: box side distances and centre-ness on P3-P7",
+        ),
+        ModelType(
+            "ssd",
+            "kdetect.models.ssd",
+            "SSD",
+            ("ssd300_vgg16",),
+            "single-shot: default boxes on six maps, softmax with background",
         ),
         ModelType(
             "ssdlite",
             "kdetect.models.ssd",
             "SSDLite",
             ("ssdlite320_mobilenet_v3_large",),
-            "single-shot, depthwise-separable heads",
+            "single-shot: SSD with depthwise-separable heads (the classic phone detector)",
         ),
     )
 }
