@@ -15,6 +15,7 @@ from kdetect.layers import (
     BatchNormalization,
     BoxPredictor,
     ConvFCBoxHead,
+    DenseDetectionDecoder,
     DetectionDecoder,
     FeaturePyramid,
     MatchAndSample,
@@ -108,6 +109,16 @@ CASES = {
         RoISampler(0.6, 0.4, batch_size_per_image=8, positive_fraction=0.5, box_coder=CODER),
         (_boxes(2, 6), np.ones((2, 6), bool), _boxes(2, 3), np.array([[0, 2, -1]] * 2)),
         {"seed": 5},
+    ),
+    DenseDetectionDecoder: lambda: (
+        DenseDetectionDecoder(
+            score_thresh=0.2, nms_thresh=0.5, detections_per_img=5, topk_candidates=6
+        ),
+        (
+            [_array(1, 12, 3, scale=1.0), _array(1, 4, 3, scale=1.0)],
+            [_boxes(1, 12), _boxes(1, 4)],
+        ),
+        {"image_size": (48, 48)},
     ),
     DetectionDecoder: lambda: (
         DetectionDecoder(

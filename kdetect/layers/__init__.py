@@ -1,8 +1,10 @@
-"""Faster R-CNN building blocks: feature pyramid, RPN, RoI stage and the detection decoder."""
+"""Detector building blocks: feature pyramid, RPN, RoI stage, and the decoders of two-stage and
+dense single-stage heads."""
 
 from kdetect.layers.base import MatchAndSample, PipelineLayer
 from kdetect.layers.batch_norm import BatchNormalization, fuse_batch_norm
 from kdetect.layers.box_head import BoxPredictor, ConvFCBoxHead, MLPBoxHead
+from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.layers.detection import DetectionDecoder
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.roi import MultiLevelRoIAlign, RoISampler
@@ -12,6 +14,7 @@ __all__ = [
     "BatchNormalization",
     "BoxPredictor",
     "ConvFCBoxHead",
+    "DenseDetectionDecoder",
     "DetectionDecoder",
     "FeaturePyramid",
     "MLPBoxHead",
