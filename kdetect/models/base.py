@@ -23,15 +23,30 @@ import warnings
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 from kdetect import tf_ops
+from kdetect.backbone_names import BACKBONE_MODEL_TYPE
 from kdetect.backbones import preprocess_images
 from kdetect.boxes import clip_boxes
 from kdetect.errors import InputShapeError
 from kdetect.models import export_formats as exporting
 from kdetect.models.prediction import check_images
 from kdetect.pretrained.torchvision import load_torchvision
+
+
+def check_model_settings(num_classes, backbone: str, model_type: str) -> None:
+    """Raise ``TypeError`` / ``ValueError`` for settings no detector takes: a class count that is
+    not a positive integer, or a backbone built for another type's layout."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    owner = BACKBONE_MODEL_TYPE.get(backbone, model_type)
+    if owner != model_type:
+        raise ValueError(f"backbone {backbone!r} is the {owner} model's (model.type {owner})")
+
 
 #: Room in the samplers' seed counter for the random draws of one training step.
 _DRAWS_PER_STEP = 1024

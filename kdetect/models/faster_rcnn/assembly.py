@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 
-from kdetect.backbone_names import BACKBONE_MODEL_TYPE
 from kdetect.backbones import build_backbone, resnet_stage5_head
 from kdetect.boxes import BoxCoder
 from kdetect.layers import (
@@ -24,6 +22,7 @@ from kdetect.layers import (
     RoISampler,
     RPNTargetAssigner,
 )
+from kdetect.models.base import check_model_settings
 
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
 #: Anchor sizes (pixels) per RPN level when none are given: one size per pyramid level, or all
@@ -39,13 +38,7 @@ _TUPLE_KEYS = ("aspect_ratios", "bbox_reg_weights")
 def check_settings(num_classes, box_head_type, backbone: str) -> None:
     """Raise ``TypeError`` / ``ValueError`` for settings no detector can be built with (the
     input transform checks its own: :class:`~kdetect.models.transform.ImageTransform`)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    owner = BACKBONE_MODEL_TYPE.get(backbone, "faster_rcnn")
-    if owner != "faster_rcnn":
-        raise ValueError(f"backbone {backbone!r} is the {owner} model's (model.type {owner})")
+    check_model_settings(num_classes, backbone, "faster_rcnn")
     if box_head_type not in BOX_HEAD_TYPES:
         raise ValueError(f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}")
 

@@ -17,8 +17,7 @@ from keras import ops
 
 from kdetect.anchors import feature_map_anchors
 from kdetect.layers.dense import DenseDetectionDecoder
-from kdetect.models.base import DetectionModel
-from kdetect.models.faster_rcnn.assembly import check_settings
+from kdetect.models.base import DetectionModel, check_model_settings
 from kdetect.models.fcos import torchvision
 from kdetect.models.fcos.head import FCOSHead
 from kdetect.models.retinanet.model import build_pyramid_features
@@ -76,7 +75,7 @@ class FCOS(DetectionModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_settings(num_classes, "mlp")  # (the box-head type is Faster R-CNN's; unused)
+        check_model_settings(num_classes, backbone, self.TYPE)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone

@@ -18,8 +18,7 @@ from kdetect.anchors import feature_map_anchors
 from kdetect.backbones import build_backbone
 from kdetect.layers import FeaturePyramid
 from kdetect.layers.dense import DenseDetectionDecoder
-from kdetect.models.base import DetectionModel
-from kdetect.models.faster_rcnn.assembly import check_settings
+from kdetect.models.base import DetectionModel, check_model_settings
 from kdetect.models.retinanet import torchvision
 from kdetect.models.retinanet.head import RetinaNetHead
 from kdetect.models.transform import ImageTransform
@@ -114,7 +113,7 @@ class RetinaNet(DetectionModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_settings(num_classes, "mlp")  # (the box-head type is Faster R-CNN's; unused)
+        check_model_settings(num_classes, backbone, self.TYPE)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
         self.num_classes = int(num_classes)
         self.backbone_name = backbone
