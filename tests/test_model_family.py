@@ -11,6 +11,7 @@ on raw images of any size, and a saved ``.keras`` file and a config round trip p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,7 +28,13 @@ from kdetect.models.registry import (
     model_class,
 )
 from kdetect.recipes import load
-from kdetect.recipes.builders import build_model, model_kwargs, model_section
+from kdetect.recipes.builders import (
+    SHARED_KEYS,
+    build_model,
+    constructor_arguments,
+    model_kwargs,
+    model_section,
+)
 from tests.train_support import kdetect
 
 SHAPES = "recipes/shapes.yaml"
@@ -169,3 +176,16 @@ def test_models_command_lists_every_type_and_architecture(capsys):
     assert set(listed) == set(MODEL_TYPES)
     for name, entry in MODEL_TYPES.items():
         assert listed[name]["torchvision"] == list(entry.architectures)
+
+
+def test_models_doc_lists_every_type_architecture_and_setting():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    for arch in architectures():
+        assert f"`{arch}`" in docs, arch
+    for name in MODEL_TYPES:
+        if name == "faster_rcnn":
+            continue
+        line = next(row for row in docs.splitlines() if row.startswith(f"- **`{name}`**"))
+        for arg in constructor_arguments(name):
+            if arg not in SHARED_KEYS:
+                assert f"`{arg}: " in line, (name, arg)

@@ -385,7 +385,7 @@ def build_model(recipe: Recipe, num_classes: int):
     kwargs = model_kwargs(recipe.model, num_classes, recipe.train.seed)
     try:
         return model_class(recipe.model.type)(**kwargs)
-    except ValueError as exc:  # the model checks combinations (anchor levels, sizes, ...)
+    except (TypeError, ValueError) as exc:  # the model checks its settings (levels, sizes...)
         raise RecipeError(f"model: {exc}") from None
 
 

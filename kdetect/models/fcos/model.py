@@ -84,9 +84,11 @@ class FCOS(DetectionModel):
             backbone_weights is not None if frozen_batch_norm is None else frozen_batch_norm
         )
         self.batch_norm_epsilon, self.seed = batch_norm_epsilon, seed
-        self.anchor_sizes = tuple(float(s) for s in anchor_sizes)
-        if len(self.anchor_sizes) != 5:
-            raise ValueError("anchor_sizes needs five sizes (P3..P7)")
+        # one size per level: plain numbers, or one-size lists as other types' anchor_sizes
+        levels = [s if isinstance(s, Sequence) else (s,) for s in anchor_sizes]
+        if len(levels) != 5 or any(len(level) != 1 for level in levels):
+            raise ValueError(f"anchor_sizes needs one size for each of P3..P7, got {anchor_sizes}")
+        self.anchor_sizes = tuple(float(level[0]) for level in levels)
         self.backbone, self.fpn = build_pyramid_features(
             backbone,
             self.image_size,
