@@ -174,6 +174,24 @@ class RetinaNet(DetectionModel):
             ops.shape(inputs)[1:3], sizes, self.anchor_sizes, self.aspect_ratios
         )
 
+    def anchor_boxes(self, height: int, width: int, anchor_sizes=None, aspect_ratios=None):
+        """The anchors per level of a ``height`` x ``width`` frame (see
+        :meth:`DetectionModel.anchor_boxes`)."""
+        inputs = ops.zeros((1, int(height), int(width), 3), "float32")
+        sizes = [tuple(f.shape[1:3]) for f in self.pyramid(inputs)]
+        anchors = feature_map_anchors(
+            (height, width),
+            sizes,
+            self.anchor_sizes if anchor_sizes is None else anchor_sizes,
+            self.aspect_ratios if aspect_ratios is None else aspect_ratios,
+        )
+        return [ops.convert_to_numpy(a) for a in anchors]
+
+    @property
+    def anchor_iou_thresholds(self) -> tuple[float, float]:
+        """The head's ``(fg_iou_thresh, bg_iou_thresh)``."""
+        return self.head.fg_iou_thresh, self.head.bg_iou_thresh
+
     def detect(self, inputs, image_size, training=False):
         features = self.pyramid(inputs, training)
         logits, deltas = self.head(features)

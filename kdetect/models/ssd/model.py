@@ -278,6 +278,20 @@ class SSD(DetectionModel):
         frame = tuple(int(v) for v in frame)
         return default_boxes(frame, sizes, self.scales, self.aspect_ratios, self.steps, self.clip)
 
+    def anchor_boxes(self, height: int, width: int, anchor_sizes=None, aspect_ratios=None):
+        """The default boxes of a ``height`` x ``width`` frame, as one level (see
+        :meth:`DetectionModel.anchor_boxes`); they are not a grid of sizes and ratios, so no
+        other setting is offered."""
+        if anchor_sizes is not None or aspect_ratios is not None:
+            raise NotImplementedError("SSD's default boxes come from scales, not anchor sizes")
+        features = self.feature_maps(ops.zeros((1, int(height), int(width), 3), "float32"))
+        return [ops.convert_to_numpy(self.default_boxes((height, width), features))]
+
+    @property
+    def anchor_iou_thresholds(self) -> tuple[float, float]:
+        """Default boxes at IoU >= ``iou_thresh`` are positives, the rest negatives."""
+        return self.head.iou_thresh, self.head.iou_thresh
+
     def _frame(self, inputs):
         shape = tuple(inputs.shape[1:3])
         return shape if None not in shape else self.image_size
