@@ -21,12 +21,16 @@ Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/t
         (e.g. samplers that keep every candidate, so that nothing is random) go to the
         detector's builder. Saved: each loss, the transformed batch (``input``,
         ``image_sizes``), the ground truth as the transform scaled it and each image's
-        training-mode proposals (``proposals_<i>``).
+        training-mode proposals (``proposals_<i>``). ``--min-size`` / ``--max-size`` change
+        the transform's resize (the same code at fewer pixels).
 
     python torchvision_reference.py loss-functions IN.npz OUT.npz
         torch's smooth L1 and torchvision.ops' sigmoid focal and generalized-IoU losses,
         elementwise, of the inputs in IN.npz (``diff``, ``beta``; ``logits``, ``targets``,
         ``alpha``, ``gamma``; ``boxes1``, ``boxes2``).
+
+Several commands separated by a lone ``+`` run in one interpreter, in order (torch imported
+once): ``make ARCH W.pth --calibrate A.npy + run ARCH W.pth R.npz A.npy B.npy + losses ...``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ LOSS_OPTIONS = (
     "rpn_positive_fraction",
     "box_batch_size_per_image",
     "box_positive_fraction",
+    "min_size",
+    "max_size",
 )
 
 
@@ -166,7 +172,7 @@ def run(args):
         body = model.backbone.body(batch.tensors)
         for k, v in body.items():
             out[f"body_{k}"] = v.numpy()
-        features = model.backbone(batch.tensors)
+        features = model.backbone.fpn(body)
         for k, v in features.items():
             out[f"fpn_{k}"] = v.numpy()
         feature_list = list(features.values())
@@ -214,11 +220,15 @@ def losses(args):
         for i, target in enumerate(scaled):
             out[f"boxes_{i}"] = target["boxes"].numpy()
             out[f"labels_{i}"] = target["labels"].numpy()
-        proposals, _ = model.rpn(batch, model.backbone(batch.tensors), scaled)
-        for i, boxes in enumerate(proposals):
-            out[f"proposals_{i}"] = boxes.numpy()
+        # The RPN's training-mode proposals, as the forward pass below makes them.
+        seen = []
+        hook = model.rpn.register_forward_hook(lambda module, inputs, output: seen.append(output))
         for name, value in model(images, targets).items():
             out[name] = np.float64(value.item())
+        hook.remove()
+        ((proposals, _),) = seen
+        for i, boxes in enumerate(proposals):
+            out[f"proposals_{i}"] = boxes.numpy()
     np.savez(args.output, **out)
 
 
@@ -273,10 +283,18 @@ def main(argv=None):
     p = sub.add_parser("loss-functions")
     p.add_argument("inputs")
     p.add_argument("output")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chain = [[]]
+    for word in argv:
+        if word == "+":
+            chain.append([])
+        else:
+            chain[-1].append(word)
     torch.set_num_threads(2)
     commands = {"make": make, "run": run, "losses": losses, "loss-functions": loss_functions}
-    commands[args.command](args)
+    for words in chain:
+        args = parser.parse_args(words)
+        commands[args.command](args)
 
 
 if __name__ == "__main__":
