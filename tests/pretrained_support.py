@@ -3,6 +3,8 @@
 ``tests/torchvision_reference.py make`` builds a randomly initialised torchvision detector made
 non-trivial (batch norm calibrated on real photos, sharpened classifier) and saves it as the
 published files are laid out; kdetect tests import it as a user imports a COCO checkpoint.
+``references`` records torchvision's inference (``run``) and training losses (``losses``) on it,
+all of an architecture's torch work in one interpreter, once per session.
 """
 
 from __future__ import annotations

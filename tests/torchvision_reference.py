@@ -159,36 +159,46 @@ def run(args):
     model = load(args)
     out = {}
     images = load_images(args.images)
+    # Every stage of the first image, as its forward pass computes them.
+    stages = {
+        "transform": model.transform,
+        "body": model.backbone.body,
+        "fpn": model.backbone.fpn,
+        "rpn_head": model.rpn.head,
+        "anchors": model.rpn.anchor_generator,
+        "rpn": model.rpn,
+        "pooled": model.roi_heads.box_roi_pool,
+        "predictor": model.roi_heads.box_predictor,
+    }
+    seen = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda module, inputs, output, name=name: seen.setdefault(name, output)
+        )
+        for name, module in stages.items()
+    ]
     with torch.no_grad():
         for i, image in enumerate(images):
             (det,) = model([image])
             out[f"boxes_{i}"] = det["boxes"].numpy()
             out[f"scores_{i}"] = det["scores"].numpy()
             out[f"labels_{i}"] = det["labels"].numpy()
-        # Every stage of the first image.
-        batch, _ = model.transform([images[0]])
+            for hook in hooks if i == 0 else ():
+                hook.remove()
+        batch, _ = seen["transform"]
         out["input"] = batch.tensors.numpy()
         out["image_size"] = np.array(batch.image_sizes[0])
-        body = model.backbone.body(batch.tensors)
-        for k, v in body.items():
+        for k, v in seen["body"].items():
             out[f"body_{k}"] = v.numpy()
-        features = model.backbone.fpn(body)
-        for k, v in features.items():
+        for k, v in seen["fpn"].items():
             out[f"fpn_{k}"] = v.numpy()
-        feature_list = list(features.values())
-        objectness, deltas = model.rpn.head(feature_list)
-        anchors = model.rpn.anchor_generator(batch, feature_list)
-        flat_logits, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+        flat_logits, flat_deltas = concat_box_prediction_layers(*seen["rpn_head"])
         out["rpn_logits"] = flat_logits.reshape(-1).numpy()
         out["rpn_deltas"] = flat_deltas.numpy()
-        out["anchors"] = anchors[0].numpy()
-        proposals, _ = model.rpn(batch, features)
-        out["proposals"] = proposals[0].numpy()
-        pooled = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
-        out["pooled"] = pooled.numpy()
-        class_logits, box_regression = model.roi_heads.box_predictor(
-            model.roi_heads.box_head(pooled)
-        )
+        out["anchors"] = seen["anchors"][0].numpy()
+        out["proposals"] = seen["rpn"][0][0].numpy()
+        out["pooled"] = seen["pooled"].numpy()
+        class_logits, box_regression = seen["predictor"]
         out["class_logits"] = class_logits.numpy()
         out["box_regression"] = box_regression.numpy()
     np.savez(args.output, **out)
