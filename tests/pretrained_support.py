@@ -3,6 +3,8 @@
 ``tests/torchvision_reference.py make`` builds a randomly initialised torchvision detector made
 non-trivial (batch norm calibrated on real photos, sharpened classifier) and saves it as the
 published files are laid out; kdetect tests import it as a user imports a COCO checkpoint.
+``references`` records torchvision's inference (``run``) and training losses (``losses``) on it,
+all of an architecture's torch work in one interpreter, once per session.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kdetect.data.readers.voc import _read_voc_xml
 from tests.torch_peer import REPO_ROOT, run_torch
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
@@ -35,7 +38,37 @@ PHOTOS = [
     ("large", "raccoon-105.jpg", (1440, 1920)),  # 720x960 upscaled past 1333
 ]
 
+# The photos whose detections the inference parity test compares, per architecture (the first
+# is also the stage-by-stage photo). Every case for the cheapest architecture; for the ResNets,
+# the resize rules' cases split between the two (upscaled and max_size-limited for v1, with
+# the photo larger than 1333 px; portrait and landscape for v2).
+PARITY_PHOTOS = {
+    "fasterrcnn_resnet50_fpn": ("small", "max_size", "large"),
+    "fasterrcnn_resnet50_fpn_v2": ("small", "tall", "wide"),
+    "fasterrcnn_mobilenet_v3_large_fpn": tuple(p[0] for p in PHOTOS),
+}
+
+# The loss parity batch: two photos of different shapes (so their own sizes differ from the
+# padded frame), with torchvision labels chosen for them (the raccoon set has one class).
+LOSS_BATCH = ("tall", "wide")
+LOSS_LABELS = {"tall": 18, "wide": 62}
+LOSS_GT_ROWS = 2  # kdetect's ground truth rows: one padding row more than the most boxes
+RPN_POST_NMS_TRAIN = 2000  # both sides' default
+# Samplers that keep every candidate: no randomness left.
+SAMPLE_ALL = {
+    "rpn_batch_size_per_image": 10**6,
+    "rpn_positive_fraction": 1.0,
+    # kdetect's RoI sampler returns exactly this many rows per image: every proposal and ground
+    # truth row; torchvision samples from at most as many.
+    "box_batch_size_per_image": RPN_POST_NMS_TRAIN + LOSS_GT_ROWS,
+    "box_positive_fraction": 1.0,
+}
+# The loss batch's resize: half of torchvision's 800 / 1333, the same rules and code at a
+# quarter of the pixels ("tall" is resized by min_size, "wide" by max_size, as at full size).
+LOSS_RESIZE = {"min_size": 400, "max_size": 667}
+
 _MADE: dict[str, tuple] = {}
+_REFERENCES: dict[str, dict[str, Path]] = {}
 
 
 def write_safetensors(path: Path, arrays: dict[str, tuple[str, np.ndarray]]) -> None:
@@ -60,25 +93,75 @@ def run_reference(*args) -> None:
     run_torch(REFERENCE.read_text(), *args, timeout=900)
 
 
+def photo_boxes(name: str) -> np.ndarray:
+    """The real boxes of photo ``name`` of PHOTOS (its VOC annotation), xyxy pixels."""
+    photo = {p[0]: p[1] for p in PHOTOS}[name]
+    stem = photo.removesuffix(".jpg")
+    xml = RACCOON.parent / "Annotations" / f"{stem}.xml"
+    image = _read_voc_xml(xml, stem, [RACCOON])
+    return np.array([obj.box for obj in image.objects], np.float32)
+
+
 def checkpoint(tmp_path_factory, arch: str) -> tuple[Path, list[np.ndarray], list[Path]]:
     """``(weights.pth, photos as uint8 arrays, the photos' .npy files)`` for ``arch``, made once
     per session; skips when the raccoon photos are not available."""
+    if arch not in _MADE:
+        made = _photos(tmp_path_factory, arch)
+        run_reference(*_make_command(arch, made))
+        _MADE[arch] = made
+    return _MADE[arch]
+
+
+def references(tmp_path_factory, arch: str) -> dict[str, Path]:
+    """torchvision's records for ``arch``'s checkpoint, made once per session by one torch
+    interpreter (which also makes the checkpoint if no test has yet): ``run`` on
+    PARITY_PHOTOS[arch] and ``losses`` on LOSS_BATCH with SAMPLE_ALL at LOSS_RESIZE."""
+    if arch in _REFERENCES:
+        return _REFERENCES[arch]
+    made = _MADE.get(arch) or _photos(tmp_path_factory, arch)
+    chain = [] if arch in _MADE else [*_make_command(arch, made), "+"]
+    weights, _, files = made
+    names = [p[0] for p in PHOTOS]
+    records = {"run": weights.with_name("reference.npz"), "losses": weights.with_name("losses.npz")}
+    photos = [files[names.index(name)] for name in PARITY_PHOTOS[arch]]
+    chain += ["run", arch, weights, records["run"], *photos, "+"]
+    truth = weights.with_name("truth.npz")
+    boxes = {f"boxes_{i}": photo_boxes(name) for i, name in enumerate(LOSS_BATCH)}
+    labels = {
+        f"labels_{i}": np.full(len(boxes[f"boxes_{i}"]), LOSS_LABELS[name], np.int64)
+        for i, name in enumerate(LOSS_BATCH)
+    }
+    np.savez(truth, **boxes, **labels)
+    batch = [files[names.index(name)] for name in LOSS_BATCH]
+    chain += ["losses", arch, weights, records["losses"], truth, *batch]
+    chain += [f"--{k.replace('_', '-')}={v}" for k, v in {**SAMPLE_ALL, **LOSS_RESIZE}.items()]
+    run_reference(*chain)
+    _MADE[arch] = made
+    _REFERENCES[arch] = records
+    return records
+
+
+def _photos(tmp_path_factory, arch: str) -> tuple[Path, list[np.ndarray], list[Path]]:
+    """A new folder for ``arch`` holding PHOTOS as .npy files: ``(its checkpoint's path, the
+    photos, their files)``; skips when the raccoon photos are not available."""
     if not RACCOON.is_dir():
         pytest.skip("../shared/data/raccoon not available")
-    if arch not in _MADE:
-        folder = tmp_path_factory.mktemp(arch)
-        images, files = [], []
-        for name, photo, size in PHOTOS:
-            image = Image.open(RACCOON / photo).convert("RGB")
-            if size is not None:
-                image = image.resize(size, Image.BILINEAR)
-            array = np.asarray(image)
-            np.save(folder / f"{name}.npy", array)
-            images.append(array)
-            files.append(folder / f"{name}.npy")
-        weights = folder / "checkpoint.pth"
-        # v1's COCO_V1 file predates torchvision 0.13 and has its old module names; others not.
-        names = ["--legacy-names"] if arch == "fasterrcnn_resnet50_fpn" else []
-        run_reference("make", arch, weights, *names, "--calibrate", files[1], files[3])
-        _MADE[arch] = (weights, images, files)
-    return _MADE[arch]
+    folder = tmp_path_factory.mktemp(arch)
+    images, files = [], []
+    for name, photo, size in PHOTOS:
+        image = Image.open(RACCOON / photo).convert("RGB")
+        if size is not None:
+            image = image.resize(size, Image.BILINEAR)
+        array = np.asarray(image)
+        np.save(folder / f"{name}.npy", array)
+        images.append(array)
+        files.append(folder / f"{name}.npy")
+    return folder / "checkpoint.pth", images, files
+
+
+def _make_command(arch: str, made) -> list:
+    """The reference's ``make`` command writing ``arch``'s checkpoint, calibrated on two photos."""
+    weights, _, files = made
+    # v1's COCO_V1 file predates torchvision 0.13 and has its old module names; others not.
+    legacy = ["--legacy-names"] if arch == "fasterrcnn_resnet50_fpn" else []
+    return ["make", arch, weights, *legacy, "--calibrate", files[1], files[3]]

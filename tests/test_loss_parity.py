@@ -4,13 +4,15 @@ and boxes; kdetect's loss functions equal torch's.
 torchvision runs in its own interpreter (``tests/torch_peer.py``) through
 ``tests/torchvision_reference.py losses``: the checkpoint of ``tests/pretrained_support.py`` in
 training mode (batch norm at its statistics) on a batch of two raccoon photos with their real
-boxes. Both samplers are random on both sides, so both are set to keep every candidate: a batch
-per image larger than all anchors (RPN) or than all proposals plus the ground truth (RoI head),
-with a positive fraction of 1. Everything else is each side's own training path: proposals from
-the training counts, the ground truth added to the RoIs, the loss normalisation. kdetect's
-``compute_losses`` gets the batch torchvision's transform made (the two photos resized to their
-own sizes and padded together, normalised then padded with zeros) as the raw pixels that
-normalise to it, the ground truth as that transform scaled it, and each image's content size.
+boxes, resized by torchvision's rules at half its default sizes (``LOSS_RESIZE``: the same code
+at a quarter of the pixels; one photo resized by min_size, the other by max_size). Both samplers
+are random on both sides, so both are set to keep every candidate: a batch per image larger
+than all anchors (RPN) or than all proposals plus the ground truth (RoI head), with a positive
+fraction of 1. Everything else is each side's own training path: proposals from the training
+counts, the ground truth added to the RoIs, the loss normalisation. kdetect's ``compute_losses``
+gets the batch torchvision's transform made (the two photos resized to their own sizes and
+padded together, normalised then padded with zeros) as the raw pixels that normalise to it, the
+ground truth as that transform scaled it, and each image's content size.
 """
 
 from __future__ import annotations
@@ -19,30 +21,24 @@ import numpy as np
 import pytest
 
 from kdetect.backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from kdetect.data.readers.voc import _read_voc_xml
 from kdetect.layers import ProposalGenerator
 from kdetect.losses import giou_loss, sigmoid_focal_loss, smooth_l1
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.models.transform import ImageTransform
-from tests.pretrained_support import ARCHS, PHOTOS, RACCOON, checkpoint, run_reference
+from tests.pretrained_support import (
+    ARCHS,
+    LOSS_BATCH,
+    LOSS_GT_ROWS,
+    LOSS_RESIZE,
+    PHOTOS,
+    RPN_POST_NMS_TRAIN,
+    SAMPLE_ALL,
+    checkpoint,
+    references,
+    run_reference,
+)
 from tests.test_rpn import _proposal_case
 
-# The batch: two photos of different shapes (so their own sizes differ from the padded frame),
-# with torchvision labels chosen for them (the raccoon set has one class); kdetect's ground
-# truth gets one padding row more (label -1) than the most boxes of an image.
-BATCH = ("tall", "wide")
-TORCHVISION_LABELS = {"tall": 18, "wide": 62}
-GT_ROWS = 2
-RPN_POST_NMS_TRAIN = 2000  # both sides' default
-# Samplers that keep every candidate: no randomness left.
-SAMPLE_ALL = {
-    "rpn_batch_size_per_image": 10**6,
-    "rpn_positive_fraction": 1.0,
-    # kdetect's RoI sampler returns exactly this many rows per image: every proposal and ground
-    # truth row; torchvision samples from at most as many.
-    "box_batch_size_per_image": RPN_POST_NMS_TRAIN + GT_ROWS,
-    "box_positive_fraction": 1.0,
-}
 TERMS = {  # kdetect's name: torchvision's
     "rpn_cls_loss": "loss_objectness",
     "rpn_box_loss": "loss_rpn_box_reg",
@@ -50,44 +46,33 @@ TERMS = {  # kdetect's name: torchvision's
     "rcnn_box_loss": "loss_box_reg",
 }
 RTOL = 1e-4
-# MobileNetV3's proposals differ from torchvision's by float rounding (up to ~0.01 px, on
-# slivers of a few pixels at the image border), which its sharpened classifier amplifies: its
-# RoI classification loss differs by 2e-4 relative; fed torchvision's proposals it agrees to
-# 1e-6 (box loss 6e-6; test_roi_losses_from_torchvision_proposals).
+# MobileNetV3's proposals can differ from torchvision's by float rounding (up to ~0.01 px, on
+# slivers of a few pixels at the image border), which its sharpened classifier amplifies: at
+# torchvision's full 800 / 1333 resize its RoI classification loss differed by 2e-4 relative
+# (fed torchvision's proposals: 1e-6, box loss 6e-6; test_roi_losses_from_torchvision_proposals).
+# At LOSS_RESIZE every term agrees to 3e-6; the bound stays for such slivers.
 ARCH_RTOL = {"fasterrcnn_mobilenet_v3_large_fpn": 1e-3}
 STAGE_RTOL = 5e-5
-
-
-def _photo_boxes(name: str) -> np.ndarray:
-    """The real boxes of photo ``name`` of PHOTOS (its VOC annotation), xyxy pixels."""
-    photo = {p[0]: p[1] for p in PHOTOS}[name]
-    stem = photo.removesuffix(".jpg")
-    xml = RACCOON.parent / "Annotations" / f"{stem}.xml"
-    image = _read_voc_xml(xml, stem, [RACCOON])
-    return np.array([obj.box for obj in image.objects], np.float32)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def losses(request, tmp_path_factory):
     """(kdetect's losses, torchvision's record, architecture name)."""
     arch = request.param
-    weights, _, files = checkpoint(tmp_path_factory, arch)
-    names = [p[0] for p in PHOTOS]
-    images = [files[names.index(name)] for name in BATCH]
-    truth = weights.with_name("truth.npz")
-    boxes = {f"boxes_{i}": _photo_boxes(name) for i, name in enumerate(BATCH)}
-    labels = {
-        f"labels_{i}": np.full(len(boxes[f"boxes_{i}"]), TORCHVISION_LABELS[name], np.int64)
-        for i, name in enumerate(BATCH)
-    }
-    np.savez(truth, **boxes, **labels)
-    record_file = weights.with_name("losses.npz")
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in SAMPLE_ALL.items()]
-    run_reference("losses", arch, weights, record_file, truth, *images, *options)
-    record = dict(np.load(record_file))
-
-    model = FasterRCNN.from_torchvision(weights, arch=arch, **SAMPLE_ALL)
+    record = dict(np.load(references(tmp_path_factory, arch)["losses"]))
+    weights, images, _ = checkpoint(tmp_path_factory, arch)
+    # A training frame for the smaller resize (compute_losses gets torchvision's batch as is).
+    frame = tuple(-(-LOSS_RESIZE[k] // 32) * 32 for k in ("min_size", "max_size"))
+    model = FasterRCNN.from_torchvision(
+        weights, arch=arch, **SAMPLE_ALL, **LOSS_RESIZE, image_size=frame
+    )
     assert model.proposal_generator.post_nms_top_n_train == RPN_POST_NMS_TRAIN
+    # Both sides resize by the same rule: the smaller side to min_size (``tall``), or the
+    # larger to max_size (``wide``).
+    names = [p[0] for p in PHOTOS]
+    for name, size in zip(LOSS_BATCH, record["image_sizes"], strict=True):
+        height, width = images[names.index(name)].shape[:2]
+        assert tuple(int(v) for v in model.transform.resized_size(height, width)) == tuple(size)
     # The raw pixels that kdetect's normalisation turns into torchvision's batch, padded with
     # raw zeros as kdetect's data pipeline pads (torchvision pads after normalising: given the
     # image sizes, compute_losses pads as prediction does, which is torchvision's padding).
@@ -95,9 +80,9 @@ def losses(request, tmp_path_factory):
     pixels = (normalised * np.float32(IMAGENET_STD_RGB) + np.float32(IMAGENET_MEAN_RGB)) * 255.0
     for i, (height, width) in enumerate(record["image_sizes"]):
         pixels[i, height:], pixels[i, :, width:] = 0.0, 0.0
-    gt_boxes = np.zeros((len(BATCH), GT_ROWS, 4), np.float32)
-    gt_labels = np.full((len(BATCH), GT_ROWS), -1, np.int32)
-    for i in range(len(BATCH)):
+    gt_boxes = np.zeros((len(LOSS_BATCH), LOSS_GT_ROWS, 4), np.float32)
+    gt_labels = np.full((len(LOSS_BATCH), LOSS_GT_ROWS), -1, np.int32)
+    for i in range(len(LOSS_BATCH)):
         count = len(record[f"labels_{i}"])
         gt_boxes[i, :count] = record[f"boxes_{i}"]
         gt_labels[i, :count] = record[f"labels_{i}"] - 1  # kdetect label = torchvision's - 1
@@ -113,9 +98,9 @@ def losses(request, tmp_path_factory):
 
     # The RoI head's stages alone, on torchvision's training-mode proposals.
     _, roi_features = model._feature_maps(normalised, training)
-    proposals = np.zeros((len(BATCH), RPN_POST_NMS_TRAIN, 4), np.float32)
-    valid = np.zeros((len(BATCH), RPN_POST_NMS_TRAIN), bool)
-    for i in range(len(BATCH)):
+    proposals = np.zeros((len(LOSS_BATCH), RPN_POST_NMS_TRAIN, 4), np.float32)
+    valid = np.zeros((len(LOSS_BATCH), RPN_POST_NMS_TRAIN), bool)
+    for i in range(len(LOSS_BATCH)):
         count = len(record[f"proposals_{i}"])
         proposals[i, :count], valid[i, :count] = record[f"proposals_{i}"], True
     samples = model.roi_sampler(proposals, valid, gt_boxes, gt_labels)

@@ -161,11 +161,14 @@ def every_arch(inputs) -> dict[str, Path]:
     folder = inputs["coco"].parent
     calibration = [folder / f"{name}.npy" for name in CALIBRATION]
     files = {ARCH: inputs["coco"]}
+    chain = []  # the reference's commands, chained with "+": one torch interpreter
     for arch in ARCHITECTURES:
         if arch not in files:
             files[arch] = folder / f"{arch}.pth"
-            args = ("make", arch, files[arch], "--calibrate", *calibration)
-            run_torch(REFERENCE.read_text(), *args, timeout=900)
+            if chain:
+                chain.append("+")
+            chain += ["make", arch, files[arch], "--calibrate", *calibration]
+    run_torch(REFERENCE.read_text(), *chain, timeout=900)
     return files
 
 

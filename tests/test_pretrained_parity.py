@@ -4,7 +4,9 @@ torchvision runs in its own interpreter (``tests/torch_peer.py``) through
 ``tests/torchvision_reference.py``: it builds a random ``fasterrcnn_resnet50_fpn`` made
 non-trivial (batch-norm statistics calibrated on real photos, sharpened classifier), saves it as
 the published COCO_V1 file is laid out, and records ``model.eval()`` on each photo alone plus
-every intermediate stage of the first one. kdetect imports the file and must agree.
+every intermediate stage of the first one (``tests/pretrained_support.py`` ``PARITY_PHOTOS``:
+every resize case for MobileNetV3, the cases split between the two ResNets). kdetect imports
+the file and must agree.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from kdetect.boxes import pairwise_iou
 from kdetect.models.faster_rcnn import FasterRCNN
 from tests.helpers import perturbed_detections, tie_decided
-from tests.pretrained_support import ARCHS, PHOTOS, checkpoint, run_reference
+from tests.pretrained_support import ARCHS, PARITY_PHOTOS, PHOTOS, checkpoint, references
 
 # Tolerances of the parity claim (see docs/pretrained.md).
 MIN_IOU = 0.99
@@ -28,18 +30,28 @@ MAX_TIE_SHARE = 0.03
 # A tie decided elsewhere (an RPN score or NMS boundary) shows as a detection that comes and goes
 # when kdetect runs on copies of the photo with rounding-sized noise (tests/helpers.py).
 TIE_BOX_TOL = 0.5
+# (architecture, photo name) of each detection comparison.
+CASES = [(arch, name) for arch in ARCHS for name in PARITY_PHOTOS[arch]]
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def parity(request, tmp_path_factory):
-    """(images, reference outputs, imported model, architecture name)."""
-    arch = request.param
-    weights, images, files = checkpoint(tmp_path_factory, arch)
-    reference_file = weights.with_name("reference.npz")
-    run_reference("run", arch, weights, reference_file, *files)
-    reference = dict(np.load(reference_file))
-    model = FasterRCNN.from_torchvision(weights, arch=arch)
-    return images, reference, model, arch
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    """``parity(arch)`` -> (images by photo name, reference outputs, imported model, arch),
+    made once per architecture in this module; the reference's detections of
+    PARITY_PHOTOS[arch][i] are ``boxes_<i>`` etc."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            reference = dict(np.load(references(tmp_path_factory, arch)["run"]))
+            weights, images, _ = checkpoint(tmp_path_factory, arch)
+            model = FasterRCNN.from_torchvision(weights, arch=arch)
+            named = {p[0]: image for p, image in zip(PHOTOS, images, strict=True)}
+            made[arch] = named, reference, model, arch
+        return made[arch]
+
+    yield get
+    made.clear()
 
 
 def match_detections(ours: dict, theirs: dict) -> dict:
@@ -120,21 +132,22 @@ def _kdetect_detections(model, image) -> dict:
     }
 
 
-@pytest.mark.parametrize("index", range(len(PHOTOS)), ids=[p[0] for p in PHOTOS])
-def test_detections_equal_torchvision(parity, index):
+@pytest.mark.parametrize("arch, photo", CASES, ids=[f"{arch}-{name}" for arch, name in CASES])
+def test_detections_equal_torchvision(parity, arch, photo):
     """Same count; every detection paired. The only differences allowed are final-NMS
     decisions at an IoU within NMS_TIE of the threshold (float32 rounding decides them), their
     direct consequences, the top-100 cut, and detections that kdetect itself gains or loses on
     copies of the photo with rounding-sized noise (a tie at an earlier boundary), at most
     MAX_TIE_SHARE of the detections."""
-    images, reference, model, arch = parity
+    images, reference, model, _ = parity(arch)
+    index = PARITY_PHOTOS[arch].index(photo)
     theirs = {k: reference[f"{k}_{index}"] for k in ("boxes", "scores", "labels")}
-    ours = _kdetect_detections(model, images[index])
+    ours = _kdetect_detections(model, images[photo])
     assert len(theirs["scores"]) > 10, "the reference model should detect something"
     worst = match_detections(ours, theirs)
     missing, extra = worst["missing"], worst["extra"]
     print(
-        f"{arch} {PHOTOS[index][0]}: {len(theirs['scores'])} detections, worst IoU "
+        f"{arch} {photo}: {len(theirs['scores'])} detections, worst IoU "
         f"{worst['iou']:.6f}, score {worst['score']:.2e}, box {worst['box']:.4f} px, "
         f"tie-decided: {len(missing)} torchvision / {len(extra)} kdetect"
     )
@@ -143,7 +156,7 @@ def test_detections_equal_torchvision(parity, index):
     lost = [i for i in missing if _unexplained(theirs, i, ours, extra)]
     gained = [j for j in extra if _unexplained(ours, j, theirs, missing)]
     if lost or gained:
-        lost, gained = _not_flipping(model, images[index], theirs, lost, ours, gained)
+        lost, gained = _not_flipping(model, images[photo], theirs, lost, ours, gained)
         print(f"  not final-NMS ties: {worst}; not flipping under noise: {lost} {gained}")
     assert not lost, worst
     assert not gained, worst
@@ -162,19 +175,21 @@ def _close(ours, theirs, rel: float):
     assert float(np.abs(ours - theirs).max()) <= rel * scale
 
 
-def test_every_stage_equals_torchvision(parity):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_stage_equals_torchvision(parity, arch):
     """Each stage on the first photo, fed torchvision's previous stage where they could drift,
     so a regression names the stage that broke."""
-    images, ref, model, _ = parity
+    images, ref, model, _ = parity(arch)
+    image = images[PARITY_PHOTOS[arch][0]]
     import tensorflow as tf
 
     from kdetect.backbones import preprocess_images
 
     # Transform: normalise, resize (torchvision's rounding), pad to 32 after normalising.
-    height, width = images[0].shape[:2]
+    height, width = image.shape[:2]
     new_h, new_w = (int(v) for v in model.transform.resized_size(height, width))
     assert (new_h, new_w) == tuple(ref["image_size"])
-    normalised = preprocess_images(images[0][None], model.backbone_name)
+    normalised = preprocess_images(image[None], model.backbone_name)
     resized = tf.image.resize(normalised, (new_h, new_w), method="bilinear")
     frame = _nhwc(ref["input"])
     padded = tf.pad(

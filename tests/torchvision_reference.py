@@ -21,12 +21,16 @@ Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/t
         (e.g. samplers that keep every candidate, so that nothing is random) go to the
         detector's builder. Saved: each loss, the transformed batch (``input``,
         ``image_sizes``), the ground truth as the transform scaled it and each image's
-        training-mode proposals (``proposals_<i>``).
+        training-mode proposals (``proposals_<i>``). ``--min-size`` / ``--max-size`` change
+        the transform's resize (the same code at fewer pixels).
 
     python torchvision_reference.py loss-functions IN.npz OUT.npz
         torch's smooth L1 and torchvision.ops' sigmoid focal and generalized-IoU losses,
         elementwise, of the inputs in IN.npz (``diff``, ``beta``; ``logits``, ``targets``,
         ``alpha``, ``gamma``; ``boxes1``, ``boxes2``).
+
+Several commands separated by a lone ``+`` run in one interpreter, in order (torch imported
+once): ``make ARCH W.pth --calibrate A.npy + run ARCH W.pth R.npz A.npy B.npy + losses ...``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ LOSS_OPTIONS = (
     "rpn_positive_fraction",
     "box_batch_size_per_image",
     "box_positive_fraction",
+    "min_size",
+    "max_size",
 )
 
 
@@ -153,36 +159,46 @@ def run(args):
     model = load(args)
     out = {}
     images = load_images(args.images)
+    # Every stage of the first image, as its forward pass computes them.
+    stages = {
+        "transform": model.transform,
+        "body": model.backbone.body,
+        "fpn": model.backbone.fpn,
+        "rpn_head": model.rpn.head,
+        "anchors": model.rpn.anchor_generator,
+        "rpn": model.rpn,
+        "pooled": model.roi_heads.box_roi_pool,
+        "predictor": model.roi_heads.box_predictor,
+    }
+    seen = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda module, inputs, output, name=name: seen.setdefault(name, output)
+        )
+        for name, module in stages.items()
+    ]
     with torch.no_grad():
         for i, image in enumerate(images):
             (det,) = model([image])
             out[f"boxes_{i}"] = det["boxes"].numpy()
             out[f"scores_{i}"] = det["scores"].numpy()
             out[f"labels_{i}"] = det["labels"].numpy()
-        # Every stage of the first image.
-        batch, _ = model.transform([images[0]])
+            for hook in hooks if i == 0 else ():
+                hook.remove()
+        batch, _ = seen["transform"]
         out["input"] = batch.tensors.numpy()
         out["image_size"] = np.array(batch.image_sizes[0])
-        body = model.backbone.body(batch.tensors)
-        for k, v in body.items():
+        for k, v in seen["body"].items():
             out[f"body_{k}"] = v.numpy()
-        features = model.backbone(batch.tensors)
-        for k, v in features.items():
+        for k, v in seen["fpn"].items():
             out[f"fpn_{k}"] = v.numpy()
-        feature_list = list(features.values())
-        objectness, deltas = model.rpn.head(feature_list)
-        anchors = model.rpn.anchor_generator(batch, feature_list)
-        flat_logits, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+        flat_logits, flat_deltas = concat_box_prediction_layers(*seen["rpn_head"])
         out["rpn_logits"] = flat_logits.reshape(-1).numpy()
         out["rpn_deltas"] = flat_deltas.numpy()
-        out["anchors"] = anchors[0].numpy()
-        proposals, _ = model.rpn(batch, features)
-        out["proposals"] = proposals[0].numpy()
-        pooled = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
-        out["pooled"] = pooled.numpy()
-        class_logits, box_regression = model.roi_heads.box_predictor(
-            model.roi_heads.box_head(pooled)
-        )
+        out["anchors"] = seen["anchors"][0].numpy()
+        out["proposals"] = seen["rpn"][0][0].numpy()
+        out["pooled"] = seen["pooled"].numpy()
+        class_logits, box_regression = seen["predictor"]
         out["class_logits"] = class_logits.numpy()
         out["box_regression"] = box_regression.numpy()
     np.savez(args.output, **out)
@@ -214,11 +230,15 @@ def losses(args):
         for i, target in enumerate(scaled):
             out[f"boxes_{i}"] = target["boxes"].numpy()
             out[f"labels_{i}"] = target["labels"].numpy()
-        proposals, _ = model.rpn(batch, model.backbone(batch.tensors), scaled)
-        for i, boxes in enumerate(proposals):
-            out[f"proposals_{i}"] = boxes.numpy()
+        # The RPN's training-mode proposals, as the forward pass below makes them.
+        seen = []
+        hook = model.rpn.register_forward_hook(lambda module, inputs, output: seen.append(output))
         for name, value in model(images, targets).items():
             out[name] = np.float64(value.item())
+        hook.remove()
+        ((proposals, _),) = seen
+        for i, boxes in enumerate(proposals):
+            out[f"proposals_{i}"] = boxes.numpy()
     np.savez(args.output, **out)
 
 
@@ -273,10 +293,18 @@ def main(argv=None):
     p = sub.add_parser("loss-functions")
     p.add_argument("inputs")
     p.add_argument("output")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chain = [[]]
+    for word in argv:
+        if word == "+":
+            chain.append([])
+        else:
+            chain[-1].append(word)
     torch.set_num_threads(2)
     commands = {"make": make, "run": run, "losses": losses, "loss-functions": loss_functions}
-    commands[args.command](args)
+    for words in chain:
+        args = parser.parse_args(words)
+        commands[args.command](args)
 
 
 if __name__ == "__main__":
