@@ -98,14 +98,19 @@ def trained_shapes_run(tmp_path_factory) -> Path:
     return _RUNS["trained"]
 
 
-def family_run(tmp_path_factory, model_type: str, steps: int = 400) -> Path:
+def family_run(tmp_path_factory, model_type: str, steps: int = 400, lr: float = 0.002) -> Path:
     """Train (once per session) the shapes recipe as ``model_type`` for ``steps`` steps of
-    ``TRAINED`` (a learnt detector of that type), through the CLI."""
+    ``TRAINED`` at learning rate ``lr`` (a learnt detector of that type), through the CLI."""
     needs_shapes()
     key = f"family-{model_type}"
     if key not in _RUNS:
         run = tmp_path_factory.mktemp("family") / model_type
-        overrides = [*TRAINED, f"train.steps_per_epoch={steps}", f"model.type={model_type}"]
+        overrides = [
+            *TRAINED,
+            f"train.steps_per_epoch={steps}",
+            f"train.optimizer.lr={lr}",
+            f"model.type={model_type}",
+        ]
         assert kdetect("train", SHAPES, "--run-dir", run, *set_args(overrides)) == 0
         _RUNS[key] = run
     return _RUNS[key]
