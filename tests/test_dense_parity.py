@@ -3,8 +3,10 @@
 torchvision runs in its own interpreter (``tests/torch_peer.py``) through
 ``tests/torchvision_dense_reference.py``: a random model made non-trivial is saved as the
 published files are laid out; its ``model.eval()`` detections on real photos, the stages of the
-first photo and its training-mode loss dict on photos with their annotated boxes are recorded.
-kdetect imports the file and must agree. A tiny kdetect model trains, saves and reloads.
+first photo and its training-mode loss dict on photos with their annotated boxes are recorded,
+all by one interpreter per architecture (the first photo at torchvision's 800 / 1333, the others
+and the loss batch at half that). kdetect imports the file and must agree. A tiny kdetect model
+trains, saves and reloads.
 """
 
 from __future__ import annotations
