@@ -3,8 +3,10 @@
 torchvision runs in its own interpreter (``tests/torch_peer.py``) through
 ``tests/torchvision_dense_reference.py``: a random model made non-trivial is saved as the
 published files are laid out; its ``model.eval()`` detections on real photos, the stages of the
-first photo and its training-mode loss dict on photos with their annotated boxes are recorded.
-kdetect imports the file and must agree. A tiny kdetect model trains, saves and reloads.
+first photo and its training-mode loss dict on photos with their annotated boxes are recorded,
+all by one interpreter per architecture (the first photo at torchvision's 800 / 1333, the others
+and the loss batch at half that). kdetect imports the file and must agree. A tiny kdetect model
+trains, saves and reloads.
 """
 
 from __future__ import annotations
@@ -44,47 +46,71 @@ LOSS_KEYS = {
 }
 DENSE_PHOTOS = PHOTOS[:3]  # small, tall, wide: torchvision's ResNet50 at 800 px is slow on CPU
 LOSS_PHOTOS = ((1, 3), (2, 5))  # (index in DENSE_PHOTOS, torchvision label of its raccoons)
+# Half of torchvision's 800 / 1333: the same resize rules and code at a quarter of the pixels
+# ("tall" is resized by min_size, "wide" by max_size, as at full size). The loss batch and
+# every photo but the first are compared there; the first photo (detections and every stage)
+# at the published size.
+HALF_RESIZE = {"min_size": 400, "max_size": 667}
+FULL_SIZE_PHOTOS = 1  # DENSE_PHOTOS[:1] at 800 / 1333, the others at HALF_RESIZE
 LOSS_RTOL = 2e-4
 MAX_TIE_SHARE = 0.03
 CORNER_TOL = 0.01  # pixels
-
-_MADE: dict[str, tuple] = {}
 
 
 def run_dense(*args) -> None:
     run_torch(REFERENCE.read_text(), *args, timeout=900)
 
 
-def made(tmp_path_factory, arch: str):
-    """``(weights.pth, photos, their .npy files)``: the reference model of ``arch``, once per
-    session."""
-    if not RACCOON.is_dir():
-        pytest.skip("../shared/data/raccoon not available")
-    if arch not in _MADE:
-        folder = tmp_path_factory.mktemp(arch)
-        images, files = [], []
-        for name, photo, _ in DENSE_PHOTOS:
-            array = np.asarray(Image.open(RACCOON / photo).convert("RGB"))
-            np.save(folder / f"{name}.npy", array)
-            images.append(array)
-            files.append(folder / f"{name}.npy")
-        weights = folder / "checkpoint.pth"
-        # v1's COCO_V1 file predates torchvision 0.13 and has its old module names.
-        names = ["--legacy-names"] if arch == "retinanet_resnet50_fpn" else []
-        run_dense("make", arch, weights, *names, "--calibrate", *files)
-        _MADE[arch] = (weights, images, files)
-    return _MADE[arch]
-
-
 @pytest.fixture(scope="module", params=list(MODELS))
 def parity(request, tmp_path_factory):
-    """(images, reference outputs, imported model, arch, weights, photo files)."""
+    """One torch interpreter per architecture makes the reference model, runs it and records
+    its losses: ``{"images", "reference" (per photo index: its run's record), "model" (per
+    photo index), "arch", "weights", "losses" (torchvision's record), "targets"}``."""
+    if not RACCOON.is_dir():
+        pytest.skip("../shared/data/raccoon not available")
     arch = request.param
-    weights, images, files = made(tmp_path_factory, arch)
-    reference_file = weights.with_name("reference.npz")
-    run_dense("run", arch, weights, reference_file, *files)
+    folder = tmp_path_factory.mktemp(arch)
+    images, files = [], []
+    for name, photo, _ in DENSE_PHOTOS:
+        array = np.asarray(Image.open(RACCOON / photo).convert("RGB"))
+        np.save(folder / f"{name}.npy", array)
+        images.append(array)
+        files.append(folder / f"{name}.npy")
+    weights = folder / "checkpoint.pth"
+    # v1's COCO_V1 file predates torchvision 0.13 and has its old module names.
+    legacy = ["--legacy-names"] if arch == "retinanet_resnet50_fpn" else []
+    half = [f"--{k.replace('_', '-')}={v}" for k, v in HALF_RESIZE.items()]
+    full_file, half_file = folder / "reference.npz", folder / "reference_half.npz"
+    chain = ["make", arch, weights, *legacy, "--calibrate", *files, "+"]
+    chain += ["run", arch, weights, full_file, *files[:FULL_SIZE_PHOTOS], "+"]
+    chain += ["run", arch, weights, half_file, *files[FULL_SIZE_PHOTOS:], *half, "+"]
+    pairs, targets = [], []
+    for index, label in LOSS_PHOTOS:
+        rows = _raccoon_boxes(DENSE_PHOTOS[index][1], label)
+        np.save(folder / f"boxes_{index}.npy", rows)
+        pairs += [files[index], folder / f"boxes_{index}.npy"]
+        targets.append(rows)
+    chain += ["losses", arch, weights, folder / "losses.npz", *pairs, *half]
+    run_dense(*chain)
+    full, half_ref = dict(np.load(full_file)), dict(np.load(half_file))
     model = MODELS[arch].from_torchvision(weights, arch=arch)
-    return images, dict(np.load(reference_file)), model, arch, weights, files
+    half_model = MODELS[arch].from_torchvision(weights, arch=arch, **HALF_RESIZE)
+    reference, models = {}, {}
+    for index in range(len(DENSE_PHOTOS)):
+        at_full = index < FULL_SIZE_PHOTOS
+        record, i = (full, index) if at_full else (half_ref, index - FULL_SIZE_PHOTOS)
+        reference[index] = {k: record[f"{k}_{i}"] for k in ("boxes", "scores", "labels")}
+        models[index] = model if at_full else half_model
+    return {
+        "images": images,
+        "reference": reference,
+        "stages": full,
+        "model": models,
+        "arch": arch,
+        "weights": weights,
+        "losses": dict(np.load(folder / "losses.npz")),
+        "targets": targets,
+    }
 
 
 def _nhwc(array):
@@ -133,13 +159,13 @@ def test_detections_equal_torchvision(parity, index):
     """Same count, every detection paired (same label, IoU >= 0.99, score within 1e-3; edge
     slivers by their corners); at most MAX_TIE_SHARE unpaired on each side (a final-NMS or top-k
     decision that float rounding takes either way)."""
-    images, reference, model, arch, _, _ = parity
-    theirs = {k: reference[f"{k}_{index}"] for k in ("boxes", "scores", "labels")}
-    ours = _detections(model, images[index])
+    arch, theirs = parity["arch"], parity["reference"][index]
+    ours = _detections(parity["model"][index], parity["images"][index])
     worst = match_detections(ours, theirs)
     _pair_by_corners(ours, theirs, worst)
+    size = "800/1333" if index < FULL_SIZE_PHOTOS else "{min_size}/{max_size}".format(**HALF_RESIZE)
     print(
-        f"{arch} {DENSE_PHOTOS[index][0]}: {len(theirs['scores'])} detections, worst IoU "
+        f"{arch} {DENSE_PHOTOS[index][0]} at {size}: {len(theirs['scores'])} detections, worst IoU "
         f"{worst['iou']:.6f}, score {worst['score']:.2e}, box {worst['box']:.4f} px, unpaired "
         f"{len(worst['missing'])} torchvision / {len(worst['extra'])} kdetect, paired by "
         f"corners {worst.get('by_corners', 0)}"
@@ -151,14 +177,13 @@ def test_detections_equal_torchvision(parity, index):
 
 
 def test_some_photo_has_detections(parity):
-    _, reference, _, _, _, _ = parity
-    assert max(len(reference[f"scores_{i}"]) for i in range(len(DENSE_PHOTOS))) > 20
+    assert max(len(r["scores"]) for r in parity["reference"].values()) > 20
 
 
 def test_every_stage_equals_torchvision(parity):
-    """Backbone, pyramid, head and anchors on the first photo, each fed torchvision's previous
-    stage, so a regression names the stage that broke."""
-    _, ref, model, _, _, _ = parity
+    """Backbone, pyramid, head and anchors on the first photo at 800 / 1333, each fed
+    torchvision's previous stage, so a regression names the stage that broke."""
+    ref, model = parity["stages"], parity["model"][0]
     frame = _nhwc(ref["input"])
     body = [_nhwc(ref[f"body_{k}"]) for k in ("0", "1", "2")]
     for ours, theirs in zip(model.backbone(frame), body, strict=True):
@@ -187,18 +212,12 @@ def _raccoon_boxes(photo: str, label: int) -> np.ndarray:
     return np.array(rows, np.float32)
 
 
-def test_losses_equal_torchvision(parity, tmp_path):
+def test_losses_equal_torchvision(parity):
     """Each term of torchvision's training-mode loss dict, on the same weights, batch (two
-    photos of different sizes, padded together) and annotated boxes."""
-    _, _, _, arch, weights, files = parity
-    args, targets = [], []
-    for index, label in LOSS_PHOTOS:
-        rows = _raccoon_boxes(DENSE_PHOTOS[index][1], label)
-        np.save(tmp_path / f"boxes_{index}.npy", rows)
-        args += [files[index], tmp_path / f"boxes_{index}.npy"]
-        targets.append(rows)
-    run_dense("losses", arch, weights, tmp_path / "losses.npz", *args)
-    ref = dict(np.load(tmp_path / "losses.npz"))
+    photos of different sizes, resized at HALF_RESIZE and padded together) and annotated
+    boxes."""
+    arch, weights = parity["arch"], parity["weights"]
+    ref, targets = parity["losses"], parity["targets"]
     # torchvision normalises, then resizes and pads with zeros: raw pixels whose normalisation
     # is that batch give kdetect the same frame.
     mean, std = np.array(IMAGENET_MEAN_RGB), np.array(IMAGENET_STD_RGB)

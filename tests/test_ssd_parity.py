@@ -49,8 +49,12 @@ LOSS_RTOL = 2e-4
 MAX_TIE_SHARE = 0.03
 
 
-def _reference(*args) -> None:
-    run_torch(REFERENCE.read_text(), *args, "--num-classes", NUM_CLASSES, timeout=900)
+def _reference(*commands) -> None:
+    """The reference's commands (each a list of words), chained in one torch interpreter."""
+    chain = []
+    for command in commands:
+        chain += [*(["+"] if chain else []), *command, "--num-classes", NUM_CLASSES]
+    run_torch(REFERENCE.read_text(), *chain, timeout=900)
 
 
 def _boxes(photo: str) -> np.ndarray:
@@ -80,8 +84,6 @@ def parity(request, tmp_path_factory):
         files.append(folder / f"{name}.npy")
         np.save(files[-1], images[-1])
     weights = folder / "checkpoint.pth"
-    _reference("make", arch, weights, "--calibrate", *files)
-    _reference("run", arch, weights, folder / "run.npz", *files)
     # losses: two photos as one batch, with their real boxes
     loss_images, targets = [], {}
     for i, (photo, label) in enumerate(zip(LOSS_PHOTOS, LOSS_LABELS, strict=True)):
@@ -91,7 +93,11 @@ def parity(request, tmp_path_factory):
         targets[f"labels_{i}"] = np.full(len(targets[f"boxes_{i}"]), label + 1, np.int64)
     np.savez(folder / "targets.npz", **targets)
     loss_files = [folder / f"loss_{i}.npy" for i in range(len(LOSS_PHOTOS))]
-    _reference("losses", arch, weights, folder / "losses.npz", folder / "targets.npz", *loss_files)
+    _reference(
+        ["make", arch, weights, "--calibrate", *files],
+        ["run", arch, weights, folder / "run.npz", *files],
+        ["losses", arch, weights, folder / "losses.npz", folder / "targets.npz", *loss_files],
+    )
     model = ARCHS[arch].from_torchvision(weights, arch=arch)
     return {
         "arch": arch,

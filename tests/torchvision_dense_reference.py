@@ -17,6 +17,10 @@ Not a test module: ``tests/test_dense_parity.py`` runs it through ``tests/torch_
         The training-mode loss dict of one batch of the images with their targets (BOXES.npy:
         [M, 5] x1, y1, x2, y2, torchvision label), batch norm in eval mode; also the batch the
         transform made (normalised, padded) and its resized boxes.
+
+``--min-size`` / ``--max-size`` (run, losses) change the transform's resize: the same rules and
+code at fewer pixels. Several commands separated by a lone ``+`` run in one interpreter, in
+order (torch imported once): ``make ARCH W.pth --calibrate A.npy + run ... + losses ...``.
 """
 
 from __future__ import annotations
@@ -60,11 +64,35 @@ def load_images(paths):
     return [torch.from_numpy(np.load(p)).permute(2, 0, 1).float() / 255.0 for p in paths]
 
 
-def head_outputs(model, image):
-    """(features, head outputs) of one image in eval mode."""
+def tower_outputs(model, image):
+    """The head towers' outputs of one image in eval mode, level by level: what the last
+    convolutions (the only head layers that ``make`` changes after these) read."""
     batch, _ = model.transform([image])
     features = list(model.backbone(batch.tensors).values())
-    return batch, features, model.head(features)
+    head = model.head
+    return {
+        "cls": [head.classification_head.conv(f) for f in features],
+        "reg": [head.regression_head.conv(f) for f in features],
+    }
+
+
+def last_conv(conv, towers, width):
+    """[rows, width] outputs of ``conv`` on every level of ``towers``, rows in the head's order
+    (location, then anchor)."""
+    return torch.cat([conv(t).permute(0, 2, 3, 1).reshape(-1, width) for t in towers])
+
+
+def head_from_towers(model, arch, towers):
+    """The head's outputs (one image, no batch axis) from its towers' outputs."""
+    head, classes = model.head, model.head.classification_head.num_classes
+    out = {
+        "cls_logits": last_conv(head.classification_head.cls_logits, towers["cls"], classes),
+        "bbox_regression": last_conv(head.regression_head.bbox_reg, towers["reg"], 4),
+    }
+    if arch.startswith("fcos"):
+        out["bbox_regression"] = torch.relu(out["bbox_regression"])
+        out["bbox_ctrness"] = last_conv(head.regression_head.bbox_ctrness, towers["reg"], 1)
+    return {k: v[None] for k, v in out.items()}
 
 
 def scores_of(arch, outputs, shift):
@@ -86,9 +114,9 @@ def make(args):
     for module in norms:
         module.train()
     images = load_images(args.calibrate)
-    with torch.no_grad():
+    with torch.no_grad():  # batch norm is in the body only
         for image in images:
-            model([image])
+            model.backbone.body(model.transform([image])[0].tensors)
     model.eval()
     head = model.head
     towers = (head.classification_head.conv, head.regression_head.conv)
@@ -112,9 +140,11 @@ def make(args):
         weight[:, ACTIVE + 1 :] = 0.0
         bias[:, ACTIVE + 1 :] = -20.0
 
+        # Nothing before the head's last convolutions changes from here on.
+        towers = [tower_outputs(model, image) for image in images]
+
         def pooled(key):
-            outputs = [head_outputs(model, image)[2][key][0] for image in images]
-            return torch.cat(outputs)
+            return torch.cat([head_from_towers(model, args.arch, t)[key][0] for t in towers])
 
         spread = pooled("cls_logits")[:, 1 : ACTIVE + 1].std()
         weight[:, 1 : ACTIVE + 1] *= args.logit_std / spread
@@ -127,8 +157,8 @@ def make(args):
         # The class bias: the median over the images of the one that lets about
         # args.candidates (anchor, class) pairs of an image pass the score threshold.
         biases = []
-        for image in images:
-            outputs = head_outputs(model, image)[2]
+        for tower in towers:
+            outputs = head_from_towers(model, args.arch, tower)
             low, high = -30.0, 30.0
             for _ in range(50):
                 mid = 0.5 * (low + high)
@@ -164,6 +194,10 @@ def legacy_names(state):
 def load(args):
     model = build(args.arch, args.num_classes, frozen=True)
     model.load_state_dict(torch.load(args.weights, weights_only=True))
+    if args.min_size is not None:
+        model.transform.min_size = (args.min_size,)
+    if args.max_size is not None:
+        model.transform.max_size = args.max_size
     return model
 
 
@@ -178,11 +212,14 @@ def run(args):
             out[f"boxes_{i}"] = det["boxes"].numpy()
             out[f"scores_{i}"] = det["scores"].numpy()
             out[f"labels_{i}"] = det["labels"].numpy()
-        batch, features, outputs = head_outputs(model, images[0])
+        batch, _ = model.transform([images[0]])
         out["input"] = batch.tensors.numpy()
         out["image_size"] = np.array(batch.image_sizes[0])
-        for k, v in model.backbone.body(batch.tensors).items():
+        body = model.backbone.body(batch.tensors)
+        for k, v in body.items():
             out[f"body_{k}"] = v.numpy()
+        features = list(model.backbone.fpn(body).values())
+        outputs = model.head(features)
         for i, v in enumerate(features):
             out[f"fpn_{i}"] = v.numpy()
         for k, v in outputs.items():
@@ -233,9 +270,20 @@ def main(argv=None):
         p.add_argument("output")
         p.add_argument("images" if command == "run" else "pairs", nargs="+")
         p.add_argument("--num-classes", type=int, default=91)
-    args = parser.parse_args(argv)
+        p.add_argument("--min-size", type=int)
+        p.add_argument("--max-size", type=int)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chain = [[]]
+    for word in argv:
+        if word == "+":
+            chain.append([])
+        else:
+            chain[-1].append(word)
     torch.set_num_threads(2)
-    {"make": make, "run": run, "losses": losses}[args.command](args)
+    commands = {"make": make, "run": run, "losses": losses}
+    for words in chain:
+        args = parser.parse_args(words)
+        commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ Not a test module: ``tests/test_ssd_parity.py`` runs it through ``tests/torch_pe
         model.train() with batch norm in eval mode (so training numerics equal evaluation's)
         on the images as one batch, with boxes_i / labels_i (torchvision labels) of TARGETS.npz:
         the loss dict.
+
+Several commands separated by a lone ``+`` run in one interpreter, in order (torch imported
+once): ``make ARCH W.pth --calibrate A.npy + run ARCH W.pth R.npz A.npy + losses ...``.
 """
 
 from __future__ import annotations
@@ -151,9 +154,18 @@ def main(argv=None):
     p.add_argument("targets")
     p.add_argument("images", nargs="+")
     p.add_argument("--num-classes", type=int, default=91)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chain = [[]]
+    for word in argv:
+        if word == "+":
+            chain.append([])
+        else:
+            chain[-1].append(word)
     torch.set_num_threads(2)
-    {"make": make, "run": run, "losses": losses}[args.command](args)
+    commands = {"make": make, "run": run, "losses": losses}
+    for words in chain:
+        args = parser.parse_args(words)
+        commands[args.command](args)
 
 
 if __name__ == "__main__":
