@@ -25,12 +25,13 @@ from tests.train_support import BCCD, SHAPES, TINY, family_run, has_bccd, kdetec
 
 SINGLE_STAGE = sorted(name for name in MODEL_TYPES if name != "faster_rcnn")
 #: Per type: (Adam steps of 4 images, learning rate, the COCO AP50 it must reach on the shapes
-#: validation images). Measured on a 2-core AMD EPYC: ssdlite 0.953 after 1200 steps; ssd 0.903
-#: after 1600 steps at lr 0.001; see the closing notes of the model-family issue for the others.
+#: validation images). Measured on a 2-core AMD EPYC with these settings: fcos 0.999, ssdlite
+#: 0.953, ssd 0.833, retinanet 0.445 (RetinaNet and SSD learn the shapes more slowly than the
+#: suite's budget allows for 0.9; their gates sit below what they reach).
 TRAINING = {
-    "fcos": (1200, 0.002, 0.6),
-    "retinanet": (1200, 0.001, 0.3),
-    "ssd": (1200, 0.001, 0.8),
+    "fcos": (1200, 0.002, 0.9),
+    "retinanet": (1200, 0.001, 0.35),
+    "ssd": (1200, 0.001, 0.75),
     "ssdlite": (1200, 0.003, 0.9),
 }
 LABEL_CONFIG = """<View><Image name="img" value="$image"/><RectangleLabels name="box"
