@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kdetect.export import ExportedModel
+from kdetect.export import OUTPUT_NAMES, ExportedModel
 from kdetect.models.registry import MODEL_TYPES
 from kdetect.predict import Detector
 from kdetect.predict_formats import FILE_FORMATS, FORMATS
 from kdetect.runs import load_model
 from kdetect.serve import create_app
 from tests.serve_support import encode, sample_image
-from tests.test_export import assert_same_detections
+from tests.test_export import _check_od_against_model, assert_same_detections
 from tests.train_support import BCCD, SHAPES, TINY, family_run, has_bccd, kdetect, set_args
 
 SINGLE_STAGE = sorted(name for name in MODEL_TYPES if name != "faster_rcnn")
@@ -68,10 +68,19 @@ def test_predict_writes_every_format(trained, tmp_path):
 
 
 def test_exports_run_in_their_runtimes_and_equal_predict(trained, tmp_path):
+    import tensorflow as tf
+
     _, run, model, _ = trained
     image = sample_image(run)
     reference = model.predict(image[None], verbose=0)
-    for fmt, name in (("saved_model", "saved"), ("onnx", "m.onnx"), ("tflite", "m.tflite")):
+    saved = tmp_path / "saved_model"
+    assert kdetect("export", run, "--format", "saved_model", "--output", saved) == 0
+    served = tf.saved_model.load(str(saved)).signatures["image_tensor"](
+        images=tf.constant(image[None])
+    )
+    one = {name: np.asarray(served[name])[0] for name in OUTPUT_NAMES}
+    _check_od_against_model(one, reference, 0, *image.shape[:2])
+    for fmt, name in (("onnx", "m.onnx"), ("tflite", "m.tflite")):
         target = tmp_path / name
         assert kdetect("export", run, "--format", fmt, "--output", target) == 0, fmt
         assert_same_detections(ExportedModel(target).predict(image[None]), reference)

@@ -110,6 +110,7 @@ def family_run(tmp_path_factory, model_type: str, steps: int = 400, lr: float = 
             f"train.steps_per_epoch={steps}",
             f"train.optimizer.lr={lr}",
             f"model.type={model_type}",
+            "eval.samples=8",  # run/samples: the photos the command tests feed
         ]
         assert kdetect("train", SHAPES, "--run-dir", run, *set_args(overrides)) == 0
         _RUNS[key] = run
