@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kdetect.export import OUTPUT_NAMES, ExportedModel
+from kdetect.labelstudio import Credentials, LabelStudioOptions
 from kdetect.models.registry import MODEL_TYPES
 from kdetect.predict import Detector
 from kdetect.predict_formats import FILE_FORMATS, FORMATS
@@ -92,7 +93,9 @@ def test_serve_and_label_studio_backend_answer_as_the_predictor(trained, tmp_pat
     expected = Detector(model, classes, min_score=0.0).predict(image)[0]["objects"]
     client = TestClient(create_app(model, classes, run=run))
     served = client.post(
-        "/predict", files={"image": ("a.png", encode(image), "image/png")}, data={"min_score": 0}
+        "/api/predict",
+        files={"image": ("a.png", encode(image), "image/png")},
+        data={"min_score": "0"},
     )
     assert served.status_code == 200, served.text
     objects = served.json()["objects"]
@@ -102,7 +105,9 @@ def test_serve_and_label_studio_backend_answer_as_the_predictor(trained, tmp_pat
     path = tmp_path / "task.png"
     path.write_bytes(encode(image))
     task = {"id": 1, "data": {"image": str(path)}}
-    answer = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
+    options = LabelStudioOptions(Credentials(None, None))
+    backend = TestClient(create_app(model, classes, run=run, label_studio=options))
+    answer = backend.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["result"], "the backend pre-labels the shapes"
 
