@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from kdetect import tf_ops
+from kdetect.anchors import feature_map_anchors
 from kdetect.backbone_names import BACKBONE_MODEL_TYPE
 from kdetect.backbones import preprocess_images
 from kdetect.boxes import clip_boxes
@@ -69,6 +70,9 @@ class DetectionModel(keras.Model):
     TYPE: str = ""
     #: torchvision builder name -> the options reproducing it (importable checkpoints).
     TORCHVISION_ARCHITECTURES: dict[str, dict] = {}
+    #: The module that reads the type's torchvision checkpoints: ``num_classes(state, name,
+    #: arch)`` (the class count a file holds) and ``weight_plan(model)`` (its keys -> weights).
+    TORCHVISION = None
 
     def _init_detector(self) -> None:
         """The state every detector has: trace flags and one loss tracker per loss name."""
@@ -97,8 +101,21 @@ class DetectionModel(keras.Model):
         array per level, for ``kdetect dataset inspect``'s coverage check; with
         ``anchor_sizes`` / ``aspect_ratios``, those of another anchor setting (a model whose
         anchors are a grid of sizes and ratios; others raise ``NotImplementedError``). None:
-        the model has no anchors (e.g. FCOS's points)."""
-        return None
+        the model has no anchors (e.g. FCOS's points).
+
+        Here: the grid of the model's ``anchor_sizes`` x ``aspect_ratios`` on the feature maps
+        of :meth:`feature_sizes`, for a model with ``anchor_iou_thresholds``."""
+        if self.anchor_iou_thresholds is None:
+            return None
+        sizes = self.anchor_sizes if anchor_sizes is None else anchor_sizes
+        ratios = self.aspect_ratios if aspect_ratios is None else aspect_ratios
+        levels = self.feature_sizes(height, width)
+        anchors = feature_map_anchors((height, width), levels, sizes, ratios)
+        return [ops.convert_to_numpy(a) for a in anchors]
+
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(height, width) of each anchored feature map for a ``height`` x ``width`` frame."""
+        raise NotImplementedError
 
     #: ``(fg, bg)``: the IoUs at which a training box's anchor is a positive, and below which a
     #: negative (None without anchors); read with :meth:`anchor_boxes`.
@@ -118,8 +135,7 @@ class DetectionModel(keras.Model):
         (one of ``TORCHVISION_ARCHITECTURES``; default the first). The result predicts what
         torchvision's ``model.eval()`` predicts, with kdetect label ``i`` = torchvision label
         ``i + 1``; ``overrides`` change other constructor arguments (e.g. score thresholds).
-        A subclass gives ``torchvision_num_classes(state, name, arch)`` (a static method) and
-        ``torchvision_weight_plan()``.
+        A subclass names the module that reads the files (``TORCHVISION``).
         """
         arch = arch or next(iter(cls.TORCHVISION_ARCHITECTURES))
         return load_torchvision(cls, weights, arch, **overrides)

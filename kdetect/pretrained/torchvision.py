@@ -2,9 +2,9 @@
 
 An architecture name (torchvision's builder name, e.g. ``fasterrcnn_resnet50_fpn``,
 ``retinanet_resnet50_fpn``) stands for the detector options that reproduce it exactly; each
-model type lists its own in its ``torchvision`` module (``TORCHVISION_ARCHITECTURES`` of the
-class) with the map from torchvision's keys to its weights (``torchvision_weight_plan``) and the
-class count a file holds (``torchvision_num_classes``). The state dict is read without torch
+model type lists its own in its ``torchvision`` module (the class's ``TORCHVISION``; its
+``ARCHITECTURES``) with the map from torchvision's keys to its weights (``weight_plan``) and the
+class count a file holds (``num_classes``). The state dict is read without torch
 (:mod:`kdetect.pretrained.state_dict`) and mapped tensor by tensor with the converters here:
 
 * convolutions OIHW -> HWIO (depthwise ones [C, 1, H, W] -> [H, W, C, 1]), linear layers
@@ -141,13 +141,13 @@ def load_torchvision(cls, source, arch: str, **overrides):
         )
     name, state = _state(source)
     state = {k: v for k, v in normalise_keys(state).items() if not k.endswith(_IGNORED_SUFFIXES)}
-    num_classes = cls.torchvision_num_classes(state, name, arch)
+    num_classes = cls.TORCHVISION.num_classes(state, name, arch)
     bad = first_non_finite(state.items())
     if bad is not None:
         raise CheckpointError(f"{name}: tensor {bad} {NON_FINITE}")
     options = {**architectures[arch], **overrides, "num_classes": num_classes}
     model = cls(**options)
-    plan = model.torchvision_weight_plan()
+    plan = cls.TORCHVISION.weight_plan(model)
     missing = sorted(set(plan) - set(state))
     unexpected = sorted(set(state) - set(plan))
     mismatched = []

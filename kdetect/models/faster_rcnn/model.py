@@ -225,15 +225,6 @@ class FasterRCNN(DetectionModel):
         sizes = [ops.shape(f)[1:3] for f in rpn_features]
         return feature_map_anchors(frame, sizes, self.anchor_sizes, self.aspect_ratios)
 
-    def anchor_boxes(self, height: int, width: int, anchor_sizes=None, aspect_ratios=None):
-        """The RPN's anchors per level for a ``height`` x ``width`` frame (see
-        :meth:`DetectionModel.anchor_boxes`)."""
-        sizes = self.anchor_sizes if anchor_sizes is None else anchor_sizes
-        ratios = self.aspect_ratios if aspect_ratios is None else aspect_ratios
-        levels = self.feature_sizes(height, width)
-        anchors = feature_map_anchors((height, width), levels, sizes, ratios)
-        return [ops.convert_to_numpy(a) for a in anchors]
-
     @property
     def anchor_iou_thresholds(self) -> tuple[float, float]:
         """The RPN's ``(fg_iou_thresh, bg_iou_thresh)``."""
@@ -342,14 +333,8 @@ class FasterRCNN(DetectionModel):
         }
 
     # --- torchvision checkpoints (DetectionModel.from_torchvision) ------------------------------
+    TORCHVISION = torchvision
     TORCHVISION_ARCHITECTURES = torchvision.ARCHITECTURES
-
-    @staticmethod
-    def torchvision_num_classes(state, name, arch):
-        return torchvision.num_classes(state, name)
-
-    def torchvision_weight_plan(self):
-        return torchvision.weight_plan(self)
 
     @classmethod
     def from_config(cls, config):

@@ -91,7 +91,7 @@ PUBLISHED_WEIGHTS = {
 _CLASS_LOGITS_KEY = "roi_heads.box_predictor.cls_score.weight"
 
 
-def num_classes(state: dict, name: str) -> int:
+def num_classes(state: dict, name: str, arch: str | None = None) -> int:
     """The foreground classes of a Faster R-CNN state dict (its class logits less the
     background)."""
     if _CLASS_LOGITS_KEY not in state or np.ndim(state[_CLASS_LOGITS_KEY]) != 2:

@@ -127,11 +127,28 @@ class FCOSHead(keras.layers.Layer):
         best = ops.max(priority, axis=-1)
         return ops.where(best < 1e-5, -1, ops.cast(ops.argmax(priority, axis=-1), "int32"))
 
-    def losses(self, logits, distances, centerness, anchors, gt_boxes, gt_labels):
-        """(classification, box, centre-ness) losses of the concatenated outputs [B, N, ...]
-        for ``anchors``, a list per level of [N_l, 4]."""
-        logits, distances = ops.cast(logits, "float32"), ops.cast(distances, "float32")
-        centerness = ops.cast(centerness, "float32")
+    def predictions(self, outputs, anchors):
+        """Per level: scores ``sqrt(sigmoid(class) * sigmoid(centre-ness))`` [B, N_l, C] and
+        the boxes decoded from each location of ``anchors`` (a list per level of [N_l, 4])."""
+        logits, distances, centerness = outputs
+        scores = [
+            ops.sqrt(
+                ops.sigmoid(ops.cast(x, "float32")) * ops.sigmoid(ops.cast(c, "float32"))[..., None]
+            )
+            for x, c in zip(logits, centerness, strict=True)
+        ]
+        boxes = [
+            self.box_coder.decode(ops.cast(d, "float32"), a[None])
+            for d, a in zip(distances, anchors, strict=True)
+        ]
+        return scores, boxes
+
+    def losses(self, outputs, anchors, gt_boxes, gt_labels):
+        """(classification, box, centre-ness) losses of the outputs (per level) of ``anchors``
+        (a list per level of [N_l, 4]) against padded ground truth (labels -1 = padding)."""
+        logits, distances, centerness = (
+            ops.cast(ops.concatenate(x, axis=1), "float32") for x in outputs
+        )
         matches = self.assign(anchors, gt_boxes, gt_labels)
         anchors = ops.concatenate(anchors, axis=0)[None]
         foreground = matches >= 0

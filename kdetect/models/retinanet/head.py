@@ -133,10 +133,23 @@ class RetinaNetHead(keras.layers.Layer):
             deltas.append(per_location(box, 4))
         return logits, deltas
 
-    def losses(self, logits, deltas, anchors, gt_boxes, gt_labels):
-        """(classification loss, box loss) of class logits [B, N, C] and deltas [B, N, 4] of
-        anchors [N, 4] against padded ground truth (labels -1 = padding)."""
-        logits, deltas = ops.cast(logits, "float32"), ops.cast(deltas, "float32")
+    def predictions(self, outputs, anchors):
+        """Per level: sigmoid scores [B, N_l, C] and the boxes decoded from each anchor of
+        ``anchors`` (a list per level of [N_l, 4])."""
+        logits, deltas = outputs
+        scores = [ops.sigmoid(ops.cast(x, "float32")) for x in logits]
+        boxes = [
+            self.box_coder.decode(ops.cast(d, "float32"), a[None])
+            for d, a in zip(deltas, anchors, strict=True)
+        ]
+        return scores, boxes
+
+    def losses(self, outputs, anchors, gt_boxes, gt_labels):
+        """(classification loss, box loss) of the outputs (class logits and deltas per level)
+        of ``anchors`` (a list per level of [N_l, 4]) against padded ground truth (labels -1 =
+        padding)."""
+        logits, deltas = (ops.cast(ops.concatenate(x, axis=1), "float32") for x in outputs)
+        anchors = ops.concatenate(anchors, axis=0)
         gt_valid = gt_labels >= 0
         matches = self.matcher(pairwise_iou(anchors[None], gt_boxes), gt_valid)
         foreground = matches >= 0

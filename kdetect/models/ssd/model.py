@@ -133,6 +133,7 @@ class SSD(DetectionModel):
 
     LOSS_NAMES = LOSS_NAMES
     TYPE = "ssd"
+    TORCHVISION = torchvision
     TORCHVISION_ARCHITECTURES = {"ssd300_vgg16": torchvision.ARCHITECTURES["ssd300_vgg16"]}
     #: The constructor's defaults (torchvision's for this type).
     DEFAULTS = torchvision.ARCHITECTURES["ssd300_vgg16"]
@@ -346,14 +347,6 @@ class SSD(DetectionModel):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-    # --- torchvision checkpoints ------------------------------------------------------------
-    @staticmethod
-    def torchvision_num_classes(state, name, arch):
-        return torchvision.num_classes(state, name, arch)
-
-    def torchvision_weight_plan(self):
-        return torchvision.weight_plan(self)
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
