@@ -125,6 +125,32 @@ def test_training_and_predict_frames_agree(transform):
     assert float(batch["scale"][0]) == pytest.approx(float(transform.scale(50, 70)), rel=1e-6)
     mapped = transform.map_boxes(record.boxes, (50, 70), size)
     np.testing.assert_allclose(batch["bounding_boxes"]["boxes"][0, :1], mapped, rtol=1e-6)
+    # torchvision's rule tells training where each image's content ends (Faster R-CNN clips
+    # its proposals there, as torchvision does); kdetect's ``fit`` clips to the frame
+    sizes = batch["bounding_boxes"].get("image_sizes")
+    if transform.resize_mode == "min_max":
+        assert sizes.numpy().tolist() == [[new_h, new_w]]
+    else:
+        assert sizes is None
+
+
+def test_min_max_training_batches_carry_each_content_size_into_the_loss():
+    """Two photos of different shapes in one augmented min_max batch: each batch entry holds
+    its own content size, and Faster R-CNN's training losses take them."""
+    transform = ImageTransform((64, 96), "min_max", 48, 80)
+    records = [_record(50, 70), _record(70, 40)]
+    augment = {"horizontal_flip": 0.5, "scale_range": [0.8, 1.2]}
+    source = Annotations(["a"], records)
+    batch = next(iter(make_dataset(source, transform, 2, training=True, augment=augment, seed=1)))
+    sizes = batch["bounding_boxes"]["image_sizes"].numpy()
+    fed = batch["images"].numpy()
+    for image, (height, width) in zip(fed, sizes, strict=True):
+        assert 0 < height <= 64 and 0 < width <= 96
+        assert not image[height:].any() and not image[:, width:].any()
+        assert image[height - 1, :width].any() and image[:height, width - 1].any()
+    model = FasterRCNN(**{**TINY, "resize_mode": "min_max", "min_size": 48, "max_size": 80})
+    losses = model.compute_losses(batch["images"], batch["bounding_boxes"])
+    assert all(np.isfinite(float(v)) for v in losses.values())
 
 
 def test_min_max_size_past_the_training_frame_takes_the_fit_rule():

@@ -10,7 +10,9 @@
 
 Each image is resized by the model's rule (its ``transform``, or ``fit`` into a given
 ``image_size``), placed at the top-left of the frame and padded with zeros, so every shape is
-static. In evaluation mode (``training=False``) each
+static. With the ``min_max`` rule (torchvision's) ``bounding_boxes`` also holds
+``image_sizes`` ([B, 2] = h, w of each image's content in the frame), which a model's training
+uses as torchvision's does (Faster R-CNN clips its proposals to them). In evaluation mode (``training=False``) each
 batch also carries ``filename``, ``image_id``, ``original_size`` ([B, 2] = h, w) and ``scale``
 ([B]; fed pixels = original pixels * scale) plus ``bounding_boxes["difficult"]``.
 """
@@ -425,11 +427,12 @@ def _prepare(example, key, transform, max_boxes, config, keep_difficult, trainin
                 config["saturation"],
                 config["hue"],
             )
-        image = aug.pad_image(image, transform.image_size)  # the padding stays zero
         min_size = float(config["min_box_size"])
     else:
-        image, boxes, scale = aug.resize_crop_pad(image, boxes, transform)
+        image, boxes, scale = aug.resize_crop(image, boxes, transform)
         min_size = 0.0
+    content_size = tf.shape(image)[:2]
+    image = aug.pad_image(image, transform.image_size)  # the padding stays zero
     keep = aug.keep_boxes(boxes, min_size)
     boxes, labels, difficult = (tf.boolean_mask(t, keep) for t in (boxes, labels, difficult))
     if warn_in_graph:
@@ -437,6 +440,8 @@ def _prepare(example, key, transform, max_boxes, config, keep_difficult, trainin
     boxes, labels, difficult = aug.pad_boxes(boxes, labels, max_boxes, difficult)
     image = tf.ensure_shape(tf.cast(image, tf.float32), [*transform.image_size, 3])
     out = {"images": image, "bounding_boxes": {"boxes": boxes, "labels": labels}}
+    if transform.resize_mode == "min_max":  # torchvision's rule: its training clips to these
+        out["bounding_boxes"]["image_sizes"] = tf.cast(content_size, tf.int32)
     if not training:
         out["bounding_boxes"]["difficult"] = difficult
         out["filename"] = example["filename"]
