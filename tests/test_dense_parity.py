@@ -249,6 +249,7 @@ TINY_OPTIONS = {
     "retinanet": dict(
         fpn_channels=32,
         anchor_sizes=tuple((s, s * 1.25, s * 1.6) for s in (8.0, 16.0, 32.0, 64.0, 128.0)),
+        head_group_norm=False,  # v1's head (kdetect's default has v2's GroupNorm)
     ),
     "retinanet_v2": dict(
         fpn_channels=32,

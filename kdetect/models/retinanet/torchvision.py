@@ -39,6 +39,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "frozen_batch_norm": True,
         "batch_norm_epsilon": 0.0,  # torchvision loads COCO_V1 with overwrite_eps(model, 0.0)
         "extra_levels_from": "p5",
+        "head_group_norm": False,
         "box_loss": "l1",
     },
     "retinanet_resnet50_fpn_v2": {
