@@ -98,21 +98,29 @@ def trained_shapes_run(tmp_path_factory) -> Path:
     return _RUNS["trained"]
 
 
-def family_run(tmp_path_factory, model_type: str, steps: int = 400, lr: float = 0.002) -> Path:
+def family_run(
+    tmp_path_factory,
+    model_type: str,
+    steps: int = 400,
+    lr: float = 0.002,
+    overrides: tuple[str, ...] = (),
+) -> Path:
     """Train (once per session) the shapes recipe as ``model_type`` for ``steps`` steps of
-    ``TRAINED`` at learning rate ``lr`` (a learnt detector of that type), through the CLI."""
+    ``TRAINED`` at learning rate ``lr`` with the type's own ``overrides`` (a learnt detector
+    of that type), through the CLI."""
     needs_shapes()
     key = f"family-{model_type}"
     if key not in _RUNS:
         run = tmp_path_factory.mktemp("family") / model_type
-        overrides = [
+        settings = [
             *TRAINED,
             f"train.steps_per_epoch={steps}",
             f"train.optimizer.lr={lr}",
             f"model.type={model_type}",
             "eval.samples=8",  # run/samples: the photos the command tests feed
+            *overrides,
         ]
-        assert kdetect("train", SHAPES, "--run-dir", run, *set_args(overrides)) == 0
+        assert kdetect("train", SHAPES, "--run-dir", run, *set_args(settings)) == 0
         _RUNS[key] = run
     return _RUNS[key]
 
