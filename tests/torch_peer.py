@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO_ROOT = TESTS.parent
 DEFAULT_TORCH_PYTHON = REPO_ROOT / ".venv-torch" / "bin" / "python"
 
 
@@ -46,13 +47,16 @@ def require_torch_python() -> str:
 
 def run_torch(script: str, *args: str | os.PathLike, timeout: float = 1800) -> str:
     """Run ``script`` in the torch interpreter with ``args`` as sys.argv[1:]; return its stdout.
+    The script can import this folder's torch-side modules (``tests/torch_side.py``).
 
     Skips the test when there is no torch interpreter; raises RuntimeError with the script's
     stderr when it fails.
     """
     python = require_torch_python()
+    path = os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))
     done = subprocess.run(
         [python, "-c", script, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=timeout,

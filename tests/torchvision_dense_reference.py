@@ -25,12 +25,12 @@ order (torch imported once): ``make ARCH W.pth --calibrate A.npy + run ... + los
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 import torchvision
+from torch_side import add_model_command, load_images, reference_parser, run_chain
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -58,10 +58,6 @@ def build(arch: str, num_classes: int, frozen: bool) -> torch.nn.Module:
     if frozen and arch == "retinanet_resnet50_fpn":
         overwrite_eps(model, 0.0)  # as torchvision loads the COCO_V1 file
     return model
-
-
-def load_images(paths):
-    return [torch.from_numpy(np.load(p)).permute(2, 0, 1).float() / 255.0 for p in paths]
 
 
 def tower_outputs(model, image):
@@ -251,39 +247,17 @@ def losses(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make")
-    p.add_argument("arch")
-    p.add_argument("output")
-    p.add_argument("--calibrate", nargs="+", required=True)
-    p.add_argument("--num-classes", type=int, default=91)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--legacy-names", action="store_true")
-    p.add_argument("--logit-std", type=float, default=1.5)
-    p.add_argument("--delta-std", type=float, default=0.2)
-    p.add_argument("--candidates", type=int, default=250)
-    for command in ("run", "losses"):
-        p = sub.add_parser(command)
-        p.add_argument("arch")
-        p.add_argument("weights")
-        p.add_argument("output")
-        p.add_argument("images" if command == "run" else "pairs", nargs="+")
-        p.add_argument("--num-classes", type=int, default=91)
+    parser, sub = reference_parser()
+    make_options = sub.choices["make"]
+    make_options.add_argument("--legacy-names", action="store_true")
+    make_options.add_argument("--logit-std", type=float, default=1.5)
+    make_options.add_argument("--delta-std", type=float, default=0.2)
+    make_options.add_argument("--candidates", type=int, default=250)
+    for command, inputs in (("run", "images"), ("losses", "pairs")):
+        p = add_model_command(sub, command, inputs)
         p.add_argument("--min-size", type=int)
         p.add_argument("--max-size", type=int)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    chain = [[]]
-    for word in argv:
-        if word == "+":
-            chain.append([])
-        else:
-            chain[-1].append(word)
-    torch.set_num_threads(2)
-    commands = {"make": make, "run": run, "losses": losses}
-    for words in chain:
-        args = parser.parse_args(words)
-        commands[args.command](args)
+    run_chain(parser, {"make": make, "run": run, "losses": losses}, argv)
 
 
 if __name__ == "__main__":

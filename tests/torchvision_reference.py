@@ -35,12 +35,12 @@ once): ``make ARCH W.pth --calibrate A.npy + run ARCH W.pth R.npz A.npy B.npy + 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 import torchvision
+from torch_side import add_model_command, load_images, reference_parser, run_chain
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -97,10 +97,6 @@ def load(args, **options) -> torch.nn.Module:
     if args.arch == "fasterrcnn_resnet50_fpn":
         overwrite_eps(model, 0.0)
     return model.eval()
-
-
-def load_images(paths):
-    return [torch.from_numpy(np.load(p)).permute(2, 0, 1).float() / 255.0 for p in paths]
 
 
 def legacy_names(state):
@@ -261,50 +257,24 @@ def loss_functions(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make")
-    p.add_argument("arch")
-    p.add_argument("output")
-    p.add_argument("--calibrate", nargs="+", required=True)
-    p.add_argument("--num-classes", type=int, default=91)
-    p.add_argument("--legacy-names", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sharpen-rpn", type=float, default=2.0)
-    p.add_argument("--shrink-rpn-box", type=float, default=0.2)
-    p.add_argument("--sharpen-cls", type=float, default=2.0)
-    p.add_argument("--shrink-box", type=float, default=0.2)
-    p = sub.add_parser("run")
-    p.add_argument("arch")
-    p.add_argument("weights")
-    p.add_argument("output")
+    parser, sub = reference_parser()
+    make_options = sub.choices["make"]
+    make_options.add_argument("--legacy-names", action="store_true")
+    make_options.add_argument("--sharpen-rpn", type=float, default=2.0)
+    make_options.add_argument("--shrink-rpn-box", type=float, default=0.2)
+    make_options.add_argument("--sharpen-cls", type=float, default=2.0)
+    make_options.add_argument("--shrink-box", type=float, default=0.2)
+    add_model_command(sub, "run", "images")
+    p = add_model_command(sub, "losses", "boxes", nargs=None)
     p.add_argument("images", nargs="+")
-    p.add_argument("--num-classes", type=int, default=91)
-    p = sub.add_parser("losses")
-    p.add_argument("arch")
-    p.add_argument("weights")
-    p.add_argument("output")
-    p.add_argument("boxes")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--num-classes", type=int, default=91)
     for name in LOSS_OPTIONS:
         kind = float if name.endswith("fraction") else int
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p = sub.add_parser("loss-functions")
     p.add_argument("inputs")
     p.add_argument("output")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    chain = [[]]
-    for word in argv:
-        if word == "+":
-            chain.append([])
-        else:
-            chain[-1].append(word)
-    torch.set_num_threads(2)
     commands = {"make": make, "run": run, "losses": losses, "loss-functions": loss_functions}
-    for words in chain:
-        args = parser.parse_args(words)
-        commands[args.command](args)
+    run_chain(parser, commands, argv)
 
 
 if __name__ == "__main__":

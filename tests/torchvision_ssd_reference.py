@@ -24,12 +24,12 @@ once): ``make ARCH W.pth --calibrate A.npy + run ARCH W.pth R.npz A.npy + losses
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 import torchvision
+from torch_side import add_model_command, load_images, reference_parser, run_chain
 
 ARCHS = ("ssd300_vgg16", "ssdlite320_mobilenet_v3_large")
 
@@ -39,10 +39,6 @@ def build(arch: str, num_classes: int) -> torch.nn.Module:
         raise SystemExit(f"unknown arch {arch}")
     builder = getattr(torchvision.models.detection, arch)
     return builder(weights=None, weights_backbone=None, num_classes=num_classes)
-
-
-def load_images(paths):
-    return [torch.from_numpy(np.load(p)).permute(2, 0, 1).float() / 255.0 for p in paths]
 
 
 def head_outputs(model, images):
@@ -131,41 +127,13 @@ def losses(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make")
-    p.add_argument("arch")
-    p.add_argument("output")
-    p.add_argument("--calibrate", nargs="+", required=True)
-    p.add_argument("--num-classes", type=int, default=91)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logit-std", type=float, default=2.5)
-    p.add_argument("--delta-std", type=float, default=1.0)
-    p = sub.add_parser("run")
-    p.add_argument("arch")
-    p.add_argument("weights")
-    p.add_argument("output")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--num-classes", type=int, default=91)
-    p = sub.add_parser("losses")
-    p.add_argument("arch")
-    p.add_argument("weights")
-    p.add_argument("output")
-    p.add_argument("targets")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--num-classes", type=int, default=91)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    chain = [[]]
-    for word in argv:
-        if word == "+":
-            chain.append([])
-        else:
-            chain[-1].append(word)
-    torch.set_num_threads(2)
-    commands = {"make": make, "run": run, "losses": losses}
-    for words in chain:
-        args = parser.parse_args(words)
-        commands[args.command](args)
+    parser, sub = reference_parser()
+    make_options = sub.choices["make"]
+    make_options.add_argument("--logit-std", type=float, default=2.5)
+    make_options.add_argument("--delta-std", type=float, default=1.0)
+    add_model_command(sub, "run", "images")
+    add_model_command(sub, "losses", "targets", nargs=None).add_argument("images", nargs="+")
+    run_chain(parser, {"make": make, "run": run, "losses": losses}, argv)
 
 
 if __name__ == "__main__":
