@@ -14,7 +14,8 @@ static. With the ``min_max`` rule (torchvision's) ``bounding_boxes`` also holds
 ``image_sizes`` ([B, 2] = h, w of each image's content in the frame), which a model's training
 uses as torchvision's does (Faster R-CNN clips its proposals to them). In evaluation mode
 (``training=False``) each batch also carries ``filename``, ``image_id``, ``original_size``
-([B, 2] = h, w) and ``scale`` ([B]; fed pixels = original pixels * scale) plus ``bounding_boxes["difficult"]``.
+([B, 2] = h, w) and ``scale`` ([B]; fed pixels = original pixels * scale) plus
+``bounding_boxes["difficult"]``.
 """
 
 from __future__ import annotations

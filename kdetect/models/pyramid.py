@@ -16,7 +16,8 @@ here is a layer with three methods:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 
 import keras
 from keras import ops
@@ -54,7 +55,8 @@ def build_pyramid_features(
 class PyramidDetector(DetectionModel):
     """Backbone -> FPN (P3..P7) -> one head on every level -> dense decoder.
 
-    A subclass calls ``super().__init__`` with the settings below, then sets
+    A subclass calls ``super().__init__`` with the settings below (``pyramid_settings(locals())``
+    picks them from its own arguments), then sets
     :attr:`anchor_sizes` and :attr:`aspect_ratios` (the boxes its head predicts from, see
     :meth:`anchors`) and ``self.head``, then ``self.build(None)``; its ``get_config`` adds its
     own keys to this one's.
@@ -192,3 +194,12 @@ class PyramidDetector(DetectionModel):
             if config.get(key) is not None:
                 config[key] = tuple(config[key])
         return cls(**config)
+
+
+#: The constructor arguments of :class:`PyramidDetector` (a subclass's own take the same names).
+PYRAMID_ARGUMENTS = tuple(inspect.signature(PyramidDetector.__init__).parameters)[1:-1]
+
+
+def pyramid_settings(arguments: Mapping) -> dict:
+    """The :class:`PyramidDetector` settings among a subclass constructor's ``arguments``."""
+    return {name: arguments[name] for name in PYRAMID_ARGUMENTS}

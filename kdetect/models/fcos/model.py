@@ -16,7 +16,7 @@ import keras
 
 from kdetect.models.fcos import torchvision
 from kdetect.models.fcos.head import FCOSHead
-from kdetect.models.pyramid import PyramidDetector
+from kdetect.models.pyramid import PyramidDetector, pyramid_settings
 
 LOSS_NAMES = ("loss", "cls_loss", "box_loss", "centerness_loss")
 DEFAULT_ANCHOR_SIZES = (8.0, 16.0, 32.0, 64.0, 128.0)
@@ -72,26 +72,7 @@ class FCOS(PyramidDetector):
         levels = [s if isinstance(s, Sequence) else (s,) for s in anchor_sizes]
         if len(levels) != 5 or any(len(level) != 1 for level in levels):
             raise ValueError(f"anchor_sizes needs one size for each of P3..P7, got {anchor_sizes}")
-        super().__init__(
-            num_classes,
-            backbone,
-            image_size,
-            backbone_weights,
-            freeze,
-            frozen_batch_norm,
-            batch_norm_epsilon,
-            fpn_channels,
-            extra_levels_from,
-            score_thresh,
-            topk_candidates,
-            nms_thresh,
-            detections_per_img,
-            resize_mode,
-            min_size,
-            max_size,
-            seed,
-            **kwargs,
-        )
+        super().__init__(**pyramid_settings(locals()), **kwargs)
         self.anchor_sizes = tuple((float(level[0]),) for level in levels)
         self.head = FCOSHead(
             self.num_classes,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import keras
 
-from kdetect.models.pyramid import PyramidDetector
+from kdetect.models.pyramid import PyramidDetector, pyramid_settings
 from kdetect.models.retinanet import torchvision
 from kdetect.models.retinanet.head import RetinaNetHead
 
@@ -88,26 +88,7 @@ class RetinaNet(PyramidDetector):
         )
         if len(anchor_sizes) != 5 or len({len(s) for s in anchor_sizes}) != 1:
             raise ValueError("anchor_sizes needs five tuples (P3..P7) of one length")
-        super().__init__(
-            num_classes,
-            backbone,
-            image_size,
-            backbone_weights,
-            freeze,
-            frozen_batch_norm,
-            batch_norm_epsilon,
-            fpn_channels,
-            extra_levels_from,
-            score_thresh,
-            topk_candidates,
-            nms_thresh,
-            detections_per_img,
-            resize_mode,
-            min_size,
-            max_size,
-            seed,
-            **kwargs,
-        )
+        super().__init__(**pyramid_settings(locals()), **kwargs)
         self.anchor_sizes = anchor_sizes
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.head = RetinaNetHead(
