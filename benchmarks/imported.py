@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from common import random_boxes
 
+from kdetect.models.registry import architecture_options, architecture_type, model_class
+
 ROOT = Path(__file__).resolve().parents[1]
 # The parity reference that writes each model type's checkpoints (its ``make`` command).
 REFERENCES = {
@@ -54,7 +56,6 @@ def photos(count: int, size: tuple[int, int], folder: Path = PHOTOS) -> tuple[np
 
 def _transform(arch: str):
     """``arch``'s image transform (kdetect's own rule, which reproduces torchvision's)."""
-    from kdetect.models.registry import architecture_options
     from kdetect.models.transform import ImageTransform
 
     options = architecture_options(arch)
@@ -88,8 +89,6 @@ def write_inputs(folder: Path, images: np.ndarray, train_batch: int, seed: int =
 def write_checkpoint(python: str, arch: str, folder: Path, images: np.ndarray) -> Path:
     """Have torch (``python``) write a non-trivial ``arch`` checkpoint into ``folder``, its batch
     norm calibrated on the first ``CALIBRATION_IMAGES`` of ``images``."""
-    from kdetect.models.registry import architecture_type
-
     folder = Path(folder)
     calibrate = []
     for i, image in enumerate(images[:CALIBRATION_IMAGES]):
@@ -152,8 +151,6 @@ def import_checkpoint(python: str, arch: str, folder: Path, images: np.ndarray, 
     """kdetect's ``arch`` holding the checkpoint torch writes into ``folder`` (its batch norm
     calibrated on the first ``images``), with the training frame of images of ``size``; and
     the checkpoint's path."""
-    from kdetect.models.registry import architecture_type, model_class
-
     weights = write_checkpoint(python, arch, folder, images)
     cls = model_class(architecture_type(arch))
     return cls.from_torchvision(weights, arch=arch, image_size=train_frame(arch, size)), weights
