@@ -13,7 +13,7 @@ batch already at the network frame) and its images/s, and the peak resident memo
 that ran them (each configuration runs in its own process, so the peaks do not mix). One more row
 gives the input pipeline's images/s (benchmarks/data_pipeline.py, BCCD from ../shared/data in
 training mode at the ResNet50 frame; the synthetic shapes when BCCD is absent). A second table
-gives each built-in configuration's exported-model latency, onnxruntime and LiteRT beside Keras
+gives each configuration's exported-model latency, onnxruntime and LiteRT beside Keras
 ``predict`` at batch 1 (benchmarks/exported.py).
 
 ``--peer torchvision`` adds torchvision's ``fasterrcnn_resnet50_fpn`` on identical work
@@ -28,8 +28,13 @@ the back-to-back pairs' ratios, so load changes on a shared machine cancel out.
 (tests/torchvision_reference.py make), kdetect imports it (``FasterRCNN.from_torchvision``), the
 torchvision peer loads the same file (frozen batch norm, eps 0, ``trainable_backbone_layers=3``),
 and both time the same photos (480x640, min_max resize to 800x1066, frame 800x1088) and the same
-training images and boxes. It always runs side by side, with the torch interpreter found as for
-``--peer`` or else the tests' (``KDETECT_TORCH_PYTHON``, default ``.venv-torch``).
+training images and boxes. ``imported_retinanet_resnet50_fpn``, ``imported_retinanet_resnet50_
+fpn_v2``, ``imported_fcos_resnet50_fpn``, ``imported_ssd300_vgg16`` and ``imported_ssdlite320_
+mobilenet_v3_large`` do the same for the single-stage builders (their checkpoints written by
+tests/torchvision_dense_reference.py and tests/torchvision_ssd_reference.py; the same photos,
+resized by min_max as above, or stretched to 300x300 / 320x320). These always run side by side,
+with the torch interpreter found as for ``--peer`` or else the tests' (``KDETECT_TORCH_PYTHON``,
+default ``.venv-torch``); their exported-model rows import the same kind of checkpoint.
 
 ``--malloc retain`` (the default) runs kdetect as the ``kdetect`` program does, with glibc keeping
 freed memory (kdetect.allocator), and gives the torchvision peer the same glibc settings;
@@ -239,12 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         results["pipeline_images_per_s"] = rate
     _print_main_table(args, rows, time.perf_counter() - started)
-    exportable = [c for c in args.configs if "model" in CONFIGS[c]]
-    if exportable and not args.skip_export:
+    if not args.skip_export:
         import exported
 
         print("measuring the exported models ...", file=sys.stderr, flush=True)
-        argv = [sys.executable, str(HERE / "exported.py"), "--configs", *exportable, "--json"]
+        argv = [sys.executable, str(HERE / "exported.py"), "--configs", *args.configs, "--json"]
+        argv += [f"--torch-python={torch_python}"] if torch_python else []
         results["exported"] = _child([*argv, f"--repeats={max(args.repeats, 3)}"])
         exported.print_results(results["exported"])
     if args.json:
@@ -296,9 +301,10 @@ def _model_rows(args, results: dict[str, dict], imported: list[str]) -> list[lis
         if "peer" in r:
             p = r["peer"]
             same = " (same checkpoint)" if name in imported else ""
+            arch = CONFIGS[name].get("imported", "fasterrcnn_resnet50_fpn")
             rows.append(
                 [
-                    f"torchvision fasterrcnn_resnet50_fpn{same}",
+                    f"torchvision {arch}{same}",
                     size,
                     f"{p['infer_b1']:.3f}",
                     f"{THROUGHPUT_BATCH / p['infer_b8']:.2f}",

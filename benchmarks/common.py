@@ -47,6 +47,18 @@ CONFIGS = {
     # imported with FasterRCNN.from_torchvision; torchvision runs the same file on the same
     # photos (benchmarks/imported.py). min_max resize: 480x640 -> 800x1066, frame 800x1088.
     "imported_resnet50_fpn": dict(imported="fasterrcnn_resnet50_fpn", input_size=(480, 640)),
+    # The single-stage builders, the same way (their parity references write the checkpoints):
+    # RetinaNet and FCOS resize as Faster R-CNN does, SSD / SSDlite stretch to 300 / 320 square.
+    **{
+        f"imported_{arch}": dict(imported=arch, input_size=(480, 640))
+        for arch in (
+            "retinanet_resnet50_fpn",
+            "retinanet_resnet50_fpn_v2",
+            "fcos_resnet50_fpn",
+            "ssd300_vgg16",
+            "ssdlite320_mobilenet_v3_large",
+        )
+    },
 }
 
 
@@ -115,28 +127,28 @@ class Peer:
     Uses torch in this process when importable, else a resident ``peer_torchvision.py --serve``
     child started with the interpreter ``python`` (with ``retain_memory``, glibc set up as
     :func:`kdetect.allocator.retain_freed_memory` does, through its environment variables).
-    ``Peer.start`` returns None when neither is available. ``weights`` and ``inputs``: a
-    torchvision checkpoint and the .npz of images and boxes to run it on (peer_torchvision.py).
+    ``Peer.start`` returns None when neither is available. ``checkpoint``: ``weights`` and
+    ``inputs``, a torchvision checkpoint and the .npz of images and boxes to run it on, and its
+    ``arch`` and ``num_classes`` (peer_torchvision.py).
     """
 
-    def __init__(
-        self,
-        python: str | None = None,
-        retain_memory: bool = False,
-        weights: str | None = None,
-        inputs: str | None = None,
-    ):
+    def __init__(self, python: str | None = None, retain_memory: bool = False, **checkpoint):
         import subprocess
         import sys
 
         self._process = None
+        # libgomp's default (spin, then sleep) makes torch's threads wait out each other's time
+        # slices when other processes share the cores: MobileNetV3-Large at 320 px took 2.2 s
+        # instead of 0.044 s on the 2-core VM under load; passive waiting is what a shared
+        # machine runs torch with.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if python is None:
             sys.path.insert(0, str(_HERE))
             from peer_torchvision import Steps
 
-            self._local = Steps(weights=weights, inputs=inputs)
+            self._local = Steps(**checkpoint)
             return
-        options = ["--weights", str(weights), "--inputs", str(inputs)] if weights else []
+        options = [f"--{key.replace('_', '-')}={value}" for key, value in checkpoint.items()]
         env = dict(os.environ)
         if retain_memory:
             from kdetect.allocator import RETAIN_FREED_MEMORY_ENV

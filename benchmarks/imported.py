@@ -1,13 +1,16 @@
 """The ``imported_*`` configurations: one torchvision checkpoint, run by both frameworks.
 
-torch writes the checkpoint (``tests/torchvision_reference.py make``: random weights, batch
-norm calibrated on the benchmark's first photo, sharpened scores, frozen batch norm with eps 0,
-as the published COCO file is laid out), kdetect imports it with
-``FasterRCNN.from_torchvision`` and the torchvision peer loads the same file
-(``peer_torchvision.py --weights --inputs``). Both run the same photos: inference on the raw
-images (each framework resizes with its ``min_max`` rule: short side 800, long side <= 1333, the
-batch padded to 32), and a training step on the same images and boxes, which kdetect receives
-already at the frame torchvision's transform makes of them (``train_batch``).
+torch writes the checkpoint with the ``make`` command of the architecture's parity reference
+(``tests/torchvision_reference.py`` for Faster R-CNN, ``torchvision_dense_reference.py`` for
+RetinaNet and FCOS, ``torchvision_ssd_reference.py`` for SSD and SSDlite: random weights, batch
+norm calibrated on the benchmark's first photos, scores spread so that thresholds and NMS have
+work, laid out as the published COCO file is), kdetect imports it with the model class's
+``from_torchvision`` and the torchvision peer loads the same file (``peer_torchvision.py
+--weights --inputs --arch``). Both run the same photos: inference on the raw images (each
+framework resizes with its own rule: ``min_max``, short side 800, long side <= 1333, the batch
+padded to 32; ``fixed``, stretched to SSD's 300x300 or SSDlite's 320x320), and a training step
+on the same images and boxes, which kdetect receives already at the frame torchvision's
+transform makes of them (``train_batch``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,19 @@ from pathlib import Path
 import numpy as np
 from common import random_boxes
 
+from kdetect.models.registry import architecture_options, architecture_type, model_class
+
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "tests" / "torchvision_reference.py"
+# The parity reference that writes each model type's checkpoints (its ``make`` command).
+REFERENCES = {
+    "faster_rcnn": ROOT / "tests" / "torchvision_reference.py",
+    "retinanet": ROOT / "tests" / "torchvision_dense_reference.py",
+    "fcos": ROOT / "tests" / "torchvision_dense_reference.py",
+    "ssd": ROOT / "tests" / "torchvision_ssd_reference.py",
+    "ssdlite": ROOT / "tests" / "torchvision_ssd_reference.py",
+}
+# Batch norm is calibrated on this many photos (SSDlite's 1x1 maps need a batch of two).
+CALIBRATION_IMAGES = 2
 PHOTOS = ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
 
 
@@ -40,23 +54,27 @@ def photos(count: int, size: tuple[int, int], folder: Path = PHOTOS) -> tuple[np
     return np.stack(images), f"{folder.parent.name} photos resized to {height}x{width}"
 
 
-def min_max_size(arch: str, size: tuple[int, int]) -> tuple[int, int]:
-    """The size ``arch``'s ``min_max`` resize gives an image of ``size`` (kdetect's own rule,
-    :meth:`ImageTransform.resized_size`, which reproduces torchvision's)."""
-    from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
+def _transform(arch: str):
+    """``arch``'s image transform (kdetect's own rule, which reproduces torchvision's)."""
     from kdetect.models.transform import ImageTransform
 
-    options = ARCHITECTURES[arch]
-    transform = ImageTransform(
-        options["image_size"], "min_max", options["min_size"], options["max_size"]
-    )
-    height, width = transform.resized_size(*size)
+    options = architecture_options(arch)
+    sizes = {key: options[key] for key in ("min_size", "max_size") if key in options}
+    return ImageTransform(options["image_size"], options["resize_mode"], **sizes)
+
+
+def min_max_size(arch: str, size: tuple[int, int]) -> tuple[int, int]:
+    """The size ``arch``'s resize gives an image of ``size`` (``min_max``; ``fixed``: the
+    architecture's own size, whatever the image's)."""
+    height, width = _transform(arch).resized_size(*size)
     return int(height), int(width)
 
 
 def train_frame(arch: str, size: tuple[int, int]) -> tuple[int, int]:
-    """The padded frame torchvision's transform makes of images of ``size`` (multiples of 32)."""
-    return tuple(-(-side // 32) * 32 for side in min_max_size(arch, size))
+    """The padded frame torchvision's transform makes of images of ``size`` (multiples of 32;
+    ``fixed``: the resized size itself)."""
+    transform = _transform(arch)
+    return tuple(int(side) for side in transform.frame_size(*min_max_size(arch, size)))
 
 
 def write_inputs(folder: Path, images: np.ndarray, train_batch: int, seed: int = 0) -> Path:
@@ -69,15 +87,19 @@ def write_inputs(folder: Path, images: np.ndarray, train_batch: int, seed: int =
 
 
 def write_checkpoint(python: str, arch: str, folder: Path, images: np.ndarray) -> Path:
-    """Have torch (``python``) write a non-trivial ``arch`` checkpoint into ``folder``."""
+    """Have torch (``python``) write a non-trivial ``arch`` checkpoint into ``folder``, its batch
+    norm calibrated on the first ``CALIBRATION_IMAGES`` of ``images``."""
     folder = Path(folder)
-    calibrate = folder / "calibrate.npy"
-    np.save(calibrate, images[0])
+    calibrate = []
+    for i, image in enumerate(images[:CALIBRATION_IMAGES]):
+        calibrate.append(str(folder / f"calibrate_{i}.npy"))
+        np.save(calibrate[-1], image)
     path = folder / f"{arch}.pth"
-    argv = [python, str(REFERENCE), "make", arch, str(path), "--calibrate", str(calibrate)]
+    reference = REFERENCES[architecture_type(arch)]
+    argv = [python, str(reference), "make", arch, str(path), "--calibrate", *calibrate]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{REFERENCE.name} make failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{reference.name} make failed:\n{done.stderr[-3000:]}")
     return path
 
 
@@ -114,14 +136,21 @@ def prepare(config: dict, train_batch_size: int, images_count: int, python: str,
     (float32), the options that make the peer run the same file on the same inputs, and a
     description of the images.
     """
-    from kdetect import FasterRCNN
-
     arch, size = config["imported"], tuple(config["input_size"])
     images, source = photos(max(images_count, train_batch_size), size)
     inputs = write_inputs(folder, images, train_batch_size)
-    weights = write_checkpoint(python, arch, folder, images)
-    model = FasterRCNN.from_torchvision(weights, arch=arch, image_size=train_frame(arch, size))
+    model, weights = import_checkpoint(python, arch, folder, images, size)
     with np.load(inputs) as data:
         batch = train_batch(model, images[:train_batch_size], data["boxes"], data["labels"])
-    peer = {"weights": str(weights), "inputs": str(inputs)}
+    peer = {"weights": str(weights), "inputs": str(inputs), "arch": arch}
+    peer["num_classes"] = model.num_classes + 1  # torchvision's label 0 beside kdetect's
     return model, batch, images.astype("float32"), peer, source
+
+
+def import_checkpoint(python: str, arch: str, folder: Path, images: np.ndarray, size):
+    """kdetect's ``arch`` holding the checkpoint torch writes into ``folder`` (its batch norm
+    calibrated on the first ``images``), with the training frame of images of ``size``; and
+    the checkpoint's path."""
+    weights = write_checkpoint(python, arch, folder, images)
+    cls = model_class(architecture_type(arch))
+    return cls.from_torchvision(weights, arch=arch, image_size=train_frame(arch, size)), weights

@@ -1,10 +1,11 @@
-"""torchvision's ``fasterrcnn_resnet50_fpn`` timed on the same work as kdetect's benchmarks.
+"""torchvision's detectors timed on the same work as kdetect's benchmarks.
 
 Run with an interpreter that has torch and torchvision (kdetect does not depend on them)::
 
     python benchmarks/peer_torchvision.py --mode inference --repeats 5   # one JSON line
     python benchmarks/peer_torchvision.py --serve                        # stepped by kdetect
-    python benchmarks/peer_torchvision.py --serve --weights W.pth --inputs INPUTS.npz
+    python benchmarks/peer_torchvision.py --serve --weights W.pth --inputs INPUTS.npz \
+        [--arch retinanet_resnet50_fpn] [--num-classes 91]
 
 ``--serve`` keeps the models resident and runs one timed step per command read from stdin
 (``step MODE BATCH``; the first command for a mode/batch also builds it and runs a warm-up), and
@@ -13,12 +14,16 @@ and torchvision steps, so both are measured under the same machine load (benchma
 
 Without ``--weights``: ``fasterrcnn_resnet50_fpn(weights=None, min_size=600, max_size=1000)``
 (random weights, trainable batch norm) on random 600x1000 images. With ``--weights`` (a
-torchvision state dict, e.g. from tests/torchvision_reference.py make) and ``--inputs`` (an .npz
+torchvision state dict of ``--arch``, default ``fasterrcnn_resnet50_fpn``, with
+``--num-classes`` logits, as the parity references' ``make`` writes it) and ``--inputs`` (an .npz
 of ``images`` uint8 [N, H, W, 3], ``boxes`` [B, K, 4] xyxy pixels of those images and
 ``labels`` [B, K] in kdetect's numbering, torchvision's minus 1; benchmarks/imported.py writes
-it): the published model's set-up as tests/torchvision_reference.py builds it (frozen batch norm
-with eps 0, ``trainable_backbone_layers=3``, ``min_size=800, max_size=1333``), on the first
-BATCH images (inference) or the first B images and their boxes (training).
+it): the detector as the parity reference of ``--arch`` loads the file (tests/
+torchvision_reference.py, torchvision_dense_reference.py, torchvision_ssd_reference.py: the
+published model's set-up, e.g. frozen batch norm and ``min_size=800, max_size=1333`` for the
+ResNet50 ones), with the backbone layers frozen that the published builder freezes
+(``trainable_backbone_layers=3`` for the ResNet50 detectors), on the first BATCH images
+(inference) or the first B images and their boxes (training).
 """
 
 from __future__ import annotations
@@ -32,20 +37,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
+DEFAULT_ARCH = "fasterrcnn_resnet50_fpn"
 
 
-def _checkpoint_model(weights: str):
-    """torchvision's detector holding ``weights``, as the parity reference builds it."""
-    import torch
+# The published builders' trainable backbone layers, where the parity reference builds the
+# model without them (a builder called without weights trains every layer): the parameters of
+# the backbone's body outside these stay fixed.
+_TRAINABLE_BODY = {"retinanet_resnet50_fpn_v2": ("layer2.", "layer3.", "layer4.")}
 
+
+def _checkpoint_model(weights: str, arch: str, num_classes: int):
+    """torchvision's ``arch`` holding ``weights``, as its parity reference loads it."""
     sys.path.insert(0, str(_TESTS))
-    from torchvision_reference import build, overwrite_eps
+    import torchvision_dense_reference
+    import torchvision_reference
+    import torchvision_ssd_reference
 
-    state = torch.load(weights, weights_only=True)
-    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-    model = build("fasterrcnn_resnet50_fpn", num_classes, frozen=True)
-    model.load_state_dict(state)
-    overwrite_eps(model, 0.0)
+    references = (torchvision_reference, torchvision_dense_reference, torchvision_ssd_reference)
+    found = [reference for reference in references if arch in reference.ARCHS]
+    if not found:
+        raise ValueError(f"no parity reference builds {arch}")
+    reference = found[0]
+    options = dict(arch=arch, weights=weights, num_classes=num_classes)
+    model = reference.load(argparse.Namespace(**options, min_size=None, max_size=None))
+    if arch in _TRAINABLE_BODY:
+        for name, parameter in model.backbone.body.named_parameters():
+            parameter.requires_grad_(name.startswith(_TRAINABLE_BODY[arch]))
     return model
 
 
@@ -91,9 +108,12 @@ def make_step(
     threads: int | None = None,
     weights: str | None = None,
     inputs: str | None = None,
+    arch: str = DEFAULT_ARCH,
+    num_classes: int = 91,
 ) -> Callable[[], None]:
     """One ``mode`` ("inference" or "train") step on fixed inputs: a random-weight model, or
-    the checkpoint ``weights`` on the images of ``inputs`` (see the module docstring)."""
+    the ``arch`` checkpoint ``weights`` on the images of ``inputs`` (see the module
+    docstring)."""
     import torch
     import torchvision
 
@@ -105,7 +125,7 @@ def make_step(
             weights=None, weights_backbone=None, min_size=600, max_size=1000
         )
     else:
-        model = _checkpoint_model(weights)
+        model = _checkpoint_model(weights, arch, num_classes)
     images, targets = _images_and_targets(mode, batch_size, inputs)
     if targets is not None and mode == "train" and len(targets) != batch_size:
         raise ValueError(f"{inputs} holds boxes for {len(targets)} images, not {batch_size}")
@@ -136,11 +156,9 @@ def make_step(
 class Steps:
     """Resident steps by (mode, batch size): each is built and warmed up on first use."""
 
-    def __init__(
-        self, threads: int | None = None, weights: str | None = None, inputs: str | None = None
-    ):
+    def __init__(self, threads: int | None = None, weights: str | None = None, **checkpoint):
         self.threads = threads
-        self.options = {"weights": weights, "inputs": inputs} if weights else {}
+        self.options = {"weights": weights, **checkpoint} if weights else {}
         self._steps: dict[tuple[str, int], Callable[[], None]] = {}
 
     def run(self, mode: str, batch_size: int) -> float:
@@ -157,15 +175,16 @@ class Steps:
 def measure(
     mode: str, repeats: int, batch_size: int, threads: int | None = None, **options
 ) -> float:
-    """Median seconds of ``repeats`` steps after one warm-up step (``options``: ``weights`` and
-    ``inputs``, as for :class:`Steps`)."""
+    """Median seconds of ``repeats`` steps after one warm-up step (``options``: ``weights``,
+    ``inputs``, ``arch`` and ``num_classes``, as for :class:`Steps`)."""
     steps = Steps(threads, **options)
     return statistics.median(steps.run(mode, batch_size) for _ in range(repeats))
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout, weights=None, inputs=None) -> None:
-    """Answer ``step MODE BATCH`` lines with ``{"seconds": ...}`` until stdin closes."""
-    steps = Steps(weights=weights, inputs=inputs)
+def serve(stdin=sys.stdin, stdout=sys.stdout, weights=None, **checkpoint) -> None:
+    """Answer ``step MODE BATCH`` lines with ``{"seconds": ...}`` until stdin closes
+    (``checkpoint``: ``inputs``, ``arch`` and ``num_classes``, as for :class:`Steps`)."""
+    steps = Steps(weights=weights, **checkpoint)
     print(json.dumps({"ready": True}), file=stdout, flush=True)
     for line in stdin:
         command, mode, batch = line.split()
@@ -181,13 +200,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--serve", action="store_true", help="run steps on commands from stdin")
-    parser.add_argument("--weights", help="a torchvision fasterrcnn_resnet50_fpn state dict")
+    parser.add_argument("--weights", help="a torchvision state dict of --arch")
     parser.add_argument("--inputs", help="with --weights: .npz of images, boxes and labels")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="with --weights: its builder")
+    parser.add_argument("--num-classes", type=int, default=91, help="with --weights: logits")
     args = parser.parse_args()
     if bool(args.weights) != bool(args.inputs):
         parser.error("--weights and --inputs go together")
+    checkpoint = dict(inputs=args.inputs, arch=args.arch, num_classes=args.num_classes)
     if args.serve:
-        return serve(weights=args.weights, inputs=args.inputs)
+        return serve(weights=args.weights, **checkpoint)
     if not args.mode:
         parser.error("--mode is required unless --serve")
     seconds = measure(
@@ -196,7 +218,7 @@ def main() -> None:
         args.batch_size,
         args.threads,
         weights=args.weights,
-        inputs=args.inputs,
+        **checkpoint,
     )
     print(json.dumps({"mode": args.mode, "batch_size": args.batch_size, "seconds": seconds}))
 

@@ -46,8 +46,43 @@ def test_peer_serve_builds_every_step_on_the_checkpoint_and_inputs_it_was_given(
     monkeypatch.setattr(peer_torchvision, "make_step", fake_make_step)
     out = io.StringIO()
     commands = io.StringIO("step train 2\nstep inference 1\n")
-    peer_torchvision.serve(commands, out, weights="w.pth", inputs="in.npz")
-    assert options == [{"weights": "w.pth", "inputs": "in.npz"}] * 2
+    peer_torchvision.serve(
+        commands, out, weights="w.pth", inputs="in.npz", arch="fcos_resnet50_fpn"
+    )
+    assert options == [{"weights": "w.pth", "inputs": "in.npz", "arch": "fcos_resnet50_fpn"}] * 2
+
+
+def test_every_importable_architecture_has_an_imported_config_with_its_own_resize():
+    """Each torchvision builder kdetect imports is benchmarked against torchvision, each
+    trained at the frame torchvision's transform makes of the 480x640 photos."""
+    from kdetect.models.registry import architectures
+
+    benchmarked = {c["imported"] for c in common.CONFIGS.values() if "imported" in c}
+    single_stage = {a for a, kind in architectures().items() if kind != "faster_rcnn"}
+    assert single_stage <= benchmarked and "fasterrcnn_resnet50_fpn" in benchmarked
+    for arch in benchmarked:
+        assert imported.REFERENCES[imported.architecture_type(arch)].is_file()
+    frames = {
+        "retinanet_resnet50_fpn": (800, 1088),  # min_max 800x1066, padded to 32
+        "fcos_resnet50_fpn": (800, 1088),
+        "ssd300_vgg16": (300, 300),  # fixed: stretched, not padded
+        "ssdlite320_mobilenet_v3_large": (320, 320),
+    }
+    for arch, frame in frames.items():
+        assert imported.train_frame(arch, (480, 640)) == frame
+
+
+def test_exported_table_says_which_export_could_not_be_made():
+    import exported
+
+    result = {
+        "export_s": {"onnx": 12.0},
+        "errors": {"tflite": "ConverterError: too slow"},
+        "latency_s": {"keras": 2.0, "onnx": 1.0},
+        "ratio_to_keras": {"onnx": 0.5},
+    }
+    (row,) = exported.table_rows({"imported_fcos_resnet50_fpn": result})
+    assert row[2:] == ["2.000", "1.000 (0.50x)", "no export (ConverterError: too slow)", "12 / -"]
 
 
 def test_imported_training_batch_is_torchvisions_transform_of_the_same_inputs(tmp_path):
