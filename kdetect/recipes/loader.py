@@ -190,12 +190,26 @@ def _check_init_from(value: str) -> None:
 
 
 def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
-    """Cross-field checks that single values cannot express."""
+    """Cross-field checks that single values cannot express; the paths first, before the model
+    checks import TensorFlow, so that a wrong path is said at once."""
     data, train, model = recipe.data, recipe.train, recipe.model
     if check_paths and data.format != "shapes" and not data.root:
         raise RecipeError(
             f"data.root: required for data.format {data.format} (--set data.root=PATH)"
         )
+    if check_paths:
+        for key, (section, name) in _local_paths(recipe).items():
+            value = getattr(section, name)
+            if not Path(value).exists():
+                what = "file" if key == "model.backbone_weights" else "path"
+                raise RecipeError(f"{key}: {what} not found: {value}")
+        if data.format in ("voc", "tfrecord") and not Path(data.root).is_dir():
+            raise RecipeError(
+                f"data.root: {data.root} is a file; data.format {data.format} needs the "
+                "dataset folder"
+            )
+        if train.init_from is not None:
+            _check_init_from(train.init_from)
     if model.rpn.bg_iou_thresh > model.rpn.fg_iou_thresh:
         raise RecipeError("model.rpn.bg_iou_thresh: must be <= model.rpn.fg_iou_thresh")
     if model.box.bg_iou_thresh > model.box.fg_iou_thresh:
@@ -238,19 +252,6 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
             f"train.checkpoint.best: `{train.checkpoint.best}` needs data.val_split "
             "(or set it to loss or none)"
         )
-    if check_paths:
-        for key, (section, name) in _local_paths(recipe).items():
-            value = getattr(section, name)
-            if not Path(value).exists():
-                what = "file" if key == "model.backbone_weights" else "path"
-                raise RecipeError(f"{key}: {what} not found: {value}")
-        if data.format in ("voc", "tfrecord") and not Path(data.root).is_dir():
-            raise RecipeError(
-                f"data.root: {data.root} is a file; data.format {data.format} needs the "
-                "dataset folder"
-            )
-        if train.init_from is not None:
-            _check_init_from(train.init_from)
     return recipe
 
 
