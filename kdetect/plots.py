@@ -77,8 +77,8 @@ def plot_results(rows: Sequence[dict[str, float]], output: str | os.PathLike) ->
             ax.set_ylim(0, 1)
         elif key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        elif ax.lines:
-            ax.legend(fontsize=8)
+        else:
+            _legend(ax, fontsize=8)
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     for ax in axes.flat[len(panels) :]:
@@ -138,8 +138,8 @@ def _plot_box_sizes(ax, box_w, box_h, labels, classes: Sequence[str], colours, f
     ax.set_ylabel("height (pixels)")
     ax.set_title(f"box sizes in the {frame[0]}x{frame[1]} frame")
     ax.grid(alpha=0.3, which="both")
-    if len(classes) <= 20 and len(labels):
-        ax.legend(fontsize=8, markerscale=2)
+    if len(classes) <= 20:
+        _legend(ax, fontsize=8, markerscale=2)
 
 
 def _plot_aspect_ratios(ax, box_w, box_h) -> None:
@@ -189,7 +189,7 @@ def plot_f1_curves(f1: dict, output: str | os.PathLike) -> Path:
     ax.set_title("F1 against the score threshold")
     ax.grid(alpha=0.3)
     if len(f1["per_class"]) <= 20:
-        ax.legend(fontsize=8, loc="lower left")
+        _legend(ax, fontsize=8, loc="lower left")
     return _save(figure, output)
 
 
@@ -271,9 +271,16 @@ def plot_pr_curves_together(
         _draw_pr(ax, recall, precision, linewidth=1.5, label=label)
     ax.set_title(title)
     _pr_axes(ax)
-    if 0 < len(curves) <= 20:
-        ax.legend(fontsize=8, loc="lower left")
+    if len(curves) <= 20:
+        _legend(ax, fontsize=8, loc="lower left")
     return _save(figure, output)
+
+
+def _legend(ax, **style) -> None:
+    """A legend of the axes' labelled artists; none when nothing was drawn with a label (a class
+    without detections draws no curve), where matplotlib would warn of an empty legend."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**style)
 
 
 def _draw_pr(ax, recall, precision, **style) -> None:

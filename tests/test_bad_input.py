@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kdetect import predict as predict_api
 from kdetect.errors import DataError
-from kdetect.recipes import builders
+from kdetect.recipes import builders, evaluate_run, loader, training
 from kdetect.recipes.schema import Recipe
 from kdetect.recipes.training import default_run_dir, safe_run_name
 from tests.data_support import _jpeg, png_header_only, write_voc
@@ -252,3 +253,40 @@ def test_training_on_a_dataset_without_boxes_names_the_dataset(tmp_path, capsys)
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {root}: no labelled boxes (and no class names) in the training split 'train'"
     ]
+
+
+def _never(what: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} was reached")
+
+    return fail
+
+
+@pytest.mark.parametrize("case", ["predict missing", "train root", "train run dir", "eval root"])
+def test_inputs_are_checked_before_the_model_is_loaded(
+    case, tmp_path_factory, tmp_path, monkeypatch, capsys
+):
+    """A missing input, a dataset that is not there or a run directory in the way: one line
+    naming the path, exit 1, and neither TensorFlow's model checks nor the model ever run."""
+    run = tiny_run(tmp_path_factory)
+    monkeypatch.setattr(predict_api, "Detector", _never("the predict model"))
+    monkeypatch.setattr(evaluate_run, "load_model", _never("the evaluated model"))
+    monkeypatch.setattr(loader, "check_options", _never("the model checks"))
+    monkeypatch.setattr(training, "_fitting", _never("training"))
+    missing = tmp_path / "nothere"
+    if case == "predict missing":
+        args, expected = ["predict", run, missing], f"{missing}: no such file or folder"
+    elif case == "train root":
+        args = ["train", SHAPES, "--run-dir", tmp_path / "new", "--set", "data.format=voc"]
+        args += ["--set", f"data.root={missing}"]
+        expected = f"data.root: path not found: {missing}"
+    elif case == "train run dir":
+        args = ["train", SHAPES, "--run-dir", run]
+        expected = f"{run}: run directory already exists"
+    else:
+        args = ["evaluate", run, "--data", missing, "--output", tmp_path / "m.json"]
+        expected = f"{missing}: no such file or folder"
+    capsys.readouterr()
+    assert kdetect(*args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 
 from kdetect.recipes import load, train
 from kdetect.recipes.callbacks import read_state
+from tests.data_support import write_voc
 from tests.train_support import (
     BCCD,
     SHAPES,
@@ -145,6 +148,34 @@ def test_init_from_a_run_with_another_class_count(run, tmp_path):
     # the class-dependent predictor has new shapes (3 -> 2 classes)
     predictor = [p for p in dst if "box_predictor" in p]
     assert predictor and any(src[p].shape != dst[p].shape for p in predictor)
+
+
+def test_a_run_stores_absolute_paths_and_works_from_any_folder(run, tmp_path, monkeypatch):
+    """data.root and train.init_from typed relative to the folder of ``kdetect train`` are
+    written absolute into the run's recipe.yaml: evaluate and predict work from elsewhere."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_voc(work / "voc")
+    monkeypatch.chdir(work)
+    voc = [
+        "data.format=voc",
+        "data.root=voc",
+        "data.val_split=null",
+        "train.checkpoint.best=none",
+        "eval.every=0",
+        "eval.samples=0",
+        f"train.init_from={os.path.relpath(run, work)}",
+    ]
+    assert kdetect("train", SHAPES, "--run-dir", "new", *set_args(TINY + voc)) == 0
+    stored = load(work / "new", check_paths=False)
+    assert stored.data.root == str(work / "voc")
+    assert Path(stored.train.init_from).is_absolute()
+    assert Path(stored.train.init_from).resolve() == run.resolve()
+    monkeypatch.chdir(elsewhere)
+    new = work / "new"
+    assert kdetect("evaluate", new, "--split", "train", "--output", "metrics.json") == 0
+    assert json.loads((elsewhere / "metrics.json").read_text())
+    assert kdetect("predict", new, work / "voc" / "JPEGImages" / "a.jpg") == 0
 
 
 def test_bad_recipe_key_exits_1_with_one_line(capsys):

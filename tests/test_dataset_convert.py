@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kdetect.cli import main
-from kdetect.data.readers import read_annotations
-from kdetect.data.writers import WRITERS, convert_dataset
+from kdetect.data.readers import find_splits, read_annotations
+from kdetect.data.writers import WRITERS, convert_dataset, write_dataset
 from kdetect.errors import DataError, OutputError
 from tests import data_support as ds
 from tests.data_support import assert_same_records
@@ -245,3 +245,52 @@ def test_cli_transform_refuses_images_outside_the_dataset(tmp_path, capsys, case
     assert not out.exists() and leftovers(tmp_path) == []
     assert main([*map(str, args), "--allow-outside-root"]) == 0
     assert (out / "dataset.json").is_file()
+
+
+def _two_splits(tmp_path: Path, format: str) -> Path:
+    """The tiny dataset as ``format`` with a train split (a, b) and a val split (c)."""
+    voc = ds.write_voc(tmp_path / "voc-two")
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("c\n")
+    parts = {split: read_annotations("voc", voc, split) for split in ("train", "val")}
+    return write_dataset(format, parts, tmp_path / "src")
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_every_split_is_converted_by_default(tmp_path, source, capsys):
+    root = _two_splits(tmp_path, source)
+    assert find_splits(source, root) == ["train", "val"]
+    out = tmp_path / "out"
+    assert _convert(root, "--type", source, "--to", "yolo", "--output", out) == 0
+    printed = capsys.readouterr().out
+    assert "train: 2 images" in printed and "val: 1 images" in printed
+    data_yaml = (out / "data.yaml").read_text()
+    assert "train: images/train\n" in data_yaml and "val: images/val\n" in data_yaml
+    for split, names in {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"]}.items():
+        records = read_annotations("yolo", out, split).records
+        assert sorted(Path(r.filename).name for r in records) == names
+
+
+def test_a_bad_later_split_leaves_nothing(tmp_path, capsys):
+    root = _two_splits(tmp_path, "voc")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("c\nzzz\n")  # no zzz.xml
+    out = tmp_path / "out"
+    assert _convert(root, "--type", "voc", "--to", "yolo", "--output", out) == 1
+    assert "zzz" in capsys.readouterr().err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_raccoon_converts_every_split(tmp_path):
+    root = SHARED / "raccoon"
+    if not (root / "ImageSets" / "Main").is_dir():
+        pytest.skip(f"shared data {root} is not available")
+    splits = find_splits("voc", root)
+    assert {"train", "val"} <= set(splits)
+    before = {s: read_annotations("voc", root, s, on_invalid_box="drop") for s in splits}
+    out = tmp_path / "yolo"
+    convert_dataset("voc", root, None, "yolo", out, on_invalid_box="drop", link=True)
+    data_yaml = (out / "data.yaml").read_text()
+    for split in splits:
+        assert f"{split}: images/{split}\n" in data_yaml
+        assert len(read_annotations("yolo", out, split)) == len(before[split])
+    assert len(before["train"]) + len(before["val"]) == len(list((root / "JPEGImages").iterdir()))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
-from kdetect.plots import plot_labels, plot_results, read_history
+from kdetect.plots import plot_labels, plot_pr_curves_together, plot_results, read_history
 
 
 def test_results_plot_from_a_history_file(tmp_path):
@@ -37,3 +39,15 @@ def test_labels_plot_of_boxes_in_the_frame(tmp_path):
     # No boxes at all still draws (an empty dataset split is reported elsewhere).
     plot_labels(np.zeros((0, 4)), np.zeros(0, int), ["a"], (64, 64), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_no_empty_legend_warning(tmp_path):
+    """Classes without detections draw no curve: no legend then, and no matplotlib warning."""
+    empty = (np.zeros(0), np.zeros(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_pr_curves_together({"a": empty, "b": empty}, {"a": 0.0}, "PR", tmp_path / "pr.png")
+        plot_pr_curves_together({}, {}, "PR", tmp_path / "none.png")
+        plot_labels(np.zeros((0, 4)), np.zeros(0, int), ["a"], (64, 64), tmp_path / "labels.png")
+        plot_results([{"epoch": 1.0, "val_mAP": 0.5}], tmp_path / "results.png")
+    assert (tmp_path / "pr.png").stat().st_size > 0

@@ -145,7 +145,8 @@ def test_missing_checkpoint_exits_1_with_one_line(tmp_path, capsys):
     assert "no model.keras or checkpoint" in capsys.readouterr().err
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
-    assert kdetect("predict", broken, tmp_path) == 1
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    assert kdetect("predict", broken, tmp_path / "image.png") == 1
     assert "cannot load model" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kdetect.native_logs import NATIVE_LINE
-from tests.train_support import tiny_run
+from tests.train_support import kdetect, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("oneDNN", "cuda", "cuInit", "absl", "DeprecationWarning", "FutureWarning")
@@ -52,3 +52,12 @@ def test_verbose_brings_tensorflow_logs_back(tmp_path_factory, tmp_path):
     done = _kdetect("--verbose", "predict", run, image, "--output", tmp_path / "out.jsonl")
     assert done.returncode == 0, done.stderr
     assert any(NATIVE_LINE.match(line) for line in done.stderr.splitlines()), done.stderr
+
+
+def test_checkpoint_help_names_import(capsys):
+    """``checkpoint import`` (the README's first path) shows in the group's help and the top's."""
+    assert kdetect("checkpoint", "--help") == 0
+    group = " ".join(capsys.readouterr().out.split())
+    assert "import torchvision checkpoints" in group and "│ import " in group
+    assert kdetect("--help") == 0
+    assert "import torchvision checkpoints" in " ".join(capsys.readouterr().out.split())

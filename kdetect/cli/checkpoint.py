@@ -1,4 +1,5 @@
-"""``kdetect checkpoint list|info|pack|unpack``: find, inspect and move trained runs."""
+"""``kdetect checkpoint list|info|import|pack|unpack``: find, inspect, import and move trained
+runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from rich.console import Console
 from kdetect.cli import app
 
 checkpoint_app = typer.Typer(
-    help="List, inspect, pack and unpack trained runs.", no_args_is_help=True
+    help="List and inspect runs, import torchvision checkpoints as runs, pack and unpack runs.",
+    no_args_is_help=True,
 )
 app.add_typer(checkpoint_app, name="checkpoint")
 console = Console()

@@ -60,7 +60,7 @@ class InvalidBoxPolicy(str, Enum):
 # Options that ``transform`` and ``convert`` share.
 SourceOption = Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")]
 SplitsOption = Annotated[
-    list[str], typer.Option("--split", help="Split to convert; repeat for more.")
+    list[str], typer.Option("--split", help="Split to convert; repeat for more (default: train).")
 ]
 ClassesOption = Annotated[
     str | None, typer.Option(help="Comma-separated class names (label id = position).")
@@ -199,7 +199,12 @@ def convert(
     type: SourceOption,
     to: Annotated[TargetType, typer.Option("--to", help="Format to write.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new).")],
-    split: SplitsOption = None,  # noqa: B006 - typer needs None for a repeatable option
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split", help="Split to convert; repeat for more (default: every split found)."
+        ),
+    ] = None,
     classes: ClassesOption = None,
     on_invalid_box: InvalidBoxOption = InvalidBoxPolicy.error,
     images_dir: ImagesDirOption = None,
@@ -213,16 +218,16 @@ def convert(
 ) -> None:
     """Rewrite a dataset in another format (the images copied into its layout).
 
-    Every split is read and every image verified first (as kdetect train does); the output is
-    written under a temporary name beside it and renamed at the end, so on any error nothing is
-    left behind.
+    Every split the dataset holds is converted unless --split names some; each is read and
+    every image verified first (as kdetect train does); the output is written under a temporary
+    name beside it and renamed at the end, so on any error nothing is left behind.
     """
     from kdetect.data.writers import convert_dataset
 
     parts = convert_dataset(
         type.value,
         source,
-        split or ["train"],
+        split or None,
         to.value,
         output,
         classes=classes,

@@ -107,8 +107,14 @@ def predict(
     # (Long only through Typer's option declarations above.)
     from kdetect.data.batching import consecutive_batches
     from kdetect.predict import Detector, collect_inputs
+    from kdetect.runs.catalog import check_model_file
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
+    if not items:  # nothing to predict: said before the model is loaded
+        check_model_file(model)  # a missing run or model is named first
+        for problem in problems[:-1]:
+            print_error(problem)
+        raise KdetectError(problems[-1] if problems else "no input to predict")
     options = _format_options(format.value, format_option, output, items)
     folders = [p for p in paths if p.is_dir()]  # read as a whole (a later -r run would read
     # drawn pictures or outputs inside them back in)

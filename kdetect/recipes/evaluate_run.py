@@ -27,6 +27,25 @@ from kdetect.runs import (
     load_keras_file,
     load_model,
 )
+from kdetect.runs.files import read_recipe
+
+
+def _check_dataset(model_path, data) -> None:
+    """A dataset that is not there (``data``, else the run's ``data.root``) is said before the
+    model is loaded."""
+    if data is not None:
+        if not Path(data).exists():
+            raise KdetectError(f"{data}: no such file or folder (the dataset to evaluate on)")
+        return
+    recipe = read_recipe(Path(model_path, RECIPE_FILE)) if Path(model_path).is_dir() else None
+    data_section = (recipe or {}).get("data") or {}
+    if isinstance(data_section, dict):
+        root = data_section.get("root")
+        shapes = data_section.get("format", "shapes") == "shapes"
+        if not shapes and isinstance(root, str) and root and not Path(root).exists():
+            raise KdetectError(
+                f"{root}: the run's dataset (data.root) is not there; give --data DATASET_DIR"
+            )
 
 
 def evaluate_saved_model(
@@ -48,6 +67,7 @@ def evaluate_saved_model(
     shapes are generated again from their seed) and ``metric=None`` takes the recipe's
     ``eval.metric``. Otherwise ``metric=None`` means ``coco`` for COCO data and ``voc07`` else.
     """
+    _check_dataset(model_path, data)
     model, classes = load_model(model_path)
     if data is None:
         gt = GroundTruth(run_ground_truth(model_path, split))

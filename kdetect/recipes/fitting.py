@@ -33,7 +33,7 @@ from kdetect.plots import plot_labels
 from kdetect.recipes import builders
 from kdetect.recipes import callbacks as cb
 from kdetect.recipes.checks import print_data_checks
-from kdetect.recipes.loader import dump
+from kdetect.recipes.loader import absolute_paths, dump
 from kdetect.recipes.progress import summary_table
 from kdetect.recipes.run_report import report_finished_run
 from kdetect.recipes.schema import Recipe, TrainConfig
@@ -163,7 +163,7 @@ def _one_line(exc: BaseException, run_dir: Path, tcfg: TrainConfig) -> BaseExcep
 def _open_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
-    dump(recipe, run_dir / RECIPE_FILE)
+    dump(absolute_paths(recipe), run_dir / RECIPE_FILE)  # readable from any folder
     if not resume:
         update_meta(
             run_dir,

@@ -8,6 +8,7 @@ with one warning line).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -189,12 +190,26 @@ def _check_init_from(value: str) -> None:
 
 
 def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
-    """Cross-field checks that single values cannot express."""
+    """Cross-field checks that single values cannot express; the paths first, before the model
+    checks import TensorFlow, so that a wrong path is said at once."""
     data, train, model = recipe.data, recipe.train, recipe.model
     if check_paths and data.format != "shapes" and not data.root:
         raise RecipeError(
             f"data.root: required for data.format {data.format} (--set data.root=PATH)"
         )
+    if check_paths:
+        for key, (section, name) in _local_paths(recipe).items():
+            value = getattr(section, name)
+            if not Path(value).exists():
+                what = "file" if key == "model.backbone_weights" else "path"
+                raise RecipeError(f"{key}: {what} not found: {value}")
+        if data.format in ("voc", "tfrecord") and not Path(data.root).is_dir():
+            raise RecipeError(
+                f"data.root: {data.root} is a file; data.format {data.format} needs the "
+                "dataset folder"
+            )
+        if train.init_from is not None:
+            _check_init_from(train.init_from)
     if model.rpn.bg_iou_thresh > model.rpn.fg_iou_thresh:
         raise RecipeError("model.rpn.bg_iou_thresh: must be <= model.rpn.fg_iou_thresh")
     if model.box.bg_iou_thresh > model.box.fg_iou_thresh:
@@ -237,24 +252,31 @@ def validate(recipe: Recipe, check_paths: bool = True) -> Recipe:
             f"train.checkpoint.best: `{train.checkpoint.best}` needs data.val_split "
             "(or set it to loss or none)"
         )
-    if check_paths:
-        weights = model.backbone_weights
-        if weights not in (None, "imagenet") and not Path(weights).exists():
-            raise RecipeError(f"model.backbone_weights: file not found: {weights}")
-        for key in path_fields():
-            section, _, name = key.partition(".")
-            value = getattr(getattr(recipe, section), name)
-            if key == "data.root" and data.format == "shapes":
-                continue
-            if value is not None and not Path(value).exists():
-                raise RecipeError(f"{key}: path not found: {value}")
-        if data.format in ("voc", "tfrecord") and not Path(data.root).is_dir():
-            raise RecipeError(
-                f"data.root: {data.root} is a file; data.format {data.format} needs the "
-                "dataset folder"
-            )
-        if train.init_from is not None:
-            _check_init_from(train.init_from)
+    return recipe
+
+
+def _local_paths(recipe: Recipe) -> dict[str, tuple[Any, str]]:
+    """``{dotted key: (section, attribute)}`` of the recipe's local paths that are set:
+    ``data.root`` (unless the data is built in), ``train.init_from``, a weights file in
+    ``model.backbone_weights``."""
+    found = {}
+    for key in ["model.backbone_weights", *path_fields()]:
+        section_name, _, name = key.partition(".")
+        section = getattr(recipe, section_name)
+        value = getattr(section, name)
+        if value in (None, "imagenet") and key == "model.backbone_weights":
+            continue
+        if value is not None and not (key == "data.root" and recipe.data.format == "shapes"):
+            found[key] = (section, name)
+    return found
+
+
+def absolute_paths(recipe: Recipe) -> Recipe:
+    """A copy of ``recipe`` whose local paths are absolute (read from the current folder), so
+    that a run's ``recipe.yaml`` works from any folder."""
+    recipe = copy.deepcopy(recipe)
+    for section, name in _local_paths(recipe).values():
+        setattr(section, name, os.path.abspath(getattr(section, name)))
     return recipe
 
 

@@ -59,6 +59,11 @@ def train(
         console = Console(stderr=True)
         if not console.is_terminal:
             console.width = 160  # logs and CI: do not squeeze the summary table into 80 columns
+    if run_dir is not None and not resume and distribute.is_chief():
+        # Said at once, before the recipe's model checks import TensorFlow; checked again below
+        # holding the run's lock.
+        check_not_nested(Path(run_dir))
+        check_run_dir(Path(run_dir), resume=False)
     recipe, run_dir = _resolve(recipe, run_dir, resume, overrides)
     if distribute.is_chief(recipe.train.distribute):
         if not resume:

@@ -119,7 +119,7 @@ def model_file(path: str | os.PathLike) -> tuple[Path, RunInfo, tempfile.Tempora
     For a packed run the model is extracted to a temporary folder that lives as long as the
     returned ``TemporaryDirectory`` object.
     """
-    info = inspect_run(path)
+    info = check_model_file(path)
     if info.kind == "packed":
         tmp = tempfile.TemporaryDirectory(prefix="kdetect-")
         target = Path(tmp.name) / MODEL_FILE
@@ -129,11 +129,18 @@ def model_file(path: str | os.PathLike) -> tuple[Path, RunInfo, tempfile.Tempora
             tmp.cleanup()
             raise
         return target, info, tmp
-    if info.model_path is None or not Path(info.model_path).is_file():
+    return Path(info.model_path), info, None
+
+
+def check_model_file(path: str | os.PathLike) -> RunInfo:
+    """The run behind ``path``, refused when it holds no model (without loading or extracting
+    it: a packed run's model is checked when extracted)."""
+    info = inspect_run(path)
+    if info.kind != "packed" and (info.model_path is None or not Path(info.model_path).is_file()):
         raise CheckpointError(
             f"{info.path}: no model.keras or checkpoint in this run (did training save one?)"
         )
-    return Path(info.model_path), info, None
+    return info
 
 
 def load_model(path: str | os.PathLike):

@@ -44,6 +44,7 @@ Adding a format (say ``kitti``):
    docstring).
 """
 
+import os
 from pathlib import Path
 
 from kdetect.data.readers import coco, csv, labelstudio, voc, yolo
@@ -77,12 +78,44 @@ def source_folders(format: str, images: list) -> set[Path]:
     return folders
 
 
+def find_splits(format: str, source: str | os.PathLike) -> list[str]:
+    """The splits a dataset holds, where its reader looks for them: VOC's
+    ``ImageSets/Main/<split>.txt``; the ``<split>`` of COCO's ``instances_<split>.json``
+    (else ``<split>.json``), CSV's ``<split>.csv`` and Label Studio's ``<split>.json``, in the
+    first of the reader's folders that holds any; the split keys of YOLO's ``data.yaml``. An
+    annotation file given by itself is the one split ``train``, as is a folder where none is
+    found (reading it then says what is missing)."""
+    path = Path(source)
+    if format == "yolo":
+        return yolo.given_splits(yolo.read_data_yaml(yolo.find_data_yaml(path))) or ["train"]
+    if path.is_file():
+        return ["train"]
+    patterns = {
+        "voc": [("ImageSets/Main", "*.txt", "")],
+        "coco": [
+            ("annotations", "instances_*.json", "instances_"),
+            ("coco", "instances_*.json", "instances_"),
+            (".", "instances_*.json", "instances_"),
+            ("annotations", "*.json", ""),
+            (".", "*.json", ""),
+        ],
+        "csv": [(".", "*.csv", ""), ("csv", "*.csv", ""), ("annotations", "*.csv", "")],
+        "labelstudio": [(".", "*.json", ""), ("labelstudio", "*.json", "")],
+    }
+    for folder, pattern, prefix in patterns.get(format, []):
+        found = sorted(p.stem.removeprefix(prefix) for p in (path / folder).glob(pattern))
+        if found:
+            return found
+    return ["train"]
+
+
 __all__ = [
     "CSV_COLUMNS",
     "FORMATS",
     "ON_INVALID_BOX",
     "InvalidBox",
     "fallback_class_names",
+    "find_splits",
     "parse_classes",
     "read_annotations",
     "register_format",

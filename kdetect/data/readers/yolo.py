@@ -47,7 +47,7 @@ def read_yolo(path: Path, split: str, images_dir: Path | None) -> tuple[list[Raw
     if data.get("path"):
         base = base / str(data["path"])
     if data.get(split) in (None, "", []):
-        splits = [k for k in ("train", "val", "test") if data.get(k)]
+        splits = given_splits(data)
         raise DataError(
             f"{yaml_path}: no {split!r} key (the splits given are {', '.join(splits) or 'none'})"
         )
@@ -57,6 +57,11 @@ def read_yolo(path: Path, split: str, images_dir: Path | None) -> tuple[list[Raw
         pairs = _split_images(base / str(entry), images_dir, yaml_path, split)
         images += [_read_image(image, label, names) for image, label in pairs]
     return images, names
+
+
+def given_splits(data: dict) -> list[str]:
+    """The splits a parsed ``data.yaml`` names (``train``, ``val``, ``test``), in that order."""
+    return [k for k in ("train", "val", "test") if data.get(k)]
 
 
 def find_data_yaml(path: Path) -> Path:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kdetect.data.images import verify_images
-from kdetect.data.readers import read_annotations, source_folders
+from kdetect.data.readers import find_splits, read_annotations, source_folders
 from kdetect.data.records import Annotations
 from kdetect.data.writers.coco import write_coco
 from kdetect.data.writers.common import ImageFiles, merge_classes
@@ -66,7 +66,7 @@ def write_dataset(
 def convert_dataset(
     source_format: str,
     source: str | os.PathLike,
-    splits: Sequence[str],
+    splits: Sequence[str] | None,
     format: str,
     output: str | os.PathLike,
     *,
@@ -77,7 +77,8 @@ def convert_dataset(
     link: bool = False,
     allow_outside_root: bool = False,
 ) -> dict[str, Annotations]:
-    """Read ``splits`` of a dataset and write them as ``format`` into the folder ``output``.
+    """Read ``splits`` of a dataset (``None``: every split it holds, :func:`find_splits`) and
+    write them as ``format`` into the folder ``output``.
 
     Refuses (before reading) an output that is, holds or is inside the source (its folder, a
     file source's folder, ``images_dir``) or inside a run; (while reading) an image outside the
@@ -96,7 +97,7 @@ def convert_dataset(
             source_format, source, split, classes, on_invalid_box, images_dir,
             allow_outside_root=allow_outside_root,
         )
-        for split in dict.fromkeys(splits or ["train"])
+        for split in dict.fromkeys(splits or find_splits(source_format, source))
     }  # fmt: skip
     images = [r.filename for part in parts.values() for r in part.records]
     # e.g. --output over the image folder, or inside one named by an absolute path
