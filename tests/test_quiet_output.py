@@ -6,9 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import keras
+import tensorflow as tf
+
 from kdetect.native_logs import NATIVE_LINE
+from tests.helpers import tiny_batch, tiny_model
 from tests.train_support import kdetect, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +66,16 @@ def test_checkpoint_help_names_import(capsys):
     assert "import torchvision checkpoints" in group and "│ import " in group
     assert kdetect("--help") == 0
     assert "import torchvision checkpoints" in " ".join(capsys.readouterr().out.split())
+
+
+def test_fit_on_a_dataset_does_not_warn_about_keras_shuffle():
+    """``model.fit(make_dataset(...))`` as the README writes it: Keras' default shuffle=True
+    would be ignored for a tf.data.Dataset, and Keras says so; kdetect's detectors default it
+    to False for datasets, so the call is quiet."""
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    data = tf.data.Dataset.from_tensors(tiny_batch()).repeat(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]

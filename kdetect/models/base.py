@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from kdetect import tf_ops
@@ -159,6 +160,18 @@ class DetectionModel(keras.Model):
                 f"{type(self).__name__} computes its own multi-task loss; do not pass `loss`"
             )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    #: ``fit``'s positional parameters before ``shuffle`` (x, y, batch_size, epochs, verbose,
+    #: callbacks, validation_split, validation_data).
+    _FIT_ARGS_BEFORE_SHUFFLE = 8
+
+    def fit(self, x=None, *args, **kwargs):
+        """``keras.Model.fit``. A ``tf.data.Dataset`` (e.g. ``make_dataset``'s, which orders
+        its examples itself) is not shuffled by Keras: ``shuffle`` defaults to False for one,
+        so Keras does not warn that it ignores its own default ``shuffle=True``."""
+        if isinstance(x, tf.data.Dataset) and len(args) < self._FIT_ARGS_BEFORE_SHUFFLE - 1:
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
 
     def compile_from_config(self, config):
         """Re-compile a loaded model with its saved optimizer (Keras skips models whose
