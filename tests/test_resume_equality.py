@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdetect.models.registry import MODEL_TYPES
 from kdetect.recipes.callbacks import TrainingState, read_state
 from tests import data_support
 from tests.train_support import SHAPES, TINY, kdetect, needs_shapes
@@ -34,6 +35,18 @@ OVERRIDES = TINY + [
     "eval.every=0",
     "eval.samples=0",
     "train.checkpoint.best=loss",
+]
+#: Each model type's overrides on top of OVERRIDES.
+TYPES = {
+    name: []
+    if name == "faster_rcnn"
+    else [f"model.type={name}", "model.image_size=[128,128]", "model.fpn_channels=32"]
+    for name in MODEL_TYPES
+}
+EPOCH_BOUNDARY, MID_EPOCH = (1, 0), (0, 2)
+RESUMES = [
+    pytest.param("faster_rcnn", MID_EPOCH, id="faster_rcnn-mid-epoch"),
+    *(pytest.param(name, EPOCH_BOUNDARY, id=f"{name}-epoch-boundary") for name in TYPES),
 ]
 
 
@@ -54,14 +67,15 @@ class InterruptAt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _train(run: Path, interrupt: tuple[int, int] | None = None) -> Path:
+def _train(run: Path, model_type: str, interrupt: tuple[int, int] | None = None) -> Path:
     from kdetect.recipes import train
 
+    overrides = OVERRIDES + TYPES[model_type]
     if interrupt is None:
-        train(SHAPES, run_dir=run, overrides=OVERRIDES)
+        train(SHAPES, run_dir=run, overrides=overrides)
         return run
     with pytest.raises(KeyboardInterrupt):
-        train(SHAPES, run_dir=run, overrides=OVERRIDES, callbacks=[InterruptAt(*interrupt)])
+        train(SHAPES, run_dir=run, overrides=overrides, callbacks=[InterruptAt(*interrupt)])
     state = read_state(run / "checkpoints")
     assert (state["epoch"], state["step_in_epoch"]) == interrupt
     assert kdetect("train", run, "--resume") == 0
@@ -143,19 +157,29 @@ def test_a_repeated_stream_starts_at_any_batch(tmp_path, source):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory):
+    """``model type -> its uninterrupted run``, each trained once."""
     needs_shapes()
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("the equality is guaranteed on CPU (GPU kernels are not all deterministic)")
-    return _train(tmp_path_factory.mktemp("resume") / "uninterrupted")
+    runs: dict[str, Path] = {}
+
+    def run_of(model_type: str) -> Path:
+        if model_type not in runs:
+            folder = tmp_path_factory.mktemp("resume") / f"{model_type}-uninterrupted"
+            runs[model_type] = _train(folder, model_type)
+        return runs[model_type]
+
+    return run_of
 
 
-@pytest.mark.parametrize("interrupt", [(1, 0), (0, 2)], ids=["epoch-boundary", "mid-epoch"])
-def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, interrupt):
-    resumed = _train(tmp_path / "resumed", interrupt)
-    difference = weight_difference(uninterrupted, resumed)
-    expected, got = _history(uninterrupted)[-1], _history(resumed)[-1]
-    print(f"interrupt {interrupt}: weights differ by {difference:.3g} of their scale; "
+@pytest.mark.parametrize(("model_type", "interrupt"), RESUMES)
+def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, model_type, interrupt):
+    whole = uninterrupted(model_type)
+    resumed = _train(tmp_path / "resumed", model_type, interrupt)
+    difference = weight_difference(whole, resumed)
+    expected, got = _history(whole)[-1], _history(resumed)[-1]
+    print(f"{model_type} {interrupt}: weights differ by {difference:.3g} of their scale; "
           f"final val_loss {expected['val_loss']:.6g} vs {got['val_loss']:.6g}")  # fmt: skip
     assert difference == 0.0  # exact on CPU (op determinism), whatever the CPU
     assert got["val_loss"] == expected["val_loss"]
