@@ -18,9 +18,10 @@ Not a test module: ``tests/test_dense_parity.py`` runs it through ``tests/torch_
         [M, 5] x1, y1, x2, y2, torchvision label), batch norm in eval mode; also the batch the
         transform made (normalised, padded) and its resized boxes.
 
-``--min-size`` / ``--max-size`` (run, losses) change the transform's resize: the same rules and
-code at fewer pixels. Several commands separated by a lone ``+`` run in one interpreter, in
-order (torch imported once): ``make ARCH W.pth --calibrate A.npy + run ... + losses ...``.
+``--min-size`` / ``--max-size`` change the transform's resize (for ``make``: the calibration's):
+the same rules and code at fewer pixels. Several commands separated by a lone ``+`` run in one
+interpreter, in order (torch imported once): ``make ARCH W.pth --calibrate A.npy + run ... +
+losses ...``.
 """
 
 from __future__ import annotations
@@ -99,9 +100,18 @@ def scores_of(arch, outputs, shift):
     return torch.sigmoid(logits)
 
 
+def resize(model, args):
+    """``model`` with its transform's resize set by ``--min-size`` / ``--max-size``."""
+    if args.min_size is not None:
+        model.transform.min_size = (args.min_size,)
+    if args.max_size is not None:
+        model.transform.max_size = args.max_size
+    return model
+
+
 def make(args):
     torch.manual_seed(args.seed)
-    model = build(args.arch, args.num_classes, frozen=False)
+    model = resize(build(args.arch, args.num_classes, frozen=False), args)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for module in norms:
         module.reset_running_stats()
@@ -190,11 +200,7 @@ def legacy_names(state):
 def load(args):
     model = build(args.arch, args.num_classes, frozen=True)
     model.load_state_dict(torch.load(args.weights, weights_only=True))
-    if args.min_size is not None:
-        model.transform.min_size = (args.min_size,)
-    if args.max_size is not None:
-        model.transform.max_size = args.max_size
-    return model
+    return resize(model, args)
 
 
 def run(args):
@@ -253,8 +259,10 @@ def main(argv=None):
     make_options.add_argument("--logit-std", type=float, default=1.5)
     make_options.add_argument("--delta-std", type=float, default=0.2)
     make_options.add_argument("--candidates", type=int, default=250)
+    parsers = [make_options]
     for command, inputs in (("run", "images"), ("losses", "pairs")):
-        p = add_model_command(sub, command, inputs)
+        parsers.append(add_model_command(sub, command, inputs))
+    for p in parsers:
         p.add_argument("--min-size", type=int)
         p.add_argument("--max-size", type=int)
     run_chain(parser, {"make": make, "run": run, "losses": losses}, argv)
