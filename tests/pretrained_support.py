@@ -10,6 +10,7 @@ all of an architecture's torch work in one interpreter, once per session.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import pytest
 from PIL import Image
 
 from kdetect.data.readers.voc import _read_voc_xml
+from kdetect.pretrained.coco import coco_class_names
 from tests.torch_peer import REPO_ROOT, run_torch
+from tests.train_support import kdetect
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon" / "JPEGImages"
 REFERENCE = Path(__file__).with_name("torchvision_reference.py")
@@ -165,3 +168,71 @@ def _make_command(arch: str, made) -> list:
     # v1's COCO_V1 file predates torchvision 0.13 and has its old module names; others not.
     legacy = ["--legacy-names"] if arch == "fasterrcnn_resnet50_fpn" else []
     return ["make", arch, weights, *legacy, "--calibrate", files[1], files[3]]
+
+
+def assert_imported_run(run: Path, arch: str, options: dict, photo: Path, out: Path) -> None:
+    """``run``, imported as ``arch`` by ``kdetect checkpoint import``: its kdetect.json names the
+    architecture, its recipe.yaml rebuilds ``options`` (the architecture's constructor options),
+    and ``kdetect predict RUN PHOTO --min-score 0.05`` writes COCO objects inside the photo."""
+    from kdetect.recipes import load
+    from kdetect.recipes.builders import model_kwargs
+
+    assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
+    kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
+    # as plain JSON: the recipe holds a tuple option as a list
+    assert json.dumps({key: kwargs[key] for key in options}) == json.dumps(options)
+
+    assert kdetect("predict", run, photo, "--min-score", "0.05", "--output", out) == 0
+    (line,) = [json.loads(text) for text in out.read_text().splitlines() if text.strip()]
+    with Image.open(photo) as image:
+        width, height = image.size
+    assert (line["width"], line["height"]) == (width, height)
+    assert line["objects"], "the reference model detects something above 0.05"
+    for obj in line["objects"]:
+        assert obj["label"] == coco_class_names()[obj["label_id"]]
+        x1, y1, x2, y2 = obj["bbox"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+def assert_finetuned_from(log: str, source_run: Path, tuned, reinitialised: list[str]) -> dict:
+    """``tuned`` was trained with ``train.init_from=source_run``: the training ``log`` says how
+    many variables were copied and re-initialised, the re-initialised ones are exactly the
+    kernels and biases of the layers ``reinitialised``, and the frozen variables still hold the
+    imported values. Returns the frozen variables by name.
+
+    Frozen: not trainable, nor the moving statistics of a batch norm that trains (training
+    updates those though no gradient reaches them)."""
+    from kdetect.recipes.training import transfer_weights
+    from kdetect.runs import load_model
+
+    found = re.search(
+        r"initialised (\d+) of (\d+) variables from (\S+) \((\d+) re-initialised\)",
+        " ".join(log.split()),
+    )
+    assert found, log
+    copied, total, source_path, skipped_count = found.groups()
+    assert source_path == str(source_run)
+    source, _ = load_model(source_run)
+    assert len(tuned.weights) == len(source.weights) == int(total)
+
+    def path_of(model, variable) -> str:  # as transfer_weights matches them
+        return variable.path.removeprefix(f"{model.name}/")
+
+    imported = {path_of(source, v): v for v in source.weights}
+    trainable = {path_of(tuned, v) for v in tuned.trainable_weights}
+    frozen = {}
+    for variable in tuned.non_trainable_weights:
+        name = path_of(tuned, variable)
+        layer, _, kind = name.rpartition("/")
+        statistic = kind in ("moving_mean", "moving_variance")
+        if not (statistic and {f"{layer}/gamma", f"{layer}/beta"} & trainable):
+            frozen[name] = variable
+    for name, variable in frozen.items():
+        np.testing.assert_array_equal(variable.numpy(), imported[name].numpy(), err_msg=name)
+    # Last: transfer_weights overwrites tuned's variables with the imported ones.
+    done, skipped = transfer_weights(source, tuned)
+    assert done == int(copied) == int(total) - int(skipped_count)
+    assert sorted(path_of(tuned, v) for v in tuned.weights if v.path in skipped) == sorted(
+        f"{layer}/{name}" for layer in reinitialised for name in ("bias", "kernel")
+    )
+    return frozen

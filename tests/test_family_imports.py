@@ -16,16 +16,14 @@ at 256 x 320, SSD and SSDlite at their fixed frames).
 from __future__ import annotations
 
 import csv
-import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kdetect.models.registry import MODEL_TYPES, architecture_options
-from kdetect.pretrained.coco import coco_class_names
+from tests.pretrained_support import assert_finetuned_from, assert_imported_run
 from tests.test_pretrained_cli import CALIBRATION, FINETUNE_TINY, PHOTO, RACCOON
 from tests.torch_peer import run_torch
 from tests.train_support import kdetect, set_args
@@ -111,39 +109,17 @@ def imported(request, checkpoints, tmp_path_factory) -> tuple[str, Path]:
     return arch, run
 
 
-def _plain(options: dict) -> dict:
-    """``options`` with tuples as lists (as the recipe's YAML holds them)."""
-    return json.loads(json.dumps(options))
-
-
 def test_imports_and_predicts_through_the_cli(imported, tmp_path):
     """The run names the architecture, its recipe rebuilds it, and ``predict`` finds COCO
     classes inside the photo."""
-    from kdetect.recipes import load
-    from kdetect.recipes.builders import model_kwargs
-
     arch, run = imported
-    assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
-    kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
-    options = architecture_options(arch)
-    assert _plain({key: kwargs[key] for key in options}) == _plain(options)
-
-    out = tmp_path / "out.jsonl"
-    assert kdetect("predict", run, PHOTO, "--min-score", "0.05", "--output", out) == 0
-    (line,) = [json.loads(text) for text in out.read_text().splitlines() if text.strip()]
-    assert (line["width"], line["height"]) == (600, 304)
-    assert line["objects"], "the reference model detects something above 0.05"
-    for obj in line["objects"]:
-        assert obj["label"] == coco_class_names()[obj["label_id"]]
-        x1, y1, x2, y2 = obj["bbox"]
-        assert 0 <= x1 <= x2 <= 600 and 0 <= y1 <= y2 <= 304
+    assert_imported_run(run, arch, architecture_options(arch), PHOTO, tmp_path / "out.jsonl")
 
 
 def test_finetunes_from_the_import_on_new_classes(imported, tmp_path, capsys):
     """``train RUN/recipe.yaml --set train.init_from=RUN`` on the raccoon photos: every variable
     but the class predictors comes from the import, the losses stay finite and the frozen
     variables keep the imported values."""
-    from kdetect.recipes.training import transfer_weights
     from kdetect.runs import load_model
 
     arch, source_run = imported
@@ -154,55 +130,18 @@ def test_finetunes_from_the_import_on_new_classes(imported, tmp_path, capsys):
         overrides.append(DENSE_FRAME)
     else:  # the fixed frame of the architecture
         overrides = [o for o in overrides if not o.startswith("model.image_size=")]
-    recipe = source_run / "recipe.yaml"
     capsys.readouterr()
+    recipe = source_run / "recipe.yaml"
     assert kdetect("train", recipe, "--run-dir", target, *set_args(overrides)) == 0
-    log = " ".join(capsys.readouterr().err.split())
-    found = re.search(
-        r"initialised (\d+) of (\d+) variables from (\S+) \((\d+) re-initialised\)", log
-    )
-    assert found, log
-    copied, total, source_path, reinitialised = found.groups()
-    assert source_path == str(source_run)
+    log = capsys.readouterr().err
 
     with (target / "history.csv").open() as handle:
         losses = [float(row["loss"]) for row in csv.DictReader(handle)]
     print(f"{arch}: loss per epoch {losses}")
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
 
-    source, _ = load_model(source_run)
     tuned, classes = load_model(target)
     assert classes == ["raccoon"] and tuned.TYPE == model_type
-    assert len(tuned.weights) == len(source.weights) == int(total)
-
-    def path_of(model, variable) -> str:  # as transfer_weights matches them
-        return variable.path.removeprefix(f"{model.name}/")
-
-    # Frozen variables (never trained, nor statistics that training updates) are still the
-    # imported ones: the frozen stem and stage of the ResNets (torchvision's default
-    # trainable_backbone_layers=3), with their batch norm.
-    imported_values = {path_of(source, v): v for v in source.weights}
-    trainable = {path_of(tuned, v) for v in tuned.trainable_weights}
-    frozen = {
-        name: variable
-        for variable in tuned.non_trainable_weights
-        if not _updated_statistic(name := path_of(tuned, variable), trainable)
-    }
+    frozen = assert_finetuned_from(log, source_run, tuned, CLASS_PREDICTORS[model_type])
+    # the ResNets' stem and stage 1 (torchvision's default trainable_backbone_layers=3)
     assert bool(frozen) == ("freeze" in architecture_options(arch)), sorted(frozen)[:5]
-    for name, variable in frozen.items():
-        np.testing.assert_array_equal(variable.numpy(), imported_values[name].numpy(), err_msg=name)
-    # The variables left out are the class-dependent predictors', and only those.
-    done, skipped = transfer_weights(source, tuned)
-    assert done == int(copied) and len(skipped) == int(reinitialised)
-    assert sorted(path.removeprefix(f"{tuned.name}/") for path in skipped) == sorted(
-        f"{layer}/{name}" for layer in CLASS_PREDICTORS[model_type] for name in ("bias", "kernel")
-    )
-
-
-def _updated_statistic(path: str, trainable: set[str]) -> bool:
-    """Whether ``path`` is a moving statistic of a batch norm that trains (its scale or offset
-    is trainable), which training updates though no gradient reaches it."""
-    layer, _, name = path.rpartition("/")
-    if name not in ("moving_mean", "moving_variance"):
-        return False
-    return f"{layer}/gamma" in trainable or f"{layer}/beta" in trainable

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import math
-import re
 import zipfile
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from torch_peer import REPO_ROOT, run_torch
 from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
 from kdetect.pretrained.coco import coco_class_names
 from kdetect.pretrained.state_dict import read_state_dict
-from tests.pretrained_support import write_safetensors
+from tests.pretrained_support import assert_finetuned_from, assert_imported_run, write_safetensors
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
@@ -362,24 +361,9 @@ def test_bad_import_exits_1_with_one_line_and_leaves_nothing(case, inputs, tmp_p
 def test_every_architecture_imports_and_predicts_through_the_cli(arch, every_arch, tmp_path):
     """``checkpoint import --arch ARCH`` then ``predict`` on the produced run, for every
     architecture ``--arch`` accepts; the run's recipe rebuilds the architecture."""
-    from kdetect.recipes import load
-    from kdetect.recipes.builders import model_kwargs
-
     run = tmp_path / "runs" / arch
     assert kdetect("checkpoint", "import", every_arch[arch], "--arch", arch, "--output", run) == 0
-    assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
-    kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
-    assert {key: kwargs[key] for key in ARCHITECTURES[arch]} == ARCHITECTURES[arch]
-
-    out = tmp_path / "out.jsonl"
-    assert kdetect("predict", run, PHOTO, "--min-score", "0.05", "--output", out) == 0
-    (line,) = [json.loads(text) for text in out.read_text().splitlines() if text.strip()]
-    assert (line["width"], line["height"]) == (600, 304)
-    assert line["objects"], "the reference model detects something above 0.05"
-    for obj in line["objects"]:
-        assert obj["label"] == coco_class_names()[obj["label_id"]]
-        x1, y1, x2, y2 = obj["bbox"]
-        assert 0 <= x1 <= x2 <= 600 and 0 <= y1 <= y2 <= 304
+    assert_imported_run(run, arch, ARCHITECTURES[arch], PHOTO, tmp_path / "out.jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,21 +572,13 @@ FINETUNE_TINY = [
 ]
 
 
-def test_finetune_from_the_imported_run(coco_run, coco_model, tmp_path, capsys):
-    from kdetect.recipes.training import transfer_weights
+def test_finetune_from_the_imported_run(coco_run, tmp_path, capsys):
     from kdetect.runs import load_model
 
     run = tmp_path / "raccoon"
     overrides = [f"train.init_from={coco_run}", *FINETUNE_TINY]
     assert kdetect("train", FINETUNE_RECIPE, "--run-dir", run, *set_args(overrides)) == 0
-    log = " ".join(capsys.readouterr().err.split())
-    found = re.search(
-        r"initialised (\d+) of (\d+) variables from (\S+) \((\d+) re-initialised\)", log
-    )
-    assert found, log
-    copied, total, source_path, reinitialised = found.groups()
-    assert source_path == str(coco_run)
-    assert int(reinitialised) == 4 and int(copied) == int(total) - 4
+    log = capsys.readouterr().err
 
     with (run / "history.csv").open() as handle:
         losses = [float(row["loss"]) for row in csv.DictReader(handle)]
@@ -610,26 +586,11 @@ def test_finetune_from_the_imported_run(coco_run, coco_model, tmp_path, capsys):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
     assert losses[1] < 0.6 * losses[0], losses
 
-    source, _ = coco_model
     tuned, classes = load_model(run)
     assert classes == ["raccoon"]
-    assert len(tuned.weights) == len(source.weights) == int(total)
-
-    def path_of(model, variable) -> str:  # as transfer_weights matches them
-        return variable.path.removeprefix(f"{model.name}/")
-
-    # Frozen variables (stem and stage 1, frozen batch norm) are still the imported ones.
-    imported = {path_of(source, v): v for v in source.weights}
-    frozen = {path_of(tuned, v): v for v in tuned.non_trainable_weights}
-    assert frozen and set(frozen) <= set(imported)
-    for name, variable in frozen.items():
-        np.testing.assert_array_equal(variable.numpy(), imported[name].numpy(), err_msg=name)
-    # The variables left out are the class-dependent box predictor's, and only those.
-    done, skipped = transfer_weights(source, tuned)
-    assert done == int(copied)
-    assert sorted(path.removeprefix(f"{tuned.name}/") for path in skipped) == [
-        "box_predictor/bbox_pred/bias",
-        "box_predictor/bbox_pred/kernel",
-        "box_predictor/cls_score/bias",
-        "box_predictor/cls_score/kernel",
-    ]
+    # Only the class-dependent box predictor is re-initialised; the stem and stage 1 (frozen
+    # batch norm everywhere) keep the imported values.
+    frozen = assert_finetuned_from(
+        log, coco_run, tuned, ["box_predictor/bbox_pred", "box_predictor/cls_score"]
+    )
+    assert frozen and len(frozen) == len(tuned.non_trainable_weights)
