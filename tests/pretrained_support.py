@@ -144,6 +144,17 @@ def references(tmp_path_factory, arch: str) -> dict[str, Path]:
     return records
 
 
+def photo_arrays(folder: Path, names) -> list[Path]:
+    """The raccoon photos ``names`` (stems) saved in ``folder`` as uint8 RGB .npy files, what the
+    torch references read."""
+    files = []
+    for name in names:
+        with Image.open(RACCOON / f"{name}.jpg") as image:
+            np.save(folder / f"{name}.npy", np.asarray(image.convert("RGB")))
+        files.append(folder / f"{name}.npy")
+    return files
+
+
 def _photos(tmp_path_factory, arch: str) -> tuple[Path, list[np.ndarray], list[Path]]:
     """A new folder for ``arch`` holding PHOTOS as .npy files: ``(its checkpoint's path, the
     photos, their files)``; skips when the raccoon photos are not available."""

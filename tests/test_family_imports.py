@@ -19,11 +19,10 @@ import csv
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from kdetect.models.registry import MODEL_TYPES, architecture_options
-from tests.pretrained_support import assert_finetuned_from, assert_imported_run
+from tests.pretrained_support import assert_finetuned_from, assert_imported_run, photo_arrays
 from tests.test_pretrained_cli import CALIBRATION, FINETUNE_TINY, PHOTO, RACCOON
 from tests.torch_peer import run_torch
 from tests.train_support import kdetect, set_args
@@ -45,17 +44,15 @@ CLASS_PREDICTORS = {
     "ssd": [f"head/cls_{level}" for level in range(6)],
     "ssdlite": [f"head/cls_{level}_proj" for level in range(6)],
 }
-#: Fine-tuning: FINETUNE_TINY (six steps of two raccoon photos, no validation) on the imported
-#: run's own recipe; the dense types train at 256 x 320 (the min_max rule of a smaller frame),
-#: SSD and SSDlite at their fixed frames. The reference's RetinaNet v1 has no norm in its head
-#: towers, whose outputs (RMS ~20) make the new class logits' first focal loss ~1850: at
-#: FINETUNE_TINY's lr 0.002 its box loss then climbs tenfold within six steps; at 0.0005 it
-#: stays near its start while the total falls.
+#: Fine-tuning: FINETUNE_TINY (six steps of two raccoon photos at 256 x 320, no validation) on
+#: the imported run's own recipe; SSD and SSDlite train at their fixed frames instead. The
+#: reference's RetinaNet v1 has no norm in its head towers, whose outputs (RMS ~20) make the new
+#: class logits' first focal loss ~1850: at FINETUNE_TINY's lr 0.002 its box loss then climbs
+#: tenfold within six steps; at 0.0005 it stays near its start while the total falls.
 FINETUNE = [*FINETUNE_TINY, "data.format=voc", "train.optimizer.lr=0.0005"]
 #: The dense references calibrate at half torchvision's 800 / 1333 resize (a quarter of the
 #: pixels, the same rules): the ResNet50 passes dominate the torch interpreter's time.
 DENSE_CALIBRATION = {t: ["--min-size", "400", "--max-size", "667"] for t in ("retinanet", "fcos")}
-DENSE_FRAME = "model.image_size=[256,320]"
 
 # Runs several torch scripts' ``main`` in one interpreter: argv = SCRIPT ARGS... ++ SCRIPT ...
 RUN_SCRIPTS = """
@@ -76,14 +73,8 @@ pytestmark = pytest.mark.skipif(
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A non-trivial COCO checkpoint (91 labels) of every single-stage architecture, all made by
     one torch interpreter: each reference script's ``make`` commands chained with "+"."""
-    from PIL import Image
-
     folder = tmp_path_factory.mktemp("family_imports")
-    calibration = []
-    for name in CALIBRATION:
-        with Image.open(RACCOON / "JPEGImages" / f"{name}.jpg") as image:
-            np.save(folder / f"{name}.npy", np.asarray(image.convert("RGB")))
-        calibration.append(folder / f"{name}.npy")
+    calibration = photo_arrays(folder, CALIBRATION)
     files, chains = {}, {}
     for arch, model_type in ARCHS.items():
         files[arch] = folder / f"{arch}.pth"
@@ -126,9 +117,7 @@ def test_finetunes_from_the_import_on_new_classes(imported, tmp_path, capsys):
     model_type = ARCHS[arch]
     target = tmp_path / "raccoon"
     overrides = [*FINETUNE, f"train.init_from={source_run}"]
-    if model_type in ("retinanet", "fcos"):
-        overrides.append(DENSE_FRAME)
-    else:  # the fixed frame of the architecture
+    if model_type in ("ssd", "ssdlite"):  # the architecture's fixed frame
         overrides = [o for o in overrides if not o.startswith("model.image_size=")]
     capsys.readouterr()
     recipe = source_run / "recipe.yaml"

@@ -31,7 +31,12 @@ from torch_peer import REPO_ROOT, run_torch
 from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
 from kdetect.pretrained.coco import coco_class_names
 from kdetect.pretrained.state_dict import read_state_dict
-from tests.pretrained_support import assert_finetuned_from, assert_imported_run, write_safetensors
+from tests.pretrained_support import (
+    assert_finetuned_from,
+    assert_imported_run,
+    photo_arrays,
+    write_safetensors,
+)
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
@@ -95,14 +100,8 @@ torch.save(predictor, module)
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """The checkpoints (and other files) the tests import."""
-    from PIL import Image
-
     folder = tmp_path_factory.mktemp("pretrained_cli")
-    calibration = []
-    for name in CALIBRATION:
-        with Image.open(RACCOON / "JPEGImages" / f"{name}.jpg") as image:
-            np.save(folder / f"{name}.npy", np.asarray(image.convert("RGB")))
-        calibration.append(folder / f"{name}.npy")
+    calibration = photo_arrays(folder, CALIBRATION)
     files = {
         "coco": folder / "coco.pth",
         "finetuned": folder / "finetuned.pth",
