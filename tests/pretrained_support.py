@@ -5,6 +5,8 @@ non-trivial (batch norm calibrated on real photos, sharpened classifier) and sav
 published files are laid out; kdetect tests import it as a user imports a COCO checkpoint.
 ``references`` records torchvision's inference (``run``) and training losses (``losses``) on it,
 all of an architecture's torch work in one interpreter, once per session.
+``assert_imported_run`` and ``assert_finetuned_from`` check what every imported architecture
+must do through the CLI (``test_pretrained_cli.py``, ``test_family_imports.py``).
 """
 
 from __future__ import annotations
