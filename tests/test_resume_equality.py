@@ -184,7 +184,9 @@ def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, model_type, i
     assert difference == 0.0  # exact on CPU (op determinism), whatever the CPU
     assert got["val_loss"] == expected["val_loss"]
     if interrupt[1] == 0:  # whole epochs: the epoch's mean training loss is comparable too
-        assert got["loss"] == expected["loss"]
+        # to one float32 ulp: once (SSDlite, CPU under heavy load) the logged mean differed by
+        # 1 ulp with every weight and the validation loss still bit-identical
+        assert got["loss"] == pytest.approx(expected["loss"], rel=2e-7, abs=0.0)
 
 
 def test_training_state_counts_a_step_cut_short_by_ctrl_c():
