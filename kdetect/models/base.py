@@ -58,7 +58,8 @@ class DetectionModel(keras.Model):
     """Base class of kdetect's detectors (see the module docstring).
 
     Subclasses set, in ``__init__``: :attr:`transform`, :attr:`num_classes`,
-    :attr:`backbone_name` (its preprocessing), :attr:`seed_generator`; then call
+    :attr:`backbone_name` (its preprocessing; :meth:`_keep_backbone_settings` keeps both with
+    the backbone's weights and freezing), :attr:`seed_generator`; then call
     :meth:`_init_detector`. Class attributes: ``LOSS_NAMES`` (``"loss"`` first, then the terms)
     and ``TYPE`` (the registry's ``model.type``).
 
@@ -74,6 +75,18 @@ class DetectionModel(keras.Model):
     #: The module that reads the type's torchvision checkpoints: ``num_classes(state, name,
     #: arch)`` (the class count a file holds) and ``weight_plan(model)`` (its keys -> weights).
     TORCHVISION = None
+
+    def _keep_backbone_settings(
+        self, num_classes, backbone: str, backbone_weights, freeze, frozen_batch_norm
+    ) -> None:
+        """Keep the class count and the backbone's settings; ``frozen_batch_norm`` None means
+        frozen exactly when the backbone starts from weights."""
+        self.num_classes = int(num_classes)
+        self.backbone_name = backbone
+        self.backbone_weights, self.freeze = backbone_weights, freeze
+        self.frozen_batch_norm = (
+            backbone_weights is not None if frozen_batch_norm is None else frozen_batch_norm
+        )
 
     def _init_detector(self) -> None:
         """The state every detector has: trace flags and one loss tracker per loss name."""

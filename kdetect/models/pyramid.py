@@ -102,11 +102,8 @@ class PyramidDetector(DetectionModel):
         super().__init__(**kwargs)
         check_model_settings(num_classes, backbone, self.TYPE)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
-        self.num_classes = int(num_classes)
-        self.backbone_name = backbone
-        self.backbone_weights, self.freeze = backbone_weights, freeze
-        self.frozen_batch_norm = (
-            backbone_weights is not None if frozen_batch_norm is None else frozen_batch_norm
+        self._keep_backbone_settings(
+            num_classes, backbone, backbone_weights, freeze, frozen_batch_norm
         )
         self.batch_norm_epsilon, self.seed = batch_norm_epsilon, seed
         self.backbone, self.fpn = build_pyramid_features(

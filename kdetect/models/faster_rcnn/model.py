@@ -148,11 +148,8 @@ class FasterRCNN(DetectionModel):
         # --- Settings: checked once, kept as attributes (get_config lists them) -------------
         assembly.check_settings(num_classes, box_head_type, backbone)
         self.transform = ImageTransform(image_size, resize_mode, min_size, max_size)
-        self.num_classes = int(num_classes)
-        self.backbone_name = backbone
-        self.backbone_weights, self.freeze = backbone_weights, freeze
-        self.frozen_batch_norm = (
-            backbone_weights is not None if frozen_batch_norm is None else frozen_batch_norm
+        self._keep_backbone_settings(
+            num_classes, backbone, backbone_weights, freeze, frozen_batch_norm
         )
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.fpn_channels, self.fpn_batch_norm = fpn_channels, bool(fpn_batch_norm)
