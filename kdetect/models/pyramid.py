@@ -56,10 +56,10 @@ class PyramidDetector(DetectionModel):
     """Backbone -> FPN (P3..P7) -> one head on every level -> dense decoder.
 
     A subclass calls ``super().__init__`` with the settings below (``pyramid_settings(locals())``
-    picks them from its own arguments), then sets
-    :attr:`anchor_sizes` and :attr:`aspect_ratios` (the boxes its head predicts from, see
-    :meth:`anchors`) and ``self.head``, then ``self.build(None)``; its ``get_config`` adds its
-    own keys to this one's.
+    picks them from its own arguments), then sets :attr:`anchor_sizes` and
+    :attr:`aspect_ratios` (the boxes its head predicts from, see :meth:`anchors`) and
+    ``self.head``, then builds itself on its frame, ``self.build((None, H, W, 3))`` (the shape
+    Keras' SavedModel signature takes); its ``get_config`` adds its own keys to this one's.
 
     Args:
         num_classes: number of object classes (sigmoid scores, no background class).

@@ -83,7 +83,7 @@ class FCOS(PyramidDetector):
             focal_gamma=focal_gamma,
             name="head",
         )
-        self.build(None)
+        self.build((None,) + self.image_size + (3,))
 
     def get_config(self):
         head = self.head

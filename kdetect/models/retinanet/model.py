@@ -104,7 +104,7 @@ class RetinaNet(PyramidDetector):
             focal_gamma=focal_gamma,
             name="head",
         )
-        self.build(None)
+        self.build((None,) + self.image_size + (3,))
 
     @property
     def anchor_iou_thresholds(self) -> tuple[float, float]:
