@@ -369,9 +369,12 @@ def _run_epochs(
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         console.print(
             f"[yellow]{how}[/yellow] at epoch {state.epoch + 1}, step "
-            f"{state.step_in_epoch}; state saved. Continue with: kdetect train "
-            f"{escape(str(run_dir))} --resume",
+            f"{state.step_in_epoch}; state saved. Continue with:",
             highlight=False,
+        )
+        # The command on a line of its own, never wrapped by us, so that it copies whole.
+        console.print(
+            f"  kdetect train {escape(str(run_dir))} --resume", soft_wrap=True, highlight=False
         )
         raise
 

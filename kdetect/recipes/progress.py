@@ -1,4 +1,9 @@
-"""What training shows: a live progress bar (or one line per epoch) and the summary table."""
+"""What training shows: a live progress bar (or one line per epoch) and the summary table.
+
+Both stay readable at 80 columns: the bar's line holds the step count, learning rate, speed and
+time left, and the loss terms go on a line of their own that wraps between terms; the summary table
+splits into several tables (each repeating the epoch) rather than cutting numbers short.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,22 @@ import keras
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from kdetect.models import loss_names
 from kdetect.recipes.callbacks import TrainingState, current_lr, scalar
 from kdetect.runs import VAL_MAP_KEY
+
+
+class _TwoLineProgress(Progress):
+    """A progress bar with each task's loss terms on the line below its bar."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            losses = task.fields.get("losses", "")
+            if losses:
+                yield Text(losses, overflow="fold", no_wrap=False)
 
 
 class RichProgress(keras.callbacks.Callback):
@@ -43,9 +60,9 @@ class RichProgress(keras.callbacks.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def _make_progress(self):
-        return Progress(
+        return _TwoLineProgress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
@@ -74,7 +91,7 @@ class RichProgress(keras.callbacks.Callback):
             if self._task is not None:
                 self._progress.remove_task(self._task)
             self._task = self._progress.add_task(
-                "train", total=self.steps, epoch=epoch + 1, epochs=self.epochs, stats=""
+                "train", total=self.steps, epoch=epoch + 1, epochs=self.epochs, stats="", losses=""
             )
 
     def _rate(self) -> float:
@@ -92,10 +109,11 @@ class RichProgress(keras.callbacks.Callback):
         if self._progress is None or self._task is None:
             return
         logs = logs or {}
-        parts = [f"{k.removesuffix('_loss')} {scalar(logs[k]):.3f}" for k in loss_names(logs)]
-        parts.append(f"lr {current_lr(self.model):.2e}")
-        parts.append(f"{self._rate():.1f} img/s")
-        self._progress.update(self._task, completed=batch + 1, stats="  ".join(parts))
+        losses = [f"{k.removesuffix('_loss')} {scalar(logs[k]):.3f}" for k in loss_names(logs)]
+        stats = f"lr {current_lr(self.model):.1e}  {self._rate():.1f} img/s"
+        self._progress.update(
+            self._task, completed=batch + 1, stats=stats, losses="  ".join(losses)
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
@@ -110,23 +128,35 @@ class RichProgress(keras.callbacks.Callback):
             parts.append(f"lr {logs['lr']:.2e}")
         parts.append(f"{row['images_per_s']:.1f} img/s")
         parts.append(f"{elapsed:.1f}s")
-        self.console.print(
-            f"[bold]epoch {epoch + 1}/{self.epochs}[/bold]  " + "  ".join(parts), highlight=False
-        )
+        for line in fit_fields([f"epoch {epoch + 1}/{self.epochs}", *parts], self.console.width):
+            self.console.print(line, highlight=False, markup=False)
+
+
+def fit_fields(fields: list[str], width: int, separator: str = "  ") -> list[str]:
+    """``fields`` joined by ``separator`` into lines of at most ``width`` characters, broken
+    only between fields (a field longer than the width gets a line of its own); continuation
+    lines are indented by two spaces."""
+    lines = [fields[0]]
+    for field in fields[1:]:
+        if len(lines[-1]) + len(separator) + len(field) <= width:
+            lines[-1] += separator + field
+        else:
+            lines.append("  " + field)
+    return lines
 
 
 def summary_table(rows: list[dict[str, Any]], console) -> None:
-    """The table of every epoch's row of :class:`RichProgress` (columns seen in no row are left
-    out)."""
+    """The table of every epoch's row of :class:`RichProgress`: the epoch, the detector's loss
+    terms, validation, learning rate, speed and time (columns seen in no row are left out). Where
+    the columns do not fit the console's width, they are split over several tables, each starting
+    with the epoch, so that no number is cut short."""
     if not rows:
         return
-    columns = [
-        ("epoch", "epoch", "{:d}"),
-        ("loss", "loss", "{:.4f}"),
-        ("rpn_cls_loss", "rpn cls", "{:.4f}"),
-        ("rpn_box_loss", "rpn box", "{:.4f}"),
-        ("rcnn_cls_loss", "rcnn cls", "{:.4f}"),
-        ("rcnn_box_loss", "rcnn box", "{:.4f}"),
+    columns = [("epoch", "epoch", "{:d}")]
+    columns += [
+        (k, k.removesuffix("_loss").replace("_", " "), "{:.4f}") for k in loss_names(rows[-1])
+    ]
+    columns += [
         ("val_loss", "val loss", "{:.4f}"),
         (VAL_MAP_KEY, "val mAP", "{:.4f}"),
         ("lr", "lr", "{:.2e}"),
@@ -134,15 +164,28 @@ def summary_table(rows: list[dict[str, Any]], console) -> None:
         ("time", "time (s)", "{:.1f}"),
     ]
     present = [c for c in columns if any(c[0] in r for r in rows)]
-    table = Table(title="training summary")
-    for _, title, _ in present:
-        table.add_column(title, justify="right")
-    for row in rows:
-        cells = []
-        for key, _, fmt in present:
-            value = row.get(key)
-            cells.append(
-                "" if value is None else fmt.format(int(value) if key == "epoch" else float(value))
-            )
-        table.add_row(*cells)
-    console.print(table)
+    cells = {key: [_cell(row.get(key), key, fmt) for row in rows] for key, _, fmt in present}
+    width = {key: max(len(title), *(len(c) for c in cells[key])) for key, title, _ in present}
+    # A column takes its width plus 3 (padding and border), the table 1 more; the epoch column
+    # opens every part.
+    epoch, rest = present[0], present[1:]
+    parts: list[list] = [[epoch]]
+    for column in rest:
+        used = sum(width[key] + 3 for key, _, _ in parts[-1]) + 1
+        if used + width[column[0]] + 3 > console.width and len(parts[-1]) > 1:
+            parts.append([epoch])
+        parts[-1].append(column)
+    for number, part in enumerate(parts):
+        title = "training summary" + (f" ({number + 1}/{len(parts)})" if len(parts) > 1 else "")
+        table = Table(title=title)
+        for key, header, _ in part:
+            table.add_column(header, justify="right", no_wrap=True, min_width=width[key])
+        for index in range(len(rows)):
+            table.add_row(*(cells[key][index] for key, _, _ in part))
+        console.print(table)
+
+
+def _cell(value, key: str, fmt: str) -> str:
+    if value is None:
+        return ""
+    return fmt.format(int(value) if key == "epoch" else float(value))
