@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image
 
+from kdetect.recipes.run_report import threshold_note
 from kdetect.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
 from tests.train_support import tiny_run
 
@@ -30,6 +31,22 @@ def test_training_leaves_metrics_and_pictures(tmp_path_factory):
     for stem in EVALUATION_PICTURES:
         with Image.open(run / "plots" / f"{stem}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_the_reported_threshold_is_the_one_predict_and_serve_use():
+    good = {"f1": {"f1": 0.8123, "threshold": 0.43}}
+    assert threshold_note(good) == (
+        "best F1 0.812 at score 0.43 (the default --min-score of predict and serve)"
+    )
+    # F1 0 everywhere: predict and serve keep the default (best_min_score), so the note says so
+    # instead of naming score 1.00.
+    nothing = {"f1": {"f1": 0.0, "threshold": 1.0}}
+    note = threshold_note(nothing)
+    assert (
+        note
+        == f"best F1 0.000: no detection right yet, so predict and serve use {DEFAULT_MIN_SCORE}"
+    )
+    assert "1.00" not in note
 
 
 def test_pictures_reach_tensorboard(tmp_path_factory):

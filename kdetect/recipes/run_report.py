@@ -17,7 +17,15 @@ import tensorflow as tf
 from kdetect.errors import KdetectError
 from kdetect.evaluation.api import evaluate_model, headline
 from kdetect.evaluation.report import write_metrics
-from kdetect.runs import LABELS_PLOT, LOGS_DIR, METRICS_FILE, PLOTS_DIR, RESULTS_PLOT
+from kdetect.runs import (
+    DEFAULT_MIN_SCORE,
+    LABELS_PLOT,
+    LOGS_DIR,
+    METRICS_FILE,
+    PLOTS_DIR,
+    RESULTS_PLOT,
+    f1_threshold,
+)
 
 
 def report_finished_run(
@@ -42,16 +50,28 @@ def report_finished_run(
     except (KdetectError, OSError) as exc:
         console.print(f"[yellow]warning:[/yellow] final evaluation skipped: {exc}", highlight=False)
         return None
-    best = metrics["f1"]
     console.print(
-        f"validation {metric}: {headline(metrics):.4f}; best F1 {best['f1']:.3f} at score "
-        f"{best['threshold']:.2f} (the default --min-score of predict and serve); "
+        f"validation {metric}: {headline(metrics):.4f}; {threshold_note(metrics)}; "
         f"pictures in {run_dir / PLOTS_DIR}",
         highlight=False,
     )
     if tensorboard_step is not None:
         log_pictures(run_pictures(run_dir), run_dir / LOGS_DIR / "plots", tensorboard_step)
     return metrics
+
+
+def threshold_note(metrics: dict) -> str:
+    """The evaluation's best F1 and the score threshold predict and serve will take from it."""
+    best = metrics["f1"]
+    if f1_threshold(metrics) is None:
+        return (
+            f"best F1 {best['f1']:.3f}: no detection right yet, so predict and serve use "
+            f"{DEFAULT_MIN_SCORE}"
+        )
+    return (
+        f"best F1 {best['f1']:.3f} at score {best['threshold']:.2f} "
+        "(the default --min-score of predict and serve)"
+    )
 
 
 def run_pictures(run_dir: Path) -> list[Path]:

@@ -28,6 +28,7 @@ package was ``kdetect.recipes.runs``, which remains as an alias for one release.
 
 from kdetect.runs.catalog import (
     best_min_score,
+    f1_threshold,
     inspect_run,
     list_runs,
     load_model,
@@ -103,6 +104,7 @@ __all__ = [
     "RunInfo",
     "best_metric",
     "best_min_score",
+    "f1_threshold",
     "check_pack_sizes",
     "checkpoint_files",
     "checkpoint_problem",

@@ -45,13 +45,21 @@ def best_min_score(info: RunInfo | None) -> tuple[float, str]:
     """The score threshold to use for a run, and where it comes from: the best-F1 threshold of
     its ``metrics.json`` (written by ``kdetect train`` and ``kdetect evaluate``) when that F1 is
     above 0, else :data:`DEFAULT_MIN_SCORE`."""
-    best = ((info.metrics or {}).get("f1") or {}) if info else {}
+    threshold = f1_threshold(info.metrics if info else None)
+    if threshold is None:
+        return DEFAULT_MIN_SCORE, "default"
+    return threshold, f"best F1 on {info.path.name}'s evaluation (metrics.json)"
+
+
+def f1_threshold(metrics: dict | None) -> float | None:
+    """The best-F1 score threshold of an evaluation's ``metrics``, or None where it says nothing:
+    a model that finds nothing right (F1 0 at every threshold) says nothing about the score."""
+    best = (metrics or {}).get("f1") or {}
     threshold, f1 = best.get("threshold"), best.get("f1")
-    # A model that finds nothing right (F1 0 at every threshold) says nothing about the score.
     usable = isinstance(f1, (int, float)) and f1 > 0
     if usable and isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0:
-        return float(threshold), f"best F1 on {info.path.name}'s evaluation (metrics.json)"
-    return DEFAULT_MIN_SCORE, "default"
+        return float(threshold)
+    return None
 
 
 def _inspect_run_dir(path: Path) -> RunInfo:
