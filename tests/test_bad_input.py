@@ -201,17 +201,19 @@ def _fail_in_build_model(exc: BaseException):
 
 
 @pytest.mark.parametrize(
-    "exc, code, status",
+    "exc, code",
     [
-        (DataError("model: cannot be built"), 1, "failed"),
-        (RuntimeError("a bug"), None, "failed"),
-        (KeyboardInterrupt(), 130, "interrupted"),
+        (DataError("model: cannot be built"), 1),
+        (RuntimeError("a bug"), None),
+        (KeyboardInterrupt(), 130),
     ],
     ids=["expected error", "bug", "ctrl-c"],
 )
-def test_a_run_that_fails_after_its_directory_exists_is_marked(
-    exc, code, status, tmp_path, monkeypatch, capsys
+def test_a_run_that_fails_before_its_first_step_leaves_no_folder(
+    exc, code, tmp_path, monkeypatch, capsys
 ):
+    """E.g. backbone weights that cannot be downloaded: the run directory had been written
+    (recipe, samples, labels.png) but nothing was trained, so it is removed."""
     run = tmp_path / "run"
     args = ["train", SHAPES, "--run-dir", run, *set_args(TINY)]
     with monkeypatch.context() as patch:
@@ -221,16 +223,22 @@ def test_a_run_that_fails_after_its_directory_exists_is_marked(
                 kdetect(*args)
         else:
             assert kdetect(*args) == code
-        assert json.loads((run / "kdetect.json").read_text())["status"] == status
-        # nothing was saved, so the same command may run again (not "already exists")
+        assert not run.exists()
+        # so the same command may run again (not "already exists")
         capsys.readouterr()
         patch.setattr(builders, "build_model", _fail_in_build_model(DataError("again")))
         assert kdetect(*args) == 1
         assert capsys.readouterr().err.strip() == "error: again"
-    assert json.loads((run / "kdetect.json").read_text())["status"] == "failed"
+    assert not run.exists()
+    # an empty folder given as --run-dir stays, holding only the run's (released) lock file
+    run.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(builders, "build_model", _fail_in_build_model(DataError("again")))
+        assert kdetect(*args) == 1
+    assert [p.name for p in run.iterdir()] == [".lock"]
     # --resume says there is nothing to resume, in one line
     assert kdetect("train", run, "--resume") == 1
-    assert "no saved training state" in capsys.readouterr().err
+    assert "not a run directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.util
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -58,6 +59,7 @@ from kdetect.runs import (
 )
 from kdetect.runs.checkpoints import DISK_FULL_ERRNOS, disk_full_error, latest_epoch_checkpoint
 from kdetect.runs.files import read_meta, update_meta
+from kdetect.runs.lock import LOCK_FILE
 
 
 def read_resume_state(run_dir: Path) -> dict:
@@ -117,6 +119,7 @@ def run_training(
     previous_policy = keras.mixed_precision.global_policy().name
     if tcfg.mixed_precision:
         keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
+    stages: list[str] = []
     try:
         with _sigterm_as_interrupt():
             _open_run_dir(recipe, run_dir, resume)
@@ -125,16 +128,39 @@ def run_training(
                 # uninterrupted one (docs/recipes.md, "Interrupting and resuming").
                 with tf_ops.cpu_determinism(tcfg.seed is not None):
                     return _fit(
-                        recipe, run_dir, state_info, callbacks or [], console, strategy, data
+                        recipe,
+                        run_dir,
+                        state_info,
+                        callbacks or [],
+                        console,
+                        strategy,
+                        data,
+                        stages,
                     )
             except BaseException as exc:
-                _record_end(run_dir, exc)
+                if not resume and not stages:
+                    _discard_unstarted(run_dir)  # nothing trained: leave no run behind
+                else:
+                    _record_end(run_dir, exc)
                 reported = _one_line(exc, run_dir, tcfg)
                 if reported is exc:
                     raise
                 raise reported from exc
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """Remove what a new run wrote before its first training step (recipe, samples, ...): the
+    folder held nothing before (:func:`check_run_dir` refuses any other), and the run's lock
+    removes the folder itself once it is empty."""
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _record_end(run_dir: Path, exc: BaseException) -> None:
@@ -187,8 +213,10 @@ def _worker_lost(exc: BaseException, tcfg: TrainConfig) -> Exception | None:
     )
 
 
-def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, strategy, data):
-    """The steps of one run, in order."""
+def _fit(
+    recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, strategy, data, stages
+):
+    """The steps of one run, in order; ``stages`` gets ``"fit"`` once training starts."""
     tcfg = recipe.train
     samples = _write_run_files(recipe, run_dir, data, state_info)
     fit_data = _fit_data(tcfg, data)
@@ -202,6 +230,7 @@ def _fit(recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, st
         )
     run = make_callbacks(recipe, run_dir, data, samples, fit_data, start, console)
     run.callbacks += list(extra_callbacks)
+    stages.append("fit")
     _run_epochs(model, tcfg, fit_data, start, run, run_dir, console)
 
     _save_final(model, run_dir / MODEL_FILE, tcfg.jit_compile)
