@@ -43,11 +43,11 @@ $(LS_STAMP): requirements-labelstudio.txt
 
 labelstudio-venv: $(LS_STAMP)
 
-## Train on the built-in shapes dataset, evaluate, predict and draw boxes.
+## Train on the built-in shapes dataset (training ends with the validation evaluation), predict
+## and draw boxes.
 demo: venv
 	rm -rf $(DEMO_DIR) $(DEMO_OUT)
 	$(BIN)/kdetect train recipes/shapes.yaml --run-dir $(DEMO_DIR)
-	$(BIN)/kdetect evaluate $(DEMO_DIR)
 	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_OUT)/predictions.jsonl --save-images $(DEMO_OUT)/drawn
 
 ## Run the test suite (the torchvision parity tests use .venv-torch, the Label Studio test

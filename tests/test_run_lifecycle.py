@@ -150,6 +150,30 @@ def test_sigterm_saves_state_like_ctrl_c_and_resumes(tmp_path):
     assert state(run)["global_step"] == 4
 
 
+def test_ctrl_c_in_the_final_evaluation_leaves_a_finished_run(tmp_path):
+    """model.keras is saved before the final evaluation: Ctrl-C there keeps the run finished and
+    names the evaluate command; --resume then evaluates only, and once more does nothing."""
+    run, pause = tmp_path / "run", tmp_path / "go"
+    training = Training(run, tmp_path / "final.log", **paused_at("final-evaluation", pause))
+    training.wait_for(Path(f"{pause}.reached"))
+    training.proc.send_signal(signal.SIGINT)
+    code, output = training.wait()
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert "final evaluation interrupted" in output and f"kdetect evaluate {run}" in output
+    assert read_meta(run)["status"] == "finished"
+    assert (run / "model.keras").is_file() and not (run / "metrics.json").exists()
+
+    code, output = train(run, tmp_path / "resume.log", resume=True)
+    assert_finished(run, code, output)
+    assert "already trained for 2 epochs; saving and evaluating its final model" in output
+    assert (run / "metrics.json").is_file()
+    code, output = train(run, tmp_path / "again.log", resume=True)
+    assert_finished(run, code, output)
+    assert "already trained for 2 epochs; nothing left to do" in output
+    assert "validation" not in output  # not evaluated a third time
+
+
 # --- two writers -----------------------------------------------------------------------------
 def _listing(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file with its time and size; TensorBoard's logs/ aside (its writer flushes on its

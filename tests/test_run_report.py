@@ -8,9 +8,10 @@ import json
 import pytest
 from PIL import Image
 
+from kdetect.evaluation import api
 from kdetect.recipes.run_report import threshold_note
 from kdetect.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
-from tests.train_support import tiny_run
+from tests.train_support import SHAPES, TINY, kdetect, set_args, tiny_run
 
 EVALUATION_PICTURES = ("f1_curve", "confusion_matrix", "val_examples", "precision_recall")
 
@@ -31,6 +32,27 @@ def test_training_leaves_metrics_and_pictures(tmp_path_factory):
     for stem in EVALUATION_PICTURES:
         with Image.open(run / "plots" / f"{stem}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_the_last_epochs_detections_are_scored_not_predicted_again(tmp_path, monkeypatch):
+    """The final report scores the weights the last epoch's validation mAP just scored: the
+    validation images go through the model once, and metrics.json agrees with that epoch."""
+    calls = []
+    predict = api.predict_detections
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(api, "predict_detections", counted)
+    run = tmp_path / "run"
+    assert kdetect("train", SHAPES, "--run-dir", run, *set_args(TINY)) == 0
+    assert len(calls) == 1 and len(calls[0]) == 4  # TINY: one epoch, 4 validation images
+    metrics = json.loads((run / "metrics.json").read_text())
+    last = (run / "history.csv").read_text().splitlines()
+    columns = dict(zip(last[0].split(","), last[-1].split(","), strict=True))
+    assert float(columns["val_mAP"]) == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert {p.stem for p in (run / "plots").glob("*.png")} >= set(EVALUATION_PICTURES)
 
 
 def test_the_reported_threshold_is_the_one_predict_and_serve_use():

@@ -281,10 +281,21 @@ def evaluate_model(
     model's class list to make sure). Returns the same dict as :func:`evaluate_offline`.
     Every image is verified first; :class:`~kdetect.errors.DataErrors` names all bad ones.
     """
+    check_metric(metric)
+    gt = as_ground_truth(annotations)
+    return evaluate_detections(gt, detect_split(model, gt, batch_size, progress), metric, plots_dir)
+
+
+def as_ground_truth(annotations: Annotations | GroundTruth) -> GroundTruth:
+    return annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
+
+
+def detect_split(
+    model, gt: GroundTruth, batch_size: int = 1, progress: bool = True
+) -> list[ImageDetections]:
+    """Every image of the split verified (all bad ones named at once), then the model's
+    detections on each."""
     from kdetect.data.images import verify_images
 
-    check_metric(metric)
-    gt = annotations if isinstance(annotations, GroundTruth) else GroundTruth(annotations)
     verify_images([r.filename for r in gt.annotations.records if r.image is None])
-    detections = predict_detections(model, gt.annotations, batch_size, progress)
-    return evaluate_detections(gt, detections, metric, plots_dir)
+    return predict_detections(model, gt.annotations, batch_size, progress)

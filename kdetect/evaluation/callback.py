@@ -5,7 +5,13 @@ from __future__ import annotations
 import keras
 
 from kdetect.data.records import Annotations
-from kdetect.evaluation.api import check_metric, evaluate_model, headline
+from kdetect.evaluation.api import (
+    as_ground_truth,
+    check_metric,
+    detect_split,
+    evaluate_detections,
+    headline,
+)
 from kdetect.evaluation.groundtruth import GroundTruth
 
 
@@ -18,7 +24,8 @@ class EvaluationCallback(keras.callbacks.Callback):
     epoch's logs as ``log_name`` (default ``val_mAP``), so ``History``, ``CSVLogger``,
     TensorBoard, ``ModelCheckpoint(monitor="val_mAP", mode="max")`` and ``EarlyStopping`` all see
     it. Epochs that are skipped log nothing. The full metrics dicts are kept in ``self.results``
-    as ``(epoch, metrics)``.
+    as ``(epoch, metrics)``, and the last evaluation's detections in ``self.last_detections`` as
+    ``(epoch, detections)``, so that a final report on the same weights need not predict again.
 
     Args:
         annotations: the validation split (images are read from ``record.image`` or
@@ -50,6 +57,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         if max_images is not None and len(annotations) > max_images:
             annotations = Annotations(annotations.classes, annotations.records[:max_images])
         self.annotations = annotations
+        self.ground_truth = as_ground_truth(annotations)
         self.metric = check_metric(metric)
         self.every = int(every)
         self.batch_size = int(batch_size)
@@ -57,6 +65,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.last_epoch = last_epoch
         self.results: list[tuple[int, dict]] = []
+        self.last_detections: tuple[int, list] | None = None
 
     def _due(self, epoch: int) -> bool:
         last = self.params.get("epochs") if self.params else None
@@ -65,10 +74,10 @@ class EvaluationCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self._due(epoch):
             return
-        metrics = evaluate_model(
-            self.model, self.annotations, self.metric, batch_size=self.batch_size, progress=False
-        )
+        detections = detect_split(self.model, self.ground_truth, self.batch_size, progress=False)
+        metrics = evaluate_detections(self.ground_truth, detections, self.metric)
         self.results.append((epoch, metrics))
+        self.last_detections = (epoch, detections)
         value = headline(metrics)
         if logs is not None:
             logs[self.log_name] = value

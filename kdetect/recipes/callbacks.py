@@ -61,7 +61,8 @@ def lifecycle_hook(point: str) -> None:
     (``tests/test_run_lifecycle.py``); nothing happens unless their variables are set.
 
     Points: ``step:N`` (optimizer step N done), ``after-checkpoint:E`` (``epoch-000E.keras``
-    written, the resume state not yet), ``after-state:E`` (the resume state of epoch E written).
+    written, the resume state not yet), ``after-state:E`` (the resume state of epoch E written),
+    ``final-evaluation`` (``model.keras`` saved, the final evaluation about to start).
 
     - ``KDETECT_TEST_KILL_AT=<point>``: the process SIGKILLs itself there (a kill at that moment).
     - ``KDETECT_TEST_PAUSE_AT=<point>`` with ``KDETECT_TEST_PAUSE_FILE=<path>``: writes

@@ -49,6 +49,7 @@ from kdetect.runs import (
     CHECKPOINTS_DIR,
     CLASSES_FILE,
     LABELS_PLOT,
+    METRICS_FILE,
     MODEL_FILE,
     RECIPE_FILE,
     SAMPLES_DIR,
@@ -225,9 +226,8 @@ def _fit(
         print_data_checks(model, data.train_annotations, recipe, console)
     start = _restore(model, tcfg, state_info, run_dir, console)
     if start.epoch >= tcfg.epochs:
-        console.print(
-            f"{escape(str(run_dir))}: already trained for {start.epoch} epochs", highlight=False
-        )
+        stages.append("fit")
+        return _finish_trained(model, recipe, data, run_dir, console, start)
     run = make_callbacks(recipe, run_dir, data, samples, fit_data, start, console)
     run.callbacks += list(extra_callbacks)
     stages.append("fit")
@@ -235,7 +235,8 @@ def _fit(
 
     _save_final(model, run_dir / MODEL_FILE, tcfg.jit_compile)
     summary_table(run.progress.rows, console)
-    _report(model, recipe, data, run_dir, console)
+    detections = run.detections_of_epoch(tcfg.epochs - 1, len(data.val_annotations or []))
+    _report(model, recipe, data, run_dir, console, detections)
     manager = run.manager
     best = None if manager.best_value is None else [manager.monitor, manager.best_value]
     update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
@@ -243,24 +244,59 @@ def _fit(
     return run_dir
 
 
-def _report(model, recipe: Recipe, data, run_dir: Path, console) -> None:
+def _finish_trained(model, recipe: Recipe, data, run_dir: Path, console, start: Start) -> Path:
+    """A resumed run that has trained every epoch: nothing to do when its final model (and,
+    where the recipe evaluates, its metrics) exist; else save and evaluate the final model."""
+    evaluates = recipe.eval.every > 0 and data.val_annotations is not None
+    done = (run_dir / MODEL_FILE).is_file() and (
+        not evaluates or (run_dir / METRICS_FILE).is_file()
+    )
+    console.print(
+        f"{escape(str(run_dir))}: already trained for {start.epoch} epochs; "
+        + ("nothing left to do" if done else "saving and evaluating its final model"),
+        highlight=False,
+    )
+    if not done:
+        _save_final(model, run_dir / MODEL_FILE, recipe.train.jit_compile)
+        _report(model, recipe, data, run_dir, console)
+    update_meta(run_dir, status="finished", epochs=recipe.train.epochs)
+    return run_dir
+
+
+def _report(model, recipe: Recipe, data, run_dir: Path, console, detections=None) -> None:
     """The final evaluation, pictures and TensorBoard images (:mod:`kdetect.recipes.run_report`),
     by the chief only (other workers train into a scratch folder), when there is a validation
-    split and the recipe evaluates at all."""
+    split and the recipe evaluates at all. The final weights are the last epoch's: where that
+    epoch's validation mAP computed the ``detections``, they are scored, not predicted again.
+
+    Ctrl-C here leaves the run ``finished`` (``model.keras`` is saved) and says how to evaluate
+    it later."""
     tcfg = recipe.train
     if not distribute.is_chief(tcfg.distribute):
         return
     if recipe.eval.every > 0 and data.val_annotations is not None:
         tensorboard = tcfg.tensorboard and importlib.util.find_spec("tensorboard") is not None
-        report_finished_run(
-            model,
-            data.val_annotations,
-            recipe.eval.metric,
-            recipe.data.batch_size,
-            run_dir,
-            console,
-            tcfg.epochs if tensorboard else None,
-        )
+        try:
+            cb.lifecycle_hook("final-evaluation")
+            report_finished_run(
+                model,
+                data.val_annotations,
+                recipe.eval.metric,
+                recipe.data.batch_size,
+                run_dir,
+                console,
+                tcfg.epochs if tensorboard else None,
+                detections=detections,
+            )
+        except KeyboardInterrupt:
+            update_meta(run_dir, status="finished", epochs=tcfg.epochs)
+            console.print(
+                "[yellow]final evaluation interrupted[/yellow]; the trained model is saved. "
+                "Evaluate it with:",
+                highlight=False,
+            )
+            console.print(f"  kdetect evaluate {escape(str(run_dir))}", soft_wrap=True)
+            raise
 
 
 def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np.ndarray]:

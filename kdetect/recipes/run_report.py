@@ -1,7 +1,8 @@
 """What a finished training run leaves beside its model, without extra flags.
 
-The validation split is evaluated once more with the final weights, exactly as
-``kdetect evaluate RUN`` would: ``metrics.json`` (with the best-F1 score threshold, which predict
+The validation split is scored with the final weights, exactly as ``kdetect evaluate RUN``
+would (the per-class table printed), reusing the last epoch's validation detections where that
+epoch computed them: ``metrics.json`` (with the best-F1 score threshold, which predict
 and serve then take as their default ``--min-score``) and the pictures of ``plots/``. Every
 picture of the run (``results.png``, ``labels.png`` and ``plots/*.png``) is also written to
 TensorBoard, under ``logs/plots``.
@@ -15,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdetect.errors import KdetectError
-from kdetect.evaluation.api import evaluate_model, headline
-from kdetect.evaluation.report import write_metrics
+from kdetect.evaluation.api import evaluate_detections, evaluate_model, headline
+from kdetect.evaluation.report import print_metrics, write_metrics
 from kdetect.runs import (
     DEFAULT_MIN_SCORE,
     LABELS_PLOT,
@@ -36,20 +37,25 @@ def report_finished_run(
     run_dir: Path,
     console,
     tensorboard_step: int | None,
+    detections: list | None = None,
 ) -> dict | None:
     """Evaluate ``model`` on the validation records, write ``metrics.json`` and ``plots/``, and
-    (with ``tensorboard_step``) log the run's pictures to TensorBoard at that step.
+    (with ``tensorboard_step``) log the run's pictures to TensorBoard at that step. Given the
+    model's ``detections`` on those records (one per record), they are scored instead.
 
     A failure here is reported as one warning line: the trained model is already saved.
     """
+    plots = run_dir / PLOTS_DIR
     try:
-        metrics = evaluate_model(
-            model, val_annotations, metric, batch_size, False, run_dir / PLOTS_DIR
-        )
+        if detections is None:
+            metrics = evaluate_model(model, val_annotations, metric, batch_size, False, plots)
+        else:
+            metrics = evaluate_detections(val_annotations, detections, metric, plots)
         write_metrics(metrics, run_dir / METRICS_FILE)
     except (KdetectError, OSError) as exc:
         console.print(f"[yellow]warning:[/yellow] final evaluation skipped: {exc}", highlight=False)
         return None
+    print_metrics(metrics, console)
     console.print(
         f"validation {metric}: {headline(metrics):.4f}; {threshold_note(metrics)}; "
         f"pictures in {run_dir / PLOTS_DIR}",

@@ -46,6 +46,15 @@ class TrainingCallbacks:
     manager: cb.CheckpointManager
     progress: RichProgress
     callbacks: list = field(default_factory=list)
+    evaluation: EvaluationCallback | None = None
+
+    def detections_of_epoch(self, epoch: int, num_val: int) -> list | None:
+        """The validation detections of ``epoch`` (0-based) over all ``num_val`` images, when
+        the validation mAP of that epoch computed them; else None."""
+        found = self.evaluation.last_detections if self.evaluation else None
+        if found is None or found[0] != epoch or len(found[1]) != num_val:
+            return None
+        return found[1]
 
 
 def make_callbacks(
@@ -71,6 +80,7 @@ def make_callbacks(
         tcfg.epochs, fit_data.steps_per_epoch, recipe.data.batch_size, console=console, state=state
     )
     callbacks: list = [state, cb.LearningRateLogger()]
+    evaluation = None
     if recipe.eval.every > 0 and data.val_annotations is not None:
         evaluation = EvaluationCallback(
             data.val_annotations,
@@ -85,7 +95,7 @@ def make_callbacks(
     callbacks += tensorboard_callbacks(tcfg, run_dir / LOGS_DIR, samples, data.classes, console)
     callbacks += [cb.StopOnNonFiniteLoss(state, run_dir), manager]
     callbacks += [cb.HistoryWriter(run_dir / HISTORY_FILE), progress]
-    return TrainingCallbacks(state, manager, progress, callbacks)
+    return TrainingCallbacks(state, manager, progress, callbacks, evaluation)
 
 
 def tensorboard_callbacks(tcfg: TrainConfig, logs: Path, samples, classes, console) -> list:
