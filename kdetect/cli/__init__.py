@@ -25,6 +25,7 @@ app = typer.Typer(
     help="Object detection for Keras 3: train, evaluate, predict, serve and export detectors.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
 err_console = Console(stderr=True)
 

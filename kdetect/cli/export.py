@@ -31,8 +31,8 @@ def export(
         typer.Option(
             "--output",
             "-o",
-            help="Where to write (default: exported/<name> for saved_model, "
-            "exported/<name>.tflite|.onnx otherwise).",
+            help="Where to write (default: exported/NAME for saved_model, "
+            "exported/NAME.tflite or NAME.onnx otherwise).",
         ),
     ] = None,
     input_type: Annotated[

@@ -40,7 +40,7 @@ RETRAIN_SET = typer.Option(
     help="Recipe override for retraining, e.g. --retrain-set train.epochs=3. Repeatable.",
 )
 TRAINING_DIR = typer.Option(
-    help="Where retraining writes datasets and runs (default: <run>-labelstudio next to the run)."
+    help="Where retraining writes datasets and runs (default: RUN-labelstudio next to the run)."
 )
 
 

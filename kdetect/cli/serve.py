@@ -46,15 +46,15 @@ def serve(
         list[Path] | None,
         typer.Option(
             help="Folder whose images Label Studio tasks may name by local path (repeatable). "
-            "Beyond 127.0.0.1 (or with any --allow-image-*), paths elsewhere are refused.",
+            "Beyond 127.0.0.1 (or with any --allow-image-... flag), paths elsewhere are refused.",
         ),
     ] = None,
     allow_image_host: Annotated[
         list[str] | None,
         typer.Option(
-            help="Host whose http(s) image URLs Label Studio tasks may name (repeatable). Beyond "
-            "127.0.0.1 (or with any --allow-image-*), other hosts are refused; Label Studio's "
-            "own uploads and URLs are always read.",
+            help="Host whose http(s) image URLs Label Studio tasks may name (repeatable). "
+            "Beyond 127.0.0.1 (or with any --allow-image-... flag), other hosts are refused; "
+            "Label Studio's own uploads and URLs are always read.",
         ),
     ] = None,
 ) -> None:

@@ -30,7 +30,9 @@ def train(
     ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option(help="Run directory to write (default: runs/<recipe name>-<timestamp>)."),
+        typer.Option(
+            help="Run directory to write (default: runs/NAME-TIMESTAMP, NAME the recipe's name)."
+        ),
     ] = None,
     resume: Annotated[
         bool,

@@ -1,0 +1,58 @@
+"""Every ``--help`` screen, rendered at 80 columns as a terminal shows it: flags show no value
+type (Click's convention: ``--resume``, not ``--resume <bool>``), values show theirs, paragraphs
+of a command's description are re-flowed, and placeholders survive the markup."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kdetect.cli import _register_commands, app
+
+
+def _commands():
+    _register_commands()
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+COMMANDS = _commands()
+VALUE_TYPES = {"TEXT", "INTEGER", "FLOAT", "PATH", "BOOLEAN", "BOOL", "FILENAME"}
+
+
+def _help(path: list[str]) -> str:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    "path, command", COMMANDS, ids=[" ".join(p) or "kdetect" for p, _ in COMMANDS]
+)
+def test_help_shows_flags_without_a_value_type(path, command):
+    text = _help(path)
+    assert "<bool>" not in text and "BOOLEAN" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    flags = [p for p in command.params if getattr(p, "is_flag", False) and not p.hidden]
+    for flag in flags:
+        (row,) = [line for line in text.splitlines() if f" {flag.opts[0]} " in line][:1]
+        # the flag's help follows its name(s) directly, with no type column between
+        words = row.split(flag.opts[0], 1)[1].replace("│", " ").split()
+        assert not words or words[0] not in VALUE_TYPES and words[0][0] not in "<[", row
+
+
+def test_placeholders_and_paragraphs_read_as_written():
+    train = " ".join(_help(["train"]).split())
+    assert "runs/NAME-TIMESTAMP" in train
+    assert "Ctrl-C or SIGTERM saves the current state;" in train
+    convert = _help(["dataset", "convert"])
+    # a description paragraph is re-flowed to the width, not broken where the source line ended
+    assert not any(
+        line.strip() in ("read and", "under a temporary") for line in convert.splitlines()
+    )
