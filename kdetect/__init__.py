@@ -24,9 +24,10 @@ _LAZY = {
     "FasterRCNN": "kdetect.models.faster_rcnn",
     "Detector": "kdetect.predict",
     "load_model": "kdetect.predict",
+    "train": "kdetect.recipes.training",
 }
 
-__all__ = ["Detector", "FasterRCNN", "KdetectError", "__version__", "load_model"]
+__all__ = ["Detector", "FasterRCNN", "KdetectError", "__version__", "load_model", "train"]
 
 
 def __getattr__(name):

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from kdetect.data.readers.common import parse_classes
 from kdetect.errors import CheckpointError
 from kdetect.models.registry import architecture_options, architecture_type, model_class
 from kdetect.paths import atomic_path, check_kind, check_not_input
@@ -28,7 +29,6 @@ from kdetect.runs import (
     MODEL_FILE,
     PACK_META,
     RECIPE_FILE,
-    read_classes,
     write_classes,
 )
 
@@ -52,7 +52,8 @@ def import_checkpoint(
 ) -> Path:
     """Import ``weights`` into a new run directory ``output``; returns its path.
 
-    Class names: ``classes`` (a ``classes.json`` or one name per line) when given, else COCO's
+    Class names: ``classes`` (comma-separated, a ``classes.json`` or one name per line; see
+    :func:`~kdetect.data.readers.common.parse_classes`) when given, else COCO's
     names for a 90-class (COCO) checkpoint; any other class count needs ``classes``.
     """
     if source not in SOURCES:
@@ -62,13 +63,13 @@ def import_checkpoint(
     check_kind(output, "folder", "--output")  # not a file, nor below one
     if output.is_dir() and any(output.iterdir()):
         raise CheckpointError(f"--output: {output} already exists; choose a new run directory")
-    names = read_class_names(classes) if classes is not None else None
+    names = parse_classes(classes)
     model = model_class(architecture_type(arch)).from_torchvision(weights, arch=arch)
     if names is None:
         if model.num_classes != len(coco_class_names()):
             raise CheckpointError(
                 f"{weights}: the checkpoint predicts {model.num_classes} classes, not COCO's 90; "
-                "pass their names with --classes FILE"
+                "pass their names with --classes (a file or a comma-separated list)"
             )
         names = coco_class_names()
     if len(names) != model.num_classes:
@@ -103,20 +104,3 @@ def architecture_recipe(arch: str, name: str) -> dict:
         "model": model_section(architecture_options(arch), architecture_type(arch)),
         "data": {"format": "coco", "batch_size": 2},
     }
-
-
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names from ``classes.json`` or a text file with one name per line."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--classes: file not found: {path}")
-    if path.endswith(".json"):
-        return read_classes(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"--classes: cannot read {path} ({exc})") from None
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"--classes: {path} names a class twice")
-    return names

@@ -68,12 +68,12 @@ VOC_TRAIN = [
     "eval.samples=0",
 ]
 COMMANDS = {
-    "dataset transform": "dataset transform --type voc --data-dir {root} --output-dir {out}",
+    "dataset transform": "dataset transform {root} --type voc --output {out}",
     "dataset inspect": "dataset inspect {root}",
     "dataset convert": "dataset convert {root} --type voc --to yolo --output {out}",
     "train": "train {shapes} --run-dir {out} --set data.root={root}",
     "predict": "predict {run} {root}/JPEGImages",
-    "evaluate": "evaluate {run} --data {root} --format voc --split train --output {out}",
+    "evaluate": "evaluate {run} --data {root} --type voc --split train --output {out}",
 }
 
 

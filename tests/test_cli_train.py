@@ -215,3 +215,23 @@ def test_bccd_recipe_trains_a_step(tmp_path):
     )
     assert json.loads((run / "classes.json").read_text())["classes"] == ["Platelets", "RBC", "WBC"]
     assert (run / "model.keras").is_file()
+
+
+def test_first_class_flags_set_the_recipe_and_python_trains_in_one_line(tmp_path, monkeypatch):
+    """``--epochs --batch-size --image-size --device`` beside ``--set`` (as Ultralytics' train
+    takes them), and ``kdetect.train(...)`` from Python."""
+    import kdetect as package
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    run = tmp_path / "flags"
+    args = ["train", SHAPES, "--run-dir", run, *set_args(TINY)]
+    args += ["--epochs", "2", "--batch-size", "4", "--image-size", "96", "--device", "cpu"]
+    assert kdetect(*args) == 0
+    recipe = load(run)
+    assert recipe.train.epochs == 2 and recipe.data.batch_size == 4
+    assert list(recipe.model.image_size) == [96, 96]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert kdetect("train", SHAPES, "--image-size", "96,abc") == 2
+
+    python_run = package.train(SHAPES, run_dir=tmp_path / "python", overrides=TINY)
+    assert (python_run / "model.keras").is_file()

@@ -21,8 +21,8 @@ def leftovers(parent: Path) -> list[str]:
 def test_transform_then_inspect(tmp_path, capsys):
     root = data_support.write_coco(tmp_path / "coco")
     out = tmp_path / "out"
-    rc = main(["dataset", "transform", "--type", "coco", "--data-dir", str(root),
-               "--split", "train", "--output-dir", str(out), "--shards", "2"])  # fmt: skip
+    rc = main(["dataset", "transform", str(root), "--type", "coco",
+               "--split", "train", "--output", str(out), "--shards", "2"])  # fmt: skip
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "classes.json",
@@ -37,8 +37,8 @@ def test_transform_then_inspect(tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
     # re-running replaces the earlier output
-    rc = main(["dataset", "transform", "--type", "coco", "--data-dir", str(root),
-               "--split", "train", "--output-dir", str(out), "--limit", "2"])  # fmt: skip
+    rc = main(["dataset", "transform", str(root), "--type", "coco",
+               "--split", "train", "-o", str(out), "--limit", "2"])  # fmt: skip
     assert rc == 0
     assert sorted(p.name for p in out.glob("*.tfrecord")) == ["train-00000-of-00001.tfrecord"]
     assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["images"] == 2
@@ -87,8 +87,8 @@ def test_transform_bad_input_exits_1_and_leaves_nothing(tmp_path, capsys, case):
         expected = "has no images"
     out = tmp_path / "out"
     capsys.readouterr()
-    argv = ["dataset", "transform", "--type", "voc", "--data-dir", str(root),
-            "--output-dir", str(out), *extra]  # fmt: skip
+    argv = ["dataset", "transform", str(root), "--type", "voc",
+            "--output", str(out), *extra]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert expected in err.replace("\n", "")
@@ -101,11 +101,11 @@ def test_transform_keeps_earlier_output_on_failure(tmp_path):
     h = data_support
     root = h.write_voc(tmp_path / "voc")
     out = tmp_path / "out"
-    base = ["dataset", "transform", "--type", "voc", "--data-dir", str(root)]
-    assert main([*base, "--output-dir", str(out)]) == 0
+    base = ["dataset", "transform", str(root), "--type", "voc"]
+    assert main([*base, "--output", str(out)]) == 0
     before = sorted(p.name for p in out.iterdir())
     (root / "JPEGImages" / "a.jpg").write_bytes(b"garbage")
-    assert main([*base, "--output-dir", str(out)]) == 1
+    assert main([*base, "--output", str(out)]) == 1
     assert sorted(p.name for p in out.iterdir()) == before
     assert leftovers(tmp_path) == []
     # a folder holding something else is never replaced
@@ -114,7 +114,7 @@ def test_transform_keeps_earlier_output_on_failure(tmp_path):
     (other / "keep.txt").write_text("mine")
     (root / "JPEGImages" / "a.jpg").unlink()
     h._jpeg(root / "JPEGImages" / "a.jpg", 64, 48)
-    assert main([*base, "--output-dir", str(other)]) == 1
+    assert main([*base, "--output", str(other)]) == 1
     assert (other / "keep.txt").read_text() == "mine"
 
 
@@ -122,8 +122,8 @@ def test_transform_bccd_with_on_invalid_box(tmp_path):
     if not (SHARED / "bccd" / "Annotations").is_dir():
         pytest.skip("shared data is not available")
     out = tmp_path / "bccd"
-    base = ["dataset", "transform", "--type", "csv", "--data-dir", str(SHARED / "bccd"),
-            "--split", "val", "--output-dir", str(out)]  # fmt: skip
+    base = ["dataset", "transform", str(SHARED / "bccd"), "--type", "csv",
+            "--split", "val", "--output", str(out)]  # fmt: skip
     assert main(base) == 1  # two zero-area boxes, default error
     assert not out.exists()
     assert main([*base, "--on-invalid-box", "drop", "--limit", "6"]) == 0

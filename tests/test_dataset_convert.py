@@ -237,7 +237,7 @@ def test_cli_transform_refuses_images_outside_the_dataset(tmp_path, capsys, case
     root, start = setup(tmp_path)
     out = tmp_path / "records"
     kind = case.split()[0]
-    args = ["dataset", "transform", "--type", kind, "--data-dir", root, "--output-dir", out]
+    args = ["dataset", "transform", root, "--type", kind, "--output", out]
     capsys.readouterr()
     assert main([str(a) for a in args]) == 1
     err = capsys.readouterr().err.replace("\n", "")

@@ -99,7 +99,7 @@ def test_cli_model_mode_matches_offline(tmp_path, capsys):
     (run / "classes.json").write_text(json.dumps(["cat", "dog"]))
 
     plots = tmp_path / "plots"
-    args = ["evaluate", str(run), "--data", str(data), "--format", "csv", "--metric", "voc"]
+    args = ["evaluate", str(run), "--data", str(data), "--type", "csv", "--metric", "voc"]
     rc = main(args + ["--batch-size", "2", "--plots", str(plots)])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())

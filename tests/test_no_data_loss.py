@@ -131,12 +131,12 @@ REFUSED = {
         "--output {gt}: is the input {gt}; choose another path",
     ),
     "transform into the dataset": (
-        "dataset transform --type coco --data-dir {coco} --output-dir {coco}",
-        "--output-dir {coco}: is the input {coco}; choose another path",
+        "dataset transform {coco} --type coco --output {coco}",
+        "--output {coco}: is the input {coco}; choose another path",
     ),
     "transform into a folder holding it": (
-        "dataset transform --type coco --data-dir {coco} --output-dir {tmp}",
-        "--output-dir {tmp}: holds the input {coco}; choose another path",
+        "dataset transform {coco} --type coco --output {tmp}",
+        "--output {tmp}: holds the input {coco}; choose another path",
     ),
     "pack onto the run's model": (
         "checkpoint pack {run} -o {run}/model.keras",
@@ -329,8 +329,8 @@ RUN_OUTPUTS = {
         True,
     ),
     "transform into a run": (
-        "dataset transform --type coco --data-dir {coco} --output-dir {run}/tfr",
-        "--output-dir {run}/tfr: " + IN_RUN,
+        "dataset transform {coco} --type coco --output {run}/tfr",
+        "--output {run}/tfr: " + IN_RUN,
         False,
     ),
     "evaluate offline into a run": (

@@ -145,10 +145,11 @@ def import_checkpoint(
         ),
     ] = "fasterrcnn_resnet50_fpn",
     classes: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--classes",
-            help="Class names (classes.json or one per line); default: COCO's for COCO weights.",
+            help="Class names: comma-separated, or a file (classes.json or one name per line); "
+            "default: COCO's for COCO weights.",
         ),
     ] = None,
 ) -> None:

@@ -7,7 +7,6 @@ imports every command module and must not load TensorFlow.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from kdetect.cli import app
+from kdetect.cli._options import (
+    ClassesOption,
+    ImagesDirOption,
+    InspectType,
+    InvalidBoxOption,
+    InvalidBoxPolicy,
+    SourceOption,
+    SourceType,
+)
 
 dataset_app = typer.Typer(
     help="Convert datasets to TFRecords and check what their annotations hold.",
@@ -26,51 +34,14 @@ app.add_typer(dataset_app, name="dataset")
 console = Console()
 
 
-class SourceType(str, Enum):
-    voc = "voc"
-    coco = "coco"
-    csv = "csv"
-    yolo = "yolo"
-    labelstudio = "labelstudio"
-
-
-class InspectType(str, Enum):
-    voc = "voc"
-    coco = "coco"
-    csv = "csv"
-    yolo = "yolo"
-    labelstudio = "labelstudio"
-    tfrecord = "tfrecord"
-
-
-class TargetType(str, Enum):
-    voc = "voc"
-    coco = "coco"
-    csv = "csv"
-    yolo = "yolo"
-    labelstudio = "labelstudio"
-
-
-class InvalidBoxPolicy(str, Enum):
-    error = "error"
-    clip = "clip"
-    drop = "drop"
-
-
 # Options that ``transform`` and ``convert`` share.
-SourceOption = Annotated[SourceType, typer.Option("--type", help="Format of the source dataset.")]
+SourceArgument = Annotated[
+    Path, typer.Argument(help="Dataset folder (or, for coco/csv, the annotation file).")
+]
 SplitsOption = Annotated[
     list[str], typer.Option("--split", help="Split to convert; repeat for more (default: train).")
 ]
-ClassesOption = Annotated[
-    str | None, typer.Option(help="Comma-separated class names (label id = position).")
-]
-InvalidBoxOption = Annotated[
-    InvalidBoxPolicy, typer.Option(help="What to do with a box outside the image or empty.")
-]
-ImagesDirOption = Annotated[
-    Path | None, typer.Option(help="Folder of the images, when not the usual place.")
-]
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new).")]
 AllowOutsideRootOption = Annotated[
     bool,
     typer.Option(
@@ -103,11 +74,11 @@ def _progress():
 
 @dataset_app.command()
 def transform(
+    source: SourceArgument,
     type: SourceOption,
-    data_dir: Annotated[
-        Path, typer.Option(help="Dataset folder (or, for coco/csv, the annotation file).")
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the TFRecords (replaced).")
     ],
-    output_dir: Annotated[Path, typer.Option(help="Folder for the TFRecords (replaced).")],
     split: SplitsOption = None,  # noqa: B006 - typer needs None for a repeatable option
     classes: ClassesOption = None,
     limit: Annotated[
@@ -126,9 +97,9 @@ def transform(
     with _progress() as factory:
         summary = transform_dataset(
             type.value,
-            data_dir,
+            source,
             splits,
-            output_dir,
+            output,
             classes=classes,
             limit=limit,
             shards=shards,
@@ -140,7 +111,7 @@ def transform(
     for name, info in summary["splits"].items():
         console.print(
             f"{name}: {info['images']} images, {info['boxes']} boxes -> "
-            f"{len(info['files'])} file(s) in {escape(str(output_dir))}"
+            f"{len(info['files'])} file(s) in {escape(str(output))}"
         )
     console.print(f"classes ({len(summary['classes'])}): {', '.join(summary['classes'])}")
 
@@ -152,10 +123,12 @@ def inspect(
         InspectType | None, typer.Option("--type", help="Format; guessed when omitted.")
     ] = None,
     split: Annotated[str, typer.Option(help="Split to read.")] = "train",
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
-    images_dir: Annotated[Path | None, typer.Option(help="Folder of the images.")] = None,
+    classes: ClassesOption = None,
+    images_dir: ImagesDirOption = None,
     show: Annotated[int, typer.Option(min=0, help="Draw the first N images.")] = 0,
-    output: Annotated[Path | None, typer.Option(help="Folder for the drawn images.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for the drawn images.")
+    ] = None,
     recipe: Annotated[
         Path | None,
         typer.Option(
@@ -195,10 +168,10 @@ def inspect(
 
 @dataset_app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Dataset folder (or annotation file).")],
+    source: SourceArgument,
     type: SourceOption,
-    to: Annotated[TargetType, typer.Option("--to", help="Format to write.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write (new).")],
+    to: Annotated[SourceType, typer.Option("--to", help="Format to write.")],
+    output: OutputOption,
     split: Annotated[
         list[str] | None,
         typer.Option(

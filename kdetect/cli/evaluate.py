@@ -13,11 +13,21 @@ import typer
 from rich.console import Console
 
 from kdetect.cli import app
+from kdetect.cli._options import InvalidBoxOption, InvalidBoxPolicy, SourceType
 from kdetect.errors import KdetectError
 from kdetect.paths import check_kind, check_not_input
 from kdetect.runs import METRICS_FILE, PLOTS_DIR
 
 console = Console()
+
+
+def _check_metric(value: str | None) -> str | None:
+    """A bad ``--metric`` is a usage error (exit 2), as a bad choice of any other option is."""
+    from kdetect.evaluation.api import METRICS
+
+    if value is not None and value not in METRICS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(METRICS)}")
+    return value
 
 
 @app.command("evaluate")
@@ -40,8 +50,9 @@ def evaluate(
             help="Offline mode: kdetect prediction JSON lines or a COCO results JSON list."
         ),
     ] = None,
-    format: Annotated[
-        str | None, typer.Option("--format", help="voc | coco | csv (guessed when omitted).")
+    type: Annotated[
+        SourceType | None,
+        typer.Option("--type", help="Format of the dataset (guessed when omitted)."),
     ] = None,
     split: Annotated[
         str | None,
@@ -50,8 +61,9 @@ def evaluate(
     metric: Annotated[
         str | None,
         typer.Option(
+            callback=_check_metric,
             help="voc07 | voc | coco (default: the run's eval.metric; "
-            "coco for COCO data, else voc07)."
+            "coco for COCO data, else voc07).",
         ),
     ] = None,
     output: Annotated[
@@ -66,9 +78,7 @@ def evaluate(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per predict call (model mode).")] = 1,
-    on_invalid_box: Annotated[
-        str, typer.Option(help="Invalid ground-truth boxes: error | clip | drop.")
-    ] = "error",
+    on_invalid_box: InvalidBoxOption = InvalidBoxPolicy.error,
     watch: Annotated[
         bool,
         typer.Option(
@@ -89,10 +99,12 @@ def evaluate(
     Model mode:   kdetect evaluate RUN_DIR [--data DATASET] [--split val] [--metric voc07]
                   (without --data: the dataset and split of the run's recipe)
 
-    Offline mode: kdetect evaluate --ground-truth PATH --detections FILE [--format coco]
+    Offline mode: kdetect evaluate --ground-truth PATH --detections FILE [--type coco]
     """
-    # (Long only through Typer's option declarations above.)
     from kdetect.evaluation import evaluate_offline
+
+    format = type.value if type else None
+    on_invalid_box = on_invalid_box.value
 
     # A run directory keeps its own metrics.json and plots/ (the defaults); nothing else of it,
     # and no other run, may be an output.

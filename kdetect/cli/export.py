@@ -6,12 +6,22 @@ module and must not load TensorFlow.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kdetect.cli import app, err_console
+
+
+class ExportFormat(str, Enum):
+    """kdetect.export.FORMATS (tests/test_cli_conventions.py checks they agree), written here
+    so that ``kdetect --help`` does not import TensorFlow."""
+
+    saved_model = "saved_model"
+    onnx = "onnx"
+    tflite = "tflite"
 
 
 @app.command("export")
@@ -24,8 +34,8 @@ def export(
         ),
     ],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="saved_model, onnx or tflite.")
-    ] = "saved_model",
+        ExportFormat, typer.Option("--format", "-f", help="What to write.")
+    ] = ExportFormat.saved_model,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -59,10 +69,10 @@ def export(
     ] = False,
 ) -> None:
     """Export a trained detector for serving (TF Object Detection API output names)."""
-    # (Long only through Typer's option declarations above.)
     from kdetect.export import check_options
     from kdetect.export import export as run_export
 
+    format = format.value
     check_options(format, quantize)
     if output is None:
         name = model.name.removesuffix(".kdet").removesuffix(".keras") or "model"

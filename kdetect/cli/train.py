@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -41,17 +42,80 @@ def train(
             help="Continue an interrupted run (RECIPE or --run-dir is the run directory).",
         ),
     ] = False,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs to train (train.epochs).", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per step (data.batch_size).", show_default=False),
+    ] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="H,W",
+            help="The network's frame (model.image_size): H,W or one size for a square.",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder (data.root).", show_default=False),
+    ] = None,
+    model_type: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Detector type (model.type; kdetect models lists them).",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu, or the GPU ids to use (0 or 0,1); default: every visible GPU.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a detector from a recipe; writes a run directory.
 
     Ctrl-C or SIGTERM saves the current state; `kdetect train RUN_DIR --resume` continues from
     it (after a kill, from the last complete checkpoint).
     """
+    flags = {
+        "train.epochs": epochs,
+        "data.batch_size": batch_size,
+        "model.image_size": image_size and _frame(image_size),
+        "data.root": data and str(data.resolve()),
+        "model.type": model_type,
+    }
+    overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if device is not None:
+        _use_device(device)  # before TensorFlow is imported (below)
     from kdetect.recipes.training import train as run_training
 
     if resume and run_dir is None:
         run_dir = recipe
     try:
-        run_training(recipe, run_dir=run_dir, resume=resume, overrides=list(set_ or []))
+        run_training(recipe, run_dir=run_dir, resume=resume, overrides=overrides)
     except KeyboardInterrupt:
         raise typer.Abort() from None
+
+
+def _frame(value: str) -> str:
+    """``--image-size``: ``H,W`` or ``N`` as the YAML list ``[H, W]``."""
+    parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter(f"expected H,W or N, got {value!r}", param_hint="--image-size")
+    return f"[{parts[0]},{parts[1]}]"
+
+
+def _use_device(device: str) -> None:
+    """``--device``: ``cpu`` hides every GPU from TensorFlow; ``0,1`` shows only those."""
+    value = device.strip().lower()
+    if value != "cpu" and not all(p.strip().isdigit() for p in value.split(",")):
+        raise typer.BadParameter(f"expected cpu or GPU ids such as 0,1, got {device!r}",
+                                 param_hint="--device")  # fmt: skip
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if value == "cpu" else value.replace(" ", "")

@@ -307,7 +307,7 @@ def transform_dataset(
 
 def _check_output_dir(output_dir: Path, inputs: list) -> None:
     """Refuse an output that is an input, a file, or a non-empty folder of something else."""
-    check_not_input(output_dir, inputs, "--output-dir", replaces=True)
+    check_not_input(output_dir, inputs, "--output", replaces=True)
     if output_dir.exists():
         if not output_dir.is_dir():
             raise DataError(f"{output_dir}: output path exists and is not a folder")

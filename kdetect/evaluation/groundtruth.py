@@ -63,7 +63,7 @@ def guess_format(path: str | os.PathLike, split: str) -> str:
             return "csv"
     if not path.exists():
         raise DataError(f"{path}: ground truth not found")
-    raise DataError(f"{path}: cannot tell the dataset format; pass --format {'|'.join(FORMATS)}")
+    raise DataError(f"{path}: cannot tell the dataset format; pass --type {'|'.join(FORMATS)}")
 
 
 def _coco_candidates(path: Path, split: str, existing: bool = False) -> list[Path]:

@@ -177,11 +177,22 @@ def scan_annotations(
 # Classes
 
 
-def parse_classes(classes: Sequence[str] | str | None) -> list[str] | None:
-    """Turn ``"a,b"`` or ``["a", "b"]`` into a checked list of class names."""
+#: Suffixes that make a ``--classes`` value a file name, even when the file is missing.
+CLASS_FILE_SUFFIXES = (".json", ".txt", ".names")
+
+
+def parse_classes(classes: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
+    """A checked list of class names from ``["a", "b"]``, ``"a,b"``, or a file: ``classes.json``
+    (a list, or ``{"classes": [...]}``) or text with one name per line. A string is a file
+    when it names one, or ends in ``.json``, ``.txt`` or ``.names``."""
     if classes is None:
         return None
-    if isinstance(classes, str):
+    if isinstance(classes, os.PathLike) or (
+        isinstance(classes, str)
+        and (os.path.isfile(classes) or classes.lower().endswith(CLASS_FILE_SUFFIXES))
+    ):
+        names = _class_file(Path(classes))
+    elif isinstance(classes, str):
         names = [c.strip() for c in classes.split(",") if c.strip()]
     else:
         names = [str(c).strip() for c in classes]
@@ -190,6 +201,22 @@ def parse_classes(classes: Sequence[str] | str | None) -> list[str] | None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DataError(f"the class list names {', '.join(duplicates)} more than once")
+    return names
+
+
+def _class_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"--classes: file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() != ".json":
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"--classes: cannot read {path} ({exc})") from None
+    names = data.get("classes") if isinstance(data, dict) else data
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f'--classes: {path}: expected a list of names or {{"classes": [...]}}')
     return names
 
 

@@ -56,3 +56,49 @@ def test_placeholders_and_paragraphs_read_as_written():
     assert not any(
         line.strip() in ("read and", "under a temporary") for line in convert.splitlines()
     )
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["evaluate", "runs/x", "--metric", "map"], "--metric"),
+        (["evaluate", "runs/x", "--type", "pascal"], "--type"),
+        (["evaluate", "runs/x", "--on-invalid-box", "keep"], "--on-invalid-box"),
+        (["dataset", "inspect", "x", "--type", "pascal"], "--type"),
+        (["dataset", "transform", "x", "--type", "pascal", "-o", "y"], "--type"),
+        (["dataset", "convert", "x", "--type", "voc", "--to", "pascal", "-o", "y"], "--to"),
+        (["predict", "runs/x", "a.jpg", "--format", "xml"], "--format"),
+        (["export", "runs/x", "--format", "pb"], "--format"),
+    ],
+    ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else v,
+)
+def test_a_bad_choice_is_a_usage_error_in_every_command(args, named, capsys):
+    """Exit 2 (Click's usage error) naming the option, before anything is read or loaded."""
+    from kdetect.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err, err
+
+
+def test_class_lists_are_a_comma_list_or_a_file_everywhere(tmp_path):
+    from kdetect.data.readers.common import parse_classes
+
+    assert parse_classes("cat, dog") == ["cat", "dog"]
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    (tmp_path / "classes.json").write_text('{"classes": ["cat", "dog"]}')
+    (tmp_path / "list.json").write_text('["cat", "dog"]')
+    for name in ("names.txt", "classes.json", "list.json"):
+        assert parse_classes(str(tmp_path / name)) == ["cat", "dog"]
+    with pytest.raises(Exception, match="--classes: file not found"):
+        parse_classes(str(tmp_path / "missing.txt"))
+    # every command that takes a class list says both forms in its help
+    for path in (["dataset", "inspect"], ["dataset", "convert"], ["checkpoint", "import"]):
+        assert "comma-separated, or a file" in " ".join(_help(path).replace("│", " ").split())
+
+
+def test_the_export_choices_are_the_exporters():
+    from kdetect.cli.export import ExportFormat
+    from kdetect.export import FORMATS
+
+    assert tuple(f.value for f in ExportFormat) == tuple(FORMATS)
