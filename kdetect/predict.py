@@ -122,6 +122,9 @@ class Detector:
         max_detections: keep at most this many detections per image (highest scores first).
         only: keep only these class names.
         ignore: drop these class names.
+        nms_iou: IoU threshold of the model's final non-maximum suppression (default: the
+            model's own).
+        class_agnostic: suppress overlapping boxes across classes too.
 
     Example::
 
@@ -137,10 +140,16 @@ class Detector:
         max_detections: int | None = None,
         only: Iterable[str] | None = None,
         ignore: Iterable[str] | None = None,
+        nms_iou: float | None = None,
+        class_agnostic: bool = False,
     ):
         if isinstance(model, (str, os.PathLike)):
             model, loaded = load_model(model)
             classes = classes if classes is not None else loaded
+        if nms_iou is not None or class_agnostic:
+            if not hasattr(model, "configure_detections"):
+                raise KdetectError("this model's non-maximum suppression cannot be changed")
+            model.configure_detections(nms_iou, class_agnostic)
         self.model = model
         if classes is None:
             classes = fallback_class_names(getattr(model, "num_classes", 0))

@@ -89,7 +89,12 @@ def nms_padded(boxes, scores, max_output_size: int, iou_threshold: float, score_
 
 
 def multiclass_nms(
-    boxes, scores, max_output_size: int, iou_threshold: float, score_threshold: float
+    boxes,
+    scores,
+    max_output_size: int,
+    iou_threshold: float,
+    score_threshold: float,
+    class_agnostic: bool = False,
 ):
     """Per-class NMS, then the best ``max_output_size`` detections over all classes, as one NMS
     per image over class-offset boxes.
@@ -107,6 +112,7 @@ def multiclass_nms(
         boxes: float [B, N, C, 4] ``xyxy``, one box per candidate and class.
         scores: float [B, N, C].
         score_threshold: candidates scoring at or below this are dropped.
+        class_agnostic: suppress across classes too (the boxes are not moved apart).
 
     Returns:
         ``(boxes [B, K, 4] xyxy, scores [B, K], classes int32 [B, K], num_valid int32 [B])``;
@@ -121,7 +127,7 @@ def multiclass_nms(
     cell = tf.reduce_max(boxes) - tf.minimum(tf.reduce_min(boxes), 0.0) + 1.0
     classes = tf.range(num_classes)
     corner = tf.cast(tf.stack([classes % side, classes // side], axis=-1), tf.float32) * cell
-    shifted = boxes + tf.tile(corner, [1, 2])  # [C, 4] broadcast over B, N
+    shifted = boxes if class_agnostic else boxes + tf.tile(corner, [1, 2])  # [C, 4] broadcast
     flat_boxes = tf.reshape(boxes, [batch, num_boxes * num_classes, 4])
     flat_scores = tf.reshape(scores, [batch, num_boxes * num_classes])
     indices, num_valid = nms_padded(

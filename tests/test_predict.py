@@ -54,6 +54,24 @@ def test_predict_folder_to_stdout_and_drawn_images(run, tmp_path, capsys):
         assert image.size == (64, 64)
 
 
+def test_iou_and_agnostic_reach_the_model(run, capsys):
+    """``--iou`` and ``--agnostic``: no two kept boxes overlap by more than the IoU given,
+    whatever their classes; the default keeps some such pairs on this tiny run."""
+    from tests.helpers import ref_iou_matrix
+
+    def overlapping(*flags) -> int:
+        assert kdetect("predict", run, run / "samples", "--min-score", "0", *flags) == 0
+        total = 0
+        for line in _lines(capsys.readouterr().out):
+            boxes = np.array([o["bbox"] for o in line["objects"]], "float32").reshape(-1, 4)
+            total += int(np.triu(ref_iou_matrix(boxes, boxes) > 0.2 + 1e-3, k=1).sum())
+        return total
+
+    assert overlapping() > 0
+    assert overlapping("--iou", "0.2", "--agnostic") == 0
+    assert kdetect("predict", run, run / "samples", "--iou", "0") == 2  # (0, 1]
+
+
 def test_predict_files_to_output(run, tmp_path, capsys):
     big = tmp_path / "big.jpg"
     Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(big)

@@ -36,6 +36,12 @@ class OutputFormat(str, Enum):
     labelstudio = "labelstudio"
 
 
+def _check_iou(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"expected a value in (0, 1], got {value}")
+    return value
+
+
 @app.command("predict")
 def predict(
     model: Annotated[
@@ -59,6 +65,19 @@ def predict(
     max_detections: Annotated[
         int | None, typer.Option(help="Keep at most N detections per image.", min=1)
     ] = None,
+    iou: Annotated[
+        float | None,
+        typer.Option(
+            help="IoU threshold of the final non-maximum suppression, in (0, 1] (default: the "
+            "model's).",
+            callback=_check_iou,
+            show_default=False,
+        ),
+    ] = None,
+    agnostic: Annotated[
+        bool,
+        typer.Option("--agnostic", help="Suppress overlapping boxes across classes too."),
+    ] = False,
     only: Annotated[
         list[str] | None,
         typer.Option(metavar="CLASS", help="Keep only this class (repeatable)."),
@@ -104,7 +123,6 @@ def predict(
     anything failed. No output (--output, --save-images) may be one of the inputs; --output is
     written under a temporary name and renamed into place at the end.
     """
-    # (Long only through Typer's option declarations above.)
     from kdetect.data.batching import consecutive_batches
     from kdetect.predict import Detector, collect_inputs
     from kdetect.runs.catalog import check_model_file
@@ -127,6 +145,8 @@ def predict(
         max_detections=max_detections,
         only=only,
         ignore=ignore,
+        nms_iou=iou,
+        class_agnostic=agnostic,
     )
     for problem in problems:
         print_error(problem)

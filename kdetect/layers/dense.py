@@ -27,7 +27,12 @@ class DenseDetectionDecoder(PipelineLayer):
     list of float [B, N_l, 4] ``xyxy`` per level, and ``image_size`` (height, width). Returns
     the predict contract: ``boxes`` [B, K, 4], ``confidence`` [B, K], ``labels`` int32 [B, K]
     (-1 for padding rows) and ``num_detections`` int32 [B].
+
+    ``nms_thresh`` and ``class_agnostic`` (suppression across classes) may be changed before a
+    prediction (:meth:`~kdetect.models.base.DetectionModel.configure_detections`).
     """
+
+    FINAL_NMS = True
 
     def __init__(
         self,
@@ -40,6 +45,7 @@ class DenseDetectionDecoder(PipelineLayer):
         super().__init__(**kwargs)
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
+        self.class_agnostic = False
         self.detections_per_img = int(detections_per_img)
         self.topk_candidates = int(topk_candidates)
 
@@ -73,7 +79,9 @@ class DenseDetectionDecoder(PipelineLayer):
         side = int(math.ceil(math.sqrt(num_classes)))
         cell = ops.max(candidates) - ops.minimum(ops.min(candidates), 0.0) + 1.0
         corner = ops.cast(ops.stack([labels % side, labels // side], axis=-1), "float32") * cell
-        shifted = candidates + ops.concatenate([corner, corner], axis=-1)
+        shifted = candidates
+        if not self.class_agnostic:
+            shifted = candidates + ops.concatenate([corner, corner], axis=-1)
         k = self.detections_per_img
         index, num = nms_padded(shifted, top, k, self.nms_thresh, self.score_thresh)
         kept = ops.arange(k)[None, :] < ops.expand_dims(num, -1)

@@ -21,7 +21,12 @@ class DetectionDecoder(PipelineLayer):
 
     Returns a dict of padded tensors: ``boxes`` [B, K, 4] ``xyxy``, ``confidence`` [B, K],
     ``labels`` int32 [B, K] (0-based class ids, -1 for padding rows), ``num_detections`` [B].
+
+    ``nms_thresh`` and ``class_agnostic`` (suppression across classes) may be changed before a
+    prediction (:meth:`~kdetect.models.base.DetectionModel.configure_detections`).
     """
+
+    FINAL_NMS = True  # the detector's last suppression (not the RPN's)
 
     def __init__(
         self,
@@ -35,6 +40,7 @@ class DetectionDecoder(PipelineLayer):
         super().__init__(**kwargs)
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
+        self.class_agnostic = False
         self.detections_per_img = int(detections_per_img)
         self.min_size = float(min_size)
         self.box_coder = BoxCoder.from_value(box_coder, (10.0, 10.0, 5.0, 5.0))
@@ -52,7 +58,12 @@ class DetectionDecoder(PipelineLayer):
         keep = keep & ops.expand_dims(proposals_valid, -1)
         scores = ops.where(keep, scores, 0.0)
         boxes, confidence, labels, num = multiclass_nms(
-            boxes, scores, self.detections_per_img, self.nms_thresh, self.score_thresh
+            boxes,
+            scores,
+            self.detections_per_img,
+            self.nms_thresh,
+            self.score_thresh,
+            self.class_agnostic,
         )
         valid = ops.arange(self.detections_per_img)[None, :] < ops.expand_dims(num, -1)
         return {

@@ -32,7 +32,7 @@ from kdetect.anchors import feature_map_anchors
 from kdetect.backbone_names import BACKBONE_MODEL_TYPE
 from kdetect.backbones import preprocess_images
 from kdetect.boxes import clip_boxes
-from kdetect.errors import InputShapeError
+from kdetect.errors import InputShapeError, KdetectError
 from kdetect.models import export_formats as exporting
 from kdetect.models.prediction import check_images
 from kdetect.pretrained.torchvision import load_torchvision
@@ -101,6 +101,23 @@ class DetectionModel(keras.Model):
     max_size = property(lambda self: self.transform.max_size, doc="`min_max`'s long side")
 
     # --- What a subclass writes -------------------------------------------------------------
+    def configure_detections(
+        self, nms_iou: float | None = None, class_agnostic: bool | None = None
+    ) -> None:
+        """Change the final non-maximum suppression for the predictions that follow: its IoU
+        threshold (torchvision's ``box_nms_thresh``, Ultralytics' ``iou``) and whether it
+        suppresses across classes (``agnostic_nms``); the prediction function is traced again.
+        """
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise KdetectError(f"nms_iou: expected a value in (0, 1], got {nms_iou}")
+        final = [layer for layer in self._flatten_layers() if getattr(layer, "FINAL_NMS", False)]
+        for layer in final:
+            if nms_iou is not None:
+                layer.nms_thresh = float(nms_iou)
+            if class_agnostic is not None:
+                layer.class_agnostic = bool(class_agnostic)
+        self.predict_function = None
+
     def detect(self, inputs, image_size, training=False):
         """Detections for normalised images ``inputs`` [B, H, W, 3] whose content fills the
         top-left ``image_size`` (height, width) of the frame; boxes in pixels of that frame."""

@@ -90,8 +90,11 @@ class SSDHead(keras.layers.Layer):
 
     Decoding (:meth:`decode`): softmax; boxes decoded and clipped to the image; per class the
     ``topk_candidates`` best scores above ``score_thresh``; NMS at ``nms_thresh`` within each
-    class; the ``detections_per_img`` best over all classes.
+    class (across classes with ``class_agnostic``); the ``detections_per_img`` best over all
+    classes.
     """
+
+    FINAL_NMS = True
 
     def __init__(
         self,
@@ -118,6 +121,7 @@ class SSDHead(keras.layers.Layer):
         self.num_anchors = tuple(int(a) for a in num_anchors)
         self.head_type = head_type
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
+        self.class_agnostic = False
         self.detections_per_img = int(detections_per_img)
         self.topk_candidates = int(topk_candidates)
         self.iou_thresh, self.positive_fraction = float(iou_thresh), float(positive_fraction)
@@ -253,6 +257,7 @@ class SSDHead(keras.layers.Layer):
             self.detections_per_img,
             self.nms_thresh,
             self.score_thresh,
+            self.class_agnostic,
         )
         valid = ops.arange(self.detections_per_img)[None, :] < count[:, None]
         return {
