@@ -13,6 +13,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from kdetect.predict import Detector  # noqa: E402
+from kdetect.runs import best_min_score, inspect_run  # noqa: E402
 from tests.data_support import png_header_only  # noqa: E402
 from tests.serve_support import encode, loaded_model, sample_image, serve_app  # noqa: E402
 
@@ -83,8 +84,11 @@ def test_min_score_and_max_detections(client, run):
     some = _post(client, data, min_score=cut).json()["objects"]
     assert some == [o for o in every if o["score"] >= cut]
     assert _post(client, data, min_score=0, max_detections=2).json()["objects"] == every[:2]
-    default = _post(client, data).json()["objects"]  # min_score defaults to 0.5
-    assert all(o["score"] >= 0.5 for o in default)
+    # min_score defaults to the run's threshold, which /api/model names (as predict's does)
+    threshold = client.get("/api/model").json()["min_score"]
+    assert threshold == best_min_score(inspect_run(run))[0]
+    default = _post(client, data).json()["objects"]
+    assert default == [o for o in every if o["score"] >= threshold]
 
 
 def test_other_sizes_and_modes(client):
