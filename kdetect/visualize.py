@@ -100,3 +100,37 @@ def draw_detections(
         draw.rectangle([tx, ty, tx + tw + 4, ty + th + 4], fill=color)
         draw.text((tx + 2 - left, ty + 2 - top), text, fill=_text_color(color), font=font)
     return canvas
+
+
+def draw_batch(
+    images: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str] | None = None,
+    columns: int = 4,
+    min_side: int = 256,
+) -> Image.Image:
+    """One picture of a training batch as the model sees it: each image with its ground-truth
+    boxes (padding rows, label < 0, skipped), tiled ``columns`` wide. Images whose shorter side
+    is under ``min_side`` are enlarged first, so that labels stay readable."""
+    images = np.asarray(images)
+    count = len(images)
+    height, width = images.shape[1:3]
+    scale = max(1, int(np.ceil(min_side / min(height, width))))
+    tiles = []
+    for image, image_boxes, image_labels in zip(images, boxes, labels, strict=True):
+        keep = np.asarray(image_labels) >= 0
+        picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+        if scale > 1:
+            picture = picture.resize((width * scale, height * scale), Image.NEAREST)
+        tiles.append(
+            draw_detections(picture, np.asarray(image_boxes)[keep] * scale,
+                            np.asarray(image_labels)[keep], classes=classes)
+        )  # fmt: skip
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    tile_w, tile_h = width * scale, height * scale
+    grid = Image.new("RGB", (columns * tile_w + (columns - 1) * 2, rows * tile_h + (rows - 1) * 2))
+    for index, tile in enumerate(tiles):
+        grid.paste(tile, ((index % columns) * (tile_w + 2), (index // columns) * (tile_h + 2)))
+    return grid

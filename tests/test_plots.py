@@ -51,3 +51,22 @@ def test_no_empty_legend_warning(tmp_path):
         plot_labels(np.zeros((0, 4)), np.zeros(0, int), ["a"], (64, 64), tmp_path / "labels.png")
         plot_results([{"epoch": 1.0, "val_mAP": 0.5}], tmp_path / "results.png")
     assert (tmp_path / "pr.png").stat().st_size > 0
+
+
+def test_a_training_batch_is_drawn_enlarged_with_its_boxes():
+    """train_batch.jpg: small images enlarged (so labels read), boxes scaled with them,
+    padding rows skipped, tiled four wide."""
+    from kdetect.visualize import class_color, draw_batch
+
+    images = np.full((5, 64, 80, 3), 255.0, "float32")
+    boxes = np.zeros((5, 3, 4), "float32")
+    boxes[:, 0] = [8, 16, 40, 48]
+    labels = -np.ones((5, 3), "int32")
+    labels[:, 0] = 1
+    grid = np.asarray(draw_batch(images, boxes, labels, ["a", "b"]))
+    scale = 4  # 64 px -> 256
+    assert grid.shape == (2 * 256 + 2, 4 * 320 + 3 * 2, 3)
+    # the box's lower edge, scaled, is drawn in class 1's colour in the first tile
+    assert tuple(grid[48 * scale, 30 * scale]) == class_color(1)
+    # a padding row draws nothing: the tile's far corner stays white
+    assert tuple(grid[250, 310]) == (255, 255, 255)

@@ -53,6 +53,7 @@ from kdetect.runs import (
     MODEL_FILE,
     RECIPE_FILE,
     SAMPLES_DIR,
+    TRAIN_BATCH_PLOT,
     load_model,
     read_classes,
     save_keras,
@@ -61,6 +62,7 @@ from kdetect.runs import (
 from kdetect.runs.checkpoints import DISK_FULL_ERRNOS, disk_full_error, latest_epoch_checkpoint
 from kdetect.runs.files import read_meta, update_meta
 from kdetect.runs.lock import LOCK_FILE
+from kdetect.visualize import draw_batch
 
 
 def read_resume_state(run_dir: Path) -> dict:
@@ -300,8 +302,8 @@ def _report(model, recipe: Recipe, data, run_dir: Path, console, detections=None
 
 
 def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np.ndarray]:
-    """``classes.json`` (a resumed run must keep its classes), ``samples/`` and ``labels.png``;
-    returns the sample images."""
+    """``classes.json`` (a resumed run must keep its classes), ``samples/``, ``labels.png`` and
+    (for a new run) ``train_batch.jpg``; returns the sample images."""
     classes = data.classes
     if (run_dir / CLASSES_FILE).is_file() and state_info is not None:
         if read_classes(run_dir / CLASSES_FILE) != classes:
@@ -313,7 +315,19 @@ def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np
         boxes, labels = boxes_in_frame(data.train_annotations, frame)
         classes = data.train_annotations.classes
         plot_labels(boxes, labels, classes, frame, run_dir / LABELS_PLOT)
+    if state_info is None:
+        _write_train_batch(data, run_dir / TRAIN_BATCH_PLOT)
     return samples
+
+
+def _write_train_batch(data, path: Path) -> None:
+    """The first training batch after augmentation, with its boxes, as the model will see it
+    (the stream is stateless and rebuilt, so drawing it changes nothing of training)."""
+    batch = next(iter(data.train_from(0).take(1)))
+    images = batch["images"].numpy()[:16]
+    boxes = batch["bounding_boxes"]["boxes"].numpy()[:16]
+    labels = batch["bounding_boxes"]["labels"].numpy()[:16]
+    draw_batch(images, boxes, labels, data.classes).save(path, quality=90)
 
 
 def _write_samples(folder: Path, annotations, count: int) -> list[np.ndarray]:

@@ -25,6 +25,7 @@ from kdetect.runs import (
     METRICS_FILE,
     PLOTS_DIR,
     RESULTS_PLOT,
+    TRAIN_BATCH_PLOT,
     f1_threshold,
 )
 
@@ -82,7 +83,7 @@ def threshold_note(metrics: dict) -> str:
 
 def run_pictures(run_dir: Path) -> list[Path]:
     """The pictures a run directory holds: its own, then those of ``plots/``."""
-    own = [run_dir / name for name in (RESULTS_PLOT, LABELS_PLOT)]
+    own = [run_dir / name for name in (RESULTS_PLOT, LABELS_PLOT, TRAIN_BATCH_PLOT)]
     return [p for p in own if p.is_file()] + sorted((run_dir / PLOTS_DIR).glob("*.png"))
 
 

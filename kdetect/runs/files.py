@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 RESULTS_PLOT = "results.png"
 LABELS_PLOT = "labels.png"
+TRAIN_BATCH_PLOT = "train_batch.jpg"
 PLOTS_DIR = "plots"  # kdetect evaluate's pictures
 SAMPLES_DIR = "samples"
 LOGS_DIR = "logs"
