@@ -1,10 +1,9 @@
 """The model's input transform: its scale rule against NumPy, the portable (int32) rule, box
 mapping, training frames equal to prediction frames, its config, and ``model.image_size`` in
-recipes (the former ``data.image_size`` still read, with one deprecation line)."""
+recipes."""
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -190,43 +189,18 @@ def test_the_model_owns_its_transform():
     assert again.transform.get_config() == model.transform.get_config()
 
 
-def _size_warnings(caplog):
-    return [r for r in caplog.records if "data.image_size is deprecated" in r.getMessage()]
-
-
-def test_recipe_image_size_is_under_model(caplog):
-    caplog.set_level(logging.WARNING, logger="kdetect.recipes.loader")
+def test_recipe_image_size_is_under_model():
     recipe = load({"model": {"backbone": "tiny", "image_size": [96, 128]}})
-    assert recipe.model.image_size == [96, 128] and not _size_warnings(caplog)
+    assert recipe.model.image_size == [96, 128]
     model = build_model(recipe, 2)
     assert model.transform.get_config() == image_transform(recipe.model).get_config()
     assert model.image_size == (96, 128)
 
 
-def test_old_data_image_size_still_works_with_one_line(caplog):
-    caplog.set_level(logging.WARNING, logger="kdetect.recipes.loader")
-    given = {"data": {"image_size": [256, 320], "batch_size": 4}}
-    recipe = load(given)
-    assert recipe.model.image_size == [256, 320] and recipe.data.batch_size == 4
-    assert given == {"data": {"image_size": [256, 320], "batch_size": 4}}  # not changed
-    (warning,) = _size_warnings(caplog)
-    assert "move it to model.image_size" in warning.getMessage()
-    assert "\n" not in warning.getMessage()
-    caplog.clear()
-    assert load({}, ["data.image_size=[96,128]"]).model.image_size == [96, 128]
-    assert len(_size_warnings(caplog)) == 1
-    same = load({"model": {"image_size": [64, 64]}, "data": {"image_size": [64, 64]}})
-    assert same.model.image_size == [64, 64]
-
-
-def test_old_and_new_image_size_that_differ_are_an_error():
-    with pytest.raises(RecipeError) as info:
-        load({"model": {"image_size": [512, 512]}, "data": {"image_size": [256, 256]}})
-    assert str(info.value) == (
-        "data.image_size: [256, 256] differs from model.image_size [512, 512]; give the size "
-        "once, as model.image_size"
-    )
-    with pytest.raises(RecipeError, match="^data.image_size: expected 2 values, got 1$"):
-        load({"data": {"image_size": [128]}})
+def test_the_frame_is_a_model_key_only():
+    """``data.image_size`` (a name from before the model owned its input size) is an unknown
+    key now, as any other: nothing was released under it."""
+    with pytest.raises(RecipeError, match="^data.image_size: unknown key"):
+        load({"data": {"image_size": [256, 320]}})
     with pytest.raises(RecipeError, match="^model: image_size must be .*multiples of 32"):
-        load({"data": {"image_size": [100, 128]}})
+        load({"model": {"image_size": [100, 128]}})

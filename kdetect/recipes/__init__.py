@@ -4,8 +4,7 @@
 * :func:`train` - build data, model, optimizer and callbacks, call ``fit()``; returns the run
   directory (TensorFlow is imported once the recipe and the run directory have been checked).
 * :mod:`kdetect.recipes.evaluate_run` - evaluate a trained run, or each checkpoint as it appears.
-* Run directories and packed runs (``.kdet``) are :mod:`kdetect.runs` (formerly
-  ``kdetect.recipes.runs``, still importable under that name for one release).
+* Run directories and packed runs (``.kdet``) are :mod:`kdetect.runs`.
 """
 
 from kdetect.recipes.loader import apply_overrides, dump, load

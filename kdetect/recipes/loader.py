@@ -1,15 +1,12 @@
 """Read a recipe file, apply ``--set key=value`` overrides, validate, and write it back.
 
 Overrides use dotted keys and YAML typing for the value, so ``train.epochs=3`` sets an integer,
-``model.freeze=null`` sets ``None`` and ``model.image_size=[256,256]`` sets a list. The
-deprecated ``data.image_size`` still works for one release (moved to ``model.image_size``,
-with one warning line).
+``model.freeze=null`` sets ``None`` and ``model.image_size=[256,256]`` sets a list.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +18,9 @@ from kdetect.errors import CheckpointError, RecipeError
 from kdetect.parsing import compose_yaml, read_text
 from kdetect.paths import write_text
 from kdetect.recipes.builders import backbone_of, check_options, image_transform
-from kdetect.recipes.schema import ModelConfig, Recipe, path_fields
-from kdetect.recipes.typecheck import check_field, from_dict, to_dict
+from kdetect.recipes.schema import Recipe, path_fields
+from kdetect.recipes.typecheck import from_dict, to_dict
 from kdetect.runs.files import RECIPE_FILE
-
-logger = logging.getLogger(__name__)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -138,43 +133,6 @@ def _check_transform(model) -> None:
         image_transform(model)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"model: {exc}") from None
-
-
-def move_image_size(data: dict[str, Any]) -> dict[str, Any]:
-    """A recipe mapping with the deprecated ``data.image_size`` moved to ``model.image_size``
-    (one warning line); an error when both are given and differ. ``data`` is not changed."""
-    section = data.get("data")
-    if not isinstance(section, dict) or "image_size" not in section:
-        return data
-    model = data.get("model") or {}
-    if not isinstance(model, dict):
-        return data  # from_dict names the problem
-    size = check_field(ModelConfig, "image_size", section["image_size"], "data.image_size")
-    if "image_size" in model and model["image_size"] != size:
-        raise RecipeError(
-            f"data.image_size: {size} differs from model.image_size {model['image_size']}; "
-            "give the size once, as model.image_size"
-        )
-    _warn_image_size()
-    moved = {key: value for key, value in section.items() if key != "image_size"}
-    return {**data, "data": moved, "model": {**model, "image_size": size}}
-
-
-def move_image_size_override(text: str) -> str:
-    """An override of the deprecated ``data.image_size`` as one of ``model.image_size`` (one
-    warning line); any other override unchanged."""
-    key, _, value = text.partition("=")
-    if key.strip() != "data.image_size":
-        return text
-    _warn_image_size()
-    return f"model.image_size={value}"
-
-
-def _warn_image_size() -> None:
-    logger.warning(
-        "data.image_size is deprecated and will be removed: move it to model.image_size "
-        "(the model owns its input size)"
-    )
 
 
 def _check_init_from(value: str) -> None:
@@ -308,8 +266,7 @@ def load(
             path = path / RECIPE_FILE
         data = read_yaml(path)
         name = path.stem if path.name != RECIPE_FILE else path.parent.name
-    overrides = [move_image_size_override(text) for text in overrides or []]
-    data = apply_overrides(move_image_size(data), overrides)
+    data = apply_overrides(data, list(overrides or []))
     recipe = from_dict(Recipe, data)
     if recipe.name is None:
         recipe.name = name or "recipe"

@@ -22,8 +22,7 @@ Modules: :mod:`~kdetect.runs.files` (the file names, :class:`RunInfo`, the small
 :mod:`~kdetect.runs.packs` (reading ``.kdet`` zips within limits), :mod:`~kdetect.runs.catalog`
 (inspect, load, list, pack, unpack), :mod:`~kdetect.runs.metrics` (a run's headline number),
 :mod:`~kdetect.runs.directory` (a new run directory for training), :mod:`~kdetect.runs.lock`
-(one writer per run; a dead writer's ``running`` status reads ``interrupted``). Earlier this
-package was ``kdetect.recipes.runs``, which remains as an alias for one release.
+(one writer per run; a dead writer's ``running`` status reads ``interrupted``).
 """
 
 from kdetect.runs.catalog import (
