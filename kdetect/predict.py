@@ -259,8 +259,9 @@ class Detector:
         ]
 
     def draw(self, image: np.ndarray, objects: list[dict]):
-        """The image with ``objects`` (from :meth:`predict`) drawn on it (a PIL image)."""
-        from kdetect.visualize import draw_detections
+        """The image with ``objects`` (from :meth:`predict`) drawn on it (a PIL image); an image
+        smaller than :data:`~kdetect.visualize.DRAW_MIN_SIDE` is enlarged so labels read."""
+        from kdetect.visualize import DRAW_MIN_SIDE, draw_detections
 
         return draw_detections(
             image,
@@ -268,6 +269,7 @@ class Detector:
             [o["label_id"] for o in objects],
             [o["score"] for o in objects],
             self.classes,
+            min_side=DRAW_MIN_SIDE,
         )
 
 

@@ -49,6 +49,17 @@ def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
+#: Drawn pictures of smaller images are enlarged (by a whole factor, pixels kept sharp) until
+#: their shorter side reaches this, so that labels stay readable; serve's page does the same.
+DRAW_MIN_SIDE = 320
+
+
+def enlargement(width: int, height: int, min_side: int = DRAW_MIN_SIDE) -> int:
+    """The whole factor that brings the shorter side of a ``width`` x ``height`` image to at
+    least ``min_side`` (1 for images already that large)."""
+    return max(1, -(-min_side // max(1, min(width, height))))
+
+
 def draw_detections(
     image: np.ndarray | Image.Image,
     boxes: np.ndarray | Sequence[Sequence[float]],
@@ -56,6 +67,7 @@ def draw_detections(
     confidence: np.ndarray | Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
     line_width: int | None = None,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Return a copy of ``image`` with each box drawn and labelled ``"name 0.93"``.
 
@@ -66,6 +78,8 @@ def draw_detections(
         confidence: ``[N]`` detection confidences, or ``None`` for ground truth.
         classes: class names; ids are shown when ``None`` or out of range.
         line_width: box outline width; by default scaled with the image size.
+        min_side: enlarge a smaller image first (nearest neighbour, by :func:`enlargement`),
+            boxes with it, so that its labels are readable; None keeps the size.
     """
     if isinstance(image, Image.Image):
         canvas = image.convert("RGB").copy()
@@ -76,11 +90,15 @@ def draw_detections(
         if array.ndim == 2:
             array = np.stack([array] * 3, axis=-1)
         canvas = Image.fromarray(array[..., :3])
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scale = enlargement(*canvas.size, min_side) if min_side else 1
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+        boxes = boxes * scale
     width, height = canvas.size
     line_width = line_width or max(1, round(min(width, height) / 200))
     font = _font(max(10, round(min(width, height) / 40)))
     draw = ImageDraw.Draw(canvas)
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
     if confidence is not None:
         confidence = np.asarray(confidence, dtype=np.float32).reshape(-1)
@@ -108,28 +126,21 @@ def draw_batch(
     labels: np.ndarray,
     classes: Sequence[str] | None = None,
     columns: int = 4,
-    min_side: int = 256,
+    min_side: int = DRAW_MIN_SIDE,
 ) -> Image.Image:
     """One picture of a training batch as the model sees it: each image with its ground-truth
-    boxes (padding rows, label < 0, skipped), tiled ``columns`` wide. Images whose shorter side
-    is under ``min_side`` are enlarged first, so that labels stay readable."""
-    images = np.asarray(images)
-    count = len(images)
-    height, width = images.shape[1:3]
-    scale = max(1, int(np.ceil(min_side / min(height, width))))
+    boxes (padding rows, label < 0, skipped), small images enlarged as :func:`draw_detections`
+    does, tiled ``columns`` wide."""
     tiles = []
     for image, image_boxes, image_labels in zip(images, boxes, labels, strict=True):
         keep = np.asarray(image_labels) >= 0
-        picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-        if scale > 1:
-            picture = picture.resize((width * scale, height * scale), Image.NEAREST)
         tiles.append(
-            draw_detections(picture, np.asarray(image_boxes)[keep] * scale,
-                            np.asarray(image_labels)[keep], classes=classes)
+            draw_detections(image, np.asarray(image_boxes)[keep], np.asarray(image_labels)[keep],
+                            classes=classes, min_side=min_side)
         )  # fmt: skip
-    columns = min(columns, count)
-    rows = -(-count // columns)
-    tile_w, tile_h = width * scale, height * scale
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    tile_w, tile_h = tiles[0].size
     grid = Image.new("RGB", (columns * tile_w + (columns - 1) * 2, rows * tile_h + (rows - 1) * 2))
     for index, tile in enumerate(tiles):
         grid.paste(tile, ((index % columns) * (tile_w + 2), (index // columns) * (tile_h + 2)))

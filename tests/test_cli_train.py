@@ -38,9 +38,9 @@ def test_train_writes_the_run_directory(run):
     for name in ("results.png", "labels.png"):  # the pictures every run gets
         with Image.open(run / name) as image:
             assert image.format == "PNG" and min(image.size) >= 600, name
-    # the first training batch as augmented, enlarged 4x (64 px images) so labels read
+    # the first training batch as augmented, enlarged 5x (64 px images) so labels read
     with Image.open(run / "train_batch.jpg") as image:
-        assert image.format == "JPEG" and image.size == (2 * 256 + 2, 256)  # batch of 2
+        assert image.format == "JPEG" and image.size == (2 * 320 + 2, 320)  # batch of 2
     assert (run / "logs").is_dir()
     assert (run / "checkpoints" / "epoch-0001.keras").is_file()
     assert (run / "checkpoints" / "best.keras").is_file()

@@ -64,9 +64,9 @@ def test_a_training_batch_is_drawn_enlarged_with_its_boxes():
     labels = -np.ones((5, 3), "int32")
     labels[:, 0] = 1
     grid = np.asarray(draw_batch(images, boxes, labels, ["a", "b"]))
-    scale = 4  # 64 px -> 256
-    assert grid.shape == (2 * 256 + 2, 4 * 320 + 3 * 2, 3)
+    scale = 5  # 64 px -> 320 (DRAW_MIN_SIDE)
+    assert grid.shape == (2 * 320 + 2, 4 * 400 + 3 * 2, 3)
     # the box's lower edge, scaled, is drawn in class 1's colour in the first tile
     assert tuple(grid[48 * scale, 30 * scale]) == class_color(1)
     # a padding row draws nothing: the tile's far corner stays white
-    assert tuple(grid[250, 310]) == (255, 255, 255)
+    assert tuple(grid[315, 395]) == (255, 255, 255)

@@ -51,7 +51,7 @@ def test_predict_folder_to_stdout_and_drawn_images(run, tmp_path, capsys):
         assert (line["width"], line["height"]) == (64, 64)
     assert sorted(p.name for p in drawn.iterdir()) == samples
     with Image.open(drawn / samples[0]) as image:
-        assert image.size == (64, 64)
+        assert image.size == (320, 320)  # 64 px enlarged 5x (DRAW_MIN_SIDE) so labels read
 
 
 def test_iou_and_agnostic_reach_the_model(run, capsys):
@@ -205,7 +205,7 @@ def test_detector_api(detector, run):
     assert detector.predict(image)[0]["objects"] == from_array["objects"]  # still usable
     with pytest.raises(KdetectError, match="min-score"):
         Detector(detector.model, detector.classes, min_score=2)
-    assert detector.draw(image, from_path["objects"]).size == (64, 64)
+    assert detector.draw(image, from_path["objects"]).size == (320, 320)  # enlarged to read
 
 
 def test_collect_inputs(tmp_path):

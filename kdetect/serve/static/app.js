@@ -31,9 +31,13 @@ function draw() {
   const ctx = canvas.getContext("2d");
   const img = state.image;
   if (!img) return;
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
-  ctx.drawImage(img, 0, 0);
+  // A small image is enlarged by a whole factor (pixels kept sharp) until its shorter side is
+  // at least 320, as kdetect predict's drawn images are, so that its labels stay readable.
+  const scale = Math.max(1, Math.ceil(320 / Math.max(1, Math.min(img.naturalWidth, img.naturalHeight))));
+  canvas.width = img.naturalWidth * scale;
+  canvas.height = img.naturalHeight * scale;
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
   const shown = state.objects.filter((o) => o.score >= threshold());
   const line = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 200));
   const fontSize = Math.max(11, Math.round(Math.min(canvas.width, canvas.height) / 40));
@@ -41,7 +45,7 @@ function draw() {
   ctx.textBaseline = "top";
   // Lowest scores first so that the most confident boxes end up on top.
   for (const o of [...shown].reverse()) {
-    const [x1, y1, x2, y2] = o.bbox;
+    const [x1, y1, x2, y2] = o.bbox.map((v) => v * scale);
     ctx.lineWidth = line;
     ctx.strokeStyle = color(o.label_id);
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
