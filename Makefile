@@ -23,12 +23,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# torch's CPU-only wheels (about 0.7 GB instead of PyPI's 5.5 GB CUDA build) where that index is
+# reachable; elsewhere (machines that reach only PyPI) the PyPI build.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(TORCH_STAMP): requirements-torch.txt
 	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
 	if [ "$$(uname -m)" = aarch64 ]; then \
 	  $(TORCH_VENV)/bin/python -m pip install -q torch==2.9.1 torchvision==0.24.1; \
 	else \
-	  $(TORCH_VENV)/bin/python -m pip install -q -r requirements-torch.txt; \
+	  $(TORCH_VENV)/bin/python -m pip install -q --isolated --timeout 10 --retries 1 \
+	    --index-url $(TORCH_CPU_INDEX) -r requirements-torch.txt 2>/dev/null \
+	  || $(TORCH_VENV)/bin/python -m pip install -q -r requirements-torch.txt; \
 	fi
 	rm -f $(TORCH_VENV)/.installed-* && touch $@
 
