@@ -13,7 +13,7 @@ TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cks
 LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed-$(shell cat requirements-labelstudio.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv torch-venv labelstudio-venv demo test lint bench clean
+.PHONY: venv torch-venv labelstudio-venv demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ test: venv torch-venv labelstudio-venv
 	KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python \
 	KDETECT_LABEL_STUDIO=$(CURDIR)/$(LS_VENV)/bin/label-studio \
 	$(BIN)/python -m pytest -q
+
+## The quick loop while editing: every test but those tests/conftest.py marks slow.
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check kdetect tests benchmarks

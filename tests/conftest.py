@@ -13,3 +13,30 @@ def tiny_detector():
     from tests.helpers import tiny_model
 
     return tiny_model()
+
+
+#: Modules whose tests train detectors to accuracy, run torchvision beside kdetect on real
+#: photos, or start servers, browsers and worker processes: most of the suite's time.
+#: ``make test`` runs everything; ``make test-fast`` (``pytest -m "not slow"``) leaves these out
+#: for a quick loop while editing.
+SLOW_MODULES = {
+    "test_benchmarks",
+    "test_dense_parity",
+    "test_distribute",
+    "test_family_commands",
+    "test_family_imports",
+    "test_labelstudio_live",
+    "test_loss_parity",
+    "test_pretrained_cli",
+    "test_pretrained_parity",
+    "test_resume_equality",
+    "test_run_lifecycle",
+    "test_serve_live",
+    "test_ssd_parity",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
