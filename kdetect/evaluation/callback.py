@@ -56,7 +56,6 @@ class EvaluationCallback(keras.callbacks.Callback):
             raise ValueError(f"every must be >= 1, got {every}")
         if max_images is not None and len(annotations) > max_images:
             annotations = Annotations(annotations.classes, annotations.records[:max_images])
-        self.annotations = annotations
         self.ground_truth = as_ground_truth(annotations)
         self.metric = check_metric(metric)
         self.every = int(every)
