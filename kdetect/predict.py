@@ -125,6 +125,8 @@ class Detector:
         nms_iou: IoU threshold of the model's final non-maximum suppression (default: the
             model's own).
         class_agnostic: suppress overlapping boxes across classes too.
+        image_size: ``(height, width)`` the images are resized into (default: the model's;
+            see :meth:`~kdetect.models.base.DetectionModel.configure_detections`).
 
     Example::
 
@@ -142,14 +144,15 @@ class Detector:
         ignore: Iterable[str] | None = None,
         nms_iou: float | None = None,
         class_agnostic: bool = False,
+        image_size: Sequence[int] | None = None,
     ):
         if isinstance(model, (str, os.PathLike)):
             model, loaded = load_model(model)
             classes = classes if classes is not None else loaded
-        if nms_iou is not None or class_agnostic:
+        if nms_iou is not None or class_agnostic or image_size is not None:
             if not hasattr(model, "configure_detections"):
-                raise KdetectError("this model's non-maximum suppression cannot be changed")
-            model.configure_detections(nms_iou, class_agnostic)
+                raise KdetectError("this model's prediction settings cannot be changed")
+            model.configure_detections(nms_iou, class_agnostic, image_size)
         self.model = model
         if classes is None:
             classes = fallback_class_names(getattr(model, "num_classes", 0))

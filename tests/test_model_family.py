@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from kdetect.errors import RecipeError
+from kdetect.errors import KdetectError, RecipeError
 from kdetect.models import build, loss_names
 from kdetect.models.outputs import OUTPUT_KEYS
 from kdetect.models.registry import (
@@ -149,6 +149,41 @@ def test_each_type_changes_its_final_suppression_at_prediction_time(family_model
     assert _pairs_overlapping(per_class, 0.3, same_class_only=False) > 0
     assert {id(other): other.nms_thresh for other in model._flatten_layers()
             if id(other) in others} == others  # fmt: skip
+
+
+def test_each_type_predicts_at_another_image_size_as_if_built_for_it(family_model):
+    """``configure_detections(image_size=...)`` (predict's --image-size) predicts what the same
+    weights predict in a detector built for that frame; ``None`` leaves the frame alone."""
+    model_type, model = family_model
+    images = np.random.default_rng(2).integers(0, 255, (1, 150, 230, 3)).astype("uint8")
+    built_for = build_model(shapes_recipe(model_type, "model.image_size=[192,256]"), 3)
+    built_for.set_weights(model.get_weights())
+    loose = []
+    for detector in (model, built_for):
+        final = [layer for layer in detector._flatten_layers() if getattr(layer, "FINAL_NMS", 0)]
+        loose.append((final[0], final[0].score_thresh))
+        final[0].score_thresh = 1e-3  # untrained: keep many candidates
+    try:
+        at_128 = model.predict_on_batch(images)
+        model.configure_detections(image_size=(192, 256))
+        assert model.image_size == (192, 256)
+        resized = model.predict_on_batch(images)
+        expected = built_for.predict_on_batch(images)
+        model.configure_detections(nms_iou=None)
+        assert model.image_size == (192, 256)
+    finally:
+        model.configure_detections(image_size=(128, 128))
+        for layer, threshold in loose:
+            layer.score_thresh = threshold
+    assert int(expected["num_detections"][0]) > 0
+    np.testing.assert_array_equal(resized["num_detections"], expected["num_detections"])
+    np.testing.assert_allclose(resized["boxes"], expected["boxes"], atol=1e-3)
+    np.testing.assert_allclose(resized["confidence"], expected["confidence"], atol=1e-5)
+    assert not np.allclose(at_128["boxes"], expected["boxes"], atol=0.5)  # the frame matters
+    if model.transform.size_divisible > 1:  # SSD's stretched frame takes any size
+        with pytest.raises(KdetectError, match="multiples of 32"):
+            model.configure_detections(image_size=(100, 128))
+        assert model.image_size == (128, 128)
 
 
 def test_each_type_survives_save_load_and_its_config(family_model, tmp_path):

@@ -72,6 +72,27 @@ def test_iou_and_agnostic_reach_the_model(run, capsys):
     assert kdetect("predict", run, run / "samples", "--iou", "0") == 2  # (0, 1]
 
 
+def test_image_size_reaches_the_model(run, capsys):
+    """``--image-size`` predicts as the Python API's ``Detector(image_size=...)``, differently
+    from the run's own frame; a size the network cannot take is one clear error."""
+    sample = sorted((run / "samples").glob("*.png"))[0]
+
+    def objects(*flags) -> list[dict]:
+        assert kdetect("predict", run, sample, "--min-score", "0", *flags) == 0
+        return _lines(capsys.readouterr().out)[0]["objects"]
+
+    larger = objects("--image-size", "128")
+    own = objects()
+    python = Detector(run, min_score=0.0, image_size=(128, 128)).predict([sample])[0]["objects"]
+    assert larger == python
+    assert larger != own
+    assert objects("--image-size", "96,128") != larger
+    assert kdetect("predict", run, sample, "--image-size", "0") == 2
+    assert kdetect("predict", run, sample, "--image-size", "a,b") == 2
+    assert kdetect("predict", run, sample, "--image-size", "100") == 1
+    assert "multiples of 32" in capsys.readouterr().err
+
+
 def test_predict_files_to_output(run, tmp_path, capsys):
     big = tmp_path / "big.jpg"
     Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(big)

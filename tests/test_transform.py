@@ -175,6 +175,24 @@ def test_config_round_trip_and_checks():
         ImageTransform((64.0, 64))
 
 
+def test_predicting_at_another_size_follows_each_rule():
+    """predict's ``--image-size``: the frame of ``fit`` and ``fixed``; ``min_max``'s short and
+    long sides (a square keeps the model's ratio, as torchvision's 800 / 1333 at 640)."""
+    fit = ImageTransform((96, 128)).predicting_at((160, 224))
+    assert fit.image_size == (160, 224) and fit.resize_mode == "fit"
+    assert _ints(fit.resized_size(300, 400)) == ref_fit_size(300, 400, (160, 224))
+    stretched = ImageTransform((300, 300), "fixed").predicting_at((250, 270))
+    assert _ints(stretched.resized_size(480, 640)) == (250, 270)
+    torchvision = ImageTransform((800, 800), "min_max", 800, 1333)
+    square = torchvision.predicting_at((640, 640))
+    assert (square.min_size, square.max_size, square.image_size) == (640, 1066, (800, 800))
+    assert _ints(square.resized_size(480, 1600)) == ref_min_max_size(480, 1600, 640, 1066)
+    sides = torchvision.predicting_at((1000, 512))
+    assert (sides.min_size, sides.max_size) == (512, 1000)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        ImageTransform((96, 128)).predicting_at((100, 128))
+
+
 def test_the_model_owns_its_transform():
     model = FasterRCNN(**{**TINY, "resize_mode": "min_max", "min_size": 96, "max_size": 160})
     assert model.transform.get_config() == {

@@ -1,6 +1,6 @@
 """Options that several commands share, written once: the dataset formats (from the readers'
 registry, so a new reader shows in every command), the invalid-box policy, class lists, image
-folders. (The leading underscore keeps this module out of the command modules
+folders, the network's frame. (The leading underscore keeps this module out of the command modules
 :func:`kdetect.cli._register_commands` imports.)"""
 
 from __future__ import annotations
@@ -37,3 +37,22 @@ InvalidBoxOption = Annotated[
 ImagesDirOption = Annotated[
     Path | None, typer.Option(help="Folder of the images, when not the usual place.")
 ]
+
+
+def parse_image_size(value: str | None) -> tuple[int, int] | None:
+    """``--image-size``: ``H,W`` (or ``HxW``) or one ``N`` for a square, as ``(H, W)``."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter(f"expected H,W or N, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def image_size_option(help: str) -> typer.Option:
+    """An ``--image-size H,W`` option (read by :func:`parse_image_size`)."""
+    return typer.Option(
+        "--image-size", metavar="H,W", help=help, callback=parse_image_size, show_default=False
+    )

@@ -21,6 +21,7 @@ import typer
 from rich.markup import escape
 
 from kdetect.cli import app, err_console, print_error
+from kdetect.cli._options import image_size_option
 from kdetect.errors import KdetectError
 from kdetect.paths import atomic_path, check_free, check_kind, input_guard
 
@@ -78,6 +79,12 @@ def predict(
         bool,
         typer.Option("--agnostic", help="Suppress overlapping boxes across classes too."),
     ] = False,
+    image_size: Annotated[  # (H, W) after the option's callback
+        str | None,
+        image_size_option(
+            "Resize images into this frame: H,W or N (default: the model's; see docs/cli.md)."
+        ),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(metavar="CLASS", help="Keep only this class (repeatable)."),
@@ -147,6 +154,7 @@ def predict(
         ignore=ignore,
         nms_iou=iou,
         class_agnostic=agnostic,
+        image_size=image_size,
     )
     for problem in problems:
         print_error(problem)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kdetect.cli import app
+from kdetect.cli._options import image_size_option
 
 
 @app.command("train")
@@ -49,13 +50,9 @@ def train(
         int | None,
         typer.Option(min=1, help="Images per step (data.batch_size).", show_default=False),
     ] = None,
-    image_size: Annotated[
+    image_size: Annotated[  # (H, W) after the option's callback
         str | None,
-        typer.Option(
-            metavar="H,W",
-            help="The network's frame (model.image_size): H,W or one size for a square.",
-            show_default=False,
-        ),
+        image_size_option("The network's frame (model.image_size): H,W or one size for a square."),
     ] = None,
     data: Annotated[
         Path | None,
@@ -85,7 +82,7 @@ def train(
     flags = {
         "train.epochs": epochs,
         "data.batch_size": batch_size,
-        "model.image_size": image_size and _frame(image_size),
+        "model.image_size": image_size and "[{},{}]".format(*image_size),
         "data.root": data and str(data.resolve()),
         "model.type": model_type,
     }
@@ -100,16 +97,6 @@ def train(
         run_training(recipe, run_dir=run_dir, resume=resume, overrides=overrides)
     except KeyboardInterrupt:
         raise typer.Abort() from None
-
-
-def _frame(value: str) -> str:
-    """``--image-size``: ``H,W`` or ``N`` as the YAML list ``[H, W]``."""
-    parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise typer.BadParameter(f"expected H,W or N, got {value!r}", param_hint="--image-size")
-    return f"[{parts[0]},{parts[1]}]"
 
 
 def _use_device(device: str) -> None:

@@ -102,14 +102,25 @@ class DetectionModel(keras.Model):
 
     # --- What a subclass writes -------------------------------------------------------------
     def configure_detections(
-        self, nms_iou: float | None = None, class_agnostic: bool | None = None
+        self,
+        nms_iou: float | None = None,
+        class_agnostic: bool | None = None,
+        image_size: Sequence[int] | None = None,
     ) -> None:
-        """Change the final non-maximum suppression for the predictions that follow: its IoU
-        threshold (torchvision's ``box_nms_thresh``, Ultralytics' ``iou``) and whether it
-        suppresses across classes (``agnostic_nms``); the prediction function is traced again.
+        """Change how the predictions that follow are made; the prediction function is traced
+        again. ``nms_iou``: the IoU threshold of the final non-maximum suppression
+        (torchvision's ``box_nms_thresh``, Ultralytics' ``iou``); ``class_agnostic``: whether it
+        suppresses across classes (``agnostic_nms``); ``image_size``: ``(height, width)`` the
+        images are resized into (Ultralytics' ``imgsz``; see
+        :meth:`~kdetect.models.transform.ImageTransform.predicting_at`).
         """
         if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
             raise KdetectError(f"nms_iou: expected a value in (0, 1], got {nms_iou}")
+        if image_size is not None:
+            try:
+                self.transform = self.transform.predicting_at(image_size)
+            except (TypeError, ValueError) as exc:
+                raise KdetectError(str(exc)) from None
         final = [layer for layer in self._flatten_layers() if getattr(layer, "FINAL_NMS", False)]
         for layer in final:
             if nms_iou is not None:

@@ -102,6 +102,24 @@ class ImageTransform:
         settings = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"ImageTransform({settings})"
 
+    def predicting_at(self, size: Sequence[int]) -> ImageTransform:
+        """This transform with predictions made at ``size`` = ``(H, W)`` (predict's
+        ``--image-size``), training settings otherwise unchanged. ``fit`` and ``fixed``: the
+        frame becomes ``size`` (multiples of ``size_divisible``). ``min_max``: the short side
+        goes to ``min(size)`` and the long side at most to ``max(size)``; a square ``(N, N)``
+        keeps the model's ratio of the two (torchvision's ``min_size`` = N, ``max_size`` =
+        N * max_size / min_size)."""
+        height, width = (int(v) for v in size)
+        config = self.get_config()
+        if self.resize_mode != "min_max":
+            config["image_size"] = (height, width)
+        elif height == width:
+            config["min_size"] = height
+            config["max_size"] = max(height, round(height * self.max_size / self.min_size))
+        else:
+            config["min_size"], config["max_size"] = min(height, width), max(height, width)
+        return ImageTransform(**config)
+
     # --- The scale rule -------------------------------------------------------------------
     def scale(self, height, width):
         """The rule's scale for a ``height`` x ``width`` image: float32 for ``fit``, float64
