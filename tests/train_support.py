@@ -3,12 +3,14 @@
 The tiny run is trained once (through the CLI) and reused by ``test_cli_train.py``,
 ``test_predict.py`` and others; it uses the tiny backbone on 64x64 images for two steps. The
 trained run (``trained_shapes_run``) is the shapes recipe trained for 400 steps, shared by the
-end-to-end and export tests.
+end-to-end and export tests (and, under pytest-xdist, by the workers: :func:`shared_run`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,12 +92,37 @@ def tiny_run(tmp_path_factory) -> Path:
 def trained_shapes_run(tmp_path_factory) -> Path:
     """Train (once per session) the shapes recipe for real (``TRAINED``), in Python."""
     needs_shapes()
-    if "trained" not in _RUNS:
+
+    def train_into(run: Path) -> None:
         from kdetect.recipes import train
 
-        run = tmp_path_factory.mktemp("e2e") / "run"
-        _RUNS["trained"] = train(SHAPES, run_dir=run, overrides=TRAINED)
-    return _RUNS["trained"]
+        train(SHAPES, run_dir=run, overrides=TRAINED)
+
+    return shared_run(tmp_path_factory, "trained", train_into)
+
+
+def shared_run(tmp_path_factory, key: str, train_into, name: str = "run") -> Path:
+    """The run ``key``, trained once per test session by ``train_into(folder)``. Under
+    pytest-xdist (``make test``) the workers share it: the first to need it trains it while
+    the others wait on a lock, then all read the same folder (so its users only read it).
+    The run directory is called ``name``."""
+    if key in _RUNS:
+        return _RUNS[key]
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        run = tmp_path_factory.mktemp(key) / name
+        train_into(run)
+    else:
+        shared = tmp_path_factory.getbasetemp().parent / f"shared-run-{key}"
+        run = shared / name
+        with open(f"{shared}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (shared / "trained").exists():
+                shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+                shared.mkdir()
+                train_into(run)
+                (shared / "trained").touch()
+    _RUNS[key] = run
+    return run
 
 
 def family_run(
@@ -109,20 +136,19 @@ def family_run(
     ``TRAINED`` at learning rate ``lr`` with the type's own ``overrides`` (a learnt detector
     of that type), through the CLI."""
     needs_shapes()
-    key = f"family-{model_type}"
-    if key not in _RUNS:
-        run = tmp_path_factory.mktemp("family") / model_type
-        settings = [
-            *TRAINED,
-            f"train.steps_per_epoch={steps}",
-            f"train.optimizer.lr={lr}",
-            f"model.type={model_type}",
-            "eval.samples=8",  # run/samples: the photos the command tests feed
-            *overrides,
-        ]
+    settings = [
+        *TRAINED,
+        f"train.steps_per_epoch={steps}",
+        f"train.optimizer.lr={lr}",
+        f"model.type={model_type}",
+        "eval.samples=8",  # run/samples: the photos the command tests feed
+        *overrides,
+    ]
+
+    def train_into(run: Path) -> None:
         assert kdetect("train", SHAPES, "--run-dir", run, *set_args(settings)) == 0
-        _RUNS[key] = run
-    return _RUNS[key]
+
+    return shared_run(tmp_path_factory, f"family-{model_type}", train_into, model_type)
 
 
 def interrupt_after(steps: int):
