@@ -13,7 +13,7 @@ TORCH_STAMP := $(TORCH_VENV)/.installed-$(shell cat requirements-torch.txt | cks
 LS_VENV := .venv-labelstudio
 LS_STAMP := $(LS_VENV)/.installed-$(shell cat requirements-labelstudio.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv torch-venv labelstudio-venv demo test test-fast lint bench clean
+.PHONY: venv torch-venv labelstudio-venv demo test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,16 +56,22 @@ demo: venv
 	$(BIN)/kdetect train recipes/shapes.yaml --run-dir $(DEMO_DIR)
 	$(BIN)/kdetect predict $(DEMO_DIR) $(DEMO_DIR)/samples --output $(DEMO_OUT)/predictions.jsonl --save-images $(DEMO_OUT)/drawn
 
-## Run the test suite (the torchvision parity tests use .venv-torch, the Label Studio test
-## .venv-labelstudio).
-test: venv torch-venv labelstudio-venv
-	KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python \
-	KDETECT_LABEL_STUDIO=$(CURDIR)/$(LS_VENV)/bin/label-studio \
-	$(BIN)/python -m pytest -q
+## Run the test suite on two workers: every test but the slow ones (tests/conftest.py marks
+## them: training to accuracy, torchvision parity on real photos, live servers and worker
+## processes); the torchvision tests use .venv-torch, the Label Studio tests .venv-labelstudio.
+TEST_ENV = KDETECT_TORCH_PYTHON=$(CURDIR)/$(TORCH_VENV)/bin/python \
+	KDETECT_LABEL_STUDIO=$(CURDIR)/$(LS_VENV)/bin/label-studio
+PYTEST = $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-## The quick loop while editing: every test but those tests/conftest.py marks slow.
-test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+test: venv torch-venv labelstudio-venv
+	$(TEST_ENV) $(PYTEST) -m "not slow"
+
+## Only the slow tests; and everything (both, about 40 minutes on two cores).
+test-slow: venv torch-venv labelstudio-venv
+	$(TEST_ENV) $(PYTEST) -m slow
+
+test-all: venv torch-venv labelstudio-venv
+	$(TEST_ENV) $(PYTEST)
 
 lint: venv
 	$(BIN)/ruff check kdetect tests benchmarks

@@ -37,7 +37,7 @@ with the torch interpreter found as for ``--peer`` or else the tests' (``KDETECT
 default ``.venv-torch``); their exported-model rows import the same kind of checkpoint.
 
 ``--malloc retain`` (the default) runs kdetect as the ``kdetect`` program does, with glibc keeping
-freed memory (kdetect.allocator), and gives the torchvision peer the same glibc settings;
+freed memory (kdetect.plumbing.allocator), and gives the torchvision peer the same glibc settings;
 ``--malloc system`` keeps glibc's defaults for both.
 """
 
@@ -75,7 +75,7 @@ def _worker(args) -> None:
     """
     retain = args.malloc == "retain"
     if retain:  # as the kdetect program does, before TensorFlow starts its threads
-        from kdetect.allocator import retain_freed_memory
+        from kdetect.plumbing.allocator import retain_freed_memory
 
         retain_freed_memory()
     import keras
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         return _worker(args)
     if args.malloc == "retain":  # this process measures the input pipeline
-        from kdetect.allocator import retain_freed_memory
+        from kdetect.plumbing.allocator import retain_freed_memory
 
         retain_freed_memory()
     if args.peer_python and not args.peer:

@@ -126,7 +126,7 @@ class Peer:
 
     Uses torch in this process when importable, else a resident ``peer_torchvision.py --serve``
     child started with the interpreter ``python`` (with ``retain_memory``, glibc set up as
-    :func:`kdetect.allocator.retain_freed_memory` does, through its environment variables).
+    :func:`kdetect.plumbing.allocator.retain_freed_memory` does, through its environment variables).
     ``Peer.start`` returns None when neither is available. ``checkpoint``: ``weights`` and
     ``inputs``, a torchvision checkpoint and the .npz of images and boxes to run it on, and its
     ``arch`` and ``num_classes`` (peer_torchvision.py).
@@ -151,7 +151,7 @@ class Peer:
         options = [f"--{key.replace('_', '-')}={value}" for key, value in checkpoint.items()]
         env = dict(os.environ)
         if retain_memory:
-            from kdetect.allocator import RETAIN_FREED_MEMORY_ENV
+            from kdetect.plumbing.allocator import RETAIN_FREED_MEMORY_ENV
 
             env.update(RETAIN_FREED_MEMORY_ENV)
         self._process = subprocess.Popen(

@@ -6,7 +6,7 @@
 Each configuration's detector (benchmarks/common.py: random weights for the built-in ones; for an
 ``imported_*`` one, a torchvision checkpoint written by ``--torch-python`` and imported as
 benchmarks/imported.py does, run on the first of its photos) is exported to ONNX and TFLite
-with ``kdetect.export.export_model`` in a temporary folder; an export that fails is reported as
+with ``kdetect.apps.export.export_model`` in a temporary folder; an export that fails is reported as
 such (its error's first line) and left out of the timing. Then each repeat runs the same image
 through the three back to back (Keras ``predict_on_batch``, onnxruntime's CPU provider, the
 LiteRT interpreter with XNNPACK on every core), so a change of machine load moves all three
@@ -49,7 +49,7 @@ def _model_and_image(name: str, folder: Path, torch_python: str | None):
 
 def measure(name: str, repeats: int, torch_python: str | None = None) -> dict:
     """Latencies (s) of Keras and both exported files on one image of configuration ``name``."""
-    from kdetect.export import ExportedModel, export_model
+    from kdetect.apps.export import ExportedModel, export_model
 
     result: dict = {"export_s": {}, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="kdetect-bench-export-") as folder:

@@ -113,7 +113,7 @@ def train_batch(model, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray
     """
     import tensorflow as tf
 
-    from kdetect.backbones import IMAGENET_MEAN_RGB
+    from kdetect.backbones.networks import IMAGENET_MEAN_RGB
 
     height, width = images.shape[1:3]
     new_h, new_w = (int(s) for s in model.transform.resized_size(height, width))

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import CONFIGS, build_model, machine, print_table
 
-from kdetect.serve.background import BackgroundServer
+from kdetect.apps.serve.background import BackgroundServer
 
 
 def _jpeg(height: int, width: int) -> bytes:
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--model", help="a trained run directory / .keras / .kdet instead")
     args = parser.parse_args()
 
-    from kdetect.serve import create_app
+    from kdetect.apps.serve import create_app
 
     rows = []
     targets = [(args.model, None)] if args.model else [(None, name) for name in args.configs]

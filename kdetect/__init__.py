@@ -13,8 +13,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from kdetect import keras_registration  # noqa: E402
-from kdetect.errors import KdetectError  # noqa: E402
+#: The layers of the package, bottom to top, one folder each: a module imports only from its own
+#: layer or a lower one (docs/architecture.md; tests/test_import_layers.py reads every import).
+LAYERS = (
+    "plumbing",
+    "ops",
+    "layers",
+    "backbones",
+    "pretrained",
+    "models",
+    "data",
+    "drawing",
+    "evaluation",
+    "runs",
+    "config",
+    "engine",
+    "apps",
+    "cli",
+)
+
+from kdetect.plumbing import keras_registration  # noqa: E402
+from kdetect.plumbing.errors import KdetectError  # noqa: E402
 
 keras_registration.install()
 
@@ -22,9 +41,9 @@ keras_registration.install()
 # --help) do not pay for importing TensorFlow.
 _LAZY = {
     "FasterRCNN": "kdetect.models.faster_rcnn",
-    "Detector": "kdetect.predict",
-    "load_model": "kdetect.predict",
-    "train": "kdetect.recipes.training",
+    "Detector": "kdetect.apps.predict",
+    "load_model": "kdetect.apps.predict",
+    "train": "kdetect.engine.training",
 }
 
 __all__ = ["Detector", "FasterRCNN", "KdetectError", "__version__", "load_model", "train"]

@@ -17,8 +17,8 @@ def tiny_detector():
 
 #: Modules whose tests train detectors to accuracy, run torchvision beside kdetect on real
 #: photos, or start servers, browsers and worker processes: most of the suite's time.
-#: ``make test`` runs everything; ``make test-fast`` (``pytest -m "not slow"``) leaves these out
-#: for a quick loop while editing.
+#: ``make test`` (the README's test command) leaves these out (``pytest -m "not slow"``);
+#: ``make test-slow`` runs only them, ``make test-all`` everything.
 SLOW_MODULES = {
     "test_benchmarks",
     "test_dense_parity",

@@ -187,8 +187,8 @@ def assert_imported_run(run: Path, arch: str, options: dict, photo: Path, out: P
     """``run``, imported as ``arch`` by ``kdetect checkpoint import``: its kdetect.json names the
     architecture, its recipe.yaml rebuilds ``options`` (the architecture's constructor options),
     and ``kdetect predict RUN PHOTO --min-score 0.05`` writes COCO objects inside the photo."""
-    from kdetect.recipes import load
-    from kdetect.recipes.builders import model_kwargs
+    from kdetect.config import load
+    from kdetect.config.builders import model_kwargs
 
     assert json.loads((run / "kdetect.json").read_text())["arch"] == arch
     kwargs = model_kwargs(load(run / "recipe.yaml", check_paths=False).model, 90)
@@ -215,7 +215,7 @@ def assert_finetuned_from(log: str, source_run: Path, tuned, reinitialised: list
 
     Frozen: not trainable, nor the moving statistics of a batch norm that trains (training
     updates those though no gradient reaches them)."""
-    from kdetect.recipes.training import transfer_weights
+    from kdetect.engine.training import transfer_weights
     from kdetect.runs import load_model
 
     found = re.search(

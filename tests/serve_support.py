@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdetect.serve.background import BackgroundServer
+from kdetect.apps.serve.background import BackgroundServer
 from tests.train_support import tiny_run
 
 _CACHE: dict = {}
@@ -32,7 +32,7 @@ def loaded_model(tmp_path_factory):
 
 def serve_app(tmp_path_factory, **kwargs):
     """The kdetect FastAPI app over the tiny run (one per session unless ``kwargs``)."""
-    from kdetect.serve import create_app
+    from kdetect.apps.serve import create_app
 
     key = ("app", tuple(sorted(kwargs.items())))
     if key not in _CACHE:

@@ -1,4 +1,5 @@
-"""kdetect.allocator: after retain_freed_memory, a freed large block is reused without faults."""
+"""kdetect.plumbing.allocator: after retain_freed_memory, a freed large block is reused without
+faults."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 # Allocate, touch and free a 64 MiB block ten times; print the page faults of rounds 2-10.
 SCRIPT = r"""
 import ctypes, resource, sys
-from kdetect.allocator import retain_freed_memory
+from kdetect.plumbing.allocator import retain_freed_memory
 applied = retain_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -56,7 +57,7 @@ def test_opt_out_keeps_glibc_defaults_which_fault_on_every_round():
 
 
 def test_the_environment_variables_have_the_same_effect():
-    from kdetect.allocator import RETAIN_FREED_MEMORY_ENV
+    from kdetect.plumbing.allocator import RETAIN_FREED_MEMORY_ENV
 
     applied, faults = _run(KDETECT_MALLOC="system", **RETAIN_FREED_MEMORY_ENV)
     assert applied == "False"  # nothing set from Python: glibc read the variables at start-up

@@ -42,7 +42,7 @@ def test_best_anchor_iou_and_coverage_by_hand():
 
 
 def test_suggestion_raises_the_coverage_of_thin_boxes():
-    from kdetect.anchors import feature_map_anchors
+    from kdetect.ops.anchors import feature_map_anchors
 
     rng = np.random.default_rng(1)
     xy = rng.uniform(0, 30, (60, 2))

@@ -1,4 +1,4 @@
-"""Anchors (kdetect.anchors): py-faster-rcnn's published values, a loop transcription of its
+"""Anchors (kdetect.ops.anchors): py-faster-rcnn's published values, a loop transcription of its
 generate_anchors, and the torchvision grid layout."""
 
 from __future__ import annotations
@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from kdetect.anchors import cell_anchors, generate_base_anchors, grid_anchors, multilevel_anchors
+from kdetect.ops.anchors import (
+    cell_anchors,
+    generate_base_anchors,
+    grid_anchors,
+    multilevel_anchors,
+)
 
 #: py-faster-rcnn's lib/rpn/generate_anchors.py, printed output for the defaults.
 PUBLISHED = [

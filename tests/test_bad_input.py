@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kdetect import predict as predict_api
-from kdetect.errors import DataError
-from kdetect.recipes import builders, evaluate_run, loader, training
-from kdetect.recipes.schema import Recipe
-from kdetect.recipes.training import default_run_dir, safe_run_name
+from kdetect.apps import predict as predict_api
+from kdetect.config import loader
+from kdetect.config.schema import Recipe
+from kdetect.engine import evaluate_run, fitting, training
+from kdetect.engine.training import default_run_dir, safe_run_name
+from kdetect.plumbing.errors import DataError
 from tests.data_support import _jpeg, png_header_only, write_voc
 from tests.train_support import SHAPES, TINY, kdetect, set_args, tiny_run
 
@@ -217,7 +218,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(
     run = tmp_path / "run"
     args = ["train", SHAPES, "--run-dir", run, *set_args(TINY)]
     with monkeypatch.context() as patch:
-        patch.setattr(builders, "build_model", _fail_in_build_model(exc))
+        patch.setattr(fitting, "build_model", _fail_in_build_model(exc))
         if code is None:
             with pytest.raises(RuntimeError, match="a bug"):
                 kdetect(*args)
@@ -226,14 +227,14 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(
         assert not run.exists()
         # so the same command may run again (not "already exists")
         capsys.readouterr()
-        patch.setattr(builders, "build_model", _fail_in_build_model(DataError("again")))
+        patch.setattr(fitting, "build_model", _fail_in_build_model(DataError("again")))
         assert kdetect(*args) == 1
         assert capsys.readouterr().err.strip() == "error: again"
     assert not run.exists()
     # an empty folder given as --run-dir stays, holding only the run's (released) lock file
     run.mkdir()
     with monkeypatch.context() as patch:
-        patch.setattr(builders, "build_model", _fail_in_build_model(DataError("again")))
+        patch.setattr(fitting, "build_model", _fail_in_build_model(DataError("again")))
         assert kdetect(*args) == 1
     assert [p.name for p in run.iterdir()] == [".lock"]
     # --resume says there is nothing to resume, in one line

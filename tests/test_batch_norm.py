@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from kdetect.backbones import build_backbone
+from kdetect.backbones.networks import build_backbone
 from kdetect.layers import BatchNormalization as FusedBatchNormalization
 from kdetect.layers import fuse_batch_norm
 

@@ -88,7 +88,7 @@ def test_exported_table_says_which_export_could_not_be_made():
 def test_imported_training_batch_is_torchvisions_transform_of_the_same_inputs(tmp_path):
     """480x640 photos: torchvision resizes to 800x1066 and pads to 800x1088; kdetect's batch
     is at that frame, boxes scaled by torchvision's ratios, padding normalising to 0."""
-    from kdetect.backbones import IMAGENET_MEAN_RGB
+    from kdetect.backbones.networks import IMAGENET_MEAN_RGB
 
     arch = common.CONFIGS["imported_resnet50_fpn"]["imported"]
     assert imported.min_max_size(arch, (480, 640)) == (800, 1066)

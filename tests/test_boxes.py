@@ -1,4 +1,4 @@
-"""Box math (kdetect.boxes) against independent NumPy references written here."""
+"""Box math (kdetect.ops.boxes) against independent NumPy references written here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kdetect.boxes import (
+from kdetect.ops.boxes import (
     DEFAULT_SCALE_CLIP,
     BoxCoder,
     box_area,

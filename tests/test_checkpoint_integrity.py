@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from kdetect import runs
-from kdetect.errors import CheckpointError
-from kdetect.recipes import callbacks as cb
-from kdetect.recipes import train
+from kdetect.engine import callbacks as cb
+from kdetect.engine import train
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.runs import inspect_run, pack, packs, write_classes
 from tests.train_support import SHAPES, TINY, interrupt_after, kdetect, tiny_run
 

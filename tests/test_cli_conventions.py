@@ -90,7 +90,8 @@ def test_class_lists_are_a_comma_list_or_a_file_everywhere(tmp_path):
     (tmp_path / "list.json").write_text('["cat", "dog"]')
     for name in ("names.txt", "classes.json", "list.json"):
         assert parse_classes(str(tmp_path / name)) == ["cat", "dog"]
-    with pytest.raises(Exception, match="--classes: file not found"):
+    # the Python API names its parameter; the command line says the flag
+    with pytest.raises(Exception, match="^classes: file not found"):
         parse_classes(str(tmp_path / "missing.txt"))
     # every command that takes a class list says both forms in its help
     for path in (["dataset", "inspect"], ["dataset", "convert"], ["checkpoint", "import"]):
@@ -98,7 +99,27 @@ def test_class_lists_are_a_comma_list_or_a_file_everywhere(tmp_path):
 
 
 def test_the_export_choices_are_the_exporters():
+    from kdetect.apps.export import FORMATS
     from kdetect.cli.export import ExportFormat
-    from kdetect.export import FORMATS
 
     assert tuple(f.value for f in ExportFormat) == tuple(FORMATS)
+
+
+@pytest.mark.parametrize(
+    "message, argv, shown",
+    [
+        ("min_score: expected a value", ["predict", "r", "a.jpg"], "--min-score: expected a value"),
+        ("source: unknown source 'x'", ["checkpoint", "import", "w.pth"], "--from: unknown source"),
+        ("show: the drawn images need", ["dataset", "inspect", "d"], "--show: the drawn images"),
+        ("quantize: applies to", ["export", "r", "-f", "onnx"], "--quantize: applies to"),
+        ("runs/x: nothing to resume", ["train", "runs/x", "--resume"], "runs/x: nothing"),
+        ("model: image_size must be", ["train", "r.yaml"], "model: image_size must be"),
+    ],
+)
+def test_errors_name_parameters_and_the_command_line_says_flags(message, argv, shown):
+    """The Python API names the parameter an error is about; the command line shows the flag of
+    the command's option of that name, and leaves every other message as it is."""
+    from kdetect.cli import _register_commands, as_flags
+
+    _register_commands()
+    assert as_flags(message, argv).startswith(shown)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdetect.recipes import load, train
-from kdetect.recipes.callbacks import read_state
+from kdetect.config import load
+from kdetect.engine import train
+from kdetect.engine.callbacks import read_state
 from tests.data_support import write_voc
 from tests.train_support import (
     BCCD,
@@ -71,7 +72,7 @@ def test_train_writes_the_run_directory(run):
 
 
 def test_run_ground_truth_regenerates_the_validation_split(run):
-    from kdetect.recipes.builders import run_ground_truth
+    from kdetect.engine.builders import run_ground_truth
 
     truth = run_ground_truth(run)
     assert truth.classes == ["circle", "rectangle", "triangle"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from kdetect.data.images import encode_for_record, image_size, load_image
 from kdetect.data.readers import read_annotations, scan_annotations
-from kdetect.errors import DataError
+from kdetect.plumbing.errors import DataError
 from tests.data_support import (
     TINY,
     _jpeg,

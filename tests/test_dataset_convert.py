@@ -11,7 +11,7 @@ import pytest
 from kdetect.cli import main
 from kdetect.data.readers import find_splits, read_annotations
 from kdetect.data.writers import WRITERS, convert_dataset, write_dataset
-from kdetect.errors import DataError, OutputError
+from kdetect.plumbing.errors import DataError, OutputError
 from tests import data_support as ds
 from tests.data_support import assert_same_records
 

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kdetect.backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from kdetect.backbones.networks import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from kdetect.layers import FeaturePyramid
 from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.models import build

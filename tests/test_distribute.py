@@ -76,7 +76,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 import numpy as np
-from kdetect.recipes.training import train
+from kdetect.engine.training import train
 
 recipe, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 replicas = {}

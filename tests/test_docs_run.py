@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdetect.recipes.builders import read_split
+from kdetect.engine.builders import read_split
 from tests.test_docs_commands import COMMANDS, DOCS, ROOT
 from tests.train_support import BCCD, has_bccd, kdetect, set_args, tiny_run
 
@@ -128,8 +128,8 @@ def workspace(tmp_path_factory):
 def at_boundaries(monkeypatch):
     """``train`` stops where its first step would start, ``serve`` where its server would;
     returns what reached them."""
-    from kdetect import serve as serving
-    from kdetect.recipes import fitting
+    from kdetect.apps import serve as serving
+    from kdetect.engine import fitting
 
     reached = []
 

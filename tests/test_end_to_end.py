@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_tiny_detector_learns_shapes(trained_run):
-    from kdetect.recipes.evaluate_run import evaluate_saved_model
+    from kdetect.engine.evaluate_run import evaluate_saved_model
 
     metrics = evaluate_saved_model(trained_run, metric="voc07", batch_size=16, progress=False)
     print("shapes voc07 mAP", metrics["mAP"], metrics["per_class"])
@@ -26,7 +26,7 @@ def test_tiny_detector_learns_shapes(trained_run):
 
 
 def test_pycocotools_agrees_on_ap50(trained_run):
-    from kdetect.recipes.evaluate_run import evaluate_saved_model
+    from kdetect.engine.evaluate_run import evaluate_saved_model
 
     coco = evaluate_saved_model(trained_run, metric="coco", batch_size=16, progress=False)
     voc = evaluate_saved_model(trained_run, metric="voc", batch_size=16, progress=False)

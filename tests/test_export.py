@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdetect.export import OUTPUT_NAMES, ExportedModel, ExportError, label_map_pbtxt
+from kdetect.apps.export import OUTPUT_NAMES, ExportedModel, ExportError, label_map_pbtxt
 from tests.helpers import perturbed_detections, tie_decided
 from tests.pretrained_support import RACCOON, checkpoint
 from tests.serve_support import encode, loaded_model, sample_image
@@ -178,7 +178,7 @@ def trained_file(request, trained, tmp_path_factory):
 
 def test_exported_file_matches_predict_on_photos(trained, trained_file):
     """Shapes validation images and real photos (259x194, 600x304, 480x640, 640x480)."""
-    from kdetect.recipes.builders import run_ground_truth
+    from kdetect.engine.builders import run_ground_truth
 
     _, model, _ = trained
     records = run_ground_truth(trained[0], None).records[:3]
@@ -210,7 +210,7 @@ def imported(tmp_path_factory):
 def test_imported_checkpoint_exports_match_predict(imported, runtime, tmp_path):
     """torchvision's transform in the graph: photos from 259x194 (resized to 799 px, float64's
     rounding) to 1440x1920 (past max_size)."""
-    from kdetect.export import export_model
+    from kdetect.apps.export import export_model
 
     model, images = imported
     path = export_model(model, tmp_path / f"mobilenet.{runtime}", runtime)
@@ -232,9 +232,9 @@ QUANTIZED_MAP_DROP = {"float16": 0.01, "dynamic": 0.05}
 
 
 def test_quantized_tflite_keeps_the_validation_map(trained, tmp_path):
+    from kdetect.engine.builders import run_ground_truth
     from kdetect.evaluation.api import evaluate_model
     from kdetect.evaluation.groundtruth import GroundTruth
-    from kdetect.recipes.builders import run_ground_truth
 
     run, model, _ = trained
     gt = GroundTruth(run_ground_truth(run, None))
@@ -337,7 +337,7 @@ def _combined_nms(images):
 
 
 def test_tflite_conversion_failure_names_the_op(tmp_path):
-    from kdetect.export import convert_tflite
+    from kdetect.apps.export import convert_tflite
 
     target = tmp_path / "m.tflite"
     with pytest.raises(ExportError, match=r"tflite: .*tf\.CropAndResize"):
@@ -346,7 +346,7 @@ def test_tflite_conversion_failure_names_the_op(tmp_path):
 
 
 def test_onnx_conversion_failure_names_the_op(tmp_path):
-    from kdetect.export import convert_onnx
+    from kdetect.apps.export import convert_onnx
 
     target = tmp_path / "m.onnx"
     with pytest.raises(ExportError, match=r"onnx: tf2onnx .*CombinedNonMaxSuppression"):
@@ -368,7 +368,7 @@ def test_cli_conversion_failure_is_one_line(tmp_path_factory, tmp_path):
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "ERROR:tf2onnx" not in done.stderr, done.stderr
-    # Nothing else: no TensorFlow start-up lines either (kdetect.native_logs)
+    # Nothing else: no TensorFlow start-up lines either (kdetect.plumbing.native_logs)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: onnx: tf2onnx (opset 11) cannot convert GatherV2")
@@ -381,7 +381,7 @@ def test_export_bad_arguments(exported, tmp_path_factory, tmp_path, capsys):
     assert kdetect("export", run, "--format", "pb", "--output", tmp_path / "x") == 2
     assert "--format" in capsys.readouterr().err
     err = _export_error(capsys, run, "-f", "onnx", "--quantize", "float16", "-o", tmp_path / "y")
-    assert "--quantize applies to --format tflite only" in err
+    assert "--quantize: applies to the tflite format only (got onnx)" in err
     err = _export_error(capsys, run, "-f", "tflite", "--quantize", "int4", "-o", tmp_path / "z")
     assert "--quantize" in err and "int4" in err
     err = _export_error(capsys, exported, "--format", "onnx", "--output", tmp_path / "w")

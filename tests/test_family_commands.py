@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kdetect.export import OUTPUT_NAMES, ExportedModel
-from kdetect.labelstudio import Credentials, LabelStudioOptions
+from kdetect.apps.export import OUTPUT_NAMES, ExportedModel
+from kdetect.apps.labelstudio import Credentials, LabelStudioOptions
+from kdetect.apps.predict import Detector
+from kdetect.apps.predict_formats import FILE_FORMATS, FORMATS
+from kdetect.apps.serve import create_app
 from kdetect.models.registry import MODEL_TYPES
-from kdetect.predict import Detector
-from kdetect.predict_formats import FILE_FORMATS, FORMATS
 from kdetect.runs import load_model
-from kdetect.serve import create_app
 from tests.serve_support import encode, sample_image
 from tests.test_export import _check_od_against_model, assert_same_detections
 from tests.train_support import BCCD, SHAPES, TINY, family_run, has_bccd, kdetect, set_args

@@ -1,12 +1,12 @@
 """The packages of kdetect form a stack: a module imports only from its own layer or below.
 
-Bottom to top: plumbing <- core <- data <- drawing <- evaluation <- runs/recipes <- products <-
-cli. Every
-module under ``kdetect/`` is read with ``ast`` (nothing is imported); each ``import x`` and
-``from x import y`` counts, at module level or inside a function, with relative imports
-resolved. ``from pkg import name`` counts as importing ``pkg.name`` when that is a module. The
-package ``kdetect/__init__.py`` maps names to modules lazily by string and is exempt; imports by
-string (``importlib.import_module``) are not seen.
+The layers are the folders of ``kdetect/``, bottom to top as ``kdetect.LAYERS`` lists them
+(docs/architecture.md explains each); every module lives in one (``kdetect.__main__`` is the
+command line's). Every module under ``kdetect/`` is read with ``ast`` (nothing is imported);
+each ``import x`` and ``from x import y`` counts, at module level or inside a function, with
+relative imports resolved. ``from pkg import name`` counts as importing ``pkg.name`` when that
+is a module. The package ``kdetect/__init__.py`` maps names to modules lazily by string and is
+exempt; imports by string (``importlib.import_module``) are not seen.
 """
 
 from __future__ import annotations
@@ -14,55 +14,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "kdetect"
+import kdetect
 
-#: Bottom to top; a module belongs to the layer of its longest listed prefix.
-LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "plumbing",
-        (
-            "kdetect.errors",
-            "kdetect.paths",
-            "kdetect.allocator",
-            "kdetect.native_logs",
-            "kdetect.keras_registration",
-            "kdetect.parsing",
-        ),
-    ),
-    (
-        "core",
-        (
-            "kdetect.boxes",
-            "kdetect.anchors",
-            "kdetect.matching",
-            "kdetect.losses",
-            "kdetect.tf_ops",
-            "kdetect.layers",
-            "kdetect.backbones",
-            "kdetect.backbone_names",
-            "kdetect.models",
-            "kdetect.pretrained",
-        ),
-    ),
-    ("data", ("kdetect.data",)),
-    # Pictures: numpy, Pillow and matplotlib only, drawn for evaluation, training and products.
-    ("drawing", ("kdetect.plots", "kdetect.visualize")),
-    ("evaluation", ("kdetect.evaluation",)),
-    ("runs/recipes", ("kdetect.runs", "kdetect.recipes", "kdetect.distribute")),
-    (
-        "products",
-        (
-            "kdetect.predict",
-            "kdetect.predict_formats",
-            "kdetect.serve",
-            # The Label Studio ML backend and retraining, beside serve (whose app attaches it).
-            "kdetect.labelstudio",
-            "kdetect.export",
-            "kdetect.checkpoint_import",
-        ),
-    ),
-    ("cli", ("kdetect.cli", "kdetect.__main__")),
-]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "kdetect"
+LAYERS = kdetect.LAYERS
 EXEMPT = {"kdetect"}
 
 
@@ -78,13 +33,13 @@ def all_modules() -> dict[str, Path]:
 
 
 def layer_of(module: str) -> int | None:
-    """Index of the layer ``module`` belongs to (None for the exempt package or an unknown one)."""
-    best, best_len = None, -1
-    for index, (_, prefixes) in enumerate(LAYERS):
-        for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
-                best, best_len = index, len(prefix)
-    return best
+    """Index of the layer ``module`` belongs to (None for the exempt package or a module
+    outside every layer's folder)."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    folder = "cli" if parts[1] == "__main__" else parts[1]
+    return LAYERS.index(folder) if folder in LAYERS else None
 
 
 def imported_modules(path: Path, module: str, known: set[str]) -> list[tuple[int, str]]:
@@ -109,7 +64,12 @@ def imported_modules(path: Path, module: str, known: set[str]) -> list[tuple[int
 
 def test_every_module_has_a_layer():
     unmapped = [m for m in all_modules() if m not in EXEMPT and layer_of(m) is None]
-    assert not unmapped, f"modules without a layer (add them to LAYERS): {unmapped}"
+    assert not unmapped, f"modules outside the layers' folders (kdetect.LAYERS): {unmapped}"
+
+
+def test_each_layer_is_a_folder():
+    for layer in LAYERS:
+        assert (PACKAGE_ROOT / layer / "__init__.py").is_file(), layer
 
 
 def test_no_module_imports_from_a_higher_layer():
@@ -126,7 +86,6 @@ def test_no_module_imports_from_a_higher_layer():
                 continue
             where = path.relative_to(PACKAGE_ROOT.parent)
             upward.append(
-                f"{where}:{line}: {module} ({LAYERS[own][0]}) imports {target} "
-                f"({LAYERS[theirs][0]})"
+                f"{where}:{line}: {module} ({LAYERS[own]}) imports {target} ({LAYERS[theirs]})"
             )
     assert not upward, f"{len(upward)} upward imports:\n" + "\n".join(upward)

@@ -1,4 +1,4 @@
-"""kdetect.labelstudio without Label Studio: label configs, label mapping, image URLs, the
+"""kdetect.apps.labelstudio without Label Studio: label configs, label mapping, image URLs, the
 dataset writer, and the ML backend routes' answers to good and bad requests (TestClient over the
 session's tiny shapes run). The live protocol is in test_labelstudio_live.py."""
 
@@ -17,13 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from kdetect.apps.labelstudio import Credentials, ImagePolicy, LabelStudioOptions
+from kdetect.apps.labelstudio.client import LabelStudioError
+from kdetect.apps.labelstudio.dataset import split_of, write_dataset
+from kdetect.apps.labelstudio.labelconfig import LabelConfigError, map_labels, parse_label_config
+from kdetect.apps.labelstudio.tasks import ImageSource, TaskError, read_bytes, resolve_image
+from kdetect.apps.serve import Limits, create_app
 from kdetect.data.labelstudio import box_from_region, region_from_box
-from kdetect.labelstudio import Credentials, ImagePolicy, LabelStudioOptions
-from kdetect.labelstudio.client import LabelStudioError
-from kdetect.labelstudio.dataset import split_of, write_dataset
-from kdetect.labelstudio.labelconfig import LabelConfigError, map_labels, parse_label_config
-from kdetect.labelstudio.tasks import ImageSource, TaskError, read_bytes, resolve_image
-from kdetect.serve import Limits, create_app
 from tests.serve_support import loaded_model
 from tests.train_support import kdetect
 
@@ -179,7 +179,7 @@ def test_health_and_setup(client, caplog):
         "model_class": "kdetect",
         "model_version": "tiny",
     }
-    with caplog.at_level(logging.WARNING, "kdetect.labelstudio"):
+    with caplog.at_level(logging.WARNING, "kdetect.apps.labelstudio"):
         answer = client.post(
             "/setup",
             json={"project": "7.1700000000", "schema": CONFIG, "extra_params": {"min_score": 0.0}},
@@ -309,7 +309,7 @@ def test_unreadable_images_tell_the_client_nothing_of_the_server(client, tmp_pat
     }
     for value, reason in cases.items():
         caplog.clear()
-        with caplog.at_level(logging.WARNING, "kdetect.labelstudio"):
+        with caplog.at_level(logging.WARNING, "kdetect.apps.labelstudio"):
             answer = _predict(client, value)
         assert answer.status_code == 422, answer.text
         assert answer.json() == {"detail": f"task 3: cannot read image {value!r}"}
@@ -396,7 +396,7 @@ def test_allow_lists_beyond_loopback(tmp_path_factory, tmp_path, sample, image_h
     assert answer.status_code == 422
     assert "host not in this server's --allow-image-host list" in answer.json()["detail"]
     # An allowed host cannot redirect the server to another one.
-    with caplog.at_level(logging.WARNING, "kdetect.labelstudio"):
+    with caplog.at_level(logging.WARNING, "kdetect.apps.labelstudio"):
         answer = _predict(client, f"http://127.0.0.1:{port}/redirect")
     assert answer.status_code == 422
     assert answer.json()["detail"].startswith("task 3: cannot read image")
@@ -420,7 +420,7 @@ def test_empty_allow_lists_beyond_loopback_read_no_path_nor_url(
 
 
 def test_cli_serve_passes_the_allow_lists(tmp_path_factory, tmp_path, monkeypatch):
-    import kdetect.serve as serve_package
+    import kdetect.apps.serve as serve_package
 
     seen = {}
     monkeypatch.setattr(serve_package, "serve", lambda model, **kw: seen.update(kw))

@@ -3,7 +3,7 @@
 Label Studio (``label-studio`` 1.23, ``make labelstudio-venv``) runs on a free port of 127.0.0.1
 with SQLite in a temporary folder; kdetect's server (the tiny shapes run) runs in a thread.
 Everything goes through Label Studio's own API, which calls kdetect's ``/setup``, ``/predict``
-and ``/webhook``: what Label Studio *stored* is checked against ``kdetect.predict.Detector`` on
+and ``/webhook``: what Label Studio *stored* is checked against ``kdetect.apps.predict.Detector`` on
 the same images. Then annotations are submitted, training is started from Label Studio, and the
 retrained run must be served under its new ``model_version``; ``kdetect labelstudio train`` does
 the same from the shell. A screenshot of Label Studio's editor with kdetect's pre-labels is taken
@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kdetect.apps.labelstudio import Credentials, LabelStudioOptions, TrainingSettings
+from kdetect.apps.predict import Detector
+from kdetect.apps.serve import create_app
+from kdetect.apps.serve.background import BackgroundServer
 from kdetect.data.labelstudio import box_from_region, region_from_box
 from kdetect.data.shapes import make_shapes
-from kdetect.labelstudio import Credentials, LabelStudioOptions, TrainingSettings
-from kdetect.predict import Detector
-from kdetect.serve import create_app
-from kdetect.serve.background import BackgroundServer
 from tests.labelstudio_support import PASSWORD, ROOT, USER, LabelStudio, find_label_studio
 from tests.serve_support import launch_chromium
 from tests.train_support import kdetect, tiny_run, trained_shapes_run

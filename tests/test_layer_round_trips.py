@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import kdetect.layers
-from kdetect.boxes import BoxCoder
 from kdetect.layers import (
     BatchNormalization,
     BoxPredictor,
@@ -27,6 +26,7 @@ from kdetect.layers import (
     RPNHead,
     RPNTargetAssigner,
 )
+from kdetect.ops.boxes import BoxCoder
 from tests.helpers import assert_layer_round_trip, tiny_model
 
 RNG = np.random.default_rng(0)

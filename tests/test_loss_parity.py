@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdetect.backbones import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from kdetect.backbones.networks import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from kdetect.layers import ProposalGenerator
-from kdetect.losses import giou_loss, sigmoid_focal_loss, smooth_l1
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.models.transform import ImageTransform
+from kdetect.ops.losses import giou_loss, sigmoid_focal_loss, smooth_l1
 from tests.pretrained_support import (
     ARCHS,
     LOSS_BATCH,

@@ -1,4 +1,4 @@
-"""Matcher and BalancedPositiveNegativeSampler (kdetect.matching) against NumPy references."""
+"""Matcher and BalancedPositiveNegativeSampler (kdetect.ops.matching) against NumPy references."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kdetect.matching import (
+from kdetect.ops.matching import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
     BalancedPositiveNegativeSampler,

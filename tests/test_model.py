@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from kdetect import FasterRCNN
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from tests.helpers import TINY
 from tests.helpers import tiny_batch as _batch
 
@@ -304,9 +304,9 @@ def test_loaded_model_keeps_its_optimizer(tmp_path):
 
 
 def test_backbone_names_are_the_backbones_built():
-    # kdetect.backbone_names is the one list (the recipe schema reads it without Keras).
-    from kdetect import backbones
-    from kdetect.backbone_names import BACKBONES
+    # kdetect.backbones.names is the one list (the recipe schema reads it without Keras).
+    from kdetect.backbones import networks as backbones
+    from kdetect.backbones.names import BACKBONES
 
     assert set(backbones._SPECS) == set(BACKBONES)
 

@@ -17,7 +17,14 @@ import keras
 import numpy as np
 import pytest
 
-from kdetect.errors import KdetectError, RecipeError
+from kdetect.config import load
+from kdetect.config.builders import (
+    SHARED_KEYS,
+    build_model,
+    constructor_arguments,
+    model_kwargs,
+    model_section,
+)
 from kdetect.models import build, loss_names
 from kdetect.models.outputs import OUTPUT_KEYS
 from kdetect.models.registry import (
@@ -27,14 +34,7 @@ from kdetect.models.registry import (
     architectures,
     model_class,
 )
-from kdetect.recipes import load
-from kdetect.recipes.builders import (
-    SHARED_KEYS,
-    build_model,
-    constructor_arguments,
-    model_kwargs,
-    model_section,
-)
+from kdetect.plumbing.errors import KdetectError, RecipeError
 from tests.helpers import ref_iou_matrix
 from tests.train_support import kdetect
 

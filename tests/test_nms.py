@@ -1,10 +1,10 @@
-"""kdetect.tf_ops: padded greedy NMS and multi-class NMS against NumPy greedy NMS."""
+"""kdetect.ops.tf_ops: padded greedy NMS and multi-class NMS against NumPy greedy NMS."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from kdetect.tf_ops import multiclass_nms, nms_padded
+from kdetect.ops.tf_ops import multiclass_nms, nms_padded
 from tests.helpers import ref_iou
 
 # --------------------------------------------------------------------------------------------

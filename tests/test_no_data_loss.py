@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from kdetect.data.readers import read_annotations
-from kdetect.errors import CheckpointError, DataError
 from kdetect.models import export_formats as kdetect_export
-from kdetect.paths import atomic_path, is_temporary
+from kdetect.plumbing.errors import CheckpointError, DataError
+from kdetect.plumbing.paths import atomic_path, is_temporary
 from kdetect.runs import pack, save_keras, write_classes
 from tests.data_support import write_coco, write_csv, write_voc, write_yolo
 from tests.train_support import SHAPES, kdetect, tiny_run
@@ -582,7 +582,7 @@ def test_a_new_run_is_never_started_inside_another_run(inside, world, capsys):
 
 
 def test_label_studio_retraining_folder_is_beside_the_run_not_inside_it(world):
-    from kdetect.labelstudio.training import TrainingSettings
+    from kdetect.apps.labelstudio.training import TrainingSettings
 
     tmp = world["tmp"]
     for served in (world["run"], world["run"] / "model.keras", world["run"] / "checkpoints"):

@@ -1,4 +1,4 @@
-"""kdetect.plots: results.png and labels.png are real, legible PNGs of the given numbers."""
+"""kdetect.drawing.plots: results.png and labels.png are real, legible PNGs of the given numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from kdetect.plots import plot_labels, plot_pr_curves_together, plot_results, read_history
+from kdetect.drawing.plots import plot_labels, plot_pr_curves_together, plot_results, read_history
 
 
 def test_results_plot_from_a_history_file(tmp_path):
@@ -56,7 +56,7 @@ def test_no_empty_legend_warning(tmp_path):
 def test_a_training_batch_is_drawn_enlarged_with_its_boxes():
     """train_batch.jpg: small images enlarged (so labels read), boxes scaled with them,
     padding rows skipped, tiled four wide."""
-    from kdetect.visualize import class_color, draw_batch
+    from kdetect.drawing.visualize import class_color, draw_batch
 
     images = np.full((5, 64, 80, 3), 255.0, "float32")
     boxes = np.zeros((5, 3, 4), "float32")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from kdetect.errors import CheckpointError, DataError, KdetectError
-from kdetect.predict import Detector, collect_inputs
+from kdetect.apps.predict import Detector, collect_inputs
+from kdetect.plumbing.errors import CheckpointError, DataError, KdetectError
 from tests.train_support import kdetect, tiny_run
 
 
@@ -91,6 +92,19 @@ def test_image_size_reaches_the_model(run, capsys):
     assert kdetect("predict", run, sample, "--image-size", "a,b") == 2
     assert kdetect("predict", run, sample, "--image-size", "100") == 1
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_predict_paths_is_the_commands_loop_in_python(run, detector, tmp_path, capsys):
+    """``Detector.predict_paths`` yields the lines ``kdetect predict`` prints for a folder and
+    draws the same pictures; a missing path raises before anything is predicted."""
+    assert kdetect("predict", run, run / "samples", "--min-score", "0") == 0
+    printed = _lines(capsys.readouterr().out)
+    drawn = tmp_path / "drawn"
+    lines = list(detector.predict_paths([run / "samples"], batch_size=2, save_images=drawn))
+    assert lines == printed
+    assert sorted(p.name for p in drawn.iterdir()) == [Path(line["file"]).name for line in lines]
+    with pytest.raises(DataError, match="no such file or folder"):
+        next(detector.predict_paths([run / "samples", tmp_path / "nothere.jpg"]))
 
 
 def test_predict_files_to_output(run, tmp_path, capsys):

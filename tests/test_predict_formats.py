@@ -12,16 +12,16 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kdetect.data.readers import read_annotations
-from kdetect.data.readers.common import build_annotations
-from kdetect.data.readers.labelstudio import read_tasks
-from kdetect.errors import DataError, KdetectError
-from kdetect.predict_formats import (
+from kdetect.apps.predict_formats import (
     check_images,
     coco_results,
     parse_options,
     write_predictions,
 )
+from kdetect.data.readers import read_annotations
+from kdetect.data.readers.common import build_annotations
+from kdetect.data.readers.labelstudio import read_tasks
+from kdetect.plumbing.errors import DataError, KdetectError
 from tests import data_support as ds
 from tests.train_support import kdetect, tiny_run
 

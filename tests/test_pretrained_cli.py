@@ -524,7 +524,7 @@ def test_serve_answers_with_coco_detections(coco_run, coco_model, predicted, pho
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from kdetect.serve import create_app
+    from kdetect.apps.serve import create_app
 
     model, classes = coco_model
     with TestClient(create_app(model, classes, run=coco_run)) as client:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdetect.boxes import pairwise_iou
 from kdetect.models.faster_rcnn import FasterRCNN
+from kdetect.ops.boxes import pairwise_iou
 from tests.helpers import perturbed_detections, tie_decided
 from tests.pretrained_support import ARCHS, PARITY_PHOTOS, PHOTOS, checkpoint, references
 
@@ -183,7 +183,7 @@ def test_every_stage_equals_torchvision(parity, arch):
     image = images[PARITY_PHOTOS[arch][0]]
     import tensorflow as tf
 
-    from kdetect.backbones import preprocess_images
+    from kdetect.backbones.networks import preprocess_images
 
     # Transform: normalise, resize (torchvision's rounding), pad to 32 after normalising.
     height, width = image.shape[:2]

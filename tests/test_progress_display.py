@@ -11,7 +11,7 @@ import keras
 import pytest
 from rich.console import Console
 
-from kdetect.recipes.progress import RichProgress, summary_table
+from kdetect.engine.progress import RichProgress, summary_table
 
 FASTER_RCNN_LOGS = {
     "loss": 1.97123,

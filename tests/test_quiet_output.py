@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from kdetect.native_logs import NATIVE_LINE
+from kdetect.plumbing.native_logs import NATIVE_LINE
 from tests.helpers import tiny_batch, tiny_model
 from tests.train_support import kdetect, tiny_run
 

@@ -13,8 +13,8 @@ from kdetect.cli import main
 from kdetect.data.inspect import detect_format
 from kdetect.data.readers import read_annotations
 from kdetect.data.readers.labelstudio import local_image
-from kdetect.errors import DataError
 from kdetect.evaluation.groundtruth import guess_format
+from kdetect.plumbing.errors import DataError
 from tests.data_support import _jpeg, write_labelstudio, write_yolo
 
 # --------------------------------------------------------------------------------------------

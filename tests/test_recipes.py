@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from kdetect.errors import RecipeError
-from kdetect.recipes import dump, iter_keys, load
-from kdetect.recipes.loader import apply_overrides, parse_override
+from kdetect.config import dump, iter_keys, load
+from kdetect.config.loader import apply_overrides, parse_override
+from kdetect.plumbing.errors import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -179,7 +179,7 @@ def test_every_key_has_a_doc_string():
 
 
 def test_learning_rate_schedules():
-    from kdetect.recipes.schedules import WarmupSchedule
+    from kdetect.models.schedules import WarmupSchedule
 
     step = WarmupSchedule(
         0.1,
@@ -204,7 +204,7 @@ def test_learning_rate_schedules():
 
 
 def test_optimizer_builder():
-    from kdetect.recipes.builders import build_optimizer
+    from kdetect.engine.builders import build_optimizer
 
     recipe = load({}, ["train.optimizer.name=adamw", "train.optimizer.global_clipnorm=5"])
     optimizer = build_optimizer(recipe.train, steps_per_epoch=10)
@@ -218,7 +218,7 @@ def test_optimizer_builder():
 
 
 def test_model_kwargs_use_torchvision_names():
-    from kdetect.recipes.builders import model_kwargs
+    from kdetect.config.builders import model_kwargs
 
     recipe = load({}, ["model.rpn.nms_thresh=0.6", "model.box.detections_per_img=7"])
     kwargs = model_kwargs(recipe.model, 3)
@@ -236,9 +236,9 @@ def test_model_kwargs_use_torchvision_names():
 def test_imported_run_recipe_rebuilds_every_architecture(arch):
     """The recipe ``checkpoint import`` writes validates and gives back every ``FasterRCNN``
     option of the architecture (rpn_* under model.rpn, box_* under model.box)."""
-    from kdetect.checkpoint_import import architecture_recipe
+    from kdetect.apps.checkpoint_import import architecture_recipe
+    from kdetect.config.builders import model_kwargs
     from kdetect.models.faster_rcnn.torchvision import ARCHITECTURES
-    from kdetect.recipes.builders import model_kwargs
 
     assert arch in ARCHITECTURES
     recipe = load(architecture_recipe(arch, "imported"), check_paths=False)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdetect.engine.callbacks import TrainingState, read_state
 from kdetect.models.registry import MODEL_TYPES
-from kdetect.recipes.callbacks import TrainingState, read_state
 from tests import data_support
 from tests.train_support import SHAPES, TINY, kdetect, needs_shapes
 
@@ -68,7 +68,7 @@ class InterruptAt(keras.callbacks.Callback):
 
 
 def _train(run: Path, model_type: str, interrupt: tuple[int, int] | None = None) -> Path:
-    from kdetect.recipes import train
+    from kdetect.engine import train
 
     overrides = OVERRIDES + TYPES[model_type]
     if interrupt is None:
@@ -214,9 +214,9 @@ def test_tfrecord_stream_under_op_determinism_with_global_seed_0(tmp_path):
     the TFRecord shuffle once failed there (TensorFlow compared a tensor seed with 0)."""
     import tensorflow as tf
 
-    from kdetect import tf_ops
     from kdetect.data.pipeline import make_dataset
     from kdetect.data.tfrecord import transform_dataset
+    from kdetect.ops import tf_ops
 
     records = tmp_path / "records"
     transform_dataset("voc", data_support.write_voc(tmp_path / "voc"), ["train"], records, shards=2)

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from kdetect.anchors import cell_anchors, grid_anchors
 from kdetect.layers.fpn import FeaturePyramid
 from kdetect.layers.rpn import ProposalGenerator, RPNHead, RPNTargetAssigner
+from kdetect.ops.anchors import cell_anchors, grid_anchors
 from tests.helpers import ref_iou, ref_iou_matrix
 
 SCALE_CLIP = math.log(1000.0 / 16)  # torchvision's bbox_xform_clip

@@ -2,7 +2,7 @@
 
 Each training runs ``kdetect train`` in a subprocess on the tiny shapes recipe (64x64, two steps
 per epoch, two epochs). Moments inside training are reached through the test-only hooks of
-:func:`kdetect.recipes.callbacks.lifecycle_hook` (``KDETECT_TEST_KILL_AT`` kills the process at
+:func:`kdetect.engine.callbacks.lifecycle_hook` (``KDETECT_TEST_KILL_AT`` kills the process at
 a named point, ``KDETECT_TEST_PAUSE_AT`` makes it wait for a file), so nothing here depends on
 how fast the machine is.
 """

@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
+from kdetect.engine.run_report import threshold_note
 from kdetect.evaluation import api
-from kdetect.recipes.run_report import threshold_note
 from kdetect.runs import DEFAULT_MIN_SCORE, best_min_score, inspect_run
 from tests.train_support import SHAPES, TINY, kdetect, set_args, tiny_run
 

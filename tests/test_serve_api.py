@@ -12,7 +12,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from kdetect.predict import Detector  # noqa: E402
+from kdetect.apps.predict import Detector  # noqa: E402
 from kdetect.runs import best_min_score, inspect_run  # noqa: E402
 from tests.data_support import png_header_only  # noqa: E402
 from tests.serve_support import encode, loaded_model, sample_image, serve_app  # noqa: E402
@@ -37,7 +37,7 @@ def client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_limits_client(tmp_path_factory):
-    from kdetect.serve import Limits
+    from kdetect.apps.serve import Limits
 
     app = serve_app(tmp_path_factory, limits=Limits(max_bytes=50_000, max_pixels=100 * 100))
     with TestClient(app) as c:

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kdetect.backbones import L2Normalization, preprocess_images
+from kdetect.backbones.networks import L2Normalization, preprocess_images
 from kdetect.data.augment import resize_crop_pad
 from kdetect.models import build
 from kdetect.models.ssd import SSD, SSDLite

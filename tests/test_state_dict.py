@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from torch_peer import run_torch
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.state_dict import read_state_dict
 from tests.pretrained_support import write_safetensors
 

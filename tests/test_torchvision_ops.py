@@ -14,7 +14,7 @@ import pytest
 
 from kdetect.layers import MultiLevelRoIAlign
 from kdetect.models.faster_rcnn import FasterRCNN
-from kdetect.tf_ops import multiclass_nms, nms_padded
+from kdetect.ops.tf_ops import multiclass_nms, nms_padded
 from tests.torch_peer import run_torch
 
 _NMS = """

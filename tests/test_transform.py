@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
+from kdetect.config import load
+from kdetect.config.builders import build_model, image_transform
 from kdetect.data.pipeline import make_dataset
 from kdetect.data.records import Annotations, Record
-from kdetect.errors import RecipeError
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.models.transform import ImageTransform
-from kdetect.recipes import load
-from kdetect.recipes.builders import build_model, image_transform
+from kdetect.plumbing.errors import RecipeError
 from tests.helpers import TINY, assert_layer_round_trip
 
 RNG = np.random.default_rng(0)

@@ -94,7 +94,7 @@ def trained_shapes_run(tmp_path_factory) -> Path:
     needs_shapes()
 
     def train_into(run: Path) -> None:
-        from kdetect.recipes import train
+        from kdetect.engine import train
 
         train(SHAPES, run_dir=run, overrides=TRAINED)
 

@@ -1,8 +1,8 @@
 """The ``kdetect`` command line: a thin Typer layer over Python functions.
 
 Each sub-app lives in its own module and is joined here with ``add_typer``. Expected failures
-(``KdetectError``) print one red line and exit 1 (:class:`~kdetect.errors.DataErrors`: one line
-per problem, then the summary); ``KDETECT_DEBUG=1`` shows the traceback. Messages are printed
+(``KdetectError``) print one red line and exit 1 (:class:`~kdetect.plumbing.errors.DataErrors`: one
+line per problem, then the summary); ``KDETECT_DEBUG=1`` shows the traceback. Messages are printed
 escaped (:func:`print_error`), so rich markup never eats a ``[...]`` in a path. TensorFlow's native
 log lines and dependencies' deprecation warnings stay off the console unless ``--verbose``.
 """
@@ -17,8 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from kdetect import __version__, native_logs
-from kdetect.errors import DataErrors, KdetectError
+from kdetect import __version__
+from kdetect.plumbing import native_logs
+from kdetect.plumbing.errors import DataErrors, KdetectError
 
 app = typer.Typer(
     name="kdetect",
@@ -33,6 +34,34 @@ err_console = Console(stderr=True)
 def print_error(message: object) -> None:
     """Print one red ``error:`` line on stderr; ``message`` is shown as is (markup escaped)."""
     err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def as_flags(message: str, argv: list[str]) -> str:
+    """An error of the Python API, which names the parameter it is about (``min_score: ...``),
+    as the command line says it: the flag of the command's option of that name
+    (``--min-score: ...``). Other messages are unchanged."""
+    name, colon, rest = message.partition(":")
+    if not colon or not name.isidentifier():
+        return message
+    command = typer.main.get_command(app)
+    context = command.make_context("kdetect", list(argv), resilient_parsing=True)
+    # the sub-command(s) argv names, found as Click (which Typer bundles) finds them
+    while hasattr(command, "resolve_command"):
+        remaining = [*getattr(context, "_protected_args", []), *context.args]
+        if not remaining:
+            break
+        try:
+            sub_name, command, rest_args = command.resolve_command(context, remaining)
+        except Exception:  # a usage error: the command already said so
+            return message
+        if command is None:
+            return message
+        context = command.make_context(sub_name, rest_args, parent=context, resilient_parsing=True)
+    for param in command.params:
+        long_flags = [opt for opt in param.opts if opt.startswith("--")]
+        if param.name == name and param.param_type_name == "option" and long_flags:
+            return long_flags[0] + colon + rest
+    return message
 
 
 def _print_version(value: bool) -> None:
@@ -85,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdetect`` script.
 
     Run as the program (``argv`` None, arguments from the command line) it first makes glibc keep
-    freed memory for reuse (:mod:`kdetect.allocator`; ``KDETECT_MALLOC=system`` opts out) and
-    keeps TensorFlow's native log lines off stderr (:mod:`kdetect.native_logs`).
+    freed memory for reuse (:mod:`kdetect.plumbing.allocator`; ``KDETECT_MALLOC=system`` opts out)
+    and keeps TensorFlow's native log lines off stderr (:mod:`kdetect.plumbing.native_logs`).
     """
     if argv is None:
-        from kdetect.allocator import retain_freed_memory
+        from kdetect.plumbing.allocator import retain_freed_memory
 
         retain_freed_memory()
         native_logs.filter_native_stderr()
@@ -102,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         for problem in exc.problems if isinstance(exc, DataErrors) else ():
             print_error(problem)
-        print_error(exc)
+        print_error(as_flags(str(exc), argv if argv is not None else sys.argv[1:]))
         return 1
     except typer.Abort:
         err_console.print("[red]aborted[/red]")

@@ -156,7 +156,7 @@ def import_checkpoint(
     """Import a torchvision detection checkpoint as a run (read without torch, no pickle
     code is ever run); predict, evaluate, serve, export and train --set train.init_from=RUN
     accept it."""
-    from kdetect.checkpoint_import import import_checkpoint as run_import
+    from kdetect.apps.checkpoint_import import import_checkpoint as run_import
 
     path = run_import(weights, output, arch=arch, source=source, classes=classes)
     console.print(f"imported {weights} ({arch}) -> {path}", highlight=False)

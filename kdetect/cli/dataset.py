@@ -1,6 +1,6 @@
 """``kdetect dataset transform|inspect|convert``: thin commands over ``kdetect.data``.
 
-``kdetect.data`` and ``kdetect.recipes`` are imported inside the functions: ``kdetect --help``
+``kdetect.data`` and ``kdetect.config`` are imported inside the functions: ``kdetect --help``
 imports every command module and must not load TensorFlow.
 """
 
@@ -262,10 +262,10 @@ def _print_summary(result, title: str) -> None:
 
 def _print_anchor_check(recipe_path: Path, annotations) -> None:
     """The anchor coverage of ``recipe_path``'s model over ``annotations`` (see
-    kdetect.recipes.checks), as a table per class and the warning line."""
-    from kdetect.recipes import builders
-    from kdetect.recipes.checks import anchor_report, anchor_warning
-    from kdetect.recipes.loader import load
+    kdetect.engine.checks), as a table per class and the warning line."""
+    from kdetect.config import builders
+    from kdetect.config.loader import load
+    from kdetect.engine.checks import anchor_report, anchor_warning
 
     recipe = load(recipe_path, ["model.backbone_weights=null"], check_paths=False)
     model = builders.build_model(recipe, len(annotations.classes))
@@ -298,7 +298,7 @@ def _print_quality(annotations, recipe_path: Path | None) -> None:
 
     frame = None
     if recipe_path is not None:
-        from kdetect.recipes.loader import load
+        from kdetect.config.loader import load
 
         frame = tuple(load(recipe_path, check_paths=False).model.image_size)
     report = quality_report(annotations, frame)

@@ -14,8 +14,8 @@ from rich.console import Console
 
 from kdetect.cli import app
 from kdetect.cli._options import InvalidBoxOption, InvalidBoxPolicy, SourceType
-from kdetect.errors import KdetectError
-from kdetect.paths import check_kind, check_not_input
+from kdetect.plumbing.errors import KdetectError
+from kdetect.plumbing.paths import check_kind, check_not_input
 from kdetect.runs import METRICS_FILE, PLOTS_DIR
 
 console = Console()
@@ -161,9 +161,9 @@ def _report(metrics: dict, output: Path | None, plots: Path | None) -> None:
 def _watch(model: str, split, metric, timeout: float, batch_size: int, output) -> None:
     """``--watch``: evaluate each checkpoint of a run as it is written; the last one's metrics
     are printed and written."""
+    from kdetect.engine.evaluate_run import watch_run
     from kdetect.evaluation import print_metrics, write_metrics
     from kdetect.evaluation.api import headline
-    from kdetect.recipes.evaluate_run import watch_run
 
     def report(path: Path, metrics: dict) -> None:
         console.print(f"{path.name}: {metrics['metric']} {headline(metrics):.4f}")
@@ -176,7 +176,7 @@ def _watch(model: str, split, metric, timeout: float, batch_size: int, output) -
 
 def _evaluate_run(model, dataset, format, split, metric, batch_size, plots, on_invalid_box) -> dict:
     """Model mode: run the saved model over the split (the run's dataset when none is given)."""
-    from kdetect.recipes.evaluate_run import evaluate_saved_model
+    from kdetect.engine.evaluate_run import evaluate_saved_model
     from kdetect.runs import inspect_run
 
     inspect_run(model)  # a missing run is named as such, before any --data hint

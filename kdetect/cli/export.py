@@ -1,6 +1,6 @@
-"""``kdetect export``: SavedModel for TF Serving, ONNX and TFLite (see kdetect.export).
+"""``kdetect export``: SavedModel for TF Serving, ONNX and TFLite (see kdetect.apps.export).
 
-``kdetect.export`` is imported inside the command: ``kdetect --help`` imports every command
+``kdetect.apps.export`` is imported inside the command: ``kdetect --help`` imports every command
 module and must not load TensorFlow.
 """
 
@@ -16,7 +16,7 @@ from kdetect.cli import app, err_console
 
 
 class ExportFormat(str, Enum):
-    """kdetect.export.FORMATS (tests/test_cli_conventions.py checks they agree), written here
+    """kdetect.apps.export.FORMATS (tests/test_cli_conventions.py checks they agree), written here
     so that ``kdetect --help`` does not import TensorFlow."""
 
     saved_model = "saved_model"
@@ -69,8 +69,8 @@ def export(
     ] = False,
 ) -> None:
     """Export a trained detector for serving (TF Object Detection API output names)."""
-    from kdetect.export import check_options
-    from kdetect.export import export as run_export
+    from kdetect.apps.export import check_options
+    from kdetect.apps.export import export as run_export
 
     format = format.value
     check_options(format, quantize)

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from kdetect.cli import app, err_console
-from kdetect.paths import check_not_input
+from kdetect.plumbing.paths import check_not_input
 
 labelstudio_app = typer.Typer(
     help="Label Studio: retrain a run on a project's annotations (serve is the ML backend).",
@@ -45,9 +45,9 @@ TRAINING_DIR = typer.Option(
 
 
 def label_studio_options(url, key, overrides, training_dir, run: Path):
-    """The :class:`~kdetect.labelstudio.LabelStudioOptions` of the flags (env for the rest)."""
-    # Deferred: kdetect.labelstudio imports FastAPI, which other commands never need.
-    from kdetect.labelstudio import Credentials, LabelStudioOptions, TrainingSettings
+    """The :class:`~kdetect.apps.labelstudio.LabelStudioOptions` of the flags (env for the rest)."""
+    # Deferred: kdetect.apps.labelstudio imports FastAPI, which other commands never need.
+    from kdetect.apps.labelstudio import Credentials, LabelStudioOptions, TrainingSettings
 
     settings = TrainingSettings.beside(run, overrides)
     if training_dir is not None:  # it fills with datasets and runs: never inside a run
@@ -66,12 +66,12 @@ def train(
     training_dir: Annotated[Path | None, TRAINING_DIR] = None,
 ) -> None:
     """Fine-tune RUN on PROJECT's annotations; prints both models' scores on held-out tasks."""
-    from kdetect.errors import KdetectError
-    from kdetect.labelstudio.client import LabelStudioClient
-    from kdetect.labelstudio.labelconfig import map_labels, parse_label_config
-    from kdetect.labelstudio.training import Retrainer
+    from kdetect.apps.labelstudio.client import LabelStudioClient
+    from kdetect.apps.labelstudio.labelconfig import map_labels, parse_label_config
+    from kdetect.apps.labelstudio.training import Retrainer
+    from kdetect.apps.serve.images import Limits
+    from kdetect.plumbing.errors import KdetectError
     from kdetect.runs import inspect_run
-    from kdetect.serve.images import Limits
 
     info = inspect_run(run)
     if not info.recipe:

@@ -1,5 +1,5 @@
 """``kdetect predict``: detections on images, folders and videos as JSON lines, or (``--format``)
-as COCO results, VOC XML, YOLO labels or Label Studio tasks (:mod:`kdetect.predict_formats`).
+as COCO results, VOC XML, YOLO labels or Label Studio tasks (:mod:`kdetect.apps.predict_formats`).
 
 kdetect's own heavier modules (``predict``, ``data``, ``recipes``) are imported inside the
 functions: ``kdetect --help`` imports every command module and must not load TensorFlow.
@@ -10,23 +10,22 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.markup import escape
 
 from kdetect.cli import app, err_console, print_error
 from kdetect.cli._options import image_size_option
-from kdetect.errors import KdetectError
-from kdetect.paths import atomic_path, check_free, check_kind, input_guard
+from kdetect.plumbing.errors import KdetectError
+from kdetect.plumbing.paths import atomic_path, check_free, check_kind, input_guard
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 
 class OutputFormat(str, Enum):
@@ -130,8 +129,7 @@ def predict(
     anything failed. No output (--output, --save-images) may be one of the inputs; --output is
     written under a temporary name and renamed into place at the end.
     """
-    from kdetect.data.batching import consecutive_batches
-    from kdetect.predict import Detector, collect_inputs
+    from kdetect.apps.predict import Detector, collect_inputs, read_frames
     from kdetect.runs.catalog import check_model_file
 
     items, problems = collect_inputs([str(p) for p in paths], recursive=recursive)
@@ -164,11 +162,16 @@ def predict(
     collected: list[dict] = []
     with _output_stream(output if format == OutputFormat.jsonl else None) as out:
         emit = _json_lines(out) if format == OutputFormat.jsonl else collected.append
-        writer = _Writer(detector, emit, tally)
-        inputs = _with_progress(items, output is not None)
-        frames = _read_inputs(inputs, frame_step, tally, _DrawnPaths(save_images, check_drawn))
-        for batch in consecutive_batches(frames, batch_size, key=_Frame.batch_key):
-            writer.write(batch)
+        frames = read_frames(
+            _with_progress(items, output is not None),
+            frame_step,
+            drawn=_drawn_paths(save_images, check_drawn),
+            on_error=tally.failed,
+            on_read=tally.read,
+        )
+        for _, line in detector.predict_frames(frames, batch_size):
+            emit(line)
+            tally.add(line)
     if format != OutputFormat.jsonl:
         _write_format(format.value, collected, detector.classes, output, options, model)
     if output is not None:
@@ -182,7 +185,7 @@ def predict(
 def _format_options(fmt: str, pairs: list[str] | None, output: Path | None, items: list) -> dict:
     """The checked ``--format-option`` values; other formats than jsonl need ``--output`` and
     images (no videos) that the format can point to (labelstudio: inside ``image_root``)."""
-    from kdetect.predict_formats import check_images, parse_options
+    from kdetect.apps.predict_formats import check_images, parse_options
 
     options = parse_options(fmt, pairs)
     if fmt != "jsonl":
@@ -196,8 +199,8 @@ def _format_options(fmt: str, pairs: list[str] | None, output: Path | None, item
 
 
 def _write_format(fmt: str, lines: list, classes, output: Path, options: dict, model: Path):
-    """Write the collected result lines as ``fmt`` (see kdetect.predict_formats)."""
-    from kdetect.predict_formats import model_version, write_predictions
+    """Write the collected result lines as ``fmt`` (see kdetect.apps.predict_formats)."""
+    from kdetect.apps.predict_formats import model_version, write_predictions
     from kdetect.runs import inspect_run
 
     version = model_version(inspect_run(model)) if fmt == "labelstudio" else "kdetect"
@@ -217,7 +220,8 @@ def _check_outputs(
 ):
     """Refuse outputs that are (or hold) an input or are inside a run (the model's or any
     other) or inside an input folder; returns the check for each drawn image."""
-    from kdetect.predict_formats import FILE_FORMATS
+    from kdetect.apps.predict import drawn_path
+    from kdetect.apps.predict_formats import FILE_FORMATS
     from kdetect.runs import CLASSES_FILE, MODEL_FILE
 
     inputs = [item.path for item in items] + [model]
@@ -237,7 +241,7 @@ def _check_outputs(
         check_kind(save_images, "folder", "--save-images")
         for item in items:
             if not item.video:
-                check_drawn(_drawn_path(save_images, item.relative))
+                check_drawn(drawn_path(save_images, item))
     return check_drawn
 
 
@@ -263,60 +267,20 @@ def _output_stream(output: Path | None) -> Iterator[TextIO]:
         yield out
 
 
-@dataclass
-class _Frame:
-    """One image to predict on: an image file, or one frame of a video (``index`` set), and
-    where its drawn copy goes (``None`` without --save-images)."""
+def _drawn_paths(folder: Path | None, check_drawn):
+    """Where --save-images draws each image and video frame (None without it), each checked
+    against the inputs."""
+    from kdetect.apps.predict import drawn_path
 
-    item: Any  # kdetect.predict.InputItem
-    image: np.ndarray
-    index: int | None = None
-    drawn: Path | None = None
+    if folder is None:
+        return None
 
-    def batch_key(self) -> Hashable:
-        """Images of one size share a batch; each video frame is predicted alone."""
-        return self.image.shape if self.index is None else (self.item.display, self.index)
-
-
-class _DrawnPaths:
-    """Where --save-images puts the drawn copy of an image or video frame, checked against the
-    inputs."""
-
-    def __init__(self, folder: Path | None, check_drawn):
-        self.folder = folder
-        self.check_drawn = check_drawn
-
-    def __call__(self, item, index: int | None) -> Path | None:
-        if self.folder is None:
-            return None
-        if index is None:
-            target = _drawn_path(self.folder, item.relative)
-        else:
-            target = self.folder / f"{item.relative.with_suffix('')}_{index:06d}.jpg"
-        self.check_drawn(target)
+    def drawn(item, index: int | None) -> Path:
+        target = drawn_path(folder, item, index)
+        check_drawn(target)
         return target
 
-
-def _read_inputs(
-    items: Iterable, frame_step: int, tally: _Tally, drawn: _DrawnPaths
-) -> Iterator[_Frame]:
-    """Each image, and every ``frame_step``-th frame of each video, in order; an input that
-    cannot be read (or would be drawn over an input) is reported, counted in ``tally`` and
-    skipped from there on."""
-    from kdetect.data.images import load_image
-    from kdetect.predict import read_video_frames
-
-    for item in items:
-        try:
-            if item.video:
-                for index, frame in read_video_frames(item.path, frame_step):
-                    yield _Frame(item, frame, index, drawn(item, index))
-            else:
-                yield _Frame(item, load_image(item.path), None, drawn(item, None))
-            tally.done += 1
-        except KdetectError as exc:
-            tally.failures += 1
-            print_error(exc)
+    return drawn
 
 
 def _json_lines(out: TextIO) -> Callable[[dict], None]:
@@ -327,28 +291,6 @@ def _json_lines(out: TextIO) -> Callable[[dict], None]:
         out.flush()
 
     return emit
-
-
-class _Writer:
-    """Predicts a batch of frames and hands on their result lines (and writes drawn images)."""
-
-    def __init__(self, detector, emit: Callable[[dict], None], tally: _Tally):
-        self.detector = detector
-        self.emit = emit
-        self.tally = tally
-
-    def write(self, batch: list[_Frame]) -> None:
-        from kdetect.predict import result_line
-
-        results = self.detector.predict_arrays([frame.image for frame in batch])
-        for frame, objects in zip(batch, results, strict=True):
-            height, width = frame.image.shape[:2]
-            line = result_line(frame.item.display, width, height, objects, frame=frame.index)
-            self.emit(line)
-            self.tally.add(line)
-            if frame.drawn is not None:
-                with atomic_path(frame.drawn) as drawn:
-                    self.detector.draw(frame.image, line["objects"]).save(drawn)
 
 
 class _Tally:
@@ -362,6 +304,13 @@ class _Tally:
         self.failures = failures  # inputs that could not be read
         self.per_class: dict[str, int] = {}
         self.started = time.perf_counter()
+
+    def read(self, item) -> None:
+        self.done += 1
+
+    def failed(self, item, error: KdetectError) -> None:
+        self.failures += 1
+        print_error(error)
 
     def add(self, line: dict) -> None:
         if "frame" in line:
@@ -385,14 +334,6 @@ class _Tally:
         return f"predicted {what} in {elapsed:.1f} s{per}: {found} object(s)" + (
             f" ({escape(classes)})" if classes else ""
         )
-
-
-def _drawn_path(folder: Path, relative: Path) -> Path:
-    """Where the drawn copy of an image goes (PNG when Pillow cannot write the suffix)."""
-    suffix = relative.suffix.lower()
-    if suffix not in {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}:
-        relative = relative.with_suffix(".png")
-    return folder / relative
 
 
 def _with_progress(items: list, show: bool):

@@ -1,4 +1,4 @@
-"""``kdetect serve``: the web page and JSON API over a trained detector (kdetect.serve)."""
+"""``kdetect serve``: the web page and JSON API over a trained detector (kdetect.apps.serve)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a page (upload an image, see boxes) and a JSON API (POST /api/predict)."""
-    from kdetect.errors import KdetectError
+    from kdetect.plumbing.errors import KdetectError
     from kdetect.runs import inspect_run
 
     try:
@@ -67,9 +67,9 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise KdetectError(f"kdetect serve needs fastapi and uvicorn ({exc})") from None
-    from kdetect.labelstudio import ImagePolicy
-    from kdetect.serve import Limits
-    from kdetect.serve import serve as run_server
+    from kdetect.apps.labelstudio import ImagePolicy
+    from kdetect.apps.serve import Limits
+    from kdetect.apps.serve import serve as run_server
 
     info = inspect_run(model)  # a missing or unknown path fails here, before TensorFlow starts
     options = label_studio_options(

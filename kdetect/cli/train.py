@@ -89,7 +89,7 @@ def train(
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     if device is not None:
         _use_device(device)  # before TensorFlow is imported (below)
-    from kdetect.recipes.training import train as run_training
+    from kdetect.engine.training import train as run_training
 
     if resume and run_dir is None:
         run_dir = recipe

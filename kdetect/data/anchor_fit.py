@@ -31,7 +31,7 @@ _CHUNK = 256
 
 def iou_matrix(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     """IoU of every ``xyxy`` box of ``boxes1`` [N, 4] with every box of ``boxes2`` [M, 4] in
-    NumPy (``kdetect.boxes.pairwise_iou`` is the model's, in Keras ops); [N, M]."""
+    NumPy (``kdetect.ops.boxes.pairwise_iou`` is the model's, in Keras ops); [N, M]."""
     a = np.asarray(boxes1, np.float32).reshape(-1, 1, 4)
     b = np.asarray(boxes2, np.float32).reshape(1, -1, 4)
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])

@@ -2,7 +2,7 @@
 
 Readers only check that an image exists (cheap); ``kdetect dataset transform`` and the pipeline
 decode with :func:`load_image`, which turns every failure (missing, unreadable, corrupt or
-truncated file) into a one-line :class:`~kdetect.errors.DataError` naming the file.
+truncated file) into a one-line :class:`~kdetect.plumbing.errors.DataError` naming the file.
 ``dataset inspect``, ``dataset transform`` and the start of ``train`` check every image first
 with :func:`verify_images`, which reports all bad files at once.
 
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kdetect.errors import DataError, DataErrors
+from kdetect.plumbing.errors import DataError, DataErrors
 
 # EXIF tag 0x0112: orientation. Values 2..8 mean the stored pixels must be flipped/rotated.
 _EXIF_ORIENTATION = 0x0112

@@ -27,8 +27,8 @@ from kdetect.data.readers import (
 )
 from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, dataset_summary
-from kdetect.errors import DataError
-from kdetect.paths import input_guard
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.paths import input_guard
 
 # Distinct, readable colours for the first classes; later ones cycle.
 PALETTE = [
@@ -183,7 +183,7 @@ def inspect_dataset(
 
     kind = (format or detect_format(path)).lower()
     if show and output is None:
-        raise DataError("--show needs --output DIR for the drawn images")
+        raise DataError("show: the drawn images need an output folder")
     encoded: list[bytes] = []
     bad: dict[str, str] = {}
     if kind == "tfrecord":

@@ -36,8 +36,8 @@ from kdetect.data import augment as aug
 from kdetect.data.images import load_image
 from kdetect.data.records import Annotations
 from kdetect.data.tfrecord import parse_example
-from kdetect.errors import DataError
 from kdetect.models.transform import ImageTransform
+from kdetect.plumbing.errors import DataError
 
 logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE

@@ -39,8 +39,8 @@ from PIL import Image
 from kdetect.data.images import encode_for_record, verify_images
 from kdetect.data.readers import scan_annotations
 from kdetect.data.records import Annotations, Record
-from kdetect.errors import DataError
-from kdetect.paths import atomic_path, check_not_input
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.paths import atomic_path, check_not_input
 
 # TensorFlow is imported inside the functions that need it: ``kdetect dataset inspect`` imports
 # this module (KEYS, dataset_summary) for VOC/COCO/CSV sources too, and must stay without it.

@@ -22,7 +22,6 @@ import numpy as np
 
 from kdetect.data.batching import consecutive_batches
 from kdetect.data.records import Annotations, Record
-from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import coco_evaluate, recall_thresholds
 from kdetect.evaluation.detections import (
     ImageDetections,
@@ -33,6 +32,7 @@ from kdetect.evaluation.detections import (
 from kdetect.evaluation.groundtruth import GroundTruth, annotations_to_coco, load_ground_truth
 from kdetect.evaluation.thresholds import confusion_matrix, f1_curves
 from kdetect.evaluation.voc import VOC_METRICS, voc_evaluate
+from kdetect.plumbing.errors import KdetectError
 
 METRICS = ("voc07", "voc", "coco")
 
@@ -85,8 +85,8 @@ def evaluate_detections(
     f1 = f1_curves(gt.annotations.classes, truth, found)
     metrics["f1"] = f1["best"]
     if plots_dir is not None:
+        from kdetect.drawing.plots import plot_confusion_matrix, plot_f1_curves
         from kdetect.evaluation.report import plot_pr_curves
-        from kdetect.plots import plot_confusion_matrix, plot_f1_curves
 
         plot_pr_curves(curves, metrics, plots_dir)
         plot_f1_curves(f1, Path(plots_dir) / "f1_curve.png")
@@ -110,8 +110,8 @@ EXAMPLES = 6
 def _plot_examples(annotations: Annotations, detections, threshold: float, folder: Path) -> None:
     """``val_examples.png``: the first :data:`EXAMPLES` images with boxes, ground truth against
     the detections scoring at least ``threshold``."""
-    from kdetect.plots import plot_ground_truth_vs_predictions
-    from kdetect.visualize import draw_detections
+    from kdetect.drawing.plots import plot_ground_truth_vs_predictions
+    from kdetect.drawing.visualize import draw_detections
 
     pairs, titles = [], []
     for record, found in list(zip(annotations.records, detections, strict=True))[:EXAMPLES]:
@@ -279,7 +279,7 @@ def evaluate_model(
 
     The model's label ids must index ``annotations.classes`` (read the ground truth with the
     model's class list to make sure). Returns the same dict as :func:`evaluate_offline`.
-    Every image is verified first; :class:`~kdetect.errors.DataErrors` names all bad ones.
+    Every image is verified first; :class:`~kdetect.plumbing.errors.DataErrors` names all bad ones.
     """
     check_metric(metric)
     gt = as_ground_truth(annotations)

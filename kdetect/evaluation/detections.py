@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdetect.data.records import Annotations
-from kdetect.errors import DataError
+from kdetect.plumbing.errors import DataError
 
 
 @dataclass

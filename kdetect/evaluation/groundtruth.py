@@ -17,7 +17,7 @@ import numpy as np
 from kdetect.data.readers import FORMATS
 from kdetect.data.readers.coco import read_coco_json
 from kdetect.data.records import Annotations
-from kdetect.errors import DataError, KdetectError
+from kdetect.plumbing.errors import DataError, KdetectError
 
 
 @dataclass

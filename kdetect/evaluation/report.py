@@ -14,9 +14,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kdetect.errors import KdetectError
 from kdetect.evaluation.coco import COCO_KEYS
-from kdetect.paths import write_text
+from kdetect.plumbing.errors import KdetectError
+from kdetect.plumbing.paths import write_text
 
 
 def _fmt(value) -> str:
@@ -81,8 +81,8 @@ def plot_pr_curves(
     ``curves`` maps a class name to ``(recall, precision)``; titles and the legend show the class
     AP from ``metrics["per_class"]``. Returns the per-class paths.
     """
-    # Deferred: kdetect.plots imports matplotlib, which metric-only callers never need.
-    from kdetect.plots import plot_pr_curve, plot_pr_curves_together
+    # Deferred: kdetect.drawing.plots imports matplotlib, which metric-only callers never need.
+    from kdetect.drawing.plots import plot_pr_curve, plot_pr_curves_together
 
     out_dir = Path(out_dir)
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from kdetect.boxes import BoxCoder
-from kdetect.matching import BalancedPositiveNegativeSampler, Matcher
+from kdetect.ops.boxes import BoxCoder
+from kdetect.ops.matching import BalancedPositiveNegativeSampler, Matcher
 
 
 class PipelineLayer(keras.layers.Layer):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from kdetect import tf_ops
+from kdetect.ops import tf_ops
 
 # FusedBatchNormV3 silently raises smaller epsilons to this value; such layers keep the Keras path.
 _MIN_FUSED_EPSILON = 1.001e-5

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from kdetect.layers.batch_norm import BatchNormalization
-from kdetect.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
+from kdetect.ops.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

@@ -7,9 +7,9 @@ import math
 import keras
 from keras import ops
 
-from kdetect.boxes import clip_boxes
 from kdetect.layers.base import PipelineLayer
-from kdetect.tf_ops import nms_padded
+from kdetect.ops.boxes import clip_boxes
+from kdetect.ops.tf_ops import nms_padded
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kdetect.boxes import BoxCoder, clip_boxes
 from kdetect.layers.base import PipelineLayer
-from kdetect.tf_ops import multiclass_nms
+from kdetect.ops.boxes import BoxCoder, clip_boxes
+from kdetect.ops.tf_ops import multiclass_nms
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

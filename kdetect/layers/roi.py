@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from kdetect.boxes import box_area, pairwise_iou
 from kdetect.layers.base import MatchAndSample, PipelineLayer
-from kdetect.tf_ops import crop_and_resize_roi_align
+from kdetect.ops.boxes import box_area, pairwise_iou
+from kdetect.ops.tf_ops import crop_and_resize_roi_align
 
 
 @keras.saving.register_keras_serializable(package="kdetect")

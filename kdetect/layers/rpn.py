@@ -9,10 +9,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
 from kdetect.layers.base import MatchAndSample, PipelineLayer
-from kdetect.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
-from kdetect.tf_ops import nms_padded
+from kdetect.ops.boxes import BoxCoder, clip_boxes, pairwise_iou
+from kdetect.ops.losses import SMOOTH_L1_BETA, normaliser, smooth_l1
+from kdetect.ops.tf_ops import nms_padded
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
@@ -21,7 +21,7 @@ class RPNHead(keras.layers.Layer):
 
     For every level's feature map [B, H, W, C] it predicts, per anchor, one objectness logit and
     four box deltas. Outputs are flattened in anchor-grid order (row-major cells, anchors fastest),
-    matching :func:`kdetect.anchors.grid_anchors`.
+    matching :func:`kdetect.ops.anchors.grid_anchors`.
 
     Args:
         num_anchors: anchors per feature-map cell.

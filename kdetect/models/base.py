@@ -27,14 +27,14 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from kdetect import tf_ops
-from kdetect.anchors import feature_map_anchors
-from kdetect.backbone_names import BACKBONE_MODEL_TYPE
-from kdetect.backbones import preprocess_images
-from kdetect.boxes import clip_boxes
-from kdetect.errors import InputShapeError, KdetectError
+from kdetect.backbones.names import BACKBONE_MODEL_TYPE
+from kdetect.backbones.networks import preprocess_images
 from kdetect.models import export_formats as exporting
 from kdetect.models.prediction import check_images
+from kdetect.ops import tf_ops
+from kdetect.ops.anchors import feature_map_anchors
+from kdetect.ops.boxes import clip_boxes
+from kdetect.plumbing.errors import InputShapeError, KdetectError
 from kdetect.pretrained.torchvision import load_torchvision
 
 
@@ -364,7 +364,7 @@ class DetectionModel(keras.Model):
     ):
         """Keras' ``Model.export`` for a detector: ``format`` is ``tf_saved_model``, ``onnx`` or
         ``litert``, each taking raw uint8 RGB images and returning the TF OD API detection
-        outputs (see :mod:`kdetect.export`; ONNX and LiteRT files take one image of any size).
+        outputs (see :mod:`kdetect.apps.export`; ONNX and LiteRT files take one image of any size).
 
         ``classes``: class names stored with the export (default ``class_0``...). Keyword
         options: ``input_type`` (SavedModel's ``serving_default``), ``opset_version`` (ONNX),

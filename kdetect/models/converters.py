@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdetect.errors import ExportError
-from kdetect.native_logs import native_stderr_silenced
-from kdetect.paths import atomic_path
+from kdetect.plumbing.errors import ExportError
+from kdetect.plumbing.native_logs import native_stderr_silenced
+from kdetect.plumbing.paths import atomic_path
 
 QUANTIZATIONS = ("float16", "dynamic")
 DEFAULT_OPSET = 17
@@ -38,7 +38,7 @@ def check_quantization(quantize: str | None) -> None:
     """A clear error for a quantisation kdetect does not offer."""
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(
-            f"--quantize: expected one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
+            f"quantize: expected one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
         )
 
 

@@ -28,8 +28,8 @@ unrolled ``NonMaxSuppressionV4`` calls: no loops), and each file is run once in 
 (``classes``, a JSON list). When a converter cannot handle an op, :class:`ExportError` names it.
 
 This module and :mod:`kdetect.models.converters` take a built model (``FasterRCNN.export`` uses
-them); :mod:`kdetect.export` adds exports from run directories and ``ExportedModel``.
-TensorFlow and Keras are imported inside the functions, so that :mod:`kdetect.export`'s
+them); :mod:`kdetect.apps.export` adds exports from run directories and ``ExportedModel``.
+TensorFlow and Keras are imported inside the functions, so that :mod:`kdetect.apps.export`'s
 ``ExportedModel`` (onnxruntime or LiteRT only) does not load them.
 """
 
@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdetect.errors import ExportError
 from kdetect.models.converters import (
     DEFAULT_OPSET,
     QUANTIZATIONS,
@@ -52,7 +51,8 @@ from kdetect.models.converters import (
     convert_tflite,
 )
 from kdetect.models.outputs import fallback_class_names
-from kdetect.paths import atomic_path
+from kdetect.plumbing.errors import ExportError
+from kdetect.plumbing.paths import atomic_path
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -190,13 +190,13 @@ def save_serving_model(
     """Write ``model`` as a SavedModel with the TF OD API serving signatures; returns the path.
 
     The folder is built next to ``output`` and renamed into place when complete; an earlier
-    ``output`` is removed only then (callers check :func:`kdetect.paths.check_free` first).
+    ``output`` is removed only then (callers check :func:`kdetect.plumbing.paths.check_free` first).
     """
     import keras
 
     if input_type not in INPUT_TYPES:
         raise ExportError(
-            f"--input-type: expected one of {', '.join(INPUT_TYPES)}, got {input_type!r}"
+            f"input_type: expected one of {', '.join(INPUT_TYPES)}, got {input_type!r}"
         )
     output = Path(output)
     functions = serving_functions(model)
@@ -236,9 +236,9 @@ def save_single_image_model(model, output: str | os.PathLike) -> Path:
 def check_options(format: str, quantize: str | None) -> None:
     """A clear error for a format or quantisation kdetect does not offer."""
     if format not in FORMATS:
-        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {format!r}")
+        raise ExportError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
     if quantize is not None and format != "tflite":
-        raise ExportError(f"--quantize applies to --format tflite only (got --format {format})")
+        raise ExportError(f"quantize: applies to the tflite format only (got {format})")
     check_quantization(quantize)
 
 

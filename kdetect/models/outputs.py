@@ -1,6 +1,6 @@
 """The model's output dict, cut into the detections of each image.
 
-``FasterRCNN.predict`` (and :class:`kdetect.export.ExportedModel`'s ``predict``) return padded
+``FasterRCNN.predict`` (and :class:`kdetect.apps.export.ExportedModel`'s ``predict``) return padded
 arrays, the same for every image of a batch::
 
     boxes           [B, N, 4]  xyxy, in pixels of each input image

@@ -9,8 +9,8 @@ import warnings
 
 import numpy as np
 
-from kdetect import tf_ops
-from kdetect.errors import InputShapeError
+from kdetect.ops import tf_ops
+from kdetect.plumbing.errors import InputShapeError
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def check_images(images, where: str = "predict"):
     """Validate a batch of raw images given to ``predict`` before it reaches a traced function.
 
     ``images`` (an array, a tensor or ``{"images": array}``) must be ``[B, H, W, 3]`` with
-    ``B, H, W >= 1``; otherwise :class:`~kdetect.errors.InputShapeError` (a ``ValueError``)
+    ``B, H, W >= 1``; otherwise :class:`~kdetect.plumbing.errors.InputShapeError` (a ``ValueError``)
     names the expected and the received shape. A float batch whose largest value is at most 1.0
     gets one warning (pixels are expected in 0..255), pointing at the caller's line. Datasets,
     generators and symbolic tensors pass through unchanged. Returns ``images``.

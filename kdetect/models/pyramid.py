@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
-from kdetect.anchors import feature_map_anchors
-from kdetect.backbones import build_backbone
+from kdetect.backbones.networks import build_backbone
 from kdetect.layers import FeaturePyramid
 from kdetect.layers.dense import DenseDetectionDecoder
 from kdetect.models.base import DetectionModel, check_model_settings
 from kdetect.models.transform import ImageTransform
+from kdetect.ops.anchors import feature_map_anchors
 
 
 def build_pyramid_features(
@@ -38,7 +38,8 @@ def build_pyramid_features(
     **backbone_options,
 ) -> tuple[keras.Model, FeaturePyramid]:
     """The backbone cut at C3..C5 and the pyramid P3..P7 on it (``extra_convs``: P6 from
-    ``"p5"`` or ``"c5"``); ``backbone_options`` of :func:`kdetect.backbones.build_backbone`."""
+    ``"p5"`` or ``"c5"``); ``backbone_options`` of
+    :func:`kdetect.backbones.networks.build_backbone`."""
     features, full = build_backbone(backbone, image_size + (3,), **backbone_options)
     if len(features.outputs) != 4:
         raise ValueError(f"backbone '{backbone}' gives no C3..C5 maps for a pyramid")
@@ -63,7 +64,7 @@ class PyramidDetector(DetectionModel):
 
     Args:
         num_classes: number of object classes (sigmoid scores, no background class).
-        backbone: a name of :data:`kdetect.backbone_names.BACKBONES` with C3..C5 maps.
+        backbone: a name of :data:`kdetect.backbones.names.BACKBONES` with C3..C5 maps.
         image_size: ``(height, width)`` of the training frame; multiples of 32 (128 works).
         backbone_weights, freeze, frozen_batch_norm, batch_norm_epsilon: as for
             :class:`~kdetect.models.faster_rcnn.FasterRCNN` (frozen batch norm by default when

@@ -17,7 +17,7 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from kdetect.errors import CheckpointError, did_you_mean
+from kdetect.plumbing.errors import CheckpointError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,9 @@ def architecture_options(arch: str) -> dict:
 
 
 def register_all() -> None:
-    """Import every model type (each registers its Keras classes for loading saved files)."""
+    """Import every model type and the learning-rate schedule (each registers its Keras classes
+    for loading saved files)."""
+    importlib.import_module("kdetect.models.schedules")
     for name in MODEL_TYPES:
         model_class(name)
 

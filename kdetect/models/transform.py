@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf  # the resize; kdetect.tf_ops holds the model's other TF calls
+import tensorflow as tf  # the resize; kdetect.ops.tf_ops holds the model's other TF calls
 from keras import ops
 
 from kdetect.models import RESIZE_MODES

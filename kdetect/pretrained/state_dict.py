@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.torch_pickle import (
     DTYPES,
     Storage,

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 
 # A tensor may repeat its storage's bytes (stride 0, e.g. from expand()) up to this factor, or be
 # any size up to the second bound: a few bytes of pickle must not ask for terabytes.

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.state_dict import NON_FINITE, first_non_finite, read_state_dict
 
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -92,7 +92,8 @@ class WeightPlan(dict):
         self[prefix + "bias"] = (layer.beta, same)
 
     def backbone(self, prefix: str, backbone) -> None:
-        """A torchvision-layout backbone built by :mod:`kdetect.backbones` (its layers named
+        """A torchvision-layout backbone built by :mod:`kdetect.backbones.networks` (its layers
+        named
         after torchvision's modules, ``_`` for ``.``)."""
         for layer in backbone.layers:
             # MobileNetV3's body is its ``features`` Sequential itself: body.4.block.0.0.weight

@@ -1,6 +1,6 @@
 """Run directories and packed runs: find the model, classes and recipe of a trained detector.
 
-A run directory (written by :func:`kdetect.recipes.train`) holds::
+A run directory (written by :func:`kdetect.engine.train`) holds::
 
     recipe.yaml        the fully resolved recipe
     classes.json       {"classes": [...]}: label id -> name

@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 from kdetect import __version__
-from kdetect.errors import CheckpointError
-from kdetect.paths import atomic_path, check_kind, check_not_input
+from kdetect.plumbing.errors import CheckpointError
+from kdetect.plumbing.paths import atomic_path, check_kind, check_not_input
 from kdetect.runs import packs
 from kdetect.runs.checkpoints import (
     checkpoint_problem,

@@ -15,8 +15,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from kdetect.errors import CheckpointError, DiskFullError
-from kdetect.paths import atomic_path, is_temporary
+from kdetect.models.registry import register_all  # light: no TensorFlow
+from kdetect.plumbing.errors import CheckpointError, DiskFullError
+from kdetect.plumbing.paths import atomic_path, is_temporary
 from kdetect.pretrained.state_dict import NON_FINITE, first_non_finite
 from kdetect.runs.files import BEST_CHECKPOINT, CHECKPOINTS_DIR
 
@@ -176,10 +177,7 @@ def load_keras_file(path: str | os.PathLike, shown_as: str | None = None):
     # pack) without it.
     import keras
 
-    import kdetect.recipes.schedules  # noqa: F401  (registers the LR schedule)
-    from kdetect.models.registry import register_all
-
-    register_all()  # the model classes
+    register_all()  # the model classes and the learning-rate schedule
 
     try:
         model = keras.saving.load_model(path, compile=False)

@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from kdetect.errors import CheckpointError, KdetectError
-from kdetect.paths import run_around
+from kdetect.plumbing.errors import CheckpointError, KdetectError
+from kdetect.plumbing.paths import run_around
 from kdetect.runs.checkpoints import usable_checkpoint
 from kdetect.runs.files import (
     CHECKPOINTS_DIR,
@@ -31,7 +31,7 @@ def safe_run_name(name: str) -> str:
 
 def default_run_dir(recipe, root: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
     """``runs/<recipe name>-<YYYYmmdd-HHMMSS>``, always directly inside ``root``
-    (``recipe``: anything with a ``name``, a :class:`~kdetect.recipes.Recipe`)."""
+    (``recipe``: anything with a ``name``, a :class:`~kdetect.config.Recipe`)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{safe_run_name(recipe.name)}-{stamp}"
 
@@ -71,7 +71,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 def check_not_nested(run_dir: Path) -> None:
     """Refuse a new run directory inside another run (its files would be taken for the outer
-    run's, and ``kdetect.paths`` refuses every other output there); checked before the lock
+    run's, and ``kdetect.plumbing.paths`` refuses every other output there); checked before the lock
     creates the folder."""
     outer = run_around(Path(run_dir).parent)
     if outer is not None:

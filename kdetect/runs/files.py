@@ -16,18 +16,18 @@ from typing import Any
 
 import yaml
 
-from kdetect.errors import CheckpointError
-from kdetect.parsing import load_yaml
-from kdetect.paths import CHECKPOINTS_DIR as CHECKPOINTS_DIR
-from kdetect.paths import CLASSES_FILE as CLASSES_FILE
-from kdetect.paths import MODEL_FILE as MODEL_FILE
-from kdetect.paths import PACK_META as PACK_META
-from kdetect.paths import RECIPE_FILE as RECIPE_FILE
-from kdetect.paths import write_text
+from kdetect.plumbing.errors import CheckpointError
+from kdetect.plumbing.parsing import load_yaml
+from kdetect.plumbing.paths import CHECKPOINTS_DIR as CHECKPOINTS_DIR
+from kdetect.plumbing.paths import CLASSES_FILE as CLASSES_FILE
+from kdetect.plumbing.paths import MODEL_FILE as MODEL_FILE
+from kdetect.plumbing.paths import PACK_META as PACK_META
+from kdetect.plumbing.paths import RECIPE_FILE as RECIPE_FILE
+from kdetect.plumbing.paths import write_text
 
 # The names that mark a run directory (kdetect.json, model.keras, classes.json, recipe.yaml,
-# checkpoints/) are imported above from kdetect.paths, below this layer, which refuses every
-# output inside a run; the other names are spelled here.
+# checkpoints/) are imported above from kdetect.plumbing.paths, below this layer, which refuses
+# every output inside a run; the other names are spelled here.
 
 PACK_SUFFIX = ".kdet"
 METRICS_FILE = "metrics.json"
@@ -118,7 +118,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_recipe(path: Path) -> dict[str, Any] | None:
     """A run's ``recipe.yaml`` as a plain mapping (``None`` when missing or not a mapping);
-    CheckpointError for aliases that expand too far (:func:`kdetect.parsing.load_yaml`)."""
+    CheckpointError for aliases that expand too far (:func:`kdetect.plumbing.parsing.load_yaml`)."""
     if not path.is_file():
         return None
     try:

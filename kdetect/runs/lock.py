@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kdetect.errors import RunLockedError
+from kdetect.plumbing.errors import RunLockedError
 from kdetect.runs.files import read_meta
 
 try:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from kdetect.errors import CheckpointError
-from kdetect.parsing import load_yaml
+from kdetect.plumbing.errors import CheckpointError
+from kdetect.plumbing.parsing import load_yaml
 from kdetect.runs.files import (
     CLASSES_FILE,
     METRICS_FILE,

@@ -31,8 +31,8 @@ Adding a format (say ``kitti``):
    :class:`~kdetect.data.readers.common.RawObject` s (class name, ``xyxy`` pixel box, difficult
    flag, and ``where``: the file plus line, object or key, used in every message), and the
    format's own class list in label order, or ``None`` to number the sorted names found.
-2. Raise :class:`~kdetect.errors.DataError` only, one line starting with ``where`` (the helpers
-   in ``common`` do: ``number``, ``json_number``, ``image_pixels``, ``find_annotation_file``,
+2. Raise :class:`~kdetect.plumbing.errors.DataError` only, one line starting with ``where`` (the
+helpers in ``common`` do: ``number``, ``json_number``, ``image_pixels``, ``find_annotation_file``,
    ``read_json_file``, ``read_text_file``, ``refuse_duplicates``). Leave boxes unchecked and
    image files unopened unless the format needs a size from the image: validation, classes
    and the missing-image check happen after the reader, the same for every format.

@@ -18,8 +18,8 @@ from kdetect.data.readers.common import (
     read_json_file,
     refuse_duplicates,
 )
-from kdetect.errors import DataError
-from kdetect.parsing import parse_bool
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.parsing import parse_bool
 
 
 def read_coco(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawImage], list[str]]:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from kdetect.data.records import Annotations, Record
-from kdetect.errors import DataError
-from kdetect.parsing import read_text
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.parsing import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -206,14 +206,14 @@ def parse_classes(classes: Sequence[str] | str | os.PathLike | None) -> list[str
 
 def _class_file(path: Path) -> list[str]:
     if not path.is_file():
-        raise DataError(f"--classes: file not found: {path}")
+        raise DataError(f"classes: file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() != ".json":
             return [line.strip() for line in text.splitlines() if line.strip()]
         data = json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"--classes: cannot read {path} ({exc})") from None
+        raise DataError(f"classes: cannot read {path} ({exc})") from None
     names = data.get("classes") if isinstance(data, dict) else data
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f'--classes: {path}: expected a list of names or {{"classes": [...]}}')
@@ -385,7 +385,7 @@ def find_image(name: str, folders: Iterable[Path | None], stem_fallback: bool = 
 
 
 def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of a dataset file (:func:`kdetect.parsing.read_text`), errors as
+    """The UTF-8 text of a dataset file (:func:`kdetect.plumbing.parsing.read_text`), errors as
     :class:`DataError`."""
     return read_text(path, what, DataError)
 

@@ -18,7 +18,7 @@ from kdetect.data.readers.common import (
     image_pixels,
     number,
 )
-from kdetect.errors import DataError
+from kdetect.plumbing.errors import DataError
 
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
 

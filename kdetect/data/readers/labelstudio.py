@@ -33,7 +33,7 @@ from kdetect.data.readers.common import (
     float32_box,
     read_json_file,
 )
-from kdetect.errors import DataError
+from kdetect.plumbing.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from kdetect.data.readers.common import (
     number,
     read_text_file,
 )
-from kdetect.errors import DataError
-from kdetect.parsing import parse_bool
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.parsing import parse_bool
 
 
 def read_voc(path: Path, split: str, images_dir: Path | None) -> tuple[list[RawImage], None]:

@@ -28,8 +28,8 @@ from kdetect.data.readers.common import (
     number,
     read_text_file,
 )
-from kdetect.errors import DataError
-from kdetect.parsing import load_yaml
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.parsing import load_yaml
 
 YAML_NAMES = ("data.yaml", "dataset.yaml")
 
@@ -76,7 +76,7 @@ def find_data_yaml(path: Path) -> Path:
 
 def read_data_yaml(yaml_path: Path) -> dict:
     """The parsed ``data.yaml``: a mapping, else a DataError with the line (aliases that
-    expand too far are refused, see :func:`kdetect.parsing.load_yaml`)."""
+    expand too far are refused, see :func:`kdetect.plumbing.parsing.load_yaml`)."""
     text = read_text_file(yaml_path, "data.yaml")
     try:
         data = load_yaml(text, str(yaml_path), DataError)

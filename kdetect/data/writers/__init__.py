@@ -13,8 +13,8 @@ difficult flag). A writer's per-image function (``voc_xml``, ``label_lines``, ``
 (:func:`kdetect.data.images.verify_images`: decoded, within the size limits, all bad files named
 at once), refusing images outside the dataset's folders unless asked (``allow_outside_root``), so
 any error stops before a file is written; it writes into a temporary folder beside the output and
-renames it into place at the end (:func:`kdetect.paths.atomic_path`), so a failure leaves nothing
-behind.
+renames it into place at the end (:func:`kdetect.plumbing.paths.atomic_path`), so a failure leaves
+nothing behind.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from kdetect.data.writers.csv import write_csv
 from kdetect.data.writers.labelstudio import write_labelstudio
 from kdetect.data.writers.voc import write_voc
 from kdetect.data.writers.yolo import write_yolo
-from kdetect.errors import DataError
-from kdetect.paths import atomic_path, check_free, check_kind, check_not_input
+from kdetect.plumbing.errors import DataError
+from kdetect.plumbing.paths import atomic_path, check_free, check_kind, check_not_input
 
 Writer = Callable[[dict[str, Annotations], Path, ImageFiles], None]
 WRITERS: dict[str, Writer] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kdetect.data.records import Annotations, Record
-from kdetect.errors import DataError
+from kdetect.plumbing.errors import DataError
 
 
 class ImageFiles:

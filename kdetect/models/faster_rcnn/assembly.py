@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import keras
 
-from kdetect.backbones import build_backbone, resnet_stage5_head
-from kdetect.boxes import BoxCoder
+from kdetect.backbones.networks import build_backbone, resnet_stage5_head
 from kdetect.layers import (
     ConvFCBoxHead,
     DetectionDecoder,
@@ -23,6 +22,7 @@ from kdetect.layers import (
     RPNTargetAssigner,
 )
 from kdetect.models.base import check_model_settings
+from kdetect.ops.boxes import BoxCoder
 
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
 #: Anchor sizes (pixels) per RPN level when none are given: one size per pyramid level, or all
@@ -88,7 +88,7 @@ def build_feature_layers(
     """The backbone cut for a pyramid (all of C2..C5) or for C4, and the pyramid itself.
 
     ``backbone_options``: ``weights``, ``freeze``, ``frozen_batch_norm``, ``batch_norm_epsilon``
-    of :func:`kdetect.backbones.build_backbone`.
+    of :func:`kdetect.backbones.networks.build_backbone`.
     """
     features, full = build_backbone(backbone, image_size + (3,), **backbone_options)
     if fpn:

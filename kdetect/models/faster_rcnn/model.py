@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from kdetect.anchors import feature_map_anchors
 from kdetect.layers import (
     BoxPredictor,
     ConvFCBoxHead,
@@ -32,6 +31,7 @@ from kdetect.models.base import DetectionModel
 from kdetect.models.faster_rcnn import assembly, torchvision
 from kdetect.models.faster_rcnn.assembly import STAGES
 from kdetect.models.transform import ImageTransform
+from kdetect.ops.anchors import feature_map_anchors
 
 
 @keras.saving.register_keras_serializable(package="kdetect")
@@ -86,7 +86,7 @@ class FasterRCNN(DetectionModel):
     nor a TFLite builtin, so it runs on gathers instead.
 
     Needs the TensorFlow backend: NMS, the fused RoIAlign, the gradient tape and
-    ``tf.distribute`` come from :mod:`kdetect.tf_ops`, the resize from ``tf.image``.
+    ``tf.distribute`` come from :mod:`kdetect.ops.tf_ops`, the resize from ``tf.image``.
     """
 
     LOSS_NAMES = LOSS_NAMES

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import CheckpointError
 from kdetect.layers import ConvFCBoxHead
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.torchvision import WeightPlan, linear_kernel
 
 #: ``FasterRCNN`` options of each importable torchvision architecture.

@@ -8,8 +8,8 @@ import math
 import keras
 from keras import ops
 
-from kdetect.losses import giou_loss, normaliser, sigmoid_focal_loss
 from kdetect.models.retinanet.head import conv_tower, per_location, predictor, run_tower
+from kdetect.ops.losses import giou_loss, normaliser, sigmoid_focal_loss
 
 
 def box_centers(boxes):

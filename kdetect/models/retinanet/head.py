@@ -8,9 +8,9 @@ import math
 import keras
 from keras import ops
 
-from kdetect.boxes import BoxCoder, pairwise_iou
-from kdetect.losses import giou_loss, sigmoid_focal_loss
-from kdetect.matching import BETWEEN_THRESHOLDS, Matcher
+from kdetect.ops.boxes import BoxCoder, pairwise_iou
+from kdetect.ops.losses import giou_loss, sigmoid_focal_loss
+from kdetect.ops.matching import BETWEEN_THRESHOLDS, Matcher
 
 BOX_LOSSES = ("l1", "giou")
 

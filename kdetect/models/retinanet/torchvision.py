@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.state_dict import read_state_dict
 from kdetect.pretrained.torchvision import WeightPlan, conv_kernel
 

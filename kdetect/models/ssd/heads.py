@@ -18,11 +18,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from kdetect.boxes import BoxCoder, clip_boxes, pairwise_iou
 from kdetect.layers.batch_norm import BatchNormalization
-from kdetect.losses import smooth_l1
-from kdetect.matching import Matcher
-from kdetect.tf_ops import multiclass_nms
+from kdetect.ops.boxes import BoxCoder, clip_boxes, pairwise_iou
+from kdetect.ops.losses import smooth_l1
+from kdetect.ops.matching import Matcher
+from kdetect.ops.tf_ops import multiclass_nms
 
 
 def default_box_scales(num_levels: int, min_ratio: float, max_ratio: float) -> list[float]:

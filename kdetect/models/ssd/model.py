@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from kdetect.backbones import build_backbone
+from kdetect.backbones.networks import build_backbone
 from kdetect.layers.batch_norm import BatchNormalization
 from kdetect.models.base import DetectionModel
 from kdetect.models.ssd import torchvision

@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kdetect.errors import CheckpointError
+from kdetect.plumbing.errors import CheckpointError
 from kdetect.pretrained.torchvision import WeightPlan
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {

@@ -1,0 +1,1 @@
+"""Drawing: pictures with NumPy, Pillow and matplotlib only (curves, drawn detections)."""

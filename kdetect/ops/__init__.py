@@ -1,0 +1,2 @@
+"""Ops: box formats and coding, anchors, matching, the loss functions and TensorFlow-only
+kernels."""

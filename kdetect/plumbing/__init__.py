@@ -1,0 +1,1 @@
+"""Plumbing: errors, safe outputs, parsing and process settings that every layer uses."""
