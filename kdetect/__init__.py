@@ -32,10 +32,7 @@ LAYERS = (
     "cli",
 )
 
-from kdetect.plumbing import keras_registration  # noqa: E402
 from kdetect.plumbing.errors import KdetectError  # noqa: E402
-
-keras_registration.install()
 
 # Imported lazily so that light-weight users (offline evaluation, dataset readers, the CLI's
 # --help) do not pay for importing TensorFlow.

@@ -238,7 +238,7 @@ def test_detector_api(detector, run):
         detector.predict(image / 255.0)
     assert len(record) == 1 and record[0].filename == __file__  # points here, not at kdetect
     assert detector.predict(image)[0]["objects"] == from_array["objects"]  # still usable
-    with pytest.raises(KdetectError, match="min-score"):
+    with pytest.raises(KdetectError, match="^min_score: "):
         Detector(detector.model, detector.classes, min_score=2)
     assert detector.draw(image, from_path["objects"]).size == (320, 320)  # enlarged to read
 

@@ -6,7 +6,7 @@ detector classes load on first use, like ``kdetect.FasterRCNN``.
 
 import importlib
 
-from kdetect.models.registry import MODEL_TYPES, build
+from kdetect.models.registry import MODEL_TYPES, build, custom_objects
 
 #: The input transform's resize rules (``ImageTransform``; a recipe's ``model.resize_mode``).
 RESIZE_MODES = ("fit", "min_max", "fixed")
@@ -25,6 +25,7 @@ __all__ = [
     "LOSS_NAMES",
     "MODEL_TYPES",
     "build",
+    "custom_objects",
     "loss_names",
     *(entry.cls for entry in MODEL_TYPES.values()),
 ]

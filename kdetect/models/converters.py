@@ -37,9 +37,7 @@ _PROBE_SIZE = (64, 64)
 def check_quantization(quantize: str | None) -> None:
     """A clear error for a quantisation kdetect does not offer."""
     if quantize not in (None, *QUANTIZATIONS):
-        raise ExportError(
-            f"quantize: expected one of {', '.join(QUANTIZATIONS)}, got {quantize!r}"
-        )
+        raise ExportError(f"quantize: expected one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
 
 
 # --- Runtimes --------------------------------------------------------------------------------

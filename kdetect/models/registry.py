@@ -125,6 +125,20 @@ def architecture_options(arch: str) -> dict:
     return dict(model_class(architecture_type(arch)).TORCHVISION_ARCHITECTURES[arch])
 
 
+def custom_objects() -> dict[str, type]:
+    """Every Keras class kdetect saves in a ``.keras`` file, by its registered name, for Keras'
+    own ``custom_objects``: ``keras.saving.load_model(path, custom_objects=custom_objects())``
+    (or ``keras.saving.custom_object_scope``). Imports every model type (TensorFlow)."""
+    import keras  # Keras' registry of serialisable classes, read when a file is loaded
+
+    register_all()
+    return {
+        name: cls
+        for name, cls in keras.saving.get_custom_objects().items()
+        if name.startswith("kdetect>")
+    }
+
+
 def register_all() -> None:
     """Import every model type and the learning-rate schedule (each registers its Keras classes
     for loading saved files)."""
