@@ -239,3 +239,39 @@ def test_first_class_flags_set_the_recipe_and_python_trains_in_one_line(tmp_path
 
     python_run = package.train(SHAPES, run_dir=tmp_path / "python", overrides=TINY)
     assert (python_run / "model.keras").is_file()
+
+
+def test_a_trainer_subclass_changes_its_steps(tmp_path):
+    """``train(..., trainer=...)``: the Trainer's hooks are the steps a variant changes (its
+    data, model, callbacks and report); a class that is not a Trainer is refused."""
+    from kdetect.engine import Trainer
+
+    seen: list[str] = []
+
+    class Counting(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append("step")
+
+    class Custom(Trainer):
+        def build_data(self):
+            seen.append("data")
+            return super().build_data()
+
+        def build_model(self, num_classes, steps_per_epoch):
+            seen.append(f"model {num_classes}")
+            return super().build_model(num_classes, steps_per_epoch)
+
+        def build_callbacks(self, samples, fit_data, start):
+            run = super().build_callbacks(samples, fit_data, start)
+            run.callbacks.append(Counting())
+            return run
+
+        def report(self, model, detections=None):
+            seen.append("report")
+
+    run = train(SHAPES, run_dir=tmp_path / "run", overrides=TINY, trainer=Custom)
+    assert seen == ["data", "model 3", "step", "step", "report"]
+    assert (run / "model.keras").is_file() and not (run / "metrics.json").exists()
+    with pytest.raises(TypeError, match="subclass of Trainer"):
+        train(SHAPES, run_dir=tmp_path / "other", overrides=TINY, trainer=dict)
+    assert not (tmp_path / "other").exists()

@@ -133,7 +133,7 @@ def at_boundaries(monkeypatch):
 
     reached = []
 
-    def run_training(recipe, run_dir, state_info, callbacks, console, resume=False):
+    def run_training(recipe, run_dir, state_info, callbacks, console, resume=False, **_):
         source = read_split(recipe, recipe.data.train_split, None, strict=True)
         reached.append(("train", recipe, source))
         return Path(run_dir)

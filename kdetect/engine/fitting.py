@@ -1,6 +1,7 @@
-"""One training run, in the order it happens: open the run directory, write the run's files,
-build and compile the model, check the data, restore or initialise the weights, assemble the
-callbacks, call ``model.fit`` and save the final detector.
+"""One training run, in the order it happens (:class:`Trainer`): read the data, open the run
+directory, write the run's files, build and compile the model, check the data, restore or
+initialise the weights, assemble the callbacks, call ``model.fit``, save the final detector and
+report on it.
 
 :func:`run_training` is what :func:`kdetect.engine.train` calls once the recipe and the run
 directory have been checked.
@@ -109,50 +110,311 @@ def _sigterm_as_interrupt():
 
 
 def run_training(
-    recipe: Recipe, run_dir: Path, state_info, callbacks, console, resume: bool = False
+    recipe: Recipe,
+    run_dir: Path,
+    state_info,
+    callbacks,
+    console,
+    resume: bool = False,
+    trainer: type[Trainer] | None = None,
 ) -> Path:
-    """Read the data, open ``run_dir`` and train; the run's status in ``kdetect.json`` ends as
-    ``finished``, ``interrupted`` or ``failed``, never ``running``."""
-    tcfg = recipe.train
-    if tcfg.seed is not None:
-        keras.utils.set_random_seed(tcfg.seed)
-    # Read the data (and verify every image) before the run directory exists: a bad dataset
-    # leaves nothing behind.
-    strategy = builders.build_strategy(tcfg)
-    with strategy.scope():
-        data = builders.build_datasets(recipe, seed=tcfg.seed)
-    previous_policy = keras.mixed_precision.global_policy().name
-    if tcfg.mixed_precision:
-        keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
-    stages: list[str] = []
-    try:
-        with _sigterm_as_interrupt():
-            _open_run_dir(recipe, run_dir, resume)
+    """What :func:`kdetect.engine.train` calls once the recipe and the run directory are
+    checked: ``trainer(...).run()`` (default :class:`Trainer`)."""
+    trainer = trainer or Trainer
+    if not (isinstance(trainer, type) and issubclass(trainer, Trainer)):
+        raise TypeError(f"trainer: expected a subclass of Trainer, got {trainer!r}")
+    return trainer(recipe, run_dir, state_info, callbacks, console, resume).run()
+
+
+class Trainer:
+    """One training run of a recipe into ``run_dir``, in the order it happens (:meth:`run`).
+
+    The steps a variant changes are methods of their own: :meth:`build_data`,
+    :meth:`build_model`, :meth:`build_callbacks` and :meth:`report` (as detectron2's
+    ``DefaultTrainer`` and Ultralytics' trainer name theirs); the rest keeps the run directory
+    consistent (its status ends ``finished``, ``interrupted`` or ``failed``, never
+    ``running``; a run that fails before its first step leaves no folder).
+
+    Args:
+        recipe: the validated recipe.
+        run_dir: the run directory (checked and locked by the caller).
+        state_info: a resumed run's saved state (:func:`read_resume_state`), else None.
+        callbacks: extra Keras callbacks, run after kdetect's own.
+        console: the ``rich`` console progress and the report go to.
+        resume: continue ``run_dir`` (its ``kdetect.json`` keeps its creation facts).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        state_info: dict | None = None,
+        callbacks=None,
+        console=None,
+        resume: bool = False,
+    ):
+        self.recipe, self.run_dir, self.state_info = recipe, Path(run_dir), state_info
+        self.extra_callbacks = list(callbacks or [])
+        self.console = console
+        self.resume = resume
+        self.strategy = None  # set by run()
+        self.data: builders.Datasets | None = None
+        self.started = False  # the first training step has been reached
+
+    # --- The steps a variant may change -----------------------------------------------------
+    def build_data(self) -> builders.Datasets:
+        """The datasets of the recipe (every image verified), under the strategy."""
+        with self.strategy.scope():
+            return builders.build_datasets(self.recipe, seed=self.recipe.train.seed)
+
+    def build_model(self, num_classes: int, steps_per_epoch: int | None):
+        """The detector and its optimizer, built under the distribution strategy; weight decay
+        leaves biases and normalisation parameters alone."""
+        with self.strategy.scope():
+            model = build_model(self.recipe, num_classes)
+            optimizer = builders.build_optimizer(self.recipe.train, steps_per_epoch)
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+            model.compile(optimizer=optimizer, jit_compile=self.recipe.train.jit_compile)
+            optimizer.build(model.trainable_variables)
+        return model
+
+    def build_callbacks(self, samples, fit_data: FitData, start: Start) -> TrainingCallbacks:
+        """kdetect's callbacks (progress, checkpoints, evaluation, TensorBoard...), then the
+        caller's."""
+        run = make_callbacks(
+            self.recipe, self.run_dir, self.data, samples, fit_data, start, self.console
+        )
+        run.callbacks += self.extra_callbacks
+        return run
+
+    def report(self, model, detections=None) -> None:
+        """The final evaluation, pictures and TensorBoard images
+        (:mod:`kdetect.engine.run_report`), by the chief only (other workers train into a
+        scratch folder), when there is a validation split and the recipe evaluates at all. The
+        final weights are the last epoch's: where that epoch's validation mAP computed the
+        ``detections``, they are scored, not predicted again.
+
+        Ctrl-C here leaves the run ``finished`` (``model.keras`` is saved) and says how to
+        evaluate it later."""
+        recipe, run_dir, console = self.recipe, self.run_dir, self.console
+        tcfg = recipe.train
+        if not distribute.is_chief(tcfg.distribute):
+            return
+        if recipe.eval.every > 0 and self.data.val_annotations is not None:
+            tensorboard = tcfg.tensorboard and importlib.util.find_spec("tensorboard") is not None
             try:
-                # A seeded run is exactly reproducible on CPU, and so a resumed run equals an
-                # uninterrupted one (docs/recipes.md, "Interrupting and resuming").
-                with tf_ops.cpu_determinism(tcfg.seed is not None):
-                    return _fit(
-                        recipe,
-                        run_dir,
-                        state_info,
-                        callbacks or [],
-                        console,
-                        strategy,
-                        data,
-                        stages,
-                    )
-            except BaseException as exc:
-                if not resume and not stages:
-                    _discard_unstarted(run_dir)  # nothing trained: leave no run behind
-                else:
-                    _record_end(run_dir, exc)
-                reported = _one_line(exc, run_dir, tcfg)
-                if reported is exc:
-                    raise
-                raise reported from exc
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+                cb.lifecycle_hook("final-evaluation")
+                report_finished_run(
+                    model,
+                    self.data.val_annotations,
+                    recipe.eval.metric,
+                    recipe.data.batch_size,
+                    run_dir,
+                    console,
+                    tcfg.epochs if tensorboard else None,
+                    detections=detections,
+                )
+            except KeyboardInterrupt:
+                update_meta(run_dir, status="finished", epochs=tcfg.epochs)
+                console.print(
+                    "[yellow]final evaluation interrupted[/yellow]; the trained model is saved. "
+                    "Evaluate it with:",
+                    highlight=False,
+                )
+                console.print(f"  kdetect evaluate {escape(str(run_dir))}", soft_wrap=True)
+                raise
+
+    # --- The run ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Read the data, open the run directory and train; returns the run directory."""
+        tcfg, run_dir = self.recipe.train, self.run_dir
+        if tcfg.seed is not None:
+            keras.utils.set_random_seed(tcfg.seed)
+        # Read the data (and verify every image) before the run directory exists: a bad
+        # dataset leaves nothing behind.
+        self.strategy = builders.build_strategy(tcfg)
+        self.data = self.build_data()
+        previous_policy = keras.mixed_precision.global_policy().name
+        if tcfg.mixed_precision:
+            keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
+        try:
+            with _sigterm_as_interrupt():
+                _open_run_dir(self.recipe, run_dir, self.resume)
+                try:
+                    # A seeded run is exactly reproducible on CPU, and so a resumed run equals
+                    # an uninterrupted one (docs/recipes.md, "Interrupting and resuming").
+                    with tf_ops.cpu_determinism(tcfg.seed is not None):
+                        return self._train()
+                except BaseException as exc:
+                    if not self.resume and not self.started:
+                        _discard_unstarted(run_dir)  # nothing trained: leave no run behind
+                    else:
+                        _record_end(run_dir, exc)
+                    reported = _one_line(exc, run_dir, tcfg)
+                    if reported is exc:
+                        raise
+                    raise reported from exc
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+    def _train(self) -> Path:
+        """The steps of one run, in order."""
+        recipe, run_dir, console, data = self.recipe, self.run_dir, self.console, self.data
+        tcfg = recipe.train
+        samples = self._write_run_files()
+        fit_data = FitData(data.train_from, data.val, tcfg.steps_per_epoch or data.train_batches)
+        model = self.build_model(len(data.classes), fit_data.steps_per_epoch)
+        if data.train_annotations is not None and self.state_info is None:
+            print_data_checks(model, data.train_annotations, recipe, console)
+        start = self._restore(model)
+        if start.epoch >= tcfg.epochs:
+            self.started = True
+            return self._finish_trained(model, start)
+        run = self.build_callbacks(samples, fit_data, start)
+        self.started = True
+        self._run_epochs(model, fit_data, start, run)
+
+        _save_final(model, run_dir / MODEL_FILE, tcfg.jit_compile)
+        summary_table(run.progress.rows, console)
+        detections = run.detections_of_epoch(tcfg.epochs - 1, len(data.val_annotations or []))
+        self.report(model, detections)
+        manager = run.manager
+        best = None if manager.best_value is None else [manager.monitor, manager.best_value]
+        update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
+        console.print(f"run directory: [bold]{escape(str(run_dir))}[/bold]", highlight=False)
+        return run_dir
+
+    def _finish_trained(self, model, start: Start) -> Path:
+        """A resumed run that has trained every epoch: nothing to do when its final model
+        (and, where the recipe evaluates, its metrics) exist; else save and evaluate the final
+        model."""
+        recipe, run_dir = self.recipe, self.run_dir
+        evaluates = recipe.eval.every > 0 and self.data.val_annotations is not None
+        done = (run_dir / MODEL_FILE).is_file() and (
+            not evaluates or (run_dir / METRICS_FILE).is_file()
+        )
+        self.console.print(
+            f"{escape(str(run_dir))}: already trained for {start.epoch} epochs; "
+            + ("nothing left to do" if done else "saving and evaluating its final model"),
+            highlight=False,
+        )
+        if not done:
+            _save_final(model, run_dir / MODEL_FILE, recipe.train.jit_compile)
+            self.report(model)
+        update_meta(run_dir, status="finished", epochs=recipe.train.epochs)
+        return run_dir
+
+    def _write_run_files(self) -> list[np.ndarray]:
+        """``classes.json`` (a resumed run must keep its classes), ``samples/``, ``labels.png``
+        and (for a new run) ``train_batch.jpg``; returns the sample images."""
+        recipe, run_dir, data = self.recipe, self.run_dir, self.data
+        classes = data.classes
+        if (run_dir / CLASSES_FILE).is_file() and self.state_info is not None:
+            if read_classes(run_dir / CLASSES_FILE) != classes:
+                raise CheckpointError(f"{run_dir}: the data's classes differ from classes.json")
+        write_classes(run_dir / CLASSES_FILE, classes)
+        samples = _write_samples(run_dir / SAMPLES_DIR, data.val_annotations, recipe.eval.samples)
+        if data.train_annotations is not None:
+            frame = tuple(recipe.model.image_size)
+            boxes, labels = boxes_in_frame(data.train_annotations, frame)
+            classes = data.train_annotations.classes
+            plot_labels(boxes, labels, classes, frame, run_dir / LABELS_PLOT)
+        if self.state_info is None:
+            _write_train_batch(data, run_dir / TRAIN_BATCH_PLOT)
+        return samples
+
+    def _restore(self, model) -> Start:
+        """A resumed run's saved weights and position; else epoch 0, with
+        ``train.init_from``'s weights copied in where names and shapes agree."""
+        state_info, console, tcfg = self.state_info, self.console, self.recipe.train
+        if state_info is not None:
+            try:
+                model.load_weights(state_info["weights"])
+            except (ValueError, OSError) as exc:
+                raise CheckpointError(
+                    f"{state_info['weights']}: cannot restore state ({exc})"
+                ) from None
+            start = Start(
+                int(state_info["epoch"]),
+                int(state_info.get("step_in_epoch", 0)),
+                state_info.get("best_value"),
+            )
+            source = Path(state_info["weights"])
+            console.print(
+                f"resuming {escape(str(self.run_dir))} at epoch {start.epoch + 1}"
+                + (f", step {start.step_in_epoch}" if start.step_in_epoch else "")
+                + (f" (from {escape(source.name)})" if source.suffix == ".keras" else ""),
+                highlight=False,
+            )
+            return start
+        if tcfg.init_from:
+            source, _ = load_model(tcfg.init_from)
+            copied, skipped = transfer_weights(source, model)
+            del source
+            console.print(
+                f"initialised {copied} of {copied + len(skipped)} variables from "
+                f"{escape(tcfg.init_from)}"
+                + (f" ({len(skipped)} re-initialised)" if skipped else ""),
+                highlight=False,
+            )
+        return Start()
+
+    def _run_epochs(self, model, fit_data: FitData, start: Start, run: TrainingCallbacks):
+        """``model.fit`` from where the run stands: the rest of an interrupted epoch (unless
+        only its validation was left), then whole epochs. Ctrl-C saves the state before it
+        propagates.
+
+        Each ``fit`` reads the training stream from the batch the run has reached (``epoch *
+        steps_per_epoch + step_in_epoch``), so a resumed run reads the batches an
+        uninterrupted one would (see :func:`kdetect.engine.builders.build_datasets`).
+        """
+        tcfg, run_dir, console = self.recipe.train, self.run_dir, self.console
+
+        def fit(epochs: int, first_epoch: int, steps: int, step_in_epoch: int = 0) -> None:
+            model.fit(
+                fit_data.train_from(first_epoch * fit_data.steps_per_epoch + step_in_epoch),
+                validation_data=fit_data.val,
+                epochs=epochs,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps,
+                validation_steps=tcfg.validation_steps,
+                callbacks=run.callbacks,
+                shuffle=False,  # the pipeline shuffles
+                verbose=0,
+            )
+
+        epoch, steps_per_epoch = start.epoch, fit_data.steps_per_epoch
+        try:
+            if epoch < tcfg.epochs and start.step_in_epoch:
+                if start.step_in_epoch < steps_per_epoch:
+                    left = steps_per_epoch - start.step_in_epoch
+                    fit(epoch + 1, epoch, left, start.step_in_epoch)
+                epoch += 1
+            if epoch < tcfg.epochs:
+                fit(tcfg.epochs, epoch, steps_per_epoch)
+        except TrainingDiverged:
+            run.progress.close()
+            raise
+        except KeyboardInterrupt as exc:
+            run.progress.close()
+            state = run.state
+            run.manager.save_state(
+                epoch=state.epoch, step_in_epoch=state.step_in_epoch, interrupted=True
+            )
+            update_meta(run_dir, status="interrupted")
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            console.print(
+                f"[yellow]{how}[/yellow] at epoch {state.epoch + 1}, step "
+                f"{state.step_in_epoch}; state saved. Continue with:",
+                highlight=False,
+            )
+            # The command on a line of its own, never wrapped by us, so that it copies whole.
+            console.print(
+                f"  kdetect train {escape(str(run_dir))} --resume",
+                soft_wrap=True,
+                highlight=False,
+            )
+            raise
 
 
 def _discard_unstarted(run_dir: Path) -> None:
@@ -218,110 +480,6 @@ def _worker_lost(exc: BaseException, tcfg: TrainConfig) -> Exception | None:
     )
 
 
-def _fit(
-    recipe: Recipe, run_dir: Path, state_info, extra_callbacks, console, strategy, data, stages
-):
-    """The steps of one run, in order; ``stages`` gets ``"fit"`` once training starts."""
-    tcfg = recipe.train
-    samples = _write_run_files(recipe, run_dir, data, state_info)
-    fit_data = _fit_data(tcfg, data)
-    model = _compile_model(recipe, strategy, len(data.classes), fit_data.steps_per_epoch)
-    if data.train_annotations is not None and state_info is None:
-        print_data_checks(model, data.train_annotations, recipe, console)
-    start = _restore(model, tcfg, state_info, run_dir, console)
-    if start.epoch >= tcfg.epochs:
-        stages.append("fit")
-        return _finish_trained(model, recipe, data, run_dir, console, start)
-    run = make_callbacks(recipe, run_dir, data, samples, fit_data, start, console)
-    run.callbacks += list(extra_callbacks)
-    stages.append("fit")
-    _run_epochs(model, tcfg, fit_data, start, run, run_dir, console)
-
-    _save_final(model, run_dir / MODEL_FILE, tcfg.jit_compile)
-    summary_table(run.progress.rows, console)
-    detections = run.detections_of_epoch(tcfg.epochs - 1, len(data.val_annotations or []))
-    _report(model, recipe, data, run_dir, console, detections)
-    manager = run.manager
-    best = None if manager.best_value is None else [manager.monitor, manager.best_value]
-    update_meta(run_dir, status="finished", epochs=tcfg.epochs, best_metric=best)
-    console.print(f"run directory: [bold]{escape(str(run_dir))}[/bold]", highlight=False)
-    return run_dir
-
-
-def _finish_trained(model, recipe: Recipe, data, run_dir: Path, console, start: Start) -> Path:
-    """A resumed run that has trained every epoch: nothing to do when its final model (and,
-    where the recipe evaluates, its metrics) exist; else save and evaluate the final model."""
-    evaluates = recipe.eval.every > 0 and data.val_annotations is not None
-    done = (run_dir / MODEL_FILE).is_file() and (
-        not evaluates or (run_dir / METRICS_FILE).is_file()
-    )
-    console.print(
-        f"{escape(str(run_dir))}: already trained for {start.epoch} epochs; "
-        + ("nothing left to do" if done else "saving and evaluating its final model"),
-        highlight=False,
-    )
-    if not done:
-        _save_final(model, run_dir / MODEL_FILE, recipe.train.jit_compile)
-        _report(model, recipe, data, run_dir, console)
-    update_meta(run_dir, status="finished", epochs=recipe.train.epochs)
-    return run_dir
-
-
-def _report(model, recipe: Recipe, data, run_dir: Path, console, detections=None) -> None:
-    """The final evaluation, pictures and TensorBoard images (:mod:`kdetect.engine.run_report`),
-    by the chief only (other workers train into a scratch folder), when there is a validation
-    split and the recipe evaluates at all. The final weights are the last epoch's: where that
-    epoch's validation mAP computed the ``detections``, they are scored, not predicted again.
-
-    Ctrl-C here leaves the run ``finished`` (``model.keras`` is saved) and says how to evaluate
-    it later."""
-    tcfg = recipe.train
-    if not distribute.is_chief(tcfg.distribute):
-        return
-    if recipe.eval.every > 0 and data.val_annotations is not None:
-        tensorboard = tcfg.tensorboard and importlib.util.find_spec("tensorboard") is not None
-        try:
-            cb.lifecycle_hook("final-evaluation")
-            report_finished_run(
-                model,
-                data.val_annotations,
-                recipe.eval.metric,
-                recipe.data.batch_size,
-                run_dir,
-                console,
-                tcfg.epochs if tensorboard else None,
-                detections=detections,
-            )
-        except KeyboardInterrupt:
-            update_meta(run_dir, status="finished", epochs=tcfg.epochs)
-            console.print(
-                "[yellow]final evaluation interrupted[/yellow]; the trained model is saved. "
-                "Evaluate it with:",
-                highlight=False,
-            )
-            console.print(f"  kdetect evaluate {escape(str(run_dir))}", soft_wrap=True)
-            raise
-
-
-def _write_run_files(recipe: Recipe, run_dir: Path, data, state_info) -> list[np.ndarray]:
-    """``classes.json`` (a resumed run must keep its classes), ``samples/``, ``labels.png`` and
-    (for a new run) ``train_batch.jpg``; returns the sample images."""
-    classes = data.classes
-    if (run_dir / CLASSES_FILE).is_file() and state_info is not None:
-        if read_classes(run_dir / CLASSES_FILE) != classes:
-            raise CheckpointError(f"{run_dir}: the data's classes differ from classes.json")
-    write_classes(run_dir / CLASSES_FILE, classes)
-    samples = _write_samples(run_dir / SAMPLES_DIR, data.val_annotations, recipe.eval.samples)
-    if data.train_annotations is not None:
-        frame = tuple(recipe.model.image_size)
-        boxes, labels = boxes_in_frame(data.train_annotations, frame)
-        classes = data.train_annotations.classes
-        plot_labels(boxes, labels, classes, frame, run_dir / LABELS_PLOT)
-    if state_info is None:
-        _write_train_batch(data, run_dir / TRAIN_BATCH_PLOT)
-    return samples
-
-
 def _write_train_batch(data, path: Path) -> None:
     """The first training batch after augmentation, with its boxes, as the model will see it
     (the stream is stateless and rebuilt, so drawing it changes nothing of training)."""
@@ -344,120 +502,6 @@ def _write_samples(folder: Path, annotations, count: int) -> list[np.ndarray]:
         Image.fromarray(image).save(folder / (Path(record.filename).stem + ".png"))
         images.append(image)
     return images
-
-
-def _fit_data(tcfg: TrainConfig, data) -> FitData:
-    """Steps of one epoch: the recipe's value, else one pass over the training set."""
-    return FitData(data.train_from, data.val, tcfg.steps_per_epoch or data.train_batches)
-
-
-def _compile_model(recipe: Recipe, strategy, num_classes: int, steps_per_epoch: int | None):
-    """The detector and its optimizer, built under the distribution strategy; weight decay
-    leaves biases and normalisation parameters alone."""
-    with strategy.scope():
-        model = build_model(recipe, num_classes)
-        optimizer = builders.build_optimizer(recipe.train, steps_per_epoch)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-        model.compile(optimizer=optimizer, jit_compile=recipe.train.jit_compile)
-        optimizer.build(model.trainable_variables)
-    return model
-
-
-def _restore(model, tcfg: TrainConfig, state_info, run_dir: Path, console) -> Start:
-    """A resumed run's saved weights and position; else epoch 0, with ``train.init_from``'s
-    weights copied in where names and shapes agree."""
-    if state_info is not None:
-        try:
-            model.load_weights(state_info["weights"])
-        except (ValueError, OSError) as exc:
-            raise CheckpointError(
-                f"{state_info['weights']}: cannot restore state ({exc})"
-            ) from None
-        start = Start(
-            int(state_info["epoch"]),
-            int(state_info.get("step_in_epoch", 0)),
-            state_info.get("best_value"),
-        )
-        source = Path(state_info["weights"])
-        console.print(
-            f"resuming {escape(str(run_dir))} at epoch {start.epoch + 1}"
-            + (f", step {start.step_in_epoch}" if start.step_in_epoch else "")
-            + (f" (from {escape(source.name)})" if source.suffix == ".keras" else ""),
-            highlight=False,
-        )
-        return start
-    if tcfg.init_from:
-        source, _ = load_model(tcfg.init_from)
-        copied, skipped = transfer_weights(source, model)
-        del source
-        console.print(
-            f"initialised {copied} of {copied + len(skipped)} variables from "
-            f"{escape(tcfg.init_from)}" + (f" ({len(skipped)} re-initialised)" if skipped else ""),
-            highlight=False,
-        )
-    return Start()
-
-
-def _run_epochs(
-    model,
-    tcfg: TrainConfig,
-    fit_data: FitData,
-    start: Start,
-    run: TrainingCallbacks,
-    run_dir,
-    console,
-) -> None:
-    """``model.fit`` from where the run stands: the rest of an interrupted epoch (unless only its
-    validation was left), then whole epochs. Ctrl-C saves the state before it propagates.
-
-    Each ``fit`` reads the training stream from the batch the run has reached (``epoch *
-    steps_per_epoch + step_in_epoch``), so a resumed run reads the batches an uninterrupted
-    one would (see :func:`kdetect.engine.builders.build_datasets`).
-    """
-
-    def fit(epochs: int, first_epoch: int, steps: int, step_in_epoch: int = 0) -> None:
-        model.fit(
-            fit_data.train_from(first_epoch * fit_data.steps_per_epoch + step_in_epoch),
-            validation_data=fit_data.val,
-            epochs=epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=steps,
-            validation_steps=tcfg.validation_steps,
-            callbacks=run.callbacks,
-            shuffle=False,  # the pipeline shuffles
-            verbose=0,
-        )
-
-    epoch, steps_per_epoch = start.epoch, fit_data.steps_per_epoch
-    try:
-        if epoch < tcfg.epochs and start.step_in_epoch:
-            if start.step_in_epoch < steps_per_epoch:
-                left = steps_per_epoch - start.step_in_epoch
-                fit(epoch + 1, epoch, left, start.step_in_epoch)
-            epoch += 1
-        if epoch < tcfg.epochs:
-            fit(tcfg.epochs, epoch, steps_per_epoch)
-    except TrainingDiverged:
-        run.progress.close()
-        raise
-    except KeyboardInterrupt as exc:
-        run.progress.close()
-        state = run.state
-        run.manager.save_state(
-            epoch=state.epoch, step_in_epoch=state.step_in_epoch, interrupted=True
-        )
-        update_meta(run_dir, status="interrupted")
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        console.print(
-            f"[yellow]{how}[/yellow] at epoch {state.epoch + 1}, step "
-            f"{state.step_in_epoch}; state saved. Continue with:",
-            highlight=False,
-        )
-        # The command on a line of its own, never wrapped by us, so that it copies whole.
-        console.print(
-            f"  kdetect train {escape(str(run_dir))} --resume", soft_wrap=True, highlight=False
-        )
-        raise
 
 
 def _save_final(model, path: Path, jit_compile: bool) -> None:

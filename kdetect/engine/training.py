@@ -36,6 +36,7 @@ def train(
     overrides: list[str] | None = None,
     callbacks: list | None = None,
     console=None,
+    trainer: type | None = None,
 ) -> Path:
     """Train the detector a recipe describes; return the run directory.
 
@@ -47,6 +48,8 @@ def train(
         overrides: ``--set`` style overrides, when ``recipe`` is a path.
         callbacks: extra Keras callbacks (run after kdetect's own).
         console: a ``rich`` console for progress (default: stderr).
+        trainer: a subclass of :class:`kdetect.engine.fitting.Trainer` that changes some of
+            its steps (``build_data``, ``build_model``, ``build_callbacks``, ``report``).
 
     Raises:
         KeyboardInterrupt: after saving the state when training is interrupted (Ctrl-C, or
@@ -74,7 +77,9 @@ def train(
             check_run_dir(run_dir, resume)
             fitting = _fitting()
             state_info = fitting.read_resume_state(run_dir) if resume else None
-            return fitting.run_training(recipe, run_dir, state_info, callbacks, console, resume)
+            return fitting.run_training(
+                recipe, run_dir, state_info, callbacks, console, resume, trainer=trainer
+            )
     fitting = _fitting()
     state_info = fitting.read_resume_state(run_dir) if resume else None
     # Only the chief writes the run directory. The other workers of a multi-worker job run the
@@ -82,7 +87,7 @@ def train(
     # folder that is removed afterwards; they resume from the chief's state above.
     scratch = Path(tempfile.mkdtemp(prefix="kdetect-worker-"))
     try:
-        fitting.run_training(recipe, scratch, state_info, callbacks, console)
+        fitting.run_training(recipe, scratch, state_info, callbacks, console, trainer=trainer)
         return run_dir
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
