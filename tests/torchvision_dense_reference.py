@@ -1,6 +1,6 @@
 """torchvision's side of the dense-detector parity tests (RetinaNet, FCOS); needs torch.
 
-Not a test module: ``tests/test_dense_parity.py`` runs it through ``tests/torch_peer.py``.
+Not a test module: ``tests/models/test_dense_parity.py`` runs it through ``tests/torch_peer.py``.
 
     python torchvision_dense_reference.py make ARCH OUT.pth --calibrate IMAGE.npy [...]
         A random torchvision detector made non-trivial: batch norm calibrated on the images,

@@ -1,6 +1,7 @@
 """torchvision's side of the checkpoint-import parity tests; run by a Python that has torch.
 
-Not a test module: ``tests/test_pretrained_parity.py`` runs it through ``tests/torch_peer.py``.
+Not a test module: ``tests/models/test_pretrained_parity.py`` runs it through
+``tests/torch_peer.py``.
 
     python torchvision_reference.py make ARCH OUT.pth [--legacy-names] [--num-classes N]
         A randomly initialised torchvision detector made non-trivial: batch-norm statistics

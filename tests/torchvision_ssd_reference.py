@@ -1,6 +1,6 @@
 """torchvision's side of the SSD / SSDlite parity tests; run by a Python that has torch.
 
-Not a test module: ``tests/test_ssd_parity.py`` runs it through ``tests/torch_peer.py``.
+Not a test module: ``tests/models/test_ssd_parity.py`` runs it through ``tests/torch_peer.py``.
 
     python torchvision_ssd_reference.py make ARCH OUT.pth --calibrate IMAGE.npy [...]
         A randomly initialised torchvision detector made non-trivial: batch-norm statistics (if

@@ -16,8 +16,8 @@ from kdetect.cli import app, err_console
 
 
 class ExportFormat(str, Enum):
-    """kdetect.apps.export.FORMATS (tests/test_cli_conventions.py checks they agree), written here
-    so that ``kdetect --help`` does not import TensorFlow."""
+    """kdetect.apps.export.FORMATS (tests/cli/test_cli_conventions.py checks they agree),
+    written here so that ``kdetect --help`` does not import TensorFlow."""
 
     saved_model = "saved_model"
     onnx = "onnx"

@@ -12,7 +12,7 @@ Why not Keras' bbox-aware layers: the pipeline resizes each image by its own ran
 crops and pads it to a static size in one step (one resize per image instead of three), keeps
 the difficult flags and the padding convention in step with the boxes, and runs inside
 ``tf.data`` with stateless seeds. Written as four small functions this stays easy to test
-against a drawn rectangle (``tests/test_data_pipeline.py``).
+against a drawn rectangle (``tests/data/test_data_pipeline.py``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def current_lr(model: keras.Model) -> float:
 
 def lifecycle_hook(point: str) -> None:
     """Test-only hooks at named moments of training, for the run-lifecycle tests
-    (``tests/test_run_lifecycle.py``); nothing happens unless their variables are set.
+    (``tests/runs/test_run_lifecycle.py``); nothing happens unless their variables are set.
 
     Points: ``step:N`` (optimizer step N done), ``after-checkpoint:E`` (``epoch-000E.keras``
     written, the resume state not yet), ``after-state:E`` (the resume state of epoch E written),

@@ -15,7 +15,7 @@ from kdetect.plumbing.errors import DataError, OutputError
 from tests import data_support as ds
 from tests.data_support import assert_same_records
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SOURCES = {
     "voc": ds.write_voc,
     "coco": ds.write_coco,

@@ -262,7 +262,7 @@ def test_models_command_lists_every_type_and_architecture(capsys):
 
 
 def test_models_doc_lists_every_type_architecture_and_setting():
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
     for arch in architectures():
         assert f"`{arch}`" in docs, arch
     for name in MODEL_TYPES:

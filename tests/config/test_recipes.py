@@ -12,7 +12,7 @@ from kdetect.config import dump, iter_keys, load
 from kdetect.config.loader import apply_overrides, parse_override
 from kdetect.plumbing.errors import RecipeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 
 

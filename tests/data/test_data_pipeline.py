@@ -17,7 +17,7 @@ from kdetect.data.records import Annotations, Record
 from kdetect.data.tfrecord import KEYS, transform_dataset
 from tests import data_support
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def rectangle_record(name="r.png", height=80, width=100, box=(20, 10, 50, 40), label=0):

@@ -26,8 +26,7 @@ from kdetect.models.ssd import SSD, SSDLite
 from kdetect.models.ssd.heads import SSDHead
 from kdetect.models.transform import ImageTransform
 from tests.helpers import assert_layer_round_trip
-from tests.pretrained_support import PHOTOS, RACCOON
-from tests.test_pretrained_parity import (
+from tests.models.test_pretrained_parity import (
     MIN_IOU,
     SCORE_TOL,
     _close,
@@ -35,9 +34,10 @@ from tests.test_pretrained_parity import (
     _nhwc,
     match_detections,
 )
+from tests.pretrained_support import PHOTOS, RACCOON
 from tests.torch_peer import run_torch
 
-REFERENCE = Path(__file__).with_name("torchvision_ssd_reference.py")
+REFERENCE = Path(__file__).resolve().parents[1].joinpath("torchvision_ssd_reference.py")
 ARCHS = {"ssd300_vgg16": SSD, "ssdlite320_mobilenet_v3_large": SSDLite}
 NUM_CLASSES = 21  # torchvision's count, background included (VOC's)
 SSD_PHOTOS = PHOTOS[:3]  # small, tall, wide: each stretched to the square frame

@@ -8,10 +8,10 @@ recipe block. Every ``kdetect`` command of README.md and docs/*.md then runs the
 outputs it names. Two commands stop at a boundary: ``train`` runs up to its first step (the
 recipe loads with the command's flags, the data is read, the run directory is checked: the
 stub of ``fitting.run_training``), ``serve`` up to starting the server; training and serving
-themselves are tested in tests/test_family_commands.py and tests/test_serve_live.py. A command
-that needs what this machine has not (a torchvision download, a Label Studio server, another
-machine, PASCAL or COCO) is listed in :data:`NOT_RUN` with where it is tested, so a new command
-in the docs runs here unless it is listed.
+themselves are tested in tests/apps/test_family_commands.py and tests/apps/test_serve_live.py.
+A command that needs what this machine has not (a torchvision download, a Label Studio server,
+another machine, PASCAL or COCO) is listed in :data:`NOT_RUN` with where it is tested, so a new
+command in the docs runs here unless it is listed.
 
 The Python snippets of the docs in :data:`SNIPPET_DOCS` run too, in order, one namespace per
 page, with the names a snippet leaves to the reader (``image_array``) defined.
@@ -30,18 +30,20 @@ import pytest
 from PIL import Image
 
 from kdetect.engine.builders import read_split
-from tests.test_docs_commands import COMMANDS, DOCS, ROOT
+from tests.cli.test_docs_commands import COMMANDS, DOCS, ROOT
 from tests.train_support import BCCD, has_bccd, kdetect, set_args, tiny_run
 
 #: Text in a command -> why that command does not run here (and what tests it instead).
 NOT_RUN = {
-    "checkpoint import": "needs torchvision's COCO file, a download (tests/test_pretrained_cli.py "
-    "imports files it writes with torchvision)",
+    "checkpoint import": "needs torchvision's COCO file, a download "
+    "(tests/apps/test_pretrained_cli.py imports files it writes with torchvision)",
     "runs/retinanet-coco": "fine-tunes the imported RetinaNet of the command above",
-    "export runs/coco": "deploy.md's exports, of an imported run (tests/test_pretrained_cli.py "
-    "exports one)",
-    "labelstudio train": "needs a Label Studio server (tests/test_labelstudio_live.py starts one)",
-    "multi_worker": "needs a second machine (tests/test_distribute.py starts worker processes)",
+    "export runs/coco": "deploy.md's exports, of an imported run "
+    "(tests/apps/test_pretrained_cli.py exports one)",
+    "labelstudio train": "needs a Label Studio server "
+    "(tests/apps/test_labelstudio_live.py starts one)",
+    "multi_worker": "needs a second machine "
+    "(tests/engine/test_distribute.py starts worker processes)",
     "recipes/pascal.yaml": "PASCAL VOC is not in ../shared/data",
     "recipes/coco.yaml": "COCO is not in ../shared/data",
 }
@@ -53,7 +55,7 @@ SNIPPET_NOT_RUN = {
     "README.md": "trains ResNet50 on PASCAL VOC",
     "datasets.md": "trains BCCD for 12 epochs",
     "evaluation.md": "names the reader's own files (pred.jsonl, annotations)",
-    "model.md": "trains 200 steps (tests/test_model.py trains the same model)",
+    "model.md": "trains 200 steps (tests/models/test_model.py trains the same model)",
     "pretrained.md": "needs torchvision's COCO file",
     "recipes.md": "trains the shapes recipe for 3 epochs (make demo trains it)",
 }

@@ -16,7 +16,7 @@ from kdetect.plumbing.native_logs import NATIVE_LINE
 from tests.helpers import tiny_batch, tiny_model
 from tests.train_support import kdetect, tiny_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOISE = ("oneDNN", "cuda", "cuInit", "absl", "DeprecationWarning", "FutureWarning")
 
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
     os.environ.get("KDETECT_SKIP_DISTRIBUTED") == "1", reason="KDETECT_SKIP_DISTRIBUTED=1"
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shapes.yaml"
 
 # A few deterministic steps of the shapes recipe, 64x64 images (1023 anchors, 50 proposals).

@@ -27,11 +27,11 @@ from kdetect.models import build
 from kdetect.models.fcos import FCOS, FCOSHead
 from kdetect.models.retinanet import RetinaNet, RetinaNetHead
 from tests.helpers import assert_layer_round_trip
+from tests.models.test_pretrained_parity import MIN_IOU, SCORE_TOL, match_detections
 from tests.pretrained_support import PHOTOS, RACCOON
-from tests.test_pretrained_parity import MIN_IOU, SCORE_TOL, match_detections
 from tests.torch_peer import run_torch
 
-REFERENCE = Path(__file__).with_name("torchvision_dense_reference.py")
+REFERENCE = Path(__file__).resolve().parents[1].joinpath("torchvision_dense_reference.py")
 ANNOTATIONS = RACCOON.parent / "Annotations"
 MODELS = {
     "retinanet_resnet50_fpn": RetinaNet,

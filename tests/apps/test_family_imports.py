@@ -1,7 +1,8 @@
 """Every single-stage torchvision architecture through ``kdetect checkpoint import`` and what a
 user does with the imported run: ``predict`` on a photo, and fine-tuning on new classes with
 ``train.init_from`` (Faster R-CNN's architectures are covered the same way by
-``tests/test_pretrained_cli.py``; resuming each type is in ``tests/test_resume_equality.py``).
+``tests/apps/test_pretrained_cli.py``; resuming each type is in
+``tests/engine/test_resume_equality.py``).
 
 torchvision runs in its own interpreter (``tests/torch_peer.py``): one interpreter runs the
 dense references' ``make`` (``tests/torchvision_dense_reference.py``: RetinaNet v1 and v2, FCOS)
@@ -22,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from kdetect.models.registry import MODEL_TYPES, architecture_options
+from tests.apps.test_pretrained_cli import CALIBRATION, FINETUNE_TINY, PHOTO, RACCOON
 from tests.pretrained_support import assert_finetuned_from, assert_imported_run, photo_arrays
-from tests.test_pretrained_cli import CALIBRATION, FINETUNE_TINY, PHOTO, RACCOON
 from tests.torch_peer import run_torch
 from tests.train_support import kdetect, set_args
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 REFERENCES = {  # the torch script that makes each model type's checkpoints
     "retinanet": HERE / "torchvision_dense_reference.py",
     "fcos": HERE / "torchvision_dense_reference.py",

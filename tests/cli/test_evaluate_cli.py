@@ -9,7 +9,7 @@ import pytest
 
 from kdetect.cli import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GOLDEN = DATA / "coco_eval_golden"
 GT_JSON = GOLDEN / "instances_val2014_100.json"
 RESULTS = GOLDEN / "instances_val2014_fakebbox100_results.json"

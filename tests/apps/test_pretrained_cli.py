@@ -40,7 +40,7 @@ from tests.pretrained_support import (
 from tests.train_support import kdetect, set_args
 
 RACCOON = REPO_ROOT.parent / "shared" / "data" / "raccoon"
-REFERENCE = Path(__file__).with_name("torchvision_reference.py")
+REFERENCE = Path(__file__).resolve().parents[1].joinpath("torchvision_reference.py")
 FINETUNE_RECIPE = REPO_ROOT / "recipes" / "coco_finetune.yaml"
 ARCH = "fasterrcnn_resnet50_fpn"
 PHOTO = RACCOON / "JPEGImages" / "raccoon-104.jpg"  # 600x304

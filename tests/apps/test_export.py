@@ -22,7 +22,7 @@ from tests.pretrained_support import RACCOON, checkpoint
 from tests.serve_support import encode, loaded_model, sample_image
 from tests.train_support import BCCD, kdetect, trained_shapes_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The claim of docs/deploy.md: an exported file's detections equal predict's to this much.
 BOX_TOL = 0.5  # pixels
 SCORE_TOL = 1e-3

@@ -13,7 +13,7 @@ import typer
 
 from kdetect.cli import _register_commands, app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
 

@@ -25,6 +25,7 @@ from kdetect.layers import ProposalGenerator
 from kdetect.models.faster_rcnn import FasterRCNN
 from kdetect.models.transform import ImageTransform
 from kdetect.ops.losses import giou_loss, sigmoid_focal_loss, smooth_l1
+from tests.layers.test_rpn import _proposal_case
 from tests.pretrained_support import (
     ARCHS,
     LOSS_BATCH,
@@ -37,7 +38,6 @@ from tests.pretrained_support import (
     references,
     run_reference,
 )
-from tests.test_rpn import _proposal_case
 
 TERMS = {  # kdetect's name: torchvision's
     "rpn_cls_loss": "loss_objectness",

@@ -25,7 +25,7 @@ from tests.data_support import (
     write_yolo,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def needs(name: str) -> Path:

@@ -20,8 +20,8 @@ from kdetect.apps.predict_formats import FILE_FORMATS, FORMATS
 from kdetect.apps.serve import create_app
 from kdetect.models.registry import MODEL_TYPES
 from kdetect.runs import load_model
+from tests.apps.test_export import _check_od_against_model, assert_same_detections
 from tests.serve_support import encode, sample_image
-from tests.test_export import _check_od_against_model, assert_same_detections
 from tests.train_support import BCCD, SHAPES, TINY, family_run, has_bccd, kdetect, set_args
 
 SINGLE_STAGE = sorted(name for name in MODEL_TYPES if name != "faster_rcnn")

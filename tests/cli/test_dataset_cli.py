@@ -10,7 +10,7 @@ import pytest
 from kdetect.cli import main
 from tests import data_support
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def leftovers(parent: Path) -> list[str]:
