@@ -69,7 +69,7 @@ def train(
     from kdetect.apps.labelstudio.client import LabelStudioClient
     from kdetect.apps.labelstudio.labelconfig import map_labels, parse_label_config
     from kdetect.apps.labelstudio.training import Retrainer
-    from kdetect.apps.serve.images import Limits
+    from kdetect.apps.uploads import Limits
     from kdetect.plumbing.errors import KdetectError
     from kdetect.runs import inspect_run
 

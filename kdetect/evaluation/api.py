@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kdetect.data.batching import consecutive_batches
+from kdetect.data.images import load_image, verify_images
 from kdetect.data.records import Annotations, Record
 from kdetect.evaluation.coco import coco_evaluate, recall_thresholds
 from kdetect.evaluation.detections import (
@@ -32,6 +33,7 @@ from kdetect.evaluation.detections import (
 from kdetect.evaluation.groundtruth import GroundTruth, annotations_to_coco, load_ground_truth
 from kdetect.evaluation.thresholds import confusion_matrix, f1_curves
 from kdetect.evaluation.voc import VOC_METRICS, voc_evaluate
+from kdetect.models.outputs import split_detections  # NumPy only: no TensorFlow
 from kdetect.plumbing.errors import KdetectError
 
 METRICS = ("voc07", "voc", "coco")
@@ -212,13 +214,6 @@ def evaluate_offline(
 def _load_record_image(record: Record) -> np.ndarray:
     if record.image is not None:
         return np.asarray(record.image)
-    try:
-        from kdetect.data.images import load_image
-    except ImportError:  # pragma: no cover - the image helpers ship with kdetect.data
-        from PIL import Image, ImageOps
-
-        with Image.open(record.filename) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
     return load_image(record.filename)
 
 
@@ -250,9 +245,6 @@ def predict_detections(
     ``{"boxes" [B, N, 4], "confidence" [B, N], "labels" [B, N] (-1 = padding),
     "num_detections" [B]}``.
     """
-    # Deferred: kdetect.models imports TensorFlow, which offline evaluation never needs.
-    from kdetect.models.outputs import split_detections
-
     records = annotations.records
     if progress:
         from rich.progress import track
@@ -295,7 +287,5 @@ def detect_split(
 ) -> list[ImageDetections]:
     """Every image of the split verified (all bad ones named at once), then the model's
     detections on each."""
-    from kdetect.data.images import verify_images
-
     verify_images([r.filename for r in gt.annotations.records if r.image is None])
     return predict_detections(model, gt.annotations, batch_size, progress)

@@ -157,7 +157,7 @@ CHUNK = b" " * (1024 * 1024)  # one object yielded again and again: the client h
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    from kdetect.apps.serve.images import Limits
+    from kdetect.apps.uploads import Limits
 
     with LiveServer(serve_app(tmp_path_factory, limits=Limits(max_bytes=LIMIT))) as live:
         yield live

@@ -37,7 +37,7 @@ from kdetect.apps.labelstudio.labelconfig import (
 )
 from kdetect.apps.labelstudio.tasks import ImagePolicy, ImageReadError, TaskError, load_task_image
 from kdetect.apps.labelstudio.training import Retrainer
-from kdetect.apps.serve.images import Limits
+from kdetect.apps.uploads import Limits
 from kdetect.data.labelstudio import region_from_box
 
 log = logging.getLogger("kdetect.apps.labelstudio")

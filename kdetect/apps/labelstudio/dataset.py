@@ -22,7 +22,7 @@ from PIL import Image
 from kdetect.apps.labelstudio.client import LabelStudioClient
 from kdetect.apps.labelstudio.labelconfig import LabelConfig, LabelMap
 from kdetect.apps.labelstudio.tasks import TaskError, load_task_image
-from kdetect.apps.serve.images import Limits
+from kdetect.apps.uploads import Limits
 from kdetect.data.labelstudio import box_from_region, rectangle_regions
 from kdetect.data.readers.csv import CSV_COLUMNS
 from kdetect.data.readers.labelstudio import latest_entry

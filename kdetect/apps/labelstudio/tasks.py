@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from kdetect.apps.labelstudio.client import TIMEOUT_S, LabelStudioClient, LabelStudioError
-from kdetect.apps.serve.images import Limits, UploadError, decode_upload
+from kdetect.apps.uploads import Limits, UploadError, decode_upload
 from kdetect.plumbing.errors import KdetectError
 
 LABEL_STUDIO_PREFIXES = ("/data/upload/", "/data/local-files/")

@@ -36,7 +36,7 @@ import yaml
 from kdetect.apps.labelstudio.client import ENV_KEY, Credentials, LabelStudioClient
 from kdetect.apps.labelstudio.dataset import write_dataset
 from kdetect.apps.labelstudio.labelconfig import LabelConfig, LabelMap
-from kdetect.apps.serve.images import Limits
+from kdetect.apps.uploads import Limits
 from kdetect.evaluation import METRICS, evaluate_model, headline, load_ground_truth
 from kdetect.plumbing.errors import KdetectError
 from kdetect.plumbing.paths import run_around

@@ -33,7 +33,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kdetect.apps.serve.images import Limits, UploadError, decode_upload
+from kdetect import __version__
+from kdetect.apps.labelstudio import ImagePolicy, LabelStudioOptions, attach
+from kdetect.apps.predict import Detector
+from kdetect.apps.uploads import Limits, UploadError, decode_upload
+from kdetect.drawing.visualize import class_color
+from kdetect.runs import best_metric, best_min_score, inspect_run, load_model
 
 log = logging.getLogger("kdetect.apps.serve")
 STATIC = Path(__file__).parent / "static"
@@ -114,8 +119,6 @@ class Predictor:
     """
 
     def __init__(self, model, classes: Sequence[str] | None = None, warmup: bool = True):
-        from kdetect.apps.predict import Detector
-
         self.model = model
         self.detector = Detector(_Adapter(model), classes=classes, min_score=0.0)
         self.classes = self.detector.classes
@@ -139,8 +142,6 @@ class Predictor:
 
 
 def _model_summary(model, info) -> dict[str, Any]:
-    from kdetect.runs import best_metric
-
     config = model.get_config() if hasattr(model, "get_config") else {}
     recipe = None
     if info is not None and info.recipe:
@@ -182,13 +183,8 @@ def create_app(
     ``label_studio`` (:class:`kdetect.apps.labelstudio.LabelStudioOptions`, default from the env)
     configures the Label Studio ML backend routes (``/setup``, ``/predict``, ``/webhook``).
     """
-    from kdetect.drawing.visualize import class_color
-    from kdetect.runs import best_min_score, inspect_run
-
     info = inspect_run(run) if run is not None else None
     if isinstance(model, (str, os.PathLike)):
-        from kdetect.runs import load_model
-
         info = inspect_run(model)
         model, loaded = load_model(model)
         classes = classes if classes is not None else loaded
@@ -210,10 +206,6 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, limit=limits.max_bytes + ENVELOPE_BYTES)
     _add_routes(app, predictor, summary, limits)
-    # Deferred: kdetect.apps.labelstudio imports kdetect.apps.serve.images (a cycle at module
-    # level).
-    from kdetect.apps.labelstudio import attach
-
     attach(app, predictor, summary, limits, info, label_studio)
     return app
 
@@ -359,12 +351,7 @@ def _add_predict_route(
 
 
 def _version() -> str:
-    try:
-        from kdetect import __version__
-
-        return str(__version__)
-    except ImportError:
-        return "0"
+    return str(__version__)
 
 
 # --- Running it -----------------------------------------------------------------------------
@@ -374,8 +361,6 @@ ENV_CONFIG = "KDETECT_SERVE_CONFIG"
 def app_from_env() -> FastAPI:
     """App factory for uvicorn workers (``--workers N``): reads the settings ``serve`` left."""
     import json
-
-    from kdetect.apps.labelstudio import ImagePolicy, LabelStudioOptions
 
     config = json.loads(os.environ[ENV_CONFIG])
     # Several workers would each retrain and switch on their own: retraining needs --workers 1.
@@ -402,8 +387,6 @@ def serve(
     import json
 
     import uvicorn
-
-    from kdetect.apps.labelstudio import ImagePolicy, LabelStudioOptions
 
     limits = limits or Limits()
     if label_studio is None:  # beyond 127.0.0.1, no local paths nor foreign URLs in tasks
