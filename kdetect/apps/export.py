@@ -43,6 +43,7 @@ from kdetect.models.export_formats import (
     serving_functions,
 )
 from kdetect.plumbing.paths import check_free, check_kind, check_not_input
+from kdetect.runs import load_model
 from kdetect.runs.checkpoints import (
     DISK_FULL_ERRNOS,
     disk_full_error,
@@ -145,8 +146,6 @@ def export(
     ``overwrite``, and only once the new export is complete; ``output`` may never be (or hold)
     ``model_path``, nor be inside a run directory.
     """
-    from kdetect.runs import load_model
-
     check_options(format, quantize)
     output = Path(output)
     check_not_input(output, [model_path], replaces=True, whole=[model_path])  # nor in a run

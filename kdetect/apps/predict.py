@@ -22,6 +22,7 @@ import numpy as np
 
 from kdetect.data.batching import consecutive_batches
 from kdetect.data.images import check_size, load_image
+from kdetect.drawing.visualize import DRAW_MIN_SIDE, draw_detections
 from kdetect.models.outputs import Detections, fallback_class_names, split_detections
 from kdetect.plumbing.errors import DataError, InputShapeError, KdetectError, did_you_mean
 from kdetect.plumbing.paths import atomic_path
@@ -369,8 +370,6 @@ class Detector:
     def draw(self, image: np.ndarray, objects: list[dict]):
         """The image with ``objects`` (from :meth:`predict`) drawn on it (a PIL image); an image
         smaller than :data:`~kdetect.drawing.visualize.DRAW_MIN_SIDE` is enlarged so labels read."""
-        from kdetect.drawing.visualize import DRAW_MIN_SIDE, draw_detections
-
         return draw_detections(
             image,
             [o["bbox"] for o in objects],

@@ -11,6 +11,7 @@ import inspect
 from typing import Any
 
 from kdetect.config.schema import ModelConfig, Recipe
+from kdetect.models.registry import model_class  # light: no TensorFlow
 from kdetect.plumbing.errors import RecipeError, did_you_mean
 
 
@@ -51,8 +52,6 @@ SHARED_KEYS = (
 
 def constructor_arguments(model_type: str) -> dict[str, inspect.Parameter]:
     """The keyword arguments of ``model_type``'s class (its settings, with their defaults)."""
-    from kdetect.models.registry import model_class
-
     skip = {"self", "num_classes", "seed", "kwargs"}
     parameters = inspect.signature(model_class(model_type).__init__).parameters
     return {name: p for name, p in parameters.items() if name not in skip}
@@ -182,8 +181,6 @@ def model_section(kwargs: dict[str, Any], model_type: str = "faster_rcnn") -> di
 
 def build_model(recipe: Recipe, num_classes: int):
     """A new, uncompiled detector of the recipe's ``model.type``."""
-    from kdetect.models.registry import model_class
-
     kwargs = model_kwargs(recipe.model, num_classes, recipe.train.seed)
     try:
         return model_class(recipe.model.type)(**kwargs)

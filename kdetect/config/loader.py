@@ -20,6 +20,7 @@ from kdetect.config.typecheck import from_dict, to_dict
 from kdetect.plumbing.errors import CheckpointError, RecipeError
 from kdetect.plumbing.parsing import compose_yaml, read_text
 from kdetect.plumbing.paths import write_text
+from kdetect.runs import model_file
 from kdetect.runs.files import RECIPE_FILE
 
 
@@ -136,8 +137,6 @@ def _check_transform(model) -> None:
 
 
 def _check_init_from(value: str) -> None:
-    from kdetect.runs import model_file
-
     try:
         _, _, tmp = model_file(value)
     except CheckpointError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdetect.data.readers import FORMATS
+from kdetect.data.readers import FORMATS, read_annotations
 from kdetect.data.readers.coco import read_coco_json
 from kdetect.data.records import Annotations
 from kdetect.plumbing.errors import DataError, KdetectError
@@ -162,8 +162,6 @@ def load_ground_truth(
     For COCO the instances JSON is kept too (see :class:`GroundTruth`). Images are not opened
     unless ``check_images``.
     """
-    from kdetect.data.readers import read_annotations
-
     if format is None:
         format = guess_format(path, split)
     if format not in FORMATS:
