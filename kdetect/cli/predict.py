@@ -176,7 +176,8 @@ def predict(
         _write_format(format.value, collected, detector.classes, output, options, model)
     if output is not None:
         err_console.print(f"wrote {tally.done} result(s) to {escape(str(output))}", highlight=False)
-    err_console.print(tally.summary(), highlight=False, soft_wrap=True)
+    # a terminal wraps it between words; a pipe or a log keeps it one line
+    err_console.print(tally.summary(), highlight=False, soft_wrap=not err_console.is_terminal)
     if tally.failures:
         total = len(items) + len(problems)
         raise KdetectError(f"{tally.failures} of {total} input(s) could not be read")
