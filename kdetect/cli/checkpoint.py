@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdetect.cli import app
 
@@ -126,7 +127,8 @@ def pack(
 
     path = pack_run(run, output)
     size = path.stat().st_size / 1e6
-    console.print(f"packed {run} -> {path} ({size:.1f} MB)", highlight=False)
+    console.print(f"packed {escape(str(run))} -> {escape(str(path))} ({size:.1f} MB)",
+                  highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @checkpoint_app.command("import")
@@ -159,7 +161,9 @@ def import_checkpoint(
     from kdetect.apps.checkpoint_import import import_checkpoint as run_import
 
     path = run_import(weights, output, arch=arch, source=source, classes=classes)
-    console.print(f"imported {weights} ({arch}) -> {path}", highlight=False)
+    # soft_wrap: the paths are never folded, so that they copy whole
+    console.print(f"imported {escape(str(weights))} ({arch}) -> {escape(str(path))}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @checkpoint_app.command("unpack")
@@ -174,4 +178,5 @@ def unpack(
     from kdetect.runs import unpack as unpack_run
 
     path = unpack_run(packed, dest)
-    console.print(f"unpacked {packed} -> {path}", highlight=False)
+    console.print(f"unpacked {escape(str(packed))} -> {escape(str(path))}",
+                  highlight=False, soft_wrap=True)  # fmt: skip

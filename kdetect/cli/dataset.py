@@ -155,7 +155,7 @@ def inspect(
     )
     _print_summary(result, f"{path} ({result.kind}, split {split})")
     if result.drawn:
-        console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}")
+        console.print(f"drew {len(result.drawn)} image(s) in {escape(str(output))}", soft_wrap=True)
     if result.annotations is not None:
         _print_quality(result.annotations, recipe)
     if recipe is not None and result.annotations is not None:
@@ -215,7 +215,7 @@ def convert(
         console.print(f"{name}: {len(part)} images, {boxes} boxes", highlight=False)
     classes_ = next(iter(parts.values())).classes
     console.print(f"classes ({len(classes_)}): {', '.join(classes_)}", highlight=False)
-    console.print(f"wrote {to.value} to {escape(str(output))}", highlight=False)
+    console.print(f"wrote {to.value} to {escape(str(output))}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(result, title: str) -> None:
