@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,10 @@ import typer
 
 from kdetect.cli import app
 from kdetect.cli._options import image_size_option
+from kdetect.models.registry import MODEL_TYPES  # light: no TensorFlow
+
+#: ``--model``'s choices: the registry's types.
+ModelType = Enum("ModelType", {name: name for name in MODEL_TYPES}, type=str)
 
 
 @app.command("train")
@@ -59,10 +64,11 @@ def train(
         typer.Option(help="Dataset folder (data.root).", show_default=False),
     ] = None,
     model_type: Annotated[
-        str | None,
+        ModelType | None,
         typer.Option(
             "--model",
-            help="Detector type (model.type; kdetect models lists them).",
+            metavar="TYPE",
+            help=f"Detector type (model.type): {', '.join(MODEL_TYPES)}.",
             show_default=False,
         ),
     ] = None,
@@ -84,7 +90,7 @@ def train(
         "data.batch_size": batch_size,
         "model.image_size": image_size and "[{},{}]".format(*image_size),
         "data.root": data and str(data.resolve()),
-        "model.type": model_type,
+        "model.type": model_type and model_type.value,
     }
     overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     if device is not None:

@@ -69,6 +69,7 @@ def test_placeholders_and_paragraphs_read_as_written():
         (["dataset", "convert", "x", "--type", "voc", "--to", "pascal", "-o", "y"], "--to"),
         (["predict", "runs/x", "a.jpg", "--format", "xml"], "--format"),
         (["export", "runs/x", "--format", "pb"], "--format"),
+        (["train", "recipes/shapes.yaml", "--model", "yolo"], "--model"),
     ],
     ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else v,
 )
