@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kdetect.backbones.names import BACKBONE_MODEL_TYPE, rpn_levels
+from kdetect.backbones.names import BACKBONE_MODEL_TYPE, checked_anchor_sizes, rpn_levels
 from kdetect.config.builders import backbone_of, check_options, image_transform
 from kdetect.config.schema import Recipe, path_fields
 from kdetect.config.typecheck import from_dict, to_dict
@@ -111,21 +111,16 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_anchors(model) -> None:
+    """The model's own rule for ``anchor_sizes`` (one list per RPN level of the backbone, all of
+    one length), applied before anything is built."""
     if model.anchor_sizes is None:
         return
-    levels = rpn_levels(backbone_of(model), model.fpn)
-    where = "with model.fpn" if model.fpn else "without FPN (model.fpn: false)"
-    if len(model.anchor_sizes) != levels:
-        raise RecipeError(
-            f"model.anchor_sizes: needs {levels} list(s), one per RPN level {where}, got "
-            f"{len(model.anchor_sizes)}"
+    try:
+        checked_anchor_sizes(
+            model.anchor_sizes, model.fpn, rpn_levels(backbone_of(model), model.fpn)
         )
-    counts = {len(level) for level in model.anchor_sizes}
-    if 0 in counts or len(counts) > 1:
-        raise RecipeError(
-            "model.anchor_sizes: every RPN level needs the same number (at least one) of sizes, "
-            f"got {model.anchor_sizes}"
-        )
+    except ValueError as exc:
+        raise RecipeError(f"model.{exc}") from None
 
 
 def _check_transform(model) -> None:

@@ -158,7 +158,7 @@ RECIPES = {
     ),
     "wrong anchor levels": (
         b"model:\n  anchor_sizes: [[32], [64]]\n",
-        "model.anchor_sizes: needs 5 list(s), one per RPN level with model.fpn, got 2",
+        "model.anchor_sizes: needs 5 list(s), one per RPN level with FPN, got 2",
     ),
     "data.root is a file": (
         b"data:\n  format: voc\n  root: {path}\n",

@@ -314,10 +314,14 @@ def test_backbone_names_are_the_backbones_built():
 def test_default_anchor_sizes_follow_the_rpn_levels():
     """One size per level for a five-level pyramid; all five sizes on each level otherwise
     (torchvision's MobileNetV3 detector: three levels of (32, 64, 128, 256, 512))."""
-    from kdetect.models.faster_rcnn.assembly import checked_anchor_sizes
+    from kdetect.backbones.names import checked_anchor_sizes
 
     assert checked_anchor_sizes(None, True, 5) == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
     assert checked_anchor_sizes(None, True, 3) == ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3
     assert checked_anchor_sizes(None, False, 1) == ((32.0, 64.0, 128.0, 256.0, 512.0),)
-    with pytest.raises(ValueError, match="needs 3 tuples"):
+    with pytest.raises(ValueError, match="^anchor_sizes: needs 3 list"):
         checked_anchor_sizes(((32,), (64,)), True, 3)
+    with pytest.raises(ValueError, match="same number"):
+        checked_anchor_sizes(((32,), (64, 80)), True, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        checked_anchor_sizes(((), ()), True, 2)

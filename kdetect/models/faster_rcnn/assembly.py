@@ -25,12 +25,6 @@ from kdetect.models.base import check_model_settings
 from kdetect.ops.boxes import BoxCoder
 
 BOX_HEAD_TYPES = ("mlp", "conv_fc")
-#: Anchor sizes (pixels) per RPN level when none are given: one size per pyramid level, or all
-#: five on the single C4 map.
-DEFAULT_ANCHOR_SIZES = {
-    True: ((32,), (64,), (128,), (256,), (512,)),
-    False: ((32, 64, 128, 256, 512),),
-}
 #: Config keys holding tuples, which a saved (JSON) config turns into lists.
 _TUPLE_KEYS = ("aspect_ratios", "bbox_reg_weights")
 
@@ -41,27 +35,6 @@ def check_settings(num_classes, box_head_type, backbone: str) -> None:
     check_model_settings(num_classes, backbone, "faster_rcnn")
     if box_head_type not in BOX_HEAD_TYPES:
         raise ValueError(f"box_head_type must be one of {BOX_HEAD_TYPES}, got {box_head_type!r}")
-
-
-def checked_anchor_sizes(anchor_sizes, fpn: bool, rpn_levels: int) -> tuple:
-    """One tuple of float sizes per RPN level (the default when None), all of one length.
-
-    The default is one size per pyramid level; a pyramid with other than five levels
-    (torchvision's MobileNetV3 detector has three) gets all five sizes on every level, as
-    torchvision's builder gives it.
-    """
-    if anchor_sizes is None:
-        anchor_sizes = DEFAULT_ANCHOR_SIZES[bool(fpn)]
-        if len(anchor_sizes) != rpn_levels:
-            anchor_sizes = DEFAULT_ANCHOR_SIZES[False] * rpn_levels
-    anchor_sizes = tuple(tuple(float(s) for s in level) for level in anchor_sizes)
-    if len(anchor_sizes) != rpn_levels:
-        raise ValueError(
-            f"anchor_sizes needs {rpn_levels} tuples (one per RPN level), got {len(anchor_sizes)}"
-        )
-    if any(len(level) != len(anchor_sizes[0]) for level in anchor_sizes):
-        raise ValueError("every RPN level needs the same number of anchor sizes")
-    return anchor_sizes
 
 
 @dataclass

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from kdetect.backbones.names import checked_anchor_sizes
 from kdetect.layers import (
     BoxPredictor,
     ConvFCBoxHead,
@@ -169,7 +170,7 @@ class FasterRCNN(DetectionModel):
             batch_norm_epsilon=batch_norm_epsilon,
         )
         self.backbone, self.fpn, self._roi_levels = parts.backbone, parts.fpn, parts.roi_levels
-        self.anchor_sizes = assembly.checked_anchor_sizes(anchor_sizes, fpn, parts.rpn_levels)
+        self.anchor_sizes = checked_anchor_sizes(anchor_sizes, fpn, parts.rpn_levels)
         num_anchors = len(self.anchor_sizes[0]) * len(self.aspect_ratios)
         self.rpn_head = RPNHead(
             num_anchors, parts.rpn_channels, conv_depth=rpn_conv_depth, name="rpn_head"
