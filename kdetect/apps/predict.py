@@ -26,19 +26,10 @@ from kdetect.drawing.visualize import DRAW_MIN_SIDE, draw_detections
 from kdetect.models.outputs import Detections, fallback_class_names, split_detections
 from kdetect.plumbing.errors import DataError, InputShapeError, KdetectError, did_you_mean
 from kdetect.plumbing.paths import atomic_path
-from kdetect.runs import load_model as load_run_model
+from kdetect.runs import load_model  # (model, classes) of a run, .keras or .kdet: re-exported
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
-def load_model(path: str | os.PathLike):
-    """Load a detector from a run directory, a ``.keras`` file or a packed ``.kdet`` run.
-
-    Returns:
-        ``(model, classes)``; ``classes`` is ``None`` when no ``classes.json`` goes with it.
-    """
-    return load_run_model(path)
 
 
 @dataclass
@@ -335,8 +326,7 @@ class Detector:
             for frame, objects in zip(batch, results, strict=True):
                 height, width = frame.image.shape[:2]
                 line = result_line(frame.item.display, width, height, objects, frame=frame.index)
-                if frame.drawn is not None:
-                    frame.drawn.parent.mkdir(parents=True, exist_ok=True)
+                if frame.drawn is not None:  # atomic_path creates the folder
                     with atomic_path(frame.drawn) as target:
                         self.draw(frame.image, line["objects"]).save(target)
                 yield frame, line

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import Annotated, TextIO
 
 import typer
 from rich.markup import escape
@@ -23,9 +23,6 @@ from kdetect.cli import app, err_console, print_error
 from kdetect.cli._options import image_size_option
 from kdetect.plumbing.errors import KdetectError
 from kdetect.plumbing.paths import atomic_path, check_free, check_kind, input_guard
-
-if TYPE_CHECKING:
-    pass
 
 
 class OutputFormat(str, Enum):
